@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Builds the test workload image `drover/echo-server:latest` without any registry: the echo
+# server is compiled as a static binary and packaged as a one-file image by `docker import`
+# (the equivalent of `FROM scratch` + `COPY`). Skipped, with a message, where Docker does not
+# answer.
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$ROOT"
+
+if ! docker_answers; then
+  log "docker does not answer: skipping the echo-server image"
+  exit 0
+fi
+target=x86_64-unknown-linux-gnu
+log "building the static echo-server"
+RUSTFLAGS='-C target-feature=+crt-static' cargo build --quiet --release --target "$target" -p echo-server
+bin="target/$target/release/echo-server"
+stage="$(mktemp -d)"
+trap 'rm -rf "$stage"' EXIT
+cp "$bin" "$stage/echo-server"
+log "importing drover/echo-server:latest"
+tar -C "$stage" -c echo-server | docker import \
+  --change 'ENTRYPOINT ["/echo-server"]' \
+  --change 'ENV PORT=7777' \
+  --change 'EXPOSE 7777' \
+  --change 'LABEL dev.drover.test-workload=echo-server' \
+  - drover/echo-server:latest >/dev/null
