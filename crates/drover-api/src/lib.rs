@@ -1,0 +1,46 @@
+//! Drover's resource types, manifest parsing and validation, and the etcd key schema.
+//!
+//! A pure crate: serde, chrono, croner and thiserror only; no I/O, no async, no etcd. Reading
+//! files is the caller's job, so every parser takes `(source_name, text)`.
+//!
+//! - [`keys`]: the whole etcd key schema, documented in one table.
+//! - [`task`]: the Task resource and its semantic validation.
+//! - [`manifest`]: multi-document YAML manifests → validated tasks, or every problem found.
+//! - [`names`], [`quantity`], [`duration`], [`schedule`]: the value types tasks are made of.
+//! - [`node`], [`instance`], [`event`], [`deadletter`], [`taskstate`], [`run`]: the records
+//!   the controller and the agents write.
+
+pub mod deadletter;
+pub mod duration;
+pub mod event;
+mod field_index;
+pub mod instance;
+pub mod keys;
+pub mod manifest;
+pub mod names;
+pub mod node;
+pub mod quantity;
+pub mod run;
+pub mod schedule;
+pub mod task;
+pub mod taskstate;
+
+pub use deadletter::DeadLetter;
+pub use duration::HumanDuration;
+pub use event::{Event, EventKind};
+pub use instance::{Health, Instance, InstanceStatus, Phase, PortBinding};
+pub use keys::Keys;
+pub use manifest::{
+    parse_documents, parse_manifest, parse_many, validate_set, Location, ManifestError, Problem,
+    MAX_DOCUMENTS, MAX_MANIFEST_BYTES,
+};
+pub use names::{InstanceId, NameError};
+pub use node::{Capacity, Node, NodeInfo};
+pub use quantity::{Cpu, Memory, QuantityError};
+pub use run::{RunCause, RunOutcome, RunRecord};
+pub use schedule::{Schedule, ScheduleError};
+pub use task::{
+    ConcurrencyPolicy, DriverKind, HealthCheck, HollowScript, Mode, ObjectMeta, PortSpec, Protocol,
+    Resources, RestartPolicy, Task, TaskError, TaskSpec, Trigger,
+};
+pub use taskstate::TaskState;

@@ -1,0 +1,70 @@
+//! Nodes: the live registration an agent keeps on its lease, and the durable node record.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::quantity::{Cpu, Memory};
+use crate::task::DriverKind;
+
+/// Allocatable capacity of a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Capacity {
+    /// CPU the scheduler may hand out.
+    pub cpu: Cpu,
+    /// Memory the scheduler may hand out.
+    pub memory: Memory,
+}
+
+/// Value of `nodes/<node>`: written by the agent and bound to its lease, so it disappears when
+/// the agent stops keeping the lease alive.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Node {
+    /// DNS-1123 label; the agent's `--node`.
+    pub name: String,
+    /// The agent's gRPC endpoint, `host:port`.
+    pub address: String,
+    /// What the scheduler may place here.
+    pub capacity: Capacity,
+    /// Labels matched by `spec.nodeSelector`.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Drivers this agent can run (fingerprinted at start).
+    #[serde(default)]
+    pub drivers: Vec<DriverKind>,
+    /// Agent version.
+    #[serde(default)]
+    pub version: String,
+    /// When this agent process registered.
+    pub started_at: DateTime<Utc>,
+}
+
+/// Value of `nodeinfo/<node>`: the durable record that outlives the lease.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeInfo {
+    /// The node's name.
+    pub name: String,
+    /// No new instances are placed here (`drover cordon`).
+    #[serde(default)]
+    pub cordoned: bool,
+    /// Instances are being moved away (`drover drain`); implies cordoned.
+    #[serde(default)]
+    pub draining: bool,
+    /// Last time the node was seen alive.
+    #[serde(default)]
+    pub last_seen: Option<DateTime<Utc>>,
+    /// When the controller saw the node's lease end; `None` while alive.
+    #[serde(default)]
+    pub dead_since: Option<DateTime<Utc>>,
+}
+
+impl NodeInfo {
+    /// May the scheduler place new instances on this node?
+    pub fn schedulable(&self) -> bool {
+        !self.cordoned && !self.draining && self.dead_since.is_none()
+    }
+}

@@ -1,0 +1,78 @@
+//! Job run records, one per run of a job, scheduled or triggered task.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RunOutcome {
+    /// Every instance exited 0.
+    Succeeded,
+    /// An instance failed after its retries.
+    Failed,
+    /// The run exceeded `timeoutSeconds`.
+    DeadlineExceeded,
+    /// Stopped by the user, by `concurrencyPolicy: Replace` or by deleting the task.
+    Cancelled,
+}
+
+impl RunOutcome {
+    /// True only for [`RunOutcome::Succeeded`].
+    pub fn is_success(self) -> bool {
+        self == RunOutcome::Succeeded
+    }
+}
+
+impl fmt::Display for RunOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RunOutcome::Succeeded => "Succeeded",
+            RunOutcome::Failed => "Failed",
+            RunOutcome::DeadlineExceeded => "DeadlineExceeded",
+            RunOutcome::Cancelled => "Cancelled",
+        })
+    }
+}
+
+/// What started a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunCause {
+    /// The cron schedule or `every` interval came due.
+    Schedule,
+    /// `drover trigger`.
+    Trigger,
+    /// `drover apply` of a plain job (new generation).
+    Apply,
+    /// A retry of a failed run (`maxRetries`).
+    Retry,
+}
+
+/// Value of `runs/<ns>/<task>/<run>`, written by the leader controller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunRecord {
+    /// Task name.
+    pub task: String,
+    /// Task namespace.
+    pub namespace: String,
+    /// Run number, increasing per task.
+    pub run: u64,
+    /// When the run started.
+    pub started_at: DateTime<Utc>,
+    /// When it finished; `None` while running.
+    #[serde(default)]
+    pub finished_at: Option<DateTime<Utc>>,
+    /// How it ended; `None` while running.
+    #[serde(default)]
+    pub outcome: Option<RunOutcome>,
+    /// Exit code of the (last) failing or finishing instance.
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    /// Attempt number, 1 for the first try.
+    pub attempt: u32,
+    /// What started it.
+    pub cause: RunCause,
+}

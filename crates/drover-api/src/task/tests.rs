@@ -1,0 +1,165 @@
+//! Unit tests of the Task types, defaults and validation rules.
+
+#![allow(clippy::unwrap_used)]
+
+use super::*;
+use crate::duration::HumanDuration;
+use crate::quantity::{Cpu, Memory};
+
+fn svc() -> Task {
+    Task::new(
+        "default",
+        "web",
+        TaskSpec {
+            image: Some("nginx".into()),
+            ..TaskSpec::default()
+        },
+    )
+}
+
+fn fields(t: &Task) -> Vec<String> {
+    t.validate().iter().map(|e| e.field().to_string()).collect()
+}
+
+#[test]
+fn defaults() {
+    let s = TaskSpec::default();
+    assert_eq!(s.replicas, 1);
+    assert_eq!(s.resources.cpu, Cpu(100));
+    assert_eq!(s.resources.memory, Memory(64 << 20));
+    assert_eq!(s.priority, 50);
+    assert_eq!(s.max_restarts, 3);
+    assert_eq!(s.termination_grace_period_seconds, 30);
+    assert_eq!(s.history_limit, 10);
+    assert!(svc().validate().is_empty(), "{:?}", svc().validate());
+}
+
+#[test]
+fn driver_and_mode() {
+    let mut t = svc();
+    assert_eq!(t.spec.driver(), DriverKind::Docker);
+    assert_eq!(t.spec.mode(), Mode::Service);
+    t.spec.image = None;
+    t.spec.command = vec!["sleep".into(), "1".into()];
+    assert_eq!(t.spec.driver(), DriverKind::Process);
+    t.spec.restart_policy = RestartPolicy::Never;
+    assert_eq!(t.spec.mode(), Mode::Job);
+    t.spec.trigger = Some(Trigger::Manual);
+    assert_eq!(t.spec.mode(), Mode::Triggered);
+    t.spec.trigger = None;
+    t.spec.schedule = Some("* * * * *".into());
+    assert_eq!(t.spec.mode(), Mode::Scheduled);
+    assert_eq!(t.spec.mode().to_string(), "scheduled");
+    assert!(t.validate().is_empty(), "{:?}", t.validate());
+    assert_eq!(
+        serde_json::to_string(&DriverKind::Hollow).unwrap(),
+        "\"hollow\""
+    );
+}
+
+#[test]
+fn service_rules() {
+    let mut t = svc();
+    t.spec.schedule = Some("* * * * *".into());
+    t.spec.timeout_seconds = Some(5);
+    assert_eq!(fields(&t), ["spec.schedule", "spec.timeoutSeconds"]);
+    let msg = t.validate()[0].to_string();
+    assert!(
+        msg.contains("service") && msg.contains("OnFailure"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn job_rules() {
+    let mut t = svc();
+    t.spec.restart_policy = RestartPolicy::OnFailure;
+    t.spec.schedule = Some("* * * * *".into());
+    t.spec.every = Some(HumanDuration::from_secs(60));
+    t.spec.time_zone = Some("Nowhere/Land".into());
+    t.spec.replicas = 0;
+    assert_eq!(fields(&t), ["spec.every", "spec.timeZone", "spec.replicas"]);
+    let mut t = svc();
+    t.spec.restart_policy = RestartPolicy::Never;
+    t.spec.starting_deadline_seconds = Some(10);
+    t.spec.concurrency_policy = ConcurrencyPolicy::Allow;
+    t.spec.time_zone = Some("UTC".into());
+    assert_eq!(
+        fields(&t),
+        [
+            "spec.timeZone",
+            "spec.startingDeadlineSeconds",
+            "spec.concurrencyPolicy"
+        ]
+    );
+}
+
+#[test]
+fn many_rules_at_once() {
+    let mut t = svc();
+    t.metadata.name = "Web".into();
+    t.spec.priority = 101;
+    t.spec.replicas = 1001;
+    t.spec.ports = vec![
+        PortSpec {
+            container_port: 0,
+            name: None,
+            protocol: Protocol::Tcp,
+        },
+        PortSpec {
+            container_port: 80,
+            name: Some("http".into()),
+            protocol: Protocol::Tcp,
+        },
+        PortSpec {
+            container_port: 80,
+            name: Some("http".into()),
+            protocol: Protocol::Tcp,
+        },
+    ];
+    t.spec.env.insert("BAD-NAME".into(), "x".into());
+    t.spec.depends_on = vec!["Web".into(), "x".into(), "x".into()];
+    t.spec.health_check = Some(HealthCheck {
+        http: Some(HttpProbe {
+            path: "health".into(),
+            port: 0,
+        }),
+        tcp: Some(TcpProbe { port: 1 }),
+        exec: None,
+        period_seconds: 0,
+        timeout_seconds: 1,
+        failure_threshold: 1,
+        initial_delay_seconds: 0,
+    });
+    let f = fields(&t);
+    for expected in [
+        "metadata.name",
+        "spec.priority",
+        "spec.replicas",
+        "spec.ports[0].containerPort",
+        "spec.ports[2].containerPort",
+        "spec.ports[2].name",
+        "spec.env.BAD-NAME",
+        "spec.dependsOn[0]",
+        "spec.dependsOn[2]",
+        "spec.healthCheck",
+        "spec.healthCheck.http.port",
+        "spec.healthCheck.http.path",
+        "spec.healthCheck.periodSeconds",
+    ] {
+        assert!(
+            f.iter().any(|x| x == expected),
+            "missing {expected} in {f:?}"
+        );
+    }
+}
+
+#[test]
+fn equality_ignores_generation() {
+    let a = svc();
+    let mut b = svc();
+    b.metadata.generation = 7;
+    assert!(a.spec_equal_ignoring_generation(&b));
+    b.spec.replicas = 2;
+    assert!(!a.spec_equal_ignoring_generation(&b));
+}
