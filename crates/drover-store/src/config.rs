@@ -1,0 +1,240 @@
+//! Store configuration: endpoints, timeouts, retry policy, and their documented defaults.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// How to reach etcd and how hard to try.
+///
+/// Durations (de)serialize as integer milliseconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// etcd client URLs, `http://host:port` or `host:port`. Default: `["http://127.0.0.1:2379"]`.
+    pub endpoints: Vec<String>,
+    /// Bound on establishing a connection, and on [`Store::connect`](crate::Store::connect)
+    /// as a whole. Default: 3 s.
+    #[serde(with = "millis")]
+    pub connect_timeout: Duration,
+    /// Bound on each unary request attempt (get, put, txn, lease grant…). Default: 5 s.
+    #[serde(with = "millis")]
+    pub request_timeout: Duration,
+    /// HTTP/2 ping interval on every connection, so a silently dead peer is noticed. Default: 5 s.
+    #[serde(with = "millis")]
+    pub keepalive_interval: Duration,
+    /// How long an HTTP/2 ping may go unanswered before the connection is dropped. Default: 3 s.
+    #[serde(with = "millis")]
+    pub keepalive_timeout: Duration,
+    /// How long an endpoint that failed in transport is avoided while others are live.
+    /// Default: 5 s.
+    #[serde(with = "millis")]
+    pub dead_endpoint_cooldown: Duration,
+    /// Keys fetched per range request when listing a prefix. Default: 500.
+    pub page_size: usize,
+    /// The server's `--max-txn-ops` (the most compares or operations in one txn). Default: 128.
+    pub max_txn_ops: usize,
+    /// Retry policy for idempotent calls.
+    pub retry: RetryConfig,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            endpoints: vec!["http://127.0.0.1:2379".to_string()],
+            connect_timeout: Duration::from_secs(3),
+            request_timeout: Duration::from_secs(5),
+            keepalive_interval: Duration::from_secs(5),
+            keepalive_timeout: Duration::from_secs(3),
+            dead_endpoint_cooldown: Duration::from_secs(5),
+            page_size: 500,
+            max_txn_ops: 128,
+            retry: RetryConfig::default(),
+        }
+    }
+}
+
+impl StoreConfig {
+    /// The default config pointed at `endpoints`.
+    pub fn new<S: Into<String>>(endpoints: impl IntoIterator<Item = S>) -> StoreConfig {
+        StoreConfig {
+            endpoints: endpoints.into_iter().map(Into::into).collect(),
+            ..StoreConfig::default()
+        }
+    }
+
+    /// Checks every field; the error names the first bad one.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |msg: String| Err(Error::InvalidConfig(msg));
+        if self.endpoints.is_empty() {
+            return bad("endpoints: at least one etcd endpoint is required".into());
+        }
+        for e in &self.endpoints {
+            normalize_endpoint(e)?;
+        }
+        for (name, d) in [
+            ("connect_timeout", self.connect_timeout),
+            ("request_timeout", self.request_timeout),
+            ("keepalive_interval", self.keepalive_interval),
+            ("keepalive_timeout", self.keepalive_timeout),
+        ] {
+            if d.is_zero() {
+                return bad(format!("{name}: must be greater than zero"));
+            }
+        }
+        if self.page_size == 0 {
+            return bad("page_size: must be at least 1".into());
+        }
+        if self.max_txn_ops < 2 {
+            return bad("max_txn_ops: must be at least 2".into());
+        }
+        self.retry.validate()
+    }
+
+    /// The endpoints as `http://` URLs.
+    pub(crate) fn urls(&self) -> Result<Vec<String>> {
+        self.endpoints
+            .iter()
+            .map(|e| normalize_endpoint(e))
+            .collect()
+    }
+}
+
+/// Exponential backoff with full jitter for idempotent calls.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Attempts per call including the first; 1 disables retries. Default: 8.
+    pub max_attempts: u32,
+    /// Upper bound of the first backoff (the actual wait is uniform in `[0, bound]`).
+    /// Default: 50 ms.
+    #[serde(with = "millis")]
+    pub initial_backoff: Duration,
+    /// The bound doubles per attempt up to this. Default: 1 s.
+    #[serde(with = "millis")]
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            max_attempts: 8,
+            initial_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(1),
+        }
+    }
+}
+
+impl RetryConfig {
+    /// Checks every field; the error names the first bad one.
+    pub fn validate(&self) -> Result<()> {
+        if self.max_attempts == 0 {
+            return Err(Error::InvalidConfig(
+                "retry.max_attempts: must be at least 1".into(),
+            ));
+        }
+        if self.initial_backoff.is_zero() || self.max_backoff < self.initial_backoff {
+            return Err(Error::InvalidConfig(
+                "retry: need 0 < initial_backoff <= max_backoff".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `host:port` → `http://host:port`; `http://…` is kept; anything else is an error.
+pub(crate) fn normalize_endpoint(endpoint: &str) -> Result<String> {
+    let e = endpoint.trim().trim_end_matches('/');
+    if e.starts_with("https://") {
+        return Err(Error::InvalidConfig(format!(
+            "endpoints: {endpoint}: TLS is not supported by this build; use http://"
+        )));
+    }
+    let url = if e.starts_with("http://") {
+        e.to_string()
+    } else if e.contains("://") {
+        return Err(Error::InvalidConfig(format!(
+            "endpoints: {endpoint}: unsupported scheme"
+        )));
+    } else {
+        format!("http://{e}")
+    };
+    let host_port = &url["http://".len()..];
+    let port_ok = host_port
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    if !port_ok || host_port.contains('/') {
+        return Err(Error::InvalidConfig(format!(
+            "endpoints: {endpoint}: expected host:port or http://host:port"
+        )));
+    }
+    Ok(url)
+}
+
+/// Serde for `Duration` as integer milliseconds.
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        StoreConfig::default().validate().expect("valid");
+    }
+
+    #[test]
+    fn endpoints_accept_both_forms() {
+        assert_eq!(
+            normalize_endpoint("127.0.0.1:2379").expect("ok"),
+            "http://127.0.0.1:2379"
+        );
+        assert_eq!(
+            normalize_endpoint("http://localhost:2379/").expect("ok"),
+            "http://localhost:2379"
+        );
+        assert!(normalize_endpoint("https://a:1").is_err());
+        assert!(normalize_endpoint("a").is_err());
+        assert!(normalize_endpoint("a:notaport").is_err());
+        assert!(normalize_endpoint("unix://x").is_err());
+    }
+
+    #[test]
+    fn validate_names_the_field() {
+        let cfg = StoreConfig {
+            page_size: 0,
+            ..StoreConfig::default()
+        };
+        let err = cfg.validate().expect_err("invalid").to_string();
+        assert!(err.contains("page_size"), "{err}");
+        let cfg = StoreConfig::new(Vec::<String>::new());
+        assert!(cfg
+            .validate()
+            .expect_err("invalid")
+            .to_string()
+            .contains("endpoints"));
+    }
+
+    #[test]
+    fn serde_round_trip_in_millis() {
+        let json = r#"{"endpoints":["a:1"],"request_timeout":250,"retry":{"max_attempts":2}}"#;
+        let cfg: StoreConfig = serde_json::from_str(json).expect("parse");
+        assert_eq!(cfg.request_timeout, Duration::from_millis(250));
+        assert_eq!(cfg.retry.max_attempts, 2);
+        assert_eq!(cfg.retry.initial_backoff, Duration::from_millis(50));
+        assert!(serde_json::from_str::<StoreConfig>(r#"{"nope":1}"#).is_err());
+    }
+}

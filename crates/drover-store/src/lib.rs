@@ -1,0 +1,31 @@
+//! Typed etcd access for Drover: revisions, compare-and-swap, batched and fenced transactions,
+//! leases with keep-alive, leader election, a watcher and a reflector cache.
+//!
+//! The store knows nothing about Drover's resources: values are JSON, every typed call is
+//! generic over `Serialize` / `DeserializeOwned`, and keys are plain strings the caller builds.
+//!
+//! - [`Store`]: connect, `get`/`list` (paged, one revision), `create`/`put`/`compare_and_swap`/
+//!   `delete*`, [`Txn`] commits with an optional [`Fence`], leases ([`Store::keep_alive`]).
+//!   Idempotent calls retry with backoff over the live endpoints; txns are sent at most once.
+//! - [`Election`]: campaign, [`Leadership`] with its [`Fence`], `leader`/`observe`.
+//! - [`watcher()`]: list + watch as a state machine; [`reflector`] keeps a local cache of it.
+
+mod backoff;
+mod codec;
+mod config;
+pub mod election;
+mod error;
+pub mod lease;
+mod pool;
+pub mod reflector;
+mod store;
+mod txn;
+pub mod watcher;
+
+pub use config::{RetryConfig, StoreConfig};
+pub use election::{Election, LeaderInfo, Leadership};
+pub use error::{Error, Result};
+pub use lease::{KeepAlive, LeaseId, LeaseLost, LeaseMonitor};
+pub use store::{CreateOutcome, Listing, Store, Versioned};
+pub use txn::{ChunkOutcome, Cmp, Fence, Op, PutLease, Txn, TxnOutcome};
+pub use watcher::{watcher, Event, WatchEvents};

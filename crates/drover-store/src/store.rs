@@ -1,0 +1,456 @@
+//! The [`Store`] handle: connecting, and typed reads and single-key writes with revisions.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{Compare, CompareOp, DeleteOptions, GetOptions, GetResponse, PutOptions, TxnOp};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::backoff::Backoff;
+use crate::codec::{
+    decode, encode, first_range_kv, lease_error, prefix_end, put_options, raw_versioned,
+};
+use crate::config::StoreConfig;
+use crate::error::{Error, Result};
+use crate::lease::LeaseId;
+use crate::pool::{Idempotency, Pool};
+
+/// A value with the etcd metadata that came with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Versioned<T> {
+    /// The full key.
+    pub key: String,
+    /// The decoded value.
+    pub value: T,
+    /// The revision that created the key (stays fixed until it is deleted).
+    pub create_revision: i64,
+    /// The revision of the last write to the key: what compare-and-swap compares.
+    pub mod_revision: i64,
+    /// Writes since creation, starting at 1.
+    pub version: i64,
+    /// The lease the key is attached to, if any.
+    pub lease: Option<LeaseId>,
+}
+
+impl<T> Versioned<T> {
+    /// The same metadata with another value.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Versioned<U> {
+        Versioned {
+            key: self.key,
+            value: f(self.value),
+            create_revision: self.create_revision,
+            mod_revision: self.mod_revision,
+            version: self.version,
+            lease: self.lease,
+        }
+    }
+}
+
+/// Everything under a prefix at one revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listing<T> {
+    /// The store revision the listing is a consistent snapshot of; watch from `revision + 1`.
+    pub revision: i64,
+    /// The items, sorted by key.
+    pub items: Vec<Versioned<T>>,
+}
+
+/// The result of [`Store::create`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreateOutcome {
+    /// The key was absent and now holds the value, written at `revision`.
+    Created {
+        /// The revision of the write (the key's create and mod revision).
+        revision: i64,
+    },
+    /// The key already existed; nothing was written.
+    AlreadyExists {
+        /// The existing key's mod revision.
+        mod_revision: i64,
+    },
+}
+
+/// A cheap, cloneable handle to etcd. Values are JSON; keys are UTF-8 strings.
+///
+/// The store knows nothing about Drover's resource types: every typed call is generic over
+/// `T: Serialize` / `T: DeserializeOwned`.
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) cfg: StoreConfig,
+    pub(crate) pool: Pool,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("endpoints", &self.inner.pool.urls())
+            .finish()
+    }
+}
+
+impl Store {
+    /// Validates `cfg` and connects, checking that at least one endpoint answers.
+    ///
+    /// # Guarantees
+    ///
+    /// Returns within about `cfg.connect_timeout`. When no endpoint answers, the error is
+    /// [`Error::Unreachable`] naming every endpoint. Endpoints that did not answer start out
+    /// marked dead, so the first calls go to one that did.
+    pub async fn connect(cfg: StoreConfig) -> Result<Store> {
+        cfg.validate()?;
+        let pool = Pool::new(&cfg).await?;
+        let probes = (0..pool.len()).map(|i| {
+            let p = pool.at(i);
+            async move {
+                let mut c = p.client;
+                let res = tokio::time::timeout(cfg.connect_timeout, c.status()).await;
+                (i, res)
+            }
+        });
+        let results = futures::future::join_all(probes).await;
+        let mut live = 0;
+        let mut last = String::new();
+        for (i, res) in results {
+            match res {
+                Ok(Ok(_)) => live += 1,
+                Ok(Err(e)) => {
+                    last = e.to_string();
+                    pool.mark_dead(i, &last).await;
+                }
+                Err(_) => {
+                    last = format!("no answer within {:?}", cfg.connect_timeout);
+                    pool.mark_dead(i, &last).await;
+                }
+            }
+        }
+        if live == 0 {
+            return Err(Error::Unreachable {
+                endpoints: pool.urls().join(","),
+                timeout: cfg.connect_timeout,
+                reason: last,
+            });
+        }
+        Ok(Store {
+            inner: Arc::new(Inner { cfg, pool }),
+        })
+    }
+
+    /// The config this store was built with.
+    pub fn config(&self) -> &StoreConfig {
+        &self.inner.cfg
+    }
+
+    pub(crate) fn backoff(&self) -> Backoff {
+        Backoff::new(&self.inner.cfg.retry)
+    }
+
+    pub(crate) fn request_timeout(&self) -> Duration {
+        self.inner.cfg.request_timeout
+    }
+
+    /// A range request with retries (idempotent).
+    pub(crate) async fn range(
+        &self,
+        op: &'static str,
+        key: &str,
+        opts: GetOptions,
+    ) -> Result<GetResponse> {
+        let mut backoff = self.backoff();
+        self.inner
+            .pool
+            .call(
+                op,
+                Idempotency::Idempotent,
+                self.request_timeout(),
+                &mut backoff,
+                |mut c| {
+                    let opts = opts.clone();
+                    let key = key.to_owned();
+                    async move { c.get(key, Some(opts)).await }
+                },
+            )
+            .await
+    }
+
+    /// Reads one key as raw bytes.
+    pub async fn get_raw(&self, key: &str) -> Result<Option<Versioned<Vec<u8>>>> {
+        let mut resp = self.range("get", key, GetOptions::new()).await?;
+        resp.take_kvs()
+            .into_iter()
+            .next()
+            .map(raw_versioned)
+            .transpose()
+    }
+
+    /// Reads one key and decodes its JSON value.
+    ///
+    /// # Guarantees
+    ///
+    /// Linearizable read. A value that does not decode is [`Error::Decode`] naming the key.
+    pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<Versioned<T>>> {
+        self.get_raw(key).await?.map(decode).transpose()
+    }
+
+    /// Lists every key under `prefix` as raw bytes, at one revision.
+    ///
+    /// # Guarantees
+    ///
+    /// The listing is one consistent snapshot: pages after the first are read at the first
+    /// page's revision. If that revision gets compacted while paging, the listing starts over
+    /// at a fresh revision (so it never fails for that reason, but may take longer).
+    pub async fn list_raw(&self, prefix: &str) -> Result<Listing<Vec<u8>>> {
+        loop {
+            match self.list_raw_once(prefix).await {
+                Err(Error::Compacted { .. }) => continue,
+                other => return other,
+            }
+        }
+    }
+
+    async fn list_raw_once(&self, prefix: &str) -> Result<Listing<Vec<u8>>> {
+        let mut items = Vec::new();
+        let mut revision = 0;
+        let mut from = prefix.to_owned();
+        loop {
+            let page = self.list_page(prefix, &from, revision).await?;
+            revision = page.revision;
+            items.extend(page.items);
+            match page.next {
+                Some(next) => from = next,
+                None => return Ok(Listing { revision, items }),
+            }
+        }
+    }
+
+    /// One page of a prefix listing starting at key `from` (inclusive), at `revision`
+    /// (0 = current). `next` is where the next page starts, if there is one.
+    pub(crate) async fn list_page(&self, prefix: &str, from: &str, revision: i64) -> Result<Page> {
+        let limit = i64::try_from(self.inner.cfg.page_size).unwrap_or(i64::MAX);
+        let opts = GetOptions::new()
+            .with_range(prefix_end(prefix))
+            .with_limit(limit)
+            .with_revision(revision);
+        let mut resp = self.range("list", from, opts).await.map_err(|e| match e {
+            Error::Compacted { .. } => crate::error::compacted(revision),
+            e => e,
+        })?;
+        let rev = resp.header().map_or(revision, |h| h.revision());
+        let rev = if revision > 0 { revision } else { rev };
+        let more = resp.more();
+        let items = resp
+            .take_kvs()
+            .into_iter()
+            .map(raw_versioned)
+            .collect::<Result<Vec<_>>>()?;
+        let next = match items.last() {
+            Some(last) if more => Some(format!("{}\0", last.key)),
+            _ => None,
+        };
+        Ok(Page {
+            revision: rev,
+            items,
+            next,
+        })
+    }
+
+    /// Lists every key under `prefix` and decodes the values.
+    ///
+    /// # Guarantees
+    ///
+    /// As [`list_raw`](Self::list_raw); the first value that does not decode fails the whole
+    /// call with [`Error::Decode`] naming its key.
+    pub async fn list<T: DeserializeOwned>(&self, prefix: &str) -> Result<Listing<T>> {
+        let raw = self.list_raw(prefix).await?;
+        Ok(Listing {
+            revision: raw.revision,
+            items: raw
+                .items
+                .into_iter()
+                .map(decode)
+                .collect::<Result<Vec<_>>>()?,
+        })
+    }
+
+    /// Writes raw bytes unconditionally, attached to `lease` if given. Returns the revision.
+    ///
+    /// # Caveats
+    ///
+    /// Without a lease this detaches any lease the key had. Retried on transport errors:
+    /// writing the same whole value twice is harmless, but a retry may land after a concurrent
+    /// writer's value; use [`compare_and_swap`](Self::compare_and_swap) when that matters.
+    pub async fn put_raw(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> Result<i64> {
+        let mut backoff = self.backoff();
+        let opts = put_options(lease);
+        let resp = self
+            .inner
+            .pool
+            .call(
+                "put",
+                Idempotency::Idempotent,
+                self.request_timeout(),
+                &mut backoff,
+                |mut c| {
+                    let (key, value, opts) = (key.to_owned(), value.clone(), opts.clone());
+                    async move { c.put(key, value, Some(opts)).await }
+                },
+            )
+            .await
+            .map_err(|e| lease_error(e, lease))?;
+        Ok(resp.header().map_or(0, |h| h.revision()))
+    }
+
+    /// Writes `value` as JSON unconditionally (see [`put_raw`](Self::put_raw)).
+    pub async fn put<T: Serialize>(
+        &self,
+        key: &str,
+        value: &T,
+        lease: Option<LeaseId>,
+    ) -> Result<i64> {
+        self.put_raw(key, encode(key, value)?, lease).await
+    }
+
+    /// Writes `value` only if `key` does not exist (compare `version == 0`).
+    ///
+    /// # Guarantees
+    ///
+    /// Of any number of concurrent creators exactly one gets `Created`.
+    ///
+    /// # Caveats
+    ///
+    /// A transport failure yields [`Error::OutcomeUnknown`]: read the key to learn whether
+    /// this call created it.
+    pub async fn create<T: Serialize>(
+        &self,
+        key: &str,
+        value: &T,
+        lease: Option<LeaseId>,
+    ) -> Result<CreateOutcome> {
+        let bytes = encode(key, value)?;
+        let txn = etcd_client::Txn::new()
+            .when(vec![Compare::version(key, CompareOp::Equal, 0)])
+            .and_then(vec![TxnOp::put(key, bytes, Some(put_options(lease)))])
+            .or_else(vec![TxnOp::get(key, None)]);
+        let resp = self
+            .raw_txn("create", txn)
+            .await
+            .map_err(|e| lease_error(e, lease))?;
+        let revision = resp.header().map_or(0, |h| h.revision());
+        if resp.succeeded() {
+            return Ok(CreateOutcome::Created { revision });
+        }
+        let mod_revision = first_range_kv(&resp).map_or(0, |kv| kv.mod_revision());
+        Ok(CreateOutcome::AlreadyExists { mod_revision })
+    }
+
+    /// Replaces the value of `key` if its mod revision is still `expected_mod_revision`,
+    /// keeping the key's lease. Returns `false` when another write got there first.
+    ///
+    /// # Guarantees
+    ///
+    /// Of writers racing with the same expected revision, at most one gets `true`.
+    ///
+    /// # Caveats
+    ///
+    /// `expected_mod_revision` must be that of an existing key (use [`create`](Self::create)
+    /// for absent keys). A transport failure yields [`Error::OutcomeUnknown`]: re-read, then
+    /// decide. The same holds for every txn.
+    pub async fn compare_and_swap<T: Serialize>(
+        &self,
+        key: &str,
+        expected_mod_revision: i64,
+        value: &T,
+    ) -> Result<bool> {
+        let bytes = encode(key, value)?;
+        let txn = etcd_client::Txn::new()
+            .when(vec![Compare::mod_revision(
+                key,
+                CompareOp::Equal,
+                expected_mod_revision,
+            )])
+            .and_then(vec![TxnOp::put(
+                key,
+                bytes,
+                Some(PutOptions::new().with_ignore_lease()),
+            )]);
+        Ok(self.raw_txn("compare_and_swap", txn).await?.succeeded())
+    }
+
+    /// Deletes `key`. Returns whether it existed.
+    pub async fn delete(&self, key: &str) -> Result<bool> {
+        Ok(self
+            .delete_range("delete", key, DeleteOptions::new())
+            .await?
+            > 0)
+    }
+
+    /// Deletes every key under `prefix`. Returns how many there were.
+    pub async fn delete_prefix(&self, prefix: &str) -> Result<i64> {
+        let opts = DeleteOptions::new().with_range(prefix_end(prefix));
+        self.delete_range("delete_prefix", prefix, opts).await
+    }
+
+    async fn delete_range(&self, op: &'static str, key: &str, opts: DeleteOptions) -> Result<i64> {
+        let mut backoff = self.backoff();
+        let resp = self
+            .inner
+            .pool
+            .call(
+                op,
+                Idempotency::Idempotent,
+                self.request_timeout(),
+                &mut backoff,
+                |mut c| {
+                    let (key, opts) = (key.to_owned(), opts.clone());
+                    async move { c.delete(key, Some(opts)).await }
+                },
+            )
+            .await?;
+        Ok(resp.deleted())
+    }
+
+    /// Deletes `key` only if its mod revision is still `mod_revision`. Returns whether it did.
+    pub async fn delete_if(&self, key: &str, mod_revision: i64) -> Result<bool> {
+        let txn = etcd_client::Txn::new()
+            .when(vec![Compare::mod_revision(
+                key,
+                CompareOp::Equal,
+                mod_revision,
+            )])
+            .and_then(vec![TxnOp::delete(key, None)]);
+        Ok(self.raw_txn("delete_if", txn).await?.succeeded())
+    }
+
+    /// Sends one txn, at most once.
+    pub(crate) async fn raw_txn(
+        &self,
+        op: &'static str,
+        txn: etcd_client::Txn,
+    ) -> Result<etcd_client::TxnResponse> {
+        let mut backoff = self.backoff();
+        self.inner
+            .pool
+            .call(
+                op,
+                Idempotency::Once,
+                self.request_timeout(),
+                &mut backoff,
+                |mut c| {
+                    let txn = txn.clone();
+                    async move { c.txn(txn).await }
+                },
+            )
+            .await
+    }
+}
+
+/// One page of a listing.
+pub(crate) struct Page {
+    pub revision: i64,
+    pub items: Vec<Versioned<Vec<u8>>>,
+    pub next: Option<String>,
+}

@@ -1,0 +1,320 @@
+//! Integration tests of reads, writes, CAS, transactions and batching against a real etcd.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{config, connect, within, T};
+use drover_store::{CreateOutcome, Error, Op, Store, StoreConfig, Txn};
+use drover_testkit::{unique_prefix, EtcdServer};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Thing {
+    name: String,
+    n: u32,
+}
+
+fn thing(n: u32) -> Thing {
+    Thing {
+        name: format!("t{n}"),
+        n,
+    }
+}
+
+#[tokio::test]
+async fn get_list_create_cas_delete() {
+    let etcd = within("etcd", EtcdServer::start()).await;
+    // The bare host:port form works too.
+    let bare = etcd.endpoints()[0]
+        .trim_start_matches("http://")
+        .to_string();
+    let store = connect(vec![bare]).await;
+    let p = unique_prefix();
+    let k = format!("{p}/a");
+
+    assert!(within("get", store.get::<Thing>(&k))
+        .await
+        .expect("get")
+        .is_none());
+    let created = within("create", store.create(&k, &thing(1), None))
+        .await
+        .expect("create");
+    let CreateOutcome::Created { revision } = created else {
+        panic!("expected Created, got {created:?}");
+    };
+    let again = within("create", store.create(&k, &thing(2), None))
+        .await
+        .expect("create");
+    assert_eq!(
+        again,
+        CreateOutcome::AlreadyExists {
+            mod_revision: revision
+        }
+    );
+
+    let got = within("get", store.get::<Thing>(&k))
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(got.value, thing(1));
+    assert_eq!(got.key, k);
+    assert_eq!(
+        (got.create_revision, got.mod_revision, got.version),
+        (revision, revision, 1)
+    );
+    assert_eq!(got.lease, None);
+
+    assert!(
+        within("cas", store.compare_and_swap(&k, revision, &thing(3)))
+            .await
+            .expect("cas")
+    );
+    assert!(
+        !within("cas", store.compare_and_swap(&k, revision, &thing(4)))
+            .await
+            .expect("cas"),
+        "a stale revision loses"
+    );
+    let got = within("get", store.get::<Thing>(&k))
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(got.value, thing(3));
+    assert_eq!(got.version, 2);
+
+    within("put", store.put(&format!("{p}/b"), &thing(5), None))
+        .await
+        .expect("put");
+    within(
+        "put",
+        store.put_raw(&format!("{p}/c"), b"{bad".to_vec(), None),
+    )
+    .await
+    .expect("put");
+    let listing = within("list", store.list_raw(&p)).await.expect("list");
+    assert_eq!(listing.items.len(), 3);
+    assert!(listing.revision >= got.mod_revision);
+    let err = within("list", store.list::<Thing>(&p))
+        .await
+        .expect_err("bad value");
+    assert!(
+        matches!(&err, Error::Decode { key, .. } if key.ends_with("/c")),
+        "{err}"
+    );
+    assert!(!err.retryable());
+    let err = within("get", store.get::<Thing>(&format!("{p}/c")))
+        .await
+        .expect_err("bad value");
+    assert!(err.to_string().contains(&format!("{p}/c")), "{err}");
+
+    assert!(!within("delete_if", store.delete_if(&k, revision))
+        .await
+        .expect("delete_if"));
+    assert!(within("delete_if", store.delete_if(&k, got.mod_revision))
+        .await
+        .expect("delete_if"));
+    assert!(within("delete", store.delete(&format!("{p}/b")))
+        .await
+        .expect("delete"));
+    assert!(!within("delete", store.delete(&format!("{p}/b")))
+        .await
+        .expect("delete"));
+    assert_eq!(
+        within("delete_prefix", store.delete_prefix(&p))
+            .await
+            .expect("dp"),
+        1
+    );
+    assert!(within("list", store.list_raw(&p))
+        .await
+        .expect("list")
+        .items
+        .is_empty());
+}
+
+#[tokio::test]
+async fn list_pages_at_one_revision() {
+    let etcd = within("etcd", EtcdServer::start()).await;
+    let store = within(
+        "connect",
+        Store::connect(StoreConfig {
+            page_size: 7,
+            ..config(etcd.endpoints())
+        }),
+    )
+    .await
+    .expect("connect");
+    let p = unique_prefix();
+    let ops: Vec<Op> = (0..50)
+        .map(|i| Op::put(format!("{p}/{i:03}"), &thing(i), None).expect("encode"))
+        .collect();
+    let outcome = within("batch", store.commit_batched(ops, None)).await;
+    assert!(outcome.iter().all(|c| c.result.is_ok()));
+    // A neighbour key outside the prefix must not leak in.
+    within("put", store.put(&format!("{p}0"), &thing(99), None))
+        .await
+        .expect("put");
+
+    let listing = within("list", store.list::<Thing>(&format!("{p}/")))
+        .await
+        .expect("list");
+    assert_eq!(listing.items.len(), 50, "all pages");
+    let ns: Vec<u32> = listing.items.iter().map(|v| v.value.n).collect();
+    assert_eq!(
+        ns,
+        (0..50).collect::<Vec<_>>(),
+        "sorted by key, no duplicates"
+    );
+}
+
+#[tokio::test]
+async fn racing_writers_exactly_one_wins() {
+    let etcd = within("etcd", EtcdServer::start()).await;
+    let a = connect(etcd.endpoints()).await;
+    let b = connect(etcd.endpoints()).await;
+    let k = format!("{}/race", unique_prefix());
+    within("put", a.put(&k, &thing(0), None))
+        .await
+        .expect("put");
+    let rev = within("get", a.get::<Thing>(&k))
+        .await
+        .expect("get")
+        .expect("exists")
+        .mod_revision;
+
+    for round in 0..20 {
+        let cur = within("get", a.get::<Thing>(&k))
+            .await
+            .expect("get")
+            .expect("exists");
+        let (ra, rb) = within(
+            "race",
+            futures::future::join(
+                a.compare_and_swap(&k, cur.mod_revision, &thing(1000 + round)),
+                b.compare_and_swap(&k, cur.mod_revision, &thing(2000 + round)),
+            ),
+        )
+        .await;
+        let wins = [ra.expect("a"), rb.expect("b")]
+            .iter()
+            .filter(|w| **w)
+            .count();
+        assert_eq!(wins, 1, "round {round}: exactly one writer wins");
+    }
+    let end = within("get", a.get::<Thing>(&k))
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(end.version, 21);
+    assert!(end.mod_revision > rev);
+}
+
+#[tokio::test]
+async fn batched_commit_of_300_ops_in_chunks() {
+    let etcd = within("etcd", EtcdServer::start()).await;
+    let store = connect(etcd.endpoints()).await;
+    let p = unique_prefix();
+    let ops: Vec<Op> = (0..300)
+        .map(|i| Op::put(format!("{p}/{i:04}"), &thing(i), None).expect("encode"))
+        .collect();
+    let chunks = within("batch", store.commit_batched(ops, None)).await;
+    let ranges: Vec<_> = chunks.iter().map(|c| c.ops.clone()).collect();
+    assert_eq!(ranges, vec![0..128, 128..256, 256..300]);
+    let revs: Vec<i64> = chunks
+        .iter()
+        .map(|c| *c.result.as_ref().expect("chunk ok"))
+        .collect();
+    assert!(
+        revs.windows(2).all(|w| w[0] < w[1]),
+        "one revision per chunk: {revs:?}"
+    );
+    let listing = within("list", store.list_raw(&p)).await.expect("list");
+    assert_eq!(listing.items.len(), 300);
+
+    // Deleting them back in one batch.
+    let dels: Vec<Op> = listing
+        .items
+        .iter()
+        .map(|v| Op::delete(v.key.clone()))
+        .collect();
+    let chunks = within("batch", store.commit_batched(dels, None)).await;
+    assert!(chunks.iter().all(|c| c.result.is_ok()));
+    assert!(within("list", store.list_raw(&p))
+        .await
+        .expect("list")
+        .items
+        .is_empty());
+}
+
+#[tokio::test]
+async fn txn_op_limit_counts_compares_and_ops_separately() {
+    // Measured etcd 3.4 semantics behind `commit`'s check: compares and ops are each limited
+    // to --max-txn-ops (128), not their sum.
+    let etcd = within("etcd", EtcdServer::start()).await;
+    let store = connect(etcd.endpoints()).await;
+    let p = unique_prefix();
+    let mut txn = Txn::new();
+    for i in 0..128 {
+        txn = txn
+            .when(drover_store::Cmp::Absent(format!("{p}/{i}")))
+            .put(format!("{p}/{i}"), &i, None)
+            .expect("encode");
+    }
+    let out = within("commit", store.commit(txn.clone(), None))
+        .await
+        .expect("128 + 128 fits");
+    assert!(out.succeeded);
+
+    let too_big = txn.put(format!("{p}/extra"), &0, None).expect("encode");
+    let err = within("commit", store.commit(too_big.clone(), None))
+        .await
+        .expect_err("129 ops");
+    assert!(
+        matches!(err, Error::TooManyOps { ops: 129, max: 128 }),
+        "{err}"
+    );
+
+    // And etcd itself agrees when our check is lifted.
+    let lax = within(
+        "connect",
+        Store::connect(StoreConfig {
+            max_txn_ops: 1000,
+            ..config(etcd.endpoints())
+        }),
+    )
+    .await
+    .expect("connect");
+    let err = within("commit", lax.commit(too_big, None))
+        .await
+        .expect_err("server limit");
+    assert!(matches!(err, Error::Rejected { .. }), "{err}");
+    assert!(err.to_string().contains("too many operations"), "{err}");
+}
+
+#[tokio::test]
+async fn connecting_to_a_dead_endpoint_fails_fast_and_clearly() {
+    let port = drover_testkit::free_port();
+    let endpoint = format!("127.0.0.1:{port}");
+    let started = Instant::now();
+    let err = within("connect", Store::connect(config(vec![endpoint.clone()])))
+        .await
+        .expect_err("nothing listens there");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(matches!(err, Error::Unreachable { .. }), "{err}");
+    assert!(
+        err.to_string().contains(&endpoint),
+        "names the endpoint: {err}"
+    );
+    assert!(err.retryable());
+
+    let err = Store::connect(StoreConfig::new(Vec::<String>::new()))
+        .await
+        .expect_err("no endpoints");
+    assert!(matches!(err, Error::InvalidConfig(_)), "{err}");
+    let _ = T;
+}

@@ -1,0 +1,155 @@
+//! `drover apply -f FILE|DIR|-`: validate every document first, then write the tasks that
+//! changed in one fenced-by-revision transaction, reporting `created`, `configured` or
+//! `unchanged` for each.
+
+use drover_api::keys::Keys;
+use drover_api::task::Task;
+use drover_store::{Cmp, Op, Store, Txn};
+
+use super::{connect, store_error};
+use crate::cli::{ApplyArgs, Global};
+use crate::exit::{CliError, CliResult};
+use crate::input::read_sources;
+
+/// How many times apply re-reads and retries when another writer changed a task under it.
+const CONFLICT_RETRIES: usize = 3;
+
+/// What apply does to one task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    Created,
+    Configured,
+    Unchanged,
+}
+
+impl Change {
+    fn verb(self) -> &'static str {
+        match self {
+            Change::Created => "created",
+            Change::Configured => "configured",
+            Change::Unchanged => "unchanged",
+        }
+    }
+}
+
+/// A task with what apply will do to it and the revision the decision was based on.
+struct Planned {
+    task: Task,
+    change: Change,
+    /// The stored copy's mod revision, 0 when absent: the write compares it.
+    based_on: i64,
+}
+
+pub async fn run(global: &Global, args: ApplyArgs) -> CliResult {
+    let sources = read_sources(&args.files)?;
+    let tasks = drover_api::manifest::parse_many(&sources)
+        .map_err(|error| CliError::data(error.to_string()))?;
+    if tasks.is_empty() {
+        return Err(CliError::data("no task found in the given manifests"));
+    }
+    let (store, keys) = connect(global).await?;
+    for attempt in 0..=CONFLICT_RETRIES {
+        let plan = plan(&store, &keys, &tasks).await?;
+        if args.dry_run {
+            report(&plan, " (dry run)");
+            return Ok(());
+        }
+        match write(&store, &keys, &plan).await? {
+            true => {
+                report(&plan, "");
+                return Ok(());
+            }
+            false if attempt < CONFLICT_RETRIES => {
+                tracing::info!(attempt, "a task changed while applying; re-reading");
+            }
+            false => break,
+        }
+    }
+    Err(CliError::failure(
+        "another client kept changing these tasks while applying; nothing was written, try again",
+    ))
+}
+
+/// Decides, from the stored copies, what happens to each task.
+async fn plan(store: &Store, keys: &Keys, tasks: &[Task]) -> CliResult<Vec<Planned>> {
+    let mut plan = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        let key = keys.task(&task.metadata.namespace, &task.metadata.name);
+        let stored = store
+            .get::<Task>(&key)
+            .await
+            .map_err(|error| store_error(&format!("reading {key}"), error))?;
+        let mut task = task.clone();
+        let (change, based_on) = match stored {
+            None => {
+                task.metadata.generation = 1;
+                (Change::Created, 0)
+            }
+            Some(stored) => {
+                task.metadata.generation = stored.value.metadata.generation;
+                if task == stored.value {
+                    (Change::Unchanged, stored.mod_revision)
+                } else {
+                    task.metadata.generation = stored.value.metadata.generation + 1;
+                    (Change::Configured, stored.mod_revision)
+                }
+            }
+        };
+        plan.push(Planned { task, change, based_on });
+    }
+    Ok(plan)
+}
+
+/// Tasks per transaction: each needs one compare and one put, and etcd accepts at most 128
+/// operations per transaction by default.
+const TASKS_PER_TXN: usize = 64;
+
+/// Writes every changed task in transactions that require each stored copy to be as read.
+/// Returns false when another writer got there first.
+///
+/// # Guarantees
+///
+/// Up to 64 changed tasks are written atomically: all or none. Nothing is written before every
+/// document has been validated.
+///
+/// # Caveats
+///
+/// A larger apply is written in chunks of 64; when a concurrent writer wins on a later chunk the
+/// earlier ones stay written, and the retry re-plans (they then read as `unchanged`).
+async fn write(store: &Store, keys: &Keys, plan: &[Planned]) -> CliResult<bool> {
+    let changed: Vec<&Planned> = plan
+        .iter()
+        .filter(|p| p.change != Change::Unchanged)
+        .collect();
+    for chunk in changed.chunks(TASKS_PER_TXN) {
+        let mut txn = Txn::new();
+        for planned in chunk {
+            let meta = &planned.task.metadata;
+            let key = keys.task(&meta.namespace, &meta.name);
+            txn = txn.when(Cmp::ModRevision(key.clone(), planned.based_on));
+            let op = Op::put(key.clone(), &planned.task, None)
+                .map_err(|error| store_error(&format!("encoding {key}"), error))?;
+            txn = txn.op(op);
+        }
+        let outcome = store
+            .commit(txn, None)
+            .await
+            .map_err(|error| store_error("writing tasks", error))?;
+        if !outcome.succeeded {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+fn report(plan: &[Planned], suffix: &str) {
+    for planned in plan {
+        let meta = &planned.task.metadata;
+        let namespace = if meta.namespace == "default" {
+            String::new()
+        } else {
+            format!(" -n {}", meta.namespace)
+        };
+        println!("task/{}{namespace} {}{suffix}", meta.name, planned.change.verb());
+    }
+}

@@ -1,0 +1,193 @@
+//! `drover describe task NAME`: the task's spec in words, its controller state, its instances,
+//! dead letters and recent events — what an operator reads first when something is off.
+
+use std::fmt::Write as _;
+
+use chrono::Utc;
+use drover_api::deadletter::DeadLetter;
+use drover_api::event::{Event, EventKind};
+use drover_api::task::Task;
+use drover_api::taskstate::TaskState;
+
+use super::rows::{self, Columns};
+use super::snapshot::Snapshot;
+use super::{connect, store_error};
+use crate::cli::{DescribeArgs, Global};
+use crate::exit::{CliError, CliResult};
+use crate::output::{age, pairs, Table};
+
+pub async fn run(global: &Global, args: DescribeArgs) -> CliResult {
+    let (store, keys) = connect(global).await?;
+    let snapshot = Snapshot::read(&store, &keys).await?;
+    let ns = args.namespace.as_str();
+    let Some(task) = snapshot.tasks.get(&(ns.to_string(), args.name.clone())) else {
+        return Err(CliError::failure(format!(
+            "task \"{}\" not found in namespace \"{ns}\"",
+            args.name
+        )));
+    };
+    let state = store
+        .get::<TaskState>(&keys.taskstate(ns, &args.name))
+        .await
+        .map_err(|error| store_error("reading task state", error))?
+        .map(|v| v.value);
+    let dead_letters: Vec<DeadLetter> = store
+        .list::<DeadLetter>(&keys.deadletters())
+        .await
+        .map_err(|error| store_error("listing dead letters", error))?
+        .items
+        .into_iter()
+        .map(|v| v.value)
+        .filter(|d| d.namespace == ns && d.task == args.name)
+        .collect();
+    let mut events: Vec<Event> = store
+        .list::<Event>(&keys.events_in(ns))
+        .await
+        .map_err(|error| store_error("listing events", error))?
+        .items
+        .into_iter()
+        .map(|v| v.value)
+        .filter(|e| is_about(e, &args.name))
+        .collect();
+    events.sort_by_key(|e| e.time);
+    print!("{}", render(task, state.as_ref(), &snapshot, &dead_letters, &events));
+    Ok(())
+}
+
+/// Whether an event concerns this task or one of its instances.
+fn is_about(event: &Event, task: &str) -> bool {
+    match event.kind {
+        EventKind::Task => event.name == task,
+        EventKind::Instance => event
+            .name
+            .parse::<drover_api::names::InstanceId>()
+            .is_ok_and(|id| id.task() == task),
+        EventKind::Node => false,
+    }
+}
+
+fn render(
+    task: &Task,
+    state: Option<&TaskState>,
+    snapshot: &Snapshot,
+    dead_letters: &[DeadLetter],
+    events: &[Event],
+) -> String {
+    let now = Utc::now();
+    let meta = &task.metadata;
+    let spec = &task.spec;
+    let mut out = String::new();
+    let mut line = |label: &str, value: String| {
+        let _ = writeln!(out, "{:<16}{value}", format!("{label}:"));
+    };
+    line("Name", meta.name.clone());
+    line("Namespace", meta.namespace.clone());
+    line("Labels", pairs(&meta.labels));
+    line("Generation", meta.generation.to_string());
+    line("Mode", spec.mode().to_string());
+    line("Driver", spec.driver().to_string());
+    if let Some(image) = &spec.image {
+        line("Image", image.clone());
+    }
+    if !spec.command.is_empty() {
+        line("Command", spec.command.join(" "));
+    }
+    let running = snapshot
+        .instances_of(&meta.namespace, &meta.name)
+        .filter(|v| v.is_running())
+        .count();
+    line("Replicas", format!("{} desired, {running} running", spec.replicas));
+    line(
+        "Resources",
+        format!("cpu {}, memory {}", spec.resources.cpu, spec.resources.memory),
+    );
+    line("Priority", spec.priority.to_string());
+    line(
+        "Restart policy",
+        format!("{:?} (at most {} local restarts)", spec.restart_policy, spec.max_restarts),
+    );
+    if let Some(check) = &spec.health_check {
+        let what = if let Some(http) = &check.http {
+            format!("http GET :{}{}", http.port, http.path)
+        } else if let Some(tcp) = &check.tcp {
+            format!("tcp :{}", tcp.port)
+        } else if let Some(exec) = &check.exec {
+            format!("exec {}", exec.command.join(" "))
+        } else {
+            "none".to_string()
+        };
+        line(
+            "Health check",
+            format!(
+                "{what} every {}s, timeout {}s, unhealthy after {} failures",
+                check.period_seconds, check.timeout_seconds, check.failure_threshold
+            ),
+        );
+    }
+    if !spec.node_selector.is_empty() {
+        line("Node selector", pairs(&spec.node_selector));
+    }
+    if let Some(schedule) = &spec.schedule {
+        line("Schedule", schedule.clone());
+    }
+    if !spec.depends_on.is_empty() {
+        line("Depends on", spec.depends_on.join(", "));
+    }
+    if !spec.blocks.is_empty() {
+        line("Blocks", spec.blocks.join(", "));
+    }
+    if let Some(state) = state {
+        if state.suspended {
+            line(
+                "Suspended",
+                state.suspended_reason.clone().unwrap_or_else(|| "yes".into()),
+            );
+        }
+        if let Some(reason) = &state.pending_reason {
+            line("Waiting", reason.clone());
+        }
+        if state.consecutive_failures > 0 {
+            line("Failures", format!("{} in a row", state.consecutive_failures));
+        }
+    }
+
+    out.push_str("\nInstances:\n");
+    let columns = Columns { namespace: false, wide: false };
+    let mut table = rows::instance_table(columns);
+    for view in snapshot.instances_of(&meta.namespace, &meta.name) {
+        table.row(rows::instance_row(view, columns, now));
+    }
+    out.push_str(&indent(if table.is_empty() { "<none>\n".into() } else { table.render() }));
+
+    if !dead_letters.is_empty() {
+        out.push_str("\nDead letters:\n");
+        let mut table = Table::new(vec!["INSTANCE", "ATTEMPTS", "EXIT", "AGE", "LAST ERROR"]);
+        for letter in dead_letters {
+            table.row(vec![
+                letter.instance.to_string(),
+                letter.attempts.to_string(),
+                letter.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+                age(Some(letter.time), now),
+                letter.last_error.clone(),
+            ]);
+        }
+        out.push_str(&indent(table.render()));
+    }
+
+    out.push_str("\nEvents:\n");
+    let mut table = Table::new(vec!["AGE", "REASON", "OBJECT", "MESSAGE"]);
+    for event in events {
+        table.row(vec![
+            age(Some(event.time), now),
+            event.reason.clone(),
+            format!("{:?}/{}", event.kind, event.name).to_lowercase(),
+            event.message.clone(),
+        ]);
+    }
+    out.push_str(&indent(if table.is_empty() { "<none>\n".into() } else { table.render() }));
+    out
+}
+
+fn indent(text: String) -> String {
+    text.lines().map(|l| format!("  {l}\n")).collect()
+}

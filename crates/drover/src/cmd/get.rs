@@ -1,0 +1,263 @@
+//! `drover get tasks|instances|nodes [NAME] [-o table|wide|json|yaml] [-w]`.
+//!
+//! Lists from one snapshot; with `-w` it then follows the relevant etcd prefixes through the
+//! store's watcher and prints a row (or a `deleted` line) for every change.
+
+use std::io::Write;
+
+use chrono::Utc;
+use drover_api::keys::Keys;
+use drover_api::task::Task;
+use drover_store::{watcher, Event, Store};
+use futures::{Stream, StreamExt};
+use serde::de::DeserializeOwned;
+
+use super::rows::{self, Columns};
+use super::snapshot::Snapshot;
+use super::{connect, store_error};
+use crate::cli::{GetArgs, Global, Resource};
+use crate::exit::{CliError, CliResult};
+use crate::output::{to_json, to_yaml, Format, Table};
+
+pub async fn run(global: &Global, args: GetArgs) -> CliResult {
+    let (store, keys) = connect(global).await?;
+    let snapshot = Snapshot::read(&store, &keys).await?;
+    let columns = Columns {
+        namespace: args.all_namespaces,
+        wide: args.output == Format::Wide,
+    };
+    let text = match args.resource {
+        Resource::Tasks => list_tasks(&snapshot, &args, columns)?,
+        Resource::Instances => list_instances(&snapshot, &args, columns)?,
+        Resource::Nodes => list_nodes(&snapshot, &args, columns)?,
+    };
+    print_now(&text);
+    if args.watch {
+        follow(&store, &keys, &args, columns).await?;
+    }
+    Ok(())
+}
+
+fn in_scope(args: &GetArgs, namespace: &str, name: &str) -> bool {
+    (args.all_namespaces || namespace == args.namespace)
+        && args.name.as_deref().is_none_or(|wanted| wanted == name)
+}
+
+fn render<T: serde::Serialize>(format: Format, items: &[T], table: Table) -> CliResult<String> {
+    match format {
+        Format::Json => to_json(items),
+        Format::Yaml => to_yaml(items),
+        Format::Table | Format::Wide if table.is_empty() => Ok(String::new()),
+        Format::Table | Format::Wide => Ok(table.render()),
+    }
+}
+
+fn not_found(args: &GetArgs, kind: &str, count: usize) -> CliResult {
+    match &args.name {
+        Some(name) if count == 0 && !args.watch => Err(CliError::failure(format!(
+            "{kind} \"{name}\" not found in namespace \"{}\"",
+            args.namespace
+        ))),
+        _ => Ok(()),
+    }
+}
+
+fn list_tasks(snapshot: &Snapshot, args: &GetArgs, columns: Columns) -> CliResult<String> {
+    let tasks: Vec<&Task> = snapshot
+        .tasks
+        .values()
+        .filter(|t| in_scope(args, &t.metadata.namespace, &t.metadata.name))
+        .collect();
+    not_found(args, "task", tasks.len())?;
+    let mut table = rows::task_table(columns);
+    for task in &tasks {
+        table.row(rows::task_row(task, snapshot, columns));
+    }
+    if tasks.is_empty() && matches!(args.output, Format::Table | Format::Wide) && !args.watch {
+        return Ok(no_resources(args));
+    }
+    render(args.output, &tasks, table)
+}
+
+fn list_instances(snapshot: &Snapshot, args: &GetArgs, columns: Columns) -> CliResult<String> {
+    let now = Utc::now();
+    let views: Vec<_> = snapshot
+        .instances
+        .values()
+        .filter(|view| {
+            let (namespace, task) = view.task().unwrap_or(("", ""));
+            let id = view.id().map(ToString::to_string).unwrap_or_default();
+            (args.all_namespaces || namespace == args.namespace)
+                && args
+                    .name
+                    .as_deref()
+                    .is_none_or(|wanted| wanted == id || wanted == task)
+        })
+        .collect();
+    not_found(args, "instance", views.len())?;
+    let mut table = rows::instance_table(columns);
+    for view in &views {
+        table.row(rows::instance_row(view, columns, now));
+    }
+    if views.is_empty() && matches!(args.output, Format::Table | Format::Wide) && !args.watch {
+        return Ok(no_resources(args));
+    }
+    render(args.output, &views, table)
+}
+
+fn list_nodes(snapshot: &Snapshot, args: &GetArgs, columns: Columns) -> CliResult<String> {
+    let now = Utc::now();
+    let views: Vec<_> = snapshot
+        .nodes
+        .values()
+        .filter(|view| args.name.as_deref().is_none_or(|wanted| wanted == view.name))
+        .collect();
+    not_found(args, "node", views.len())?;
+    let mut table = rows::node_table(columns);
+    for view in &views {
+        table.row(rows::node_row(view, snapshot, columns, now));
+    }
+    if views.is_empty() && matches!(args.output, Format::Table | Format::Wide) && !args.watch {
+        return Ok("No nodes found.\n".to_string());
+    }
+    render(args.output, &views, table)
+}
+
+fn no_resources(args: &GetArgs) -> String {
+    if args.all_namespaces {
+        "No resources found.\n".to_string()
+    } else {
+        format!("No resources found in {} namespace.\n", args.namespace)
+    }
+}
+
+fn print_now(text: &str) {
+    let mut out = std::io::stdout().lock();
+    // A closed pipe (e.g. `| head`) is not an error worth reporting.
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
+}
+
+/// Follows changes after the first listing. Each change re-reads the snapshot (so rows show
+/// joined, current data) and prints the rows of the objects the change touched.
+async fn follow(store: &Store, keys: &Keys, args: &GetArgs, columns: Columns) -> CliResult {
+    let prefixes = match args.resource {
+        Resource::Tasks => vec![keys.tasks(), keys.statuses()],
+        Resource::Instances => vec![keys.assignments(), keys.statuses()],
+        Resource::Nodes => vec![keys.nodes(), keys.nodeinfos()],
+    };
+    let mut changes = futures::stream::select_all(
+        prefixes
+            .into_iter()
+            .map(|prefix| changed_keys::<serde_json::Value>(store.clone(), prefix).boxed()),
+    );
+    while let Some(change) = changes.next().await {
+        let key = change.map_err(|error| store_error("watching", error))?;
+        let snapshot = Snapshot::read(store, keys).await?;
+        let text = watch_lines(&snapshot, keys, &key, args, columns)?;
+        print_now(&text);
+    }
+    Ok(())
+}
+
+/// What changed: the key of every `Apply`/`Delete` after the initial listing.
+fn changed_keys<T: DeserializeOwned + Send + 'static>(
+    store: Store,
+    prefix: String,
+) -> impl Stream<Item = Result<Change, drover_store::Error>> + Send {
+    watcher::<T>(store, prefix).filter_map(|event| async move {
+        match event {
+            Ok(Event::Apply(item)) => Some(Ok(Change::Applied(item.key))),
+            Ok(Event::Delete { key, .. }) => Some(Ok(Change::Deleted(key))),
+            Ok(_) => None,
+            Err(error) if error.retryable() => None,
+            Err(error) => Some(Err(error)),
+        }
+    })
+}
+
+/// One watched change.
+enum Change {
+    Applied(String),
+    Deleted(String),
+}
+
+/// The lines to print for one change, in the listing's format.
+fn watch_lines(
+    snapshot: &Snapshot,
+    keys: &Keys,
+    change: &Change,
+    args: &GetArgs,
+    columns: Columns,
+) -> CliResult<String> {
+    let (key, deleted) = match change {
+        Change::Applied(key) => (key.as_str(), false),
+        Change::Deleted(key) => (key.as_str(), true),
+    };
+    let now = Utc::now();
+    match args.resource {
+        Resource::Tasks => {
+            let name = keys
+                .parse_task_key(key)
+                .or_else(|| {
+                    keys.parse_status_key(key)
+                        .map(|id| (id.namespace().to_string(), id.task().to_string()))
+                });
+            let Some((namespace, name)) = name else { return Ok(String::new()) };
+            if !in_scope(args, &namespace, &name) {
+                return Ok(String::new());
+            }
+            match snapshot.tasks.get(&(namespace.clone(), name.clone())) {
+                Some(task) => one(args, task, rows::task_row(task, snapshot, columns), columns),
+                None if deleted => Ok(format!("task/{name} deleted\n")),
+                None => Ok(String::new()),
+            }
+        }
+        Resource::Instances => {
+            let id = keys
+                .parse_status_key(key)
+                .or_else(|| keys.parse_assignment_key(key).map(|(_, id)| id));
+            let Some(id) = id else { return Ok(String::new()) };
+            if !in_scope(args, id.namespace(), id.task()) && args.name.as_deref() != Some(&id.to_string()) {
+                return Ok(String::new());
+            }
+            match snapshot.instances.get(&id.to_string()) {
+                Some(view) => one(args, view, rows::instance_row(view, columns, now), columns),
+                None => Ok(format!("instance/{id} deleted\n")),
+            }
+        }
+        Resource::Nodes => {
+            let name = keys
+                .parse_node_key(key)
+                .or_else(|| keys.parse_nodeinfo_key(key));
+            let Some(name) = name else { return Ok(String::new()) };
+            if args.name.as_deref().is_some_and(|wanted| wanted != name) {
+                return Ok(String::new());
+            }
+            match snapshot.nodes.get(&name) {
+                Some(view) => one(args, view, rows::node_row(view, snapshot, columns, now), columns),
+                None => Ok(format!("node/{name} deleted\n")),
+            }
+        }
+    }
+}
+
+/// One object in the listing's format: a table row without header, or a JSON/YAML document.
+fn one<T: serde::Serialize>(
+    args: &GetArgs,
+    item: &T,
+    row: Vec<String>,
+    columns: Columns,
+) -> CliResult<String> {
+    match args.output {
+        Format::Json => serde_json::to_string(item)
+            .map(|line| line + "\n")
+            .map_err(|error| CliError::failure(format!("cannot encode JSON: {error}"))),
+        Format::Yaml => to_yaml(std::slice::from_ref(item)),
+        Format::Table | Format::Wide => {
+            let mut table = rows::table_for(args.resource, columns);
+            table.row(row);
+            Ok(table.render_rows())
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! One module per verb; `run` dispatches to them. Shared here: connecting to etcd with a clear
+//! error for people when it cannot be reached.
+
+mod apply;
+mod delete;
+mod describe;
+mod get;
+mod rows;
+mod snapshot;
+mod up;
+
+use drover_api::keys::Keys;
+use drover_store::{Store, StoreConfig};
+
+use crate::cli::{Cli, Command, Global};
+use crate::exit::{CliError, CliResult, UNAVAILABLE};
+
+/// Runs the verb the command line names.
+pub async fn run(cli: Cli) -> CliResult {
+    let global = cli.global;
+    match cli.command {
+        Command::Apply(args) => apply::run(&global, args).await,
+        Command::Get(args) => get::run(&global, args).await,
+        Command::Describe(args) => describe::run(&global, args).await,
+        Command::Delete(args) => delete::run(&global, args).await,
+        Command::Up(args) => up::run(&global, args).await,
+    }
+}
+
+/// Connects to etcd as the global options say, and builds the key schema for the prefix.
+///
+/// An unreachable etcd is reported in one line naming the endpoints and how to start one,
+/// with exit code 69 (`EX_UNAVAILABLE`).
+pub async fn connect(global: &Global) -> CliResult<(Store, Keys)> {
+    let config = StoreConfig::new(global.etcd.iter().map(String::as_str));
+    config
+        .validate()
+        .map_err(|error| CliError::usage(format!("--etcd: {error}")))?;
+    let store = Store::connect(config).await.map_err(|error| {
+        CliError::new(
+            UNAVAILABLE,
+            format!(
+                "{error}\nhint: start a local etcd with `hack/etcd.sh start`, or point --etcd \
+                 (or DROVER_ETCD) at a running one"
+            ),
+        )
+    })?;
+    Ok((store, Keys::new(&global.prefix)))
+}
+
+/// Maps a store failure during a verb to a CLI error, keeping etcd outages distinguishable.
+pub fn store_error(context: &str, error: drover_store::Error) -> CliError {
+    let code = if error.retryable() { UNAVAILABLE } else { crate::exit::FAILURE };
+    CliError::new(code, format!("{context}: {error}"))
+}

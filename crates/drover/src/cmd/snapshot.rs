@@ -1,0 +1,182 @@
+//! A point-in-time read of the cluster for the read verbs: tasks, assignments, statuses, nodes
+//! and node records, with the joins `get` and `describe` need.
+
+use std::collections::BTreeMap;
+
+use drover_api::instance::{Instance, InstanceStatus, Phase};
+use drover_api::keys::Keys;
+use drover_api::names::InstanceId;
+use drover_api::node::{Node, NodeInfo};
+use drover_api::task::Task;
+use drover_store::Store;
+use serde::Serialize;
+
+use super::store_error;
+use crate::exit::CliResult;
+
+/// An instance as the CLI shows it: the assignment joined with the status its agent reported.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceView {
+    /// The assignment; `None` when only a status is left (being cleaned up).
+    pub assignment: Option<Instance>,
+    /// The last status the agent reported, if any yet.
+    pub status: Option<InstanceStatus>,
+}
+
+impl InstanceView {
+    /// The instance's id, from whichever half is present.
+    pub fn id(&self) -> Option<&InstanceId> {
+        self.assignment
+            .as_ref()
+            .map(|a| &a.id)
+            .or_else(|| self.status.as_ref().map(|s| &s.id))
+    }
+
+    /// Namespace and task name, when the assignment is known.
+    pub fn task(&self) -> Option<(&str, &str)> {
+        self.assignment
+            .as_ref()
+            .map(|a| (a.namespace.as_str(), a.task.as_str()))
+            .or_else(|| {
+                self.status
+                    .as_ref()
+                    .map(|s| (s.id.namespace(), s.id.task()))
+            })
+    }
+
+    /// Whether the agent reports it Running.
+    pub fn is_running(&self) -> bool {
+        self.status.as_ref().is_some_and(|s| s.phase == Phase::Running)
+    }
+
+    /// The STATUS column: the reason when one is set, else the phase, `Pending` before the agent
+    /// has reported.
+    pub fn display_status(&self) -> String {
+        match &self.status {
+            Some(status) => status.display_status(),
+            None => "Pending".to_string(),
+        }
+    }
+}
+
+/// A node as the CLI shows it: the live registration (if its lease holds) and the durable record.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeView {
+    /// The node's name.
+    pub name: String,
+    /// The lease-bound registration; `None` when the node is dead or gone.
+    pub node: Option<Node>,
+    /// The durable record, if one was written.
+    pub info: Option<NodeInfo>,
+}
+
+impl NodeView {
+    /// The STATUS column, kubectl style.
+    pub fn display_status(&self) -> String {
+        let info = self.info.clone().unwrap_or_default();
+        let base = if self.node.is_some() { "Ready" } else { "NotReady" };
+        if info.draining {
+            format!("{base},Draining")
+        } else if info.cordoned {
+            format!("{base},SchedulingDisabled")
+        } else {
+            base.to_string()
+        }
+    }
+}
+
+/// Everything the read verbs show, read at (nearly) one moment.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Tasks by (namespace, name).
+    pub tasks: BTreeMap<(String, String), Task>,
+    /// Instances by id (string form, so they sort by task then slot).
+    pub instances: BTreeMap<String, InstanceView>,
+    /// Nodes by name.
+    pub nodes: BTreeMap<String, NodeView>,
+}
+
+impl Snapshot {
+    /// Reads the whole cluster state the CLI shows.
+    pub async fn read(store: &Store, keys: &Keys) -> CliResult<Snapshot> {
+        let tasks = store
+            .list::<Task>(&keys.tasks())
+            .await
+            .map_err(|error| store_error("listing tasks", error))?;
+        let assignments = store
+            .list::<Instance>(&keys.assignments())
+            .await
+            .map_err(|error| store_error("listing assignments", error))?;
+        let statuses = store
+            .list::<InstanceStatus>(&keys.statuses())
+            .await
+            .map_err(|error| store_error("listing statuses", error))?;
+        let nodes = store
+            .list::<Node>(&keys.nodes())
+            .await
+            .map_err(|error| store_error("listing nodes", error))?;
+        let infos = store
+            .list::<NodeInfo>(&keys.nodeinfos())
+            .await
+            .map_err(|error| store_error("listing node records", error))?;
+
+        let mut snapshot = Snapshot::default();
+        for item in tasks.items {
+            let meta = &item.value.metadata;
+            snapshot
+                .tasks
+                .insert((meta.namespace.clone(), meta.name.clone()), item.value);
+        }
+        for item in assignments.items {
+            let view = snapshot
+                .instances
+                .entry(item.value.id.to_string())
+                .or_insert_with(|| InstanceView { assignment: None, status: None });
+            view.assignment = Some(item.value);
+        }
+        for item in statuses.items {
+            let view = snapshot
+                .instances
+                .entry(item.value.id.to_string())
+                .or_insert_with(|| InstanceView { assignment: None, status: None });
+            view.status = Some(item.value);
+        }
+        for item in infos.items {
+            let name = item.value.name.clone();
+            snapshot
+                .nodes
+                .entry(name.clone())
+                .or_insert_with(|| NodeView { name, node: None, info: None })
+                .info = Some(item.value);
+        }
+        for item in nodes.items {
+            let name = item.value.name.clone();
+            snapshot
+                .nodes
+                .entry(name.clone())
+                .or_insert_with(|| NodeView { name, node: None, info: None })
+                .node = Some(item.value);
+        }
+        Ok(snapshot)
+    }
+
+    /// The instances of one task.
+    pub fn instances_of<'a>(
+        &'a self,
+        namespace: &'a str,
+        task: &'a str,
+    ) -> impl Iterator<Item = &'a InstanceView> + 'a {
+        self.instances
+            .values()
+            .filter(move |view| view.task() == Some((namespace, task)))
+    }
+
+    /// Instances assigned to one node.
+    pub fn instances_on<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a InstanceView> + 'a {
+        self.instances.values().filter(move |view| {
+            view.assignment.as_ref().is_some_and(|a| a.node == node)
+        })
+    }
+}
