@@ -3,7 +3,12 @@
 
 use std::path::PathBuf;
 
+use std::net::SocketAddr;
+
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use drover_agent::config::DriverChoice;
+use drover_api::duration::HumanDuration;
+use drover_api::quantity::{Cpu, Memory};
 
 use crate::output::Format;
 
@@ -50,6 +55,151 @@ pub enum Command {
     Delete(DeleteArgs),
     /// Run a whole local cluster: etcd, a controller and an agent, with the example applied.
     Up(UpArgs),
+    /// Measure Drover's etcd paths against raw etcd baselines on the same etcd.
+    Bench(BenchArgs),
+    /// Run a controller replica (leader election, scheduling, node lifecycle).
+    Controller(ControllerArgs),
+    /// Run a node agent (heartbeat, convergence of assigned instances, status).
+    Agent(AgentArgs),
+    /// Print an instance's output, through the agent that runs it.
+    Logs(LogsArgs),
+    /// Mark a node unschedulable.
+    Cordon(NodeArgs),
+    /// Mark a node schedulable again (also ends a drain).
+    Uncordon(NodeArgs),
+    /// Move every instance off a node (replacement first), then leave it cordoned.
+    Drain(DrainArgs),
+}
+
+/// `drover controller`.
+#[derive(Debug, Args)]
+pub struct ControllerArgs {
+    /// This replica's id (default: host name and pid).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// TTL of the election lease: a crashed leader is replaced about this long after it died.
+    #[arg(long, default_value = "5s")]
+    pub lease_ttl: HumanDuration,
+    /// Reschedules of a failed instance before it is dead-lettered.
+    #[arg(long, default_value_t = 3)]
+    pub reschedule_limit: u32,
+    /// Serve /metrics, /healthz and /readyz here (e.g. 127.0.0.1:9464).
+    #[arg(long)]
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+/// `drover agent`.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// The node name (a DNS-1123 label); with --hollow-nodes, the prefix of the node names.
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Which driver runs instances: auto (docker where the daemon answers, else process),
+    /// docker, process or hollow.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub driver: DriverFlag,
+    /// A node label for nodeSelector matching (repeatable).
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// TTL of the node lease; keep-alives go every TTL/3.
+    #[arg(long, default_value = "10s")]
+    pub lease_ttl: HumanDuration,
+    /// Where the gRPC service (Ping, Logs) listens.
+    #[arg(long)]
+    pub address: Option<SocketAddr>,
+    /// CPU the scheduler may place here (default: all cores).
+    #[arg(long)]
+    pub cpu: Option<Cpu>,
+    /// Memory the scheduler may place here (default: MemTotal).
+    #[arg(long)]
+    pub memory: Option<Memory>,
+    /// Where the agent keeps pid files, logs and local records (default .drover/agent/NODE).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// IP that docker publishes ports on (default 0.0.0.0).
+    #[arg(long)]
+    pub publish_ip: Option<String>,
+    /// On SIGTERM leave instances running and the lease alive, for an agent upgrade.
+    #[arg(long)]
+    pub keep_running: bool,
+    /// Simulate this many nodes with the hollow driver in one process (scale tests).
+    #[arg(long)]
+    pub hollow_nodes: Option<usize>,
+    /// Serve /metrics, /healthz and /readyz here.
+    #[arg(long)]
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+/// `--driver`: which driver an agent runs instances with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DriverFlag {
+    /// Docker where the daemon answers, plus processes for command-only tasks.
+    Auto,
+    /// Docker (fails at start without a daemon), plus processes for command-only tasks.
+    Docker,
+    /// Host processes only.
+    Process,
+    /// Simulated instances (scale tests).
+    Hollow,
+}
+
+impl From<DriverFlag> for DriverChoice {
+    fn from(flag: DriverFlag) -> Self {
+        match flag {
+            DriverFlag::Auto => DriverChoice::Auto,
+            DriverFlag::Docker => DriverChoice::Docker,
+            DriverFlag::Process => DriverChoice::Process,
+            DriverFlag::Hollow => DriverChoice::Hollow,
+        }
+    }
+}
+
+/// `drover logs`.
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The instance (as `drover get instances` names it).
+    pub instance: String,
+    /// Keep printing new lines.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Only the last N lines.
+    #[arg(long)]
+    pub tail: Option<u32>,
+}
+
+/// `drover cordon` / `uncordon`.
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// The node.
+    pub node: String,
+}
+
+/// `drover drain`.
+#[derive(Debug, Args)]
+pub struct DrainArgs {
+    /// The node.
+    pub node: String,
+    /// Give up waiting after this long (the drain itself goes on).
+    #[arg(long, default_value = "5m")]
+    pub timeout: HumanDuration,
+}
+
+/// `drover bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// What to measure (only `store` for now).
+    #[arg(value_enum, default_value = "store")]
+    pub what: BenchKind,
+    /// How many values to write.
+    #[arg(long, default_value_t = 5000)]
+    pub count: usize,
+}
+
+/// The benchmarks `drover bench` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchKind {
+    /// Bindings, watch and list against raw pipelined puts.
+    Store,
 }
 
 /// `drover apply`.
@@ -75,6 +225,9 @@ pub enum Resource {
     /// Worker nodes.
     #[value(alias = "node", alias = "no")]
     Nodes,
+    /// Controller replicas, and which one leads.
+    #[value(alias = "controller")]
+    Controllers,
 }
 
 /// `drover get`.
@@ -136,7 +289,11 @@ pub struct DeleteArgs {
 #[derive(Debug, Args)]
 pub struct UpArgs {
     /// Manifest to apply once the cluster runs.
-    #[arg(short = 'f', long = "filename", default_value = "manifests/examples/echo.yaml")]
+    #[arg(
+        short = 'f',
+        long = "filename",
+        default_value = "manifests/examples/echo.yaml"
+    )]
     pub file: PathBuf,
     /// Where the local etcd keeps its data.
     #[arg(long, default_value = ".drover")]

@@ -22,7 +22,10 @@ pub struct CliError {
 impl CliError {
     /// An error with an explicit exit code.
     pub fn new(code: i32, message: impl Into<String>) -> Self {
-        Self { message: message.into(), code }
+        Self {
+            message: message.into(),
+            code,
+        }
     }
 
     /// Input the user gave is wrong (a manifest, a name, a flag's value).

@@ -38,8 +38,9 @@ pub fn read_sources(paths: &[PathBuf]) -> CliResult<Vec<Source>> {
 }
 
 fn manifest_files(dir: &Path) -> CliResult<Vec<PathBuf>> {
-    let entries = std::fs::read_dir(dir)
-        .map_err(|error| CliError::data(format!("{}: cannot read directory: {error}", dir.display())))?;
+    let entries = std::fs::read_dir(dir).map_err(|error| {
+        CliError::data(format!("{}: cannot read directory: {error}", dir.display()))
+    })?;
     let mut files = Vec::new();
     for entry in entries {
         let path = entry

@@ -1,6 +1,7 @@
 //! The `drover` binary: parses the command line, sets up logging, runs one verb and turns its
 //! outcome into an exit code. Everything else lives in `cmd/` (one module per verb).
 
+mod admin;
 mod cli;
 mod cmd;
 mod exit;
@@ -12,7 +13,11 @@ use clap::Parser;
 #[tokio::main]
 async fn main() {
     let cli = cli::Cli::parse();
-    init_tracing(cli.verbose);
+    let daemon = matches!(
+        cli.command,
+        cli::Command::Controller(_) | cli::Command::Agent(_)
+    );
+    init_tracing(cli.verbose, daemon);
     let code = match cmd::run(cli).await {
         Ok(()) => 0,
         Err(error) => {
@@ -23,12 +28,13 @@ async fn main() {
     std::process::exit(code);
 }
 
-/// Logs go to stderr so that `-o json` output on stdout stays machine-readable. `RUST_LOG`
-/// overrides the level chosen by `-v`.
-fn init_tracing(verbose: u8) {
-    let default = match verbose {
-        0 => "error,drover=info",
-        1 => "info",
+/// Logs go to stderr so that `-o json` output on stdout stays machine-readable. Daemons log at
+/// info by default, other verbs only errors; `-v` raises the level and `RUST_LOG` overrides it.
+fn init_tracing(verbose: u8, daemon: bool) {
+    let default = match (verbose, daemon) {
+        (0, true) => "info",
+        (0, false) => "error",
+        (1, _) => "info",
         _ => "debug",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

@@ -29,7 +29,10 @@ pub struct Table {
 impl Table {
     /// A table with these column headers.
     pub fn new(headers: Vec<&'static str>) -> Self {
-        Self { headers, rows: Vec::new() }
+        Self {
+            headers,
+            rows: Vec::new(),
+        }
     }
 
     /// Adds one row; missing cells print empty.

@@ -29,7 +29,12 @@ async fn store(server: &EtcdServer) -> Store {
 }
 
 fn three_docs() -> String {
-    [task_doc("alpha", 1), task_doc("beta", 2), task_doc("gamma", 3)].join("---\n")
+    [
+        task_doc("alpha", 1),
+        task_doc("beta", 2),
+        task_doc("gamma", 3),
+    ]
+    .join("---\n")
 }
 
 #[tokio::test]
@@ -42,7 +47,11 @@ async fn apply_writes_readable_json_and_reapply_is_unchanged() {
     let out = cli.ok(&["apply", "-f", path]).await;
     assert_eq!(
         out.lines().collect::<Vec<_>>(),
-        ["task/alpha created", "task/beta created", "task/gamma created"]
+        [
+            "task/alpha created",
+            "task/beta created",
+            "task/gamma created"
+        ]
     );
 
     // etcdctl shows three keys whose values are JSON a person (and serde) can read.
@@ -67,9 +76,16 @@ async fn apply_writes_readable_json_and_reapply_is_unchanged() {
     assert_eq!(before, after, "an unchanged apply must not write");
 
     // A change bumps the generation of that task only.
-    let changed = [task_doc("alpha", 1), task_doc("beta", 5), task_doc("gamma", 3)].join("---\n");
+    let changed = [
+        task_doc("alpha", 1),
+        task_doc("beta", 5),
+        task_doc("gamma", 3),
+    ]
+    .join("---\n");
     let (_dir2, path2) = manifest(&changed);
-    let out = cli.ok(&["apply", "-f", path2.to_str().expect("utf-8")]).await;
+    let out = cli
+        .ok(&["apply", "-f", path2.to_str().expect("utf-8")])
+        .await;
     assert!(out.contains("task/beta configured"), "{out}");
     assert!(out.contains("task/alpha unchanged"), "{out}");
     let beta = store
@@ -91,16 +107,36 @@ async fn a_manifest_with_one_bad_document_writes_nothing() {
         task_doc("second", 1)
     );
     let (_dir, path) = manifest(&bad);
-    let output = cli.run(&["apply", "-f", path.to_str().expect("utf-8")]).await;
+    let output = cli
+        .run(&["apply", "-f", path.to_str().expect("utf-8")])
+        .await;
     assert!(!output.status.success());
-    assert_eq!(output.status.code(), Some(65), "bad input exits with EX_DATAERR");
+    assert_eq!(
+        output.status.code(),
+        Some(65),
+        "bad input exits with EX_DATAERR"
+    );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("manifest.yaml"), "names the file: {stderr}");
-    assert!(stderr.contains("document 3"), "names the document: {stderr}");
+    assert!(
+        stderr.contains("document 3"),
+        "names the document: {stderr}"
+    );
     assert!(stderr.contains("line "), "names the line: {stderr}");
-    assert!(stderr.contains("spec.resources.cpu"), "names the field: {stderr}");
-    let listing = store(&server).await.list_raw(&cli.prefix).await.expect("list");
-    assert!(listing.items.is_empty(), "nothing may be written: {:?}", listing.items);
+    assert!(
+        stderr.contains("spec.resources.cpu"),
+        "names the field: {stderr}"
+    );
+    let listing = store(&server)
+        .await
+        .list_raw(&cli.prefix)
+        .await
+        .expect("list");
+    assert!(
+        listing.items.is_empty(),
+        "nothing may be written: {:?}",
+        listing.items
+    );
 }
 
 #[tokio::test]
@@ -108,7 +144,8 @@ async fn get_output_round_trips_through_apply() {
     let server = EtcdServer::start().await;
     let cli = Cli::new(server.endpoints());
     let (dir, path) = manifest(&three_docs());
-    cli.ok(&["apply", "-f", path.to_str().expect("utf-8")]).await;
+    cli.ok(&["apply", "-f", path.to_str().expect("utf-8")])
+        .await;
     let stored: Vec<Task> = store(&server)
         .await
         .list::<Task>(&format!("{}/tasks/", cli.prefix))
@@ -127,9 +164,14 @@ async fn get_output_round_trips_through_apply() {
         let text = cli.ok(&["get", "tasks", "-o", format]).await;
         let file = dir.path().join(format!("out.{format}"));
         std::fs::write(&file, text).expect("write");
-        let out = cli.ok(&["apply", "-f", file.to_str().expect("utf-8")]).await;
+        let out = cli
+            .ok(&["apply", "-f", file.to_str().expect("utf-8")])
+            .await;
         assert_eq!(out.lines().count(), 3, "{out}");
-        assert!(out.lines().all(|l| l.ends_with(" unchanged")), "-o {format} round-trips: {out}");
+        assert!(
+            out.lines().all(|l| l.ends_with(" unchanged")),
+            "-o {format} round-trips: {out}"
+        );
     }
 }
 
@@ -138,7 +180,8 @@ async fn get_watch_prints_a_change_made_by_another_client() {
     let server = EtcdServer::start().await;
     let cli = Cli::new(server.endpoints());
     let (_dir, path) = manifest(&task_doc("watched", 1));
-    cli.ok(&["apply", "-f", path.to_str().expect("utf-8")]).await;
+    cli.ok(&["apply", "-f", path.to_str().expect("utf-8")])
+        .await;
     let mut child = cli.spawn(&["get", "tasks", "-w"]);
     let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
     assert!(next_line(&mut lines).await.starts_with("NAME"));
@@ -151,7 +194,12 @@ async fn get_watch_prints_a_change_made_by_another_client() {
     let key = format!("{}/tasks/default/watched", cli.prefix);
     let mut latencies = Vec::new();
     for replicas in [4u32, 5, 6] {
-        let mut task = store.get::<Task>(&key).await.expect("get").expect("exists").value;
+        let mut task = store
+            .get::<Task>(&key)
+            .await
+            .expect("get")
+            .expect("exists")
+            .value;
         task.spec.replicas = replicas;
         task.metadata.generation += 1;
         store.put(&key, &task, None).await.expect("put");
@@ -163,7 +211,11 @@ async fn get_watch_prints_a_change_made_by_another_client() {
     }
     latencies.sort();
     eprintln!("get -w latencies: {latencies:?}");
-    assert!(latencies[1] < Duration::from_secs(1), "median latency {:?}", latencies[1]);
+    assert!(
+        latencies[1] < Duration::from_secs(1),
+        "median latency {:?}",
+        latencies[1]
+    );
     child.start_kill().expect("kill");
 }
 
@@ -172,18 +224,25 @@ async fn describe_and_delete_a_task() {
     let server = EtcdServer::start().await;
     let cli = Cli::new(server.endpoints());
     let (_dir, path) = manifest(&task_doc("doomed", 2));
-    cli.ok(&["apply", "-f", path.to_str().expect("utf-8")]).await;
+    cli.ok(&["apply", "-f", path.to_str().expect("utf-8")])
+        .await;
     let text = cli.ok(&["describe", "task", "doomed"]).await;
     assert!(text.contains("Name:           doomed"), "{text}");
     assert!(text.contains("2 desired"), "{text}");
     assert!(text.contains("Events:"), "{text}");
 
-    assert_eq!(cli.ok(&["delete", "task", "doomed"]).await.trim(), "task/doomed deleted");
+    assert_eq!(
+        cli.ok(&["delete", "task", "doomed"]).await.trim(),
+        "task/doomed deleted"
+    );
     let output = cli.run(&["describe", "task", "doomed"]).await;
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("\"doomed\" not found"));
     let output = cli.run(&["delete", "task", "doomed"]).await;
-    assert!(!output.status.success(), "deleting a missing task is an error");
+    assert!(
+        !output.status.success(),
+        "deleting a missing task is an error"
+    );
 }
 
 #[tokio::test]
@@ -194,7 +253,10 @@ async fn an_unreachable_etcd_is_a_clear_error_not_a_hang() {
     let output = cli.run(&["get", "tasks"]).await;
     assert_eq!(output.status.code(), Some(69), "EX_UNAVAILABLE");
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains(&format!("127.0.0.1:{port}")), "names the endpoint: {stderr}");
+    assert!(
+        stderr.contains(&format!("127.0.0.1:{port}")),
+        "names the endpoint: {stderr}"
+    );
     assert!(stderr.contains("etcd unreachable"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
     eprintln!("gave up after {:?}", started.elapsed());

@@ -19,7 +19,10 @@ pub struct Cli {
 
 impl Cli {
     pub fn new(endpoints: Vec<String>) -> Cli {
-        Cli { endpoints, prefix: drover_testkit::unique_prefix() }
+        Cli {
+            endpoints,
+            prefix: drover_testkit::unique_prefix(),
+        }
     }
 
     /// A command for the drover binary with `--etcd` and `--prefix` set.
@@ -83,4 +86,80 @@ pub fn task_doc(name: &str, replicas: u32) -> String {
     format!(
         "apiVersion: drover.dev/v1\nkind: Task\nmetadata:\n  name: {name}\nspec:\n  command: [\"sleep\", \"3600\"]\n  replicas: {replicas}\n"
     )
+}
+
+/// A daemon (`drover controller`, `drover agent`) run as a real child process, so tests can
+/// SIGKILL, SIGSTOP and SIGTERM it. Its stderr goes to a log file the test can read.
+pub struct Daemon {
+    pub child: Child,
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    /// Starts `drover <args>` against `cli`'s etcd and prefix.
+    pub fn start(cli: &Cli, args: &[&str]) -> Daemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("daemon.log");
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = cli
+            .command(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("drover daemon starts");
+        Daemon {
+            child,
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("daemon still running")
+    }
+
+    /// Sends a signal by name (`KILL`, `TERM`, `STOP`, `CONT`).
+    pub fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// SIGKILL, and reap.
+    pub async fn kill(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
+    }
+
+    /// Waits for the process to exit on its own (after SIGTERM), bounded.
+    pub async fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        tokio::time::timeout(within, self.child.wait())
+            .await
+            .ok()
+            .and_then(Result::ok)
+    }
+
+    /// What it logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // A stopped process ignores SIGKILL until continued on some kernels' views; continue it.
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .arg("-CONT")
+                .arg(pid.to_string())
+                .status();
+        }
+        let _ = self.child.start_kill();
+    }
 }

@@ -95,7 +95,11 @@ async fn plan(store: &Store, keys: &Keys, tasks: &[Task]) -> CliResult<Vec<Plann
                 }
             }
         };
-        plan.push(Planned { task, change, based_on });
+        plan.push(Planned {
+            task,
+            change,
+            based_on,
+        });
     }
     Ok(plan)
 }
@@ -150,6 +154,10 @@ fn report(plan: &[Planned], suffix: &str) {
         } else {
             format!(" -n {}", meta.namespace)
         };
-        println!("task/{}{namespace} {}{suffix}", meta.name, planned.change.verb());
+        println!(
+            "task/{}{namespace} {}{suffix}",
+            meta.name,
+            planned.change.verb()
+        );
     }
 }

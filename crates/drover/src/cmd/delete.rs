@@ -19,7 +19,9 @@ pub async fn run(global: &Global, args: DeleteArgs) -> CliResult {
         if deleted {
             println!("task/{name} deleted");
         } else {
-            missing.push(format!("task \"{name}\" not found in namespace \"{namespace}\""));
+            missing.push(format!(
+                "task \"{name}\" not found in namespace \"{namespace}\""
+            ));
         }
     }
     if missing.is_empty() {

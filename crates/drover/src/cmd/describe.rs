@@ -50,7 +50,10 @@ pub async fn run(global: &Global, args: DescribeArgs) -> CliResult {
         .filter(|e| is_about(e, &args.name))
         .collect();
     events.sort_by_key(|e| e.time);
-    print!("{}", render(task, state.as_ref(), &snapshot, &dead_letters, &events));
+    print!(
+        "{}",
+        render(task, state.as_ref(), &snapshot, &dead_letters, &events)
+    );
     Ok(())
 }
 
@@ -96,15 +99,24 @@ fn render(
         .instances_of(&meta.namespace, &meta.name)
         .filter(|v| v.is_running())
         .count();
-    line("Replicas", format!("{} desired, {running} running", spec.replicas));
+    line(
+        "Replicas",
+        format!("{} desired, {running} running", spec.replicas),
+    );
     line(
         "Resources",
-        format!("cpu {}, memory {}", spec.resources.cpu, spec.resources.memory),
+        format!(
+            "cpu {}, memory {}",
+            spec.resources.cpu, spec.resources.memory
+        ),
     );
     line("Priority", spec.priority.to_string());
     line(
         "Restart policy",
-        format!("{:?} (at most {} local restarts)", spec.restart_policy, spec.max_restarts),
+        format!(
+            "{:?} (at most {} local restarts)",
+            spec.restart_policy, spec.max_restarts
+        ),
     );
     if let Some(check) = &spec.health_check {
         let what = if let Some(http) = &check.http {
@@ -140,24 +152,37 @@ fn render(
         if state.suspended {
             line(
                 "Suspended",
-                state.suspended_reason.clone().unwrap_or_else(|| "yes".into()),
+                state
+                    .suspended_reason
+                    .clone()
+                    .unwrap_or_else(|| "yes".into()),
             );
         }
         if let Some(reason) = &state.pending_reason {
             line("Waiting", reason.clone());
         }
         if state.consecutive_failures > 0 {
-            line("Failures", format!("{} in a row", state.consecutive_failures));
+            line(
+                "Failures",
+                format!("{} in a row", state.consecutive_failures),
+            );
         }
     }
 
     out.push_str("\nInstances:\n");
-    let columns = Columns { namespace: false, wide: false };
+    let columns = Columns {
+        namespace: false,
+        wide: false,
+    };
     let mut table = rows::instance_table(columns);
     for view in snapshot.instances_of(&meta.namespace, &meta.name) {
         table.row(rows::instance_row(view, columns, now));
     }
-    out.push_str(&indent(if table.is_empty() { "<none>\n".into() } else { table.render() }));
+    out.push_str(&indent(if table.is_empty() {
+        "<none>\n".into()
+    } else {
+        table.render()
+    }));
 
     if !dead_letters.is_empty() {
         out.push_str("\nDead letters:\n");
@@ -166,7 +191,10 @@ fn render(
             table.row(vec![
                 letter.instance.to_string(),
                 letter.attempts.to_string(),
-                letter.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+                letter
+                    .exit_code
+                    .map(|c| c.to_string())
+                    .unwrap_or_else(|| "-".into()),
                 age(Some(letter.time), now),
                 letter.last_error.clone(),
             ]);
@@ -184,7 +212,11 @@ fn render(
             event.message.clone(),
         ]);
     }
-    out.push_str(&indent(if table.is_empty() { "<none>\n".into() } else { table.render() }));
+    out.push_str(&indent(if table.is_empty() {
+        "<none>\n".into()
+    } else {
+        table.render()
+    }));
     out
 }
 

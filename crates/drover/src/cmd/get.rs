@@ -8,6 +8,7 @@ use std::io::Write;
 use chrono::Utc;
 use drover_api::keys::Keys;
 use drover_api::task::Task;
+use drover_controller::ControllerInfo;
 use drover_store::{watcher, Event, Store};
 use futures::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
@@ -30,6 +31,7 @@ pub async fn run(global: &Global, args: GetArgs) -> CliResult {
         Resource::Tasks => list_tasks(&snapshot, &args, columns)?,
         Resource::Instances => list_instances(&snapshot, &args, columns)?,
         Resource::Nodes => list_nodes(&snapshot, &args, columns)?,
+        Resource::Controllers => list_controllers(&store, &keys, &args, columns).await?,
     };
     print_now(&text);
     if args.watch {
@@ -110,7 +112,11 @@ fn list_nodes(snapshot: &Snapshot, args: &GetArgs, columns: Columns) -> CliResul
     let views: Vec<_> = snapshot
         .nodes
         .values()
-        .filter(|view| args.name.as_deref().is_none_or(|wanted| wanted == view.name))
+        .filter(|view| {
+            args.name
+                .as_deref()
+                .is_none_or(|wanted| wanted == view.name)
+        })
         .collect();
     not_found(args, "node", views.len())?;
     let mut table = rows::node_table(columns);
@@ -121,6 +127,33 @@ fn list_nodes(snapshot: &Snapshot, args: &GetArgs, columns: Columns) -> CliResul
         return Ok("No nodes found.\n".to_string());
     }
     render(args.output, &views, table)
+}
+
+async fn list_controllers(
+    store: &Store,
+    keys: &Keys,
+    args: &GetArgs,
+    columns: Columns,
+) -> CliResult<String> {
+    let replicas: Vec<ControllerInfo> = store
+        .list::<ControllerInfo>(&keys.controllers())
+        .await
+        .map_err(|error| store_error("listing controllers", error))?
+        .items
+        .into_iter()
+        .map(|item| item.value)
+        .filter(|info| args.name.as_deref().is_none_or(|wanted| wanted == info.id))
+        .collect();
+    not_found(args, "controller", replicas.len())?;
+    let mut table = rows::controller_table(columns);
+    let now = Utc::now();
+    for info in &replicas {
+        table.row(rows::controller_row(info, now));
+    }
+    if replicas.is_empty() && matches!(args.output, Format::Table | Format::Wide) && !args.watch {
+        return Ok("No controllers found.\n".to_string());
+    }
+    render(args.output, &replicas, table)
 }
 
 fn no_resources(args: &GetArgs) -> String {
@@ -145,6 +178,7 @@ async fn follow(store: &Store, keys: &Keys, args: &GetArgs, columns: Columns) ->
         Resource::Tasks => vec![keys.tasks(), keys.statuses()],
         Resource::Instances => vec![keys.assignments(), keys.statuses()],
         Resource::Nodes => vec![keys.nodes(), keys.nodeinfos()],
+        Resource::Controllers => vec![keys.controllers()],
     };
     let mut changes = futures::stream::select_all(
         prefixes
@@ -154,7 +188,7 @@ async fn follow(store: &Store, keys: &Keys, args: &GetArgs, columns: Columns) ->
     while let Some(change) = changes.next().await {
         let key = change.map_err(|error| store_error("watching", error))?;
         let snapshot = Snapshot::read(store, keys).await?;
-        let text = watch_lines(&snapshot, keys, &key, args, columns)?;
+        let text = watch_lines(store, &snapshot, keys, &key, args, columns).await?;
         print_now(&text);
     }
     Ok(())
@@ -183,7 +217,8 @@ enum Change {
 }
 
 /// The lines to print for one change, in the listing's format.
-fn watch_lines(
+async fn watch_lines(
+    store: &Store,
     snapshot: &Snapshot,
     keys: &Keys,
     change: &Change,
@@ -197,13 +232,13 @@ fn watch_lines(
     let now = Utc::now();
     match args.resource {
         Resource::Tasks => {
-            let name = keys
-                .parse_task_key(key)
-                .or_else(|| {
-                    keys.parse_status_key(key)
-                        .map(|id| (id.namespace().to_string(), id.task().to_string()))
-                });
-            let Some((namespace, name)) = name else { return Ok(String::new()) };
+            let name = keys.parse_task_key(key).or_else(|| {
+                keys.parse_status_key(key)
+                    .map(|id| (id.namespace().to_string(), id.task().to_string()))
+            });
+            let Some((namespace, name)) = name else {
+                return Ok(String::new());
+            };
             if !in_scope(args, &namespace, &name) {
                 return Ok(String::new());
             }
@@ -217,8 +252,12 @@ fn watch_lines(
             let id = keys
                 .parse_status_key(key)
                 .or_else(|| keys.parse_assignment_key(key).map(|(_, id)| id));
-            let Some(id) = id else { return Ok(String::new()) };
-            if !in_scope(args, id.namespace(), id.task()) && args.name.as_deref() != Some(&id.to_string()) {
+            let Some(id) = id else {
+                return Ok(String::new());
+            };
+            if !in_scope(args, id.namespace(), id.task())
+                && args.name.as_deref() != Some(&id.to_string())
+            {
                 return Ok(String::new());
             }
             match snapshot.instances.get(&id.to_string()) {
@@ -226,16 +265,44 @@ fn watch_lines(
                 None => Ok(format!("instance/{id} deleted\n")),
             }
         }
+        Resource::Controllers => {
+            let Some(id) = keys.parse_controller_key(key) else {
+                return Ok(String::new());
+            };
+            if deleted {
+                return Ok(format!("controller/{id} gone\n"));
+            }
+            let info = store
+                .get::<ControllerInfo>(key)
+                .await
+                .map_err(|error| store_error("reading a controller", error))?;
+            match info {
+                Some(info) => one(
+                    args,
+                    &info.value,
+                    rows::controller_row(&info.value, now),
+                    columns,
+                ),
+                None => Ok(format!("controller/{id} gone\n")),
+            }
+        }
         Resource::Nodes => {
             let name = keys
                 .parse_node_key(key)
                 .or_else(|| keys.parse_nodeinfo_key(key));
-            let Some(name) = name else { return Ok(String::new()) };
+            let Some(name) = name else {
+                return Ok(String::new());
+            };
             if args.name.as_deref().is_some_and(|wanted| wanted != name) {
                 return Ok(String::new());
             }
             match snapshot.nodes.get(&name) {
-                Some(view) => one(args, view, rows::node_row(view, snapshot, columns, now), columns),
+                Some(view) => one(
+                    args,
+                    view,
+                    rows::node_row(view, snapshot, columns, now),
+                    columns,
+                ),
                 None => Ok(format!("node/{name} deleted\n")),
             }
         }

@@ -1,10 +1,16 @@
 //! One module per verb; `run` dispatches to them. Shared here: connecting to etcd with a clear
 //! error for people when it cannot be reached.
 
+mod agent;
 mod apply;
+mod bench;
+mod controller;
+mod daemon;
 mod delete;
 mod describe;
 mod get;
+mod logs;
+mod node;
 mod rows;
 mod snapshot;
 mod up;
@@ -24,6 +30,13 @@ pub async fn run(cli: Cli) -> CliResult {
         Command::Describe(args) => describe::run(&global, args).await,
         Command::Delete(args) => delete::run(&global, args).await,
         Command::Up(args) => up::run(&global, args).await,
+        Command::Bench(args) => bench::run(&global, args).await,
+        Command::Controller(args) => controller::run(&global, args).await,
+        Command::Agent(args) => agent::run(&global, args).await,
+        Command::Logs(args) => logs::run(&global, args).await,
+        Command::Cordon(args) => node::cordon(&global, args, true).await,
+        Command::Uncordon(args) => node::cordon(&global, args, false).await,
+        Command::Drain(args) => node::drain(&global, args).await,
     }
 }
 
@@ -50,6 +63,10 @@ pub async fn connect(global: &Global) -> CliResult<(Store, Keys)> {
 
 /// Maps a store failure during a verb to a CLI error, keeping etcd outages distinguishable.
 pub fn store_error(context: &str, error: drover_store::Error) -> CliError {
-    let code = if error.retryable() { UNAVAILABLE } else { crate::exit::FAILURE };
+    let code = if error.retryable() {
+        UNAVAILABLE
+    } else {
+        crate::exit::FAILURE
+    };
     CliError::new(code, format!("{context}: {error}"))
 }

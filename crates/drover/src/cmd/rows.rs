@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use drover_api::task::Task;
+use drover_controller::ControllerInfo;
 
 use super::snapshot::{InstanceView, NodeView, Snapshot};
 use crate::cli::Resource;
@@ -14,7 +15,27 @@ pub fn table_for(resource: Resource, columns: Columns) -> Table {
         Resource::Tasks => task_table(columns),
         Resource::Instances => instance_table(columns),
         Resource::Nodes => node_table(columns),
+        Resource::Controllers => controller_table(columns),
     }
+}
+
+/// The table for controller replicas.
+pub fn controller_table(_columns: Columns) -> Table {
+    Table::new(vec!["ID", "ROLE", "SINCE", "VERSION"])
+}
+
+/// One controller replica's row.
+pub fn controller_row(info: &ControllerInfo, now: DateTime<Utc>) -> Vec<String> {
+    vec![
+        info.id.clone(),
+        if info.leader {
+            "leader".into()
+        } else {
+            "standby".into()
+        },
+        age(Some(info.since), now),
+        info.version.clone(),
+    ]
 }
 
 /// Column choices for one listing.
@@ -62,7 +83,11 @@ pub fn task_row(task: &Task, snapshot: &Snapshot, columns: Columns) -> Vec<Strin
             Some(image) => image.clone(),
             None => task.spec.command.join(" "),
         };
-        row.extend([task.spec.priority.to_string(), what, pairs(&task.spec.node_selector)]);
+        row.extend([
+            task.spec.priority.to_string(),
+            what,
+            pairs(&task.spec.node_selector),
+        ]);
     }
     row
 }
@@ -113,15 +138,25 @@ pub fn instance_row(view: &InstanceView, columns: Columns, now: DateTime<Utc>) -
         node,
         view.display_status(),
         status.map(|s| s.restart_count).unwrap_or(0).to_string(),
-        if ports.is_empty() { "<none>".into() } else { ports },
+        if ports.is_empty() {
+            "<none>".into()
+        } else {
+            ports
+        },
         age(started, now),
     ]);
     if columns.wide {
         let assignment = view.assignment.as_ref();
         row.extend([
-            assignment.map(|a| a.generation.to_string()).unwrap_or_default(),
-            assignment.map(|a| a.attempt.to_string()).unwrap_or_default(),
-            status.map(|s| format!("{:?}", s.health)).unwrap_or_default(),
+            assignment
+                .map(|a| a.generation.to_string())
+                .unwrap_or_default(),
+            assignment
+                .map(|a| a.attempt.to_string())
+                .unwrap_or_default(),
+            status
+                .map(|s| format!("{:?}", s.health))
+                .unwrap_or_default(),
             status
                 .and_then(|s| s.container_id.clone())
                 .map(|id| id.chars().take(12).collect())
@@ -134,7 +169,15 @@ pub fn instance_row(view: &InstanceView, columns: Columns, now: DateTime<Utc>) -
 
 /// The table for nodes, with its headers.
 pub fn node_table(columns: Columns) -> Table {
-    let mut headers = vec!["NAME", "STATUS", "INSTANCES", "CPU", "MEMORY", "DRIVERS", "AGE"];
+    let mut headers = vec![
+        "NAME",
+        "STATUS",
+        "INSTANCES",
+        "CPU",
+        "MEMORY",
+        "DRIVERS",
+        "AGE",
+    ];
     if columns.wide {
         headers.extend(["ADDRESS", "VERSION", "LABELS"]);
     }

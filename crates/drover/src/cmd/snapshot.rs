@@ -47,7 +47,9 @@ impl InstanceView {
 
     /// Whether the agent reports it Running.
     pub fn is_running(&self) -> bool {
-        self.status.as_ref().is_some_and(|s| s.phase == Phase::Running)
+        self.status
+            .as_ref()
+            .is_some_and(|s| s.phase == Phase::Running)
     }
 
     /// The STATUS column: the reason when one is set, else the phase, `Pending` before the agent
@@ -76,7 +78,11 @@ impl NodeView {
     /// The STATUS column, kubectl style.
     pub fn display_status(&self) -> String {
         let info = self.info.clone().unwrap_or_default();
-        let base = if self.node.is_some() { "Ready" } else { "NotReady" };
+        let base = if self.node.is_some() {
+            "Ready"
+        } else {
+            "NotReady"
+        };
         if info.draining {
             format!("{base},Draining")
         } else if info.cordoned {
@@ -133,14 +139,20 @@ impl Snapshot {
             let view = snapshot
                 .instances
                 .entry(item.value.id.to_string())
-                .or_insert_with(|| InstanceView { assignment: None, status: None });
+                .or_insert_with(|| InstanceView {
+                    assignment: None,
+                    status: None,
+                });
             view.assignment = Some(item.value);
         }
         for item in statuses.items {
             let view = snapshot
                 .instances
                 .entry(item.value.id.to_string())
-                .or_insert_with(|| InstanceView { assignment: None, status: None });
+                .or_insert_with(|| InstanceView {
+                    assignment: None,
+                    status: None,
+                });
             view.status = Some(item.value);
         }
         for item in infos.items {
@@ -148,7 +160,11 @@ impl Snapshot {
             snapshot
                 .nodes
                 .entry(name.clone())
-                .or_insert_with(|| NodeView { name, node: None, info: None })
+                .or_insert_with(|| NodeView {
+                    name,
+                    node: None,
+                    info: None,
+                })
                 .info = Some(item.value);
         }
         for item in nodes.items {
@@ -156,7 +172,11 @@ impl Snapshot {
             snapshot
                 .nodes
                 .entry(name.clone())
-                .or_insert_with(|| NodeView { name, node: None, info: None })
+                .or_insert_with(|| NodeView {
+                    name,
+                    node: None,
+                    info: None,
+                })
                 .node = Some(item.value);
         }
         Ok(snapshot)
@@ -174,9 +194,12 @@ impl Snapshot {
     }
 
     /// Instances assigned to one node.
-    pub fn instances_on<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a InstanceView> + 'a {
-        self.instances.values().filter(move |view| {
-            view.assignment.as_ref().is_some_and(|a| a.node == node)
-        })
+    pub fn instances_on<'a>(
+        &'a self,
+        node: &'a str,
+    ) -> impl Iterator<Item = &'a InstanceView> + 'a {
+        self.instances
+            .values()
+            .filter(move |view| view.assignment.as_ref().is_some_and(|a| a.node == node))
     }
 }

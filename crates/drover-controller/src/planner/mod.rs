@@ -1,0 +1,225 @@
+//! The pure planner: `plan(&Snapshot, now, &config) -> Plan`, the whole of the leader's
+//! decision making, with no I/O.
+//!
+//! The leader runs it on a snapshot of etcd and commits the [`Plan`] in fenced transactions
+//! (see [`crate::commit`]). Because it reads nothing but the snapshot and the clock, a new
+//! leader given the same snapshot makes the same decisions, and a converged cluster yields an
+//! empty plan: this is what "a leader change moves nothing" means at the pure level, and what
+//! `planner/tests.rs` checks.
+//!
+//! Work is split by concern: [`nodes`] (node lifecycle), [`service`] (services: replicas,
+//! generations, node loss, failure escalation, drain), and [`placement`] (turning the scheduler's
+//! decisions into assignments). Other task modes (jobs, scheduled, triggered) are left alone
+//! here; they plug in next to [`service`] by [`TaskSpec::mode`](drover_api::TaskSpec::mode).
+
+mod nodes;
+mod placement;
+mod service;
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use drover_api::{Event, EventKind, Instance, InstanceId, Mode, NodeInfo};
+
+use crate::config::ControllerConfig;
+use crate::records::{DeadLetterRecord, TaskRef, TaskStateRecord};
+use crate::snapshot::Snapshot;
+
+/// One write the committer turns into etcd compares and operations.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Write {
+    /// Create `assignments/<node>/<id>` (compare: absent).
+    Assign(Box<Instance>),
+    /// Delete `assignments/<node>/<id>` (compare: unchanged since `mod_revision`) and
+    /// `status/<id>` with it, so a stale agent's later status write is rejected.
+    Unassign {
+        /// The instance.
+        id: InstanceId,
+        /// Its node.
+        node: String,
+        /// The assignment's mod revision in the snapshot.
+        mod_revision: i64,
+    },
+    /// Create `deadletter/<ns>/<instance>` (compare: absent).
+    DeadLetter(DeadLetterRecord),
+    /// Write `nodeinfo/<name>` (compare: mod revision, 0 = absent).
+    NodeInfo {
+        /// The new record.
+        info: NodeInfo,
+        /// The record's mod revision in the snapshot (0 = absent).
+        mod_revision: i64,
+    },
+    /// Delete a status that has no assignment (compare: mod revision).
+    DeleteStatus {
+        /// The instance.
+        id: InstanceId,
+        /// The status's mod revision in the snapshot.
+        mod_revision: i64,
+    },
+    /// Delete the task state of a deleted task (compare: mod revision).
+    DeleteTaskState {
+        /// The deleted task.
+        task: TaskRef,
+        /// The state's mod revision in the snapshot.
+        mod_revision: i64,
+    },
+}
+
+/// Writes that must land in one transaction (a removal and its replacement, say).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    /// Set when the step creates assignments of this task: the committer adds the task's
+    /// [`TaskStateWrite`] to the same transaction, comparing its mod revision, so two plans from
+    /// stale snapshots can never both create instances for one task.
+    pub task: Option<TaskRef>,
+    /// The writes.
+    pub writes: Vec<Write>,
+}
+
+/// The new controller-owned state of a task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskStateWrite {
+    /// The new value.
+    pub state: TaskStateRecord,
+    /// The value's mod revision in the snapshot (0 = absent).
+    pub mod_revision: i64,
+}
+
+/// What the leader should write, and when to look again.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Plan {
+    /// Atomic groups of writes, in order.
+    pub steps: Vec<Step>,
+    /// Task state to write, by task (with the steps of that task, or alone).
+    pub taskstates: BTreeMap<TaskRef, TaskStateWrite>,
+    /// Events to record (best effort, after the steps).
+    pub events: Vec<Event>,
+    /// Plan again at this time even if nothing changes (a reschedule delay ends).
+    pub requeue_at: Option<DateTime<Utc>>,
+    /// Instances that should exist but have no node (unschedulable right now).
+    pub pending: usize,
+    /// Instances placed by this plan.
+    pub placed: usize,
+}
+
+impl Plan {
+    /// True when there is nothing to write.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty() && self.taskstates.is_empty()
+    }
+
+    fn requeue_no_later_than(&mut self, at: DateTime<Utc>) {
+        self.requeue_at = Some(self.requeue_at.map_or(at, |t| t.min(at)));
+    }
+
+    fn event(
+        &mut self,
+        now: DateTime<Utc>,
+        ns: &str,
+        kind: EventKind,
+        name: &str,
+        reason: &str,
+        message: String,
+    ) {
+        self.events.push(Event {
+            time: now,
+            namespace: ns.to_owned(),
+            kind,
+            name: name.to_owned(),
+            reason: reason.to_owned(),
+            message,
+            source: "controller".into(),
+        });
+    }
+}
+
+/// Computes what the leader should write to move the cluster towards its desired state.
+///
+/// # Guarantees
+///
+/// - Pure and deterministic: the same snapshot, time and config give the same plan.
+/// - A cluster that satisfies every task yields an empty plan ([`Plan::is_empty`]).
+/// - Every removal compares the removed key's mod revision, every creation is guarded by its
+///   task's state revision, and a dead node's instances are removed in the same step as their
+///   replacements (when a node can take them).
+/// - Services never have fewer than the desired number of Running instances because of a
+///   drain: an instance on a draining node is removed only once enough others run.
+///
+/// # Caveats
+///
+/// - A plan is only as fresh as its snapshot: commit it with its compares (the committer does)
+///   and re-plan after any failed compare rather than retrying the same writes.
+/// - Only services are planned; instances of other task modes are left untouched unless
+///   their task was deleted.
+/// - Deleting a task deletes its task state, and with it the slot counter: a task re-created
+///   under the same name may reuse slot numbers (its old instances are gone by then).
+#[must_use]
+pub fn plan(snapshot: &Snapshot, now: DateTime<Utc>, config: &ControllerConfig) -> Plan {
+    let mut plan = Plan::default();
+    nodes::plan_nodes(snapshot, now, &mut plan);
+
+    let mut removals: Vec<service::Removal> = Vec::new();
+    let mut requests: Vec<service::Want> = Vec::new();
+    let mut by_task: BTreeMap<TaskRef, Vec<&Instance>> = BTreeMap::new();
+    for a in snapshot.assignments.values() {
+        by_task
+            .entry(TaskRef::new(&a.value.namespace, &a.value.task))
+            .or_default()
+            .push(&a.value);
+    }
+
+    // Instances of deleted tasks go, whatever their mode.
+    for (task, instances) in &by_task {
+        if snapshot.tasks.contains_key(task) {
+            continue;
+        }
+        for i in instances {
+            removals.push(service::Removal::plain(snapshot, i, "TaskDeleted"));
+        }
+    }
+    for (task, state) in &snapshot.taskstates {
+        if !snapshot.tasks.contains_key(task) {
+            plan.steps.push(Step {
+                task: None,
+                writes: vec![Write::DeleteTaskState {
+                    task: task.clone(),
+                    mod_revision: state.mod_revision,
+                }],
+            });
+        }
+    }
+
+    for (task_ref, task) in &snapshot.tasks {
+        match task.value.spec.mode() {
+            Mode::Service => {
+                let mine = by_task.get(task_ref).map(Vec::as_slice).unwrap_or_default();
+                service::plan_service(
+                    snapshot,
+                    now,
+                    config,
+                    task_ref,
+                    &task.value,
+                    mine,
+                    &mut service::Out {
+                        plan: &mut plan,
+                        removals: &mut removals,
+                        wants: &mut requests,
+                    },
+                );
+            }
+            // Jobs, scheduled and triggered tasks are planned by a later module.
+            Mode::Job | Mode::Scheduled | Mode::Triggered => {}
+        }
+    }
+    service::orphan_statuses(snapshot, &mut plan);
+    placement::place(snapshot, now, removals, requests, &mut plan);
+    plan
+}
+
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod sim;
+#[cfg(test)]
+mod tests;

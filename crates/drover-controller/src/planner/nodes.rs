@@ -1,0 +1,88 @@
+//! Node lifecycle: a node is alive exactly while its lease-bound `nodes/<node>` key exists.
+//! The planner records deaths (and returns) in `nodeinfo/<node>.deadSince`; the instances of a
+//! dead node are replaced by the service planner.
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Utc};
+use drover_api::{EventKind, NodeInfo};
+
+use super::{Plan, Step, Write};
+use crate::snapshot::Snapshot;
+
+/// Namespace of node events (nodes belong to no namespace).
+const NODE_EVENT_NAMESPACE: &str = "default";
+
+pub(super) fn plan_nodes(snapshot: &Snapshot, now: DateTime<Utc>, plan: &mut Plan) {
+    let mut known: BTreeSet<&str> = BTreeSet::new();
+    for (name, info) in &snapshot.nodeinfos {
+        known.insert(name);
+        let alive = snapshot.nodes.contains_key(name);
+        let mut next = info.value.clone();
+        match (alive, info.value.dead_since) {
+            (false, None) => {
+                next.dead_since = Some(now);
+                let n = snapshot.instances_on(name).count();
+                plan.event(
+                    now,
+                    NODE_EVENT_NAMESPACE,
+                    EventKind::Node,
+                    name,
+                    "NodeDead",
+                    format!("node {name} lost its lease; {n} instance(s) to replace"),
+                );
+            }
+            (true, Some(_)) => {
+                next.dead_since = None;
+                plan.event(
+                    now,
+                    NODE_EVENT_NAMESPACE,
+                    EventKind::Node,
+                    name,
+                    "NodeReady",
+                    format!("node {name} registered again"),
+                );
+            }
+            _ => continue,
+        }
+        if next.name.is_empty() {
+            next.name.clone_from(name);
+        }
+        plan.steps.push(Step {
+            task: None,
+            writes: vec![Write::NodeInfo {
+                info: next,
+                mod_revision: info.mod_revision,
+            }],
+        });
+    }
+    // A node that died before anyone wrote its nodeinfo still gets a record of its death.
+    let orphaned: BTreeSet<&str> = snapshot
+        .assignments
+        .values()
+        .map(|a| a.value.node.as_str())
+        .filter(|n| !snapshot.nodes.contains_key(*n) && !known.contains(n))
+        .collect();
+    for name in orphaned {
+        let n = snapshot.instances_on(name).count();
+        plan.event(
+            now,
+            NODE_EVENT_NAMESPACE,
+            EventKind::Node,
+            name,
+            "NodeDead",
+            format!("node {name} is not registered; {n} instance(s) to replace"),
+        );
+        plan.steps.push(Step {
+            task: None,
+            writes: vec![Write::NodeInfo {
+                info: NodeInfo {
+                    name: name.to_owned(),
+                    dead_since: Some(now),
+                    ..NodeInfo::default()
+                },
+                mod_revision: 0,
+            }],
+        });
+    }
+}

@@ -1,0 +1,342 @@
+//! Placement: runs the pure [`Scheduler`] over the wanted instances of every task at once (so
+//! priorities compete across tasks), hands out fresh slots, pairs each replacement with the
+//! removal it replaces, and records pending reasons, slot counters and events.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Utc};
+use drover_api::{EventKind, Instance, InstanceId, Mode, TaskSpec};
+
+use super::service::{Removal, Want};
+use super::{Plan, Step, TaskStateWrite, Write};
+use crate::records::{TaskRef, TaskStateRecord};
+use crate::scheduler::{Capacity, Decision, NodeView, Request, Scheduler, Unavailable};
+use crate::snapshot::Snapshot;
+
+/// Pending reasons this planner writes start with this, so it knows which ones to clear.
+const UNSCHEDULABLE: &str = "Unschedulable";
+/// At most this many instance names are listed in one event message.
+const EVENT_LIST_MAX: usize = 5;
+
+fn demand(spec: &TaskSpec) -> Capacity {
+    Capacity {
+        cpu_millis: spec.resources.cpu.as_millis(),
+        memory_bytes: spec.resources.memory.as_bytes(),
+    }
+}
+
+/// The scheduler's view of the live nodes, counting every assignment that stays.
+fn node_views(snapshot: &Snapshot, removed: &BTreeSet<&InstanceId>) -> Vec<NodeView> {
+    let mut views: BTreeMap<&str, NodeView> = snapshot
+        .nodes
+        .iter()
+        .map(|(name, node)| {
+            let info = snapshot.nodeinfos.get(name).map(|i| &i.value);
+            let unavailable = match info {
+                Some(i) if i.draining => Some(Unavailable::Draining),
+                Some(i) if i.cordoned => Some(Unavailable::Cordoned),
+                _ => None,
+            };
+            let view = NodeView {
+                name: name.clone(),
+                capacity: Capacity {
+                    cpu_millis: node.value.capacity.cpu.as_millis(),
+                    memory_bytes: node.value.capacity.memory.as_bytes(),
+                },
+                allocated: Capacity::default(),
+                labels: node.value.labels.clone(),
+                drivers: node.value.drivers.iter().map(ToString::to_string).collect(),
+                unavailable,
+                task_counts: BTreeMap::new(),
+            };
+            (name.as_str(), view)
+        })
+        .collect();
+    for a in snapshot.assignments.values() {
+        if removed.contains(&a.value.id) {
+            continue;
+        }
+        if let Some(view) = views.get_mut(a.value.node.as_str()) {
+            view.allocated = view.allocated.saturating_add(demand(&a.value.spec));
+            let task = TaskRef::new(&a.value.namespace, &a.value.task).to_string();
+            *view.task_counts.entry(task).or_default() += 1;
+        }
+    }
+    views.into_values().collect()
+}
+
+/// The first slot no earlier placement of each task can have used.
+fn slot_floors(snapshot: &Snapshot) -> BTreeMap<TaskRef, u32> {
+    let mut floors: BTreeMap<TaskRef, u32> = BTreeMap::new();
+    let mut see = |id: &InstanceId| {
+        let e = floors
+            .entry(TaskRef::new(id.namespace(), id.task()))
+            .or_default();
+        *e = (*e).max(id.slot().saturating_add(1));
+    };
+    snapshot.assignments.keys().for_each(&mut see);
+    snapshot.statuses.keys().for_each(&mut see);
+    snapshot.deadletters.keys().for_each(&mut see);
+    for (task, state) in &snapshot.taskstates {
+        let e = floors.entry(task.clone()).or_default();
+        *e = (*e).max(state.value.next_slot);
+    }
+    floors
+}
+
+/// Per-task bookkeeping while materialising decisions.
+#[derive(Default)]
+struct TaskOutcome {
+    next_slot: u32,
+    placed: Vec<(InstanceId, String)>,
+    pending_reason: Option<String>,
+    steps: Vec<Step>,
+    notes: BTreeMap<&'static str, Vec<String>>,
+}
+
+pub(super) fn place(
+    snapshot: &Snapshot,
+    now: DateTime<Utc>,
+    removals: Vec<Removal>,
+    wants: Vec<Want>,
+    plan: &mut Plan,
+) {
+    let removed: BTreeSet<&InstanceId> = removals.iter().map(|r| &r.id).collect();
+    let mut scheduler = Scheduler::new(node_views(snapshot, &removed));
+    let mut requests = Vec::with_capacity(wants.len());
+    let mut placeable = Vec::with_capacity(wants.len());
+    for w in &wants {
+        let Some(task) = snapshot.tasks.get(&w.task) else {
+            continue;
+        };
+        let spec = &task.value.spec;
+        requests.push(Request {
+            task: w.task.to_string(),
+            name: format!("{}/{:010}", w.task, w.seq),
+            priority: spec.priority,
+            demand: demand(spec),
+            node_selector: spec.node_selector.clone(),
+            driver: spec.driver().to_string(),
+            avoid_node: w.avoid_node.clone(),
+        });
+        placeable.push(w);
+    }
+    let decisions = scheduler.schedule_all(&requests);
+
+    let floors = slot_floors(snapshot);
+    let mut outcomes: BTreeMap<TaskRef, TaskOutcome> = BTreeMap::new();
+    let mut replacement: BTreeMap<InstanceId, Instance> = BTreeMap::new();
+    for (w, decision) in placeable.into_iter().zip(decisions) {
+        let out = outcomes
+            .entry(w.task.clone())
+            .or_insert_with(|| TaskOutcome {
+                next_slot: floors.get(&w.task).copied().unwrap_or(0),
+                ..TaskOutcome::default()
+            });
+        let node = match decision {
+            Decision::Placed(node) => node,
+            Decision::Unschedulable(why) => {
+                plan.pending += 1;
+                out.pending_reason.get_or_insert_with(|| why.to_string());
+                continue;
+            }
+        };
+        let Some(task) = snapshot.tasks.get(&w.task) else {
+            continue;
+        };
+        let Ok(id) = InstanceId::service(&w.task.namespace, &w.task.name, out.next_slot) else {
+            // Task keys are validated names, so this cannot happen; never place a bad id.
+            out.pending_reason
+                .get_or_insert_with(|| format!("{UNSCHEDULABLE}: invalid instance name"));
+            continue;
+        };
+        out.next_slot = out.next_slot.saturating_add(1);
+        let instance = Instance {
+            id: id.clone(),
+            namespace: w.task.namespace.clone(),
+            task: w.task.name.clone(),
+            slot: id.slot(),
+            run: None,
+            node: node.clone(),
+            generation: task.value.metadata.generation,
+            attempt: w.attempt,
+            spec: task.value.spec.clone(),
+            assigned_at: now,
+        };
+        plan.placed += 1;
+        out.placed.push((id.clone(), node.clone()));
+        match &w.replaces {
+            Some(old) => {
+                out.notes
+                    .entry(w.why)
+                    .or_default()
+                    .push(format!("{old} -> {id} on {node}"));
+                replacement.insert(old.clone(), instance);
+            }
+            None => out.steps.push(Step {
+                task: Some(w.task.clone()),
+                writes: vec![Write::Assign(Box::new(instance))],
+            }),
+        }
+    }
+
+    for r in removals {
+        let task = TaskRef::new(r.id.namespace(), r.id.task());
+        let out = outcomes.entry(task.clone()).or_insert_with(|| TaskOutcome {
+            next_slot: floors.get(&task).copied().unwrap_or(0),
+            ..TaskOutcome::default()
+        });
+        let mut writes = Vec::with_capacity(2);
+        if let Some(letter) = r.dead_letter {
+            writes.push(Write::DeadLetter(letter));
+        }
+        writes.push(Write::Unassign {
+            id: r.id.clone(),
+            node: r.node.clone(),
+            mod_revision: r.mod_revision,
+        });
+        let step_task = match replacement.remove(&r.id) {
+            Some(new) => {
+                writes.push(Write::Assign(Box::new(new)));
+                Some(task)
+            }
+            None => {
+                if matches!(r.reason, "Lost" | "Rescheduled" | "Drained") {
+                    let what = if r.reason == "Drained" {
+                        "removed"
+                    } else {
+                        "awaiting a node"
+                    };
+                    out.notes
+                        .entry(r.reason)
+                        .or_default()
+                        .push(format!("{} on {} {what}", r.id, r.node));
+                }
+                None
+            }
+        };
+        out.steps.push(Step {
+            task: step_task,
+            writes,
+        });
+    }
+
+    for (task_ref, out) in outcomes {
+        finish_task(snapshot, now, &task_ref, out, plan);
+    }
+    // Services whose pending reason no longer holds (nothing wanted now) get it cleared.
+    for (task_ref, state) in &snapshot.taskstates {
+        let is_service = snapshot
+            .tasks
+            .get(task_ref)
+            .is_some_and(|t| t.value.spec.mode() == Mode::Service);
+        let ours = state
+            .value
+            .state
+            .pending_reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with(UNSCHEDULABLE));
+        if is_service && ours && !plan.taskstates.contains_key(task_ref) {
+            let wanted = wants.iter().any(|w| &w.task == task_ref);
+            if !wanted {
+                let mut next = state.value.clone();
+                next.state.pending_reason = None;
+                plan.taskstates.insert(
+                    task_ref.clone(),
+                    TaskStateWrite {
+                        state: next,
+                        mod_revision: state.mod_revision,
+                    },
+                );
+            }
+        }
+    }
+}
+
+fn list(items: &[String]) -> String {
+    let mut s = items
+        .iter()
+        .take(EVENT_LIST_MAX)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if items.len() > EVENT_LIST_MAX {
+        s.push_str(&format!(" and {} more", items.len() - EVENT_LIST_MAX));
+    }
+    s
+}
+
+/// Task state (slot counter, pending reason), steps and events of one task.
+fn finish_task(
+    snapshot: &Snapshot,
+    now: DateTime<Utc>,
+    task_ref: &TaskRef,
+    out: TaskOutcome,
+    plan: &mut Plan,
+) {
+    let (ns, name) = (task_ref.namespace.as_str(), task_ref.name.as_str());
+    let old = snapshot.taskstates.get(task_ref);
+    let is_service = snapshot
+        .tasks
+        .get(task_ref)
+        .is_some_and(|t| t.value.spec.mode() == Mode::Service);
+    if is_service {
+        let mut next: TaskStateRecord = old.map(|s| s.value.clone()).unwrap_or_default();
+        next.next_slot = next.next_slot.max(out.next_slot);
+        let old_reason = next.state.pending_reason.clone();
+        next.state.pending_reason = out.pending_reason.clone();
+        if let Some(reason) = &out.pending_reason {
+            if old_reason.as_ref() != Some(reason) {
+                plan.event(
+                    now,
+                    ns,
+                    EventKind::Task,
+                    name,
+                    "FailedScheduling",
+                    reason.clone(),
+                );
+            }
+        }
+        if old.map(|s| &s.value) != Some(&next) {
+            plan.taskstates.insert(
+                task_ref.clone(),
+                TaskStateWrite {
+                    state: next,
+                    mod_revision: old.map_or(0, |s| s.mod_revision),
+                },
+            );
+        }
+    }
+    if !out.placed.is_empty() {
+        let items: Vec<String> = out
+            .placed
+            .iter()
+            .map(|(id, n)| format!("{id} on {n}"))
+            .collect();
+        plan.event(
+            now,
+            ns,
+            EventKind::Task,
+            name,
+            "Scheduled",
+            format!("placed {} instance(s): {}", items.len(), list(&items)),
+        );
+    }
+    for (why, items) in &out.notes {
+        let (reason, text) = match *why {
+            "Lost" => ("InstancesReplaced", "replaced instance(s) of dead nodes"),
+            "Rescheduled" => ("Rescheduled", "rescheduled failed instance(s)"),
+            "Drained" => ("Drained", "moved instance(s) off draining nodes"),
+            _ => continue,
+        };
+        plan.event(
+            now,
+            ns,
+            EventKind::Task,
+            name,
+            reason,
+            format!("{text}: {}", list(items)),
+        );
+    }
+    plan.steps.extend(out.steps);
+}

@@ -1,0 +1,267 @@
+//! Services (`restartPolicy: Always`): keep `replicas` instances of the current generation on
+//! live nodes, replace what a dead node or a new generation took away, escalate instances their
+//! agent reports `Failed` (reschedule with exponential delay, then dead-letter), and move
+//! instances off draining nodes replacement-first.
+
+use chrono::{DateTime, TimeDelta, Utc};
+use drover_api::{DeadLetter, EventKind, Instance, InstanceId, Phase, Task};
+
+use super::{Plan, Step, Write};
+use crate::config::ControllerConfig;
+use crate::records::{DeadLetterRecord, TaskRef};
+use crate::snapshot::Snapshot;
+
+/// An assignment to delete (with its status), and why.
+#[derive(Debug, Clone)]
+pub(super) struct Removal {
+    pub(super) id: InstanceId,
+    pub(super) node: String,
+    pub(super) mod_revision: i64,
+    pub(super) reason: &'static str,
+    /// Written in the same step when the instance gave up for good.
+    pub(super) dead_letter: Option<DeadLetterRecord>,
+}
+
+impl Removal {
+    pub(super) fn plain(snapshot: &Snapshot, i: &Instance, reason: &'static str) -> Removal {
+        Removal {
+            id: i.id.clone(),
+            node: i.node.clone(),
+            mod_revision: snapshot
+                .assignments
+                .get(&i.id)
+                .map_or(0, |a| a.mod_revision),
+            reason,
+            dead_letter: None,
+        }
+    }
+}
+
+/// An instance that should exist and needs a node.
+#[derive(Debug, Clone)]
+pub(super) struct Want {
+    pub(super) task: TaskRef,
+    /// Order among the task's wants (replacements first).
+    pub(super) seq: u32,
+    pub(super) attempt: u32,
+    pub(super) avoid_node: Option<String>,
+    /// The removal this replaces: both land in one step.
+    pub(super) replaces: Option<InstanceId>,
+    /// Why it is wanted: `Lost`, `Rescheduled` or `Scale`.
+    pub(super) why: &'static str,
+}
+
+/// Where a task's planning puts its results.
+pub(super) struct Out<'a> {
+    pub(super) plan: &'a mut Plan,
+    pub(super) removals: &'a mut Vec<Removal>,
+    pub(super) wants: &'a mut Vec<Want>,
+}
+
+fn phase(snapshot: &Snapshot, id: &InstanceId) -> Option<Phase> {
+    snapshot.statuses.get(id).map(|s| s.value.phase)
+}
+
+fn running(snapshot: &Snapshot, i: &Instance) -> bool {
+    phase(snapshot, &i.id) == Some(Phase::Running)
+}
+
+/// Plans one service task. `mine` are the task's assignments, in instance-id order.
+pub(super) fn plan_service(
+    snapshot: &Snapshot,
+    now: DateTime<Utc>,
+    config: &ControllerConfig,
+    task_ref: &TaskRef,
+    task: &Task,
+    mine: &[&Instance],
+    out: &mut Out<'_>,
+) {
+    let generation = task.metadata.generation;
+    let dead_lettered = snapshot
+        .deadletters
+        .values()
+        .filter(|d| {
+            d.value.letter.namespace == task_ref.namespace
+                && d.value.letter.task == task_ref.name
+                && d.value.letter.run.is_none()
+                && d.value.generation == generation
+        })
+        .count();
+    let mut desired = usize::try_from(task.spec.replicas)
+        .unwrap_or(usize::MAX)
+        .saturating_sub(dead_lettered);
+
+    // Classify. `live` count towards `desired`; `draining` are replaced before they go.
+    let mut live: Vec<&Instance> = Vec::new();
+    let mut draining: Vec<&Instance> = Vec::new();
+    let mut replace: Vec<(&Instance, &'static str)> = Vec::new();
+    for &i in mine.iter().filter(|i| i.run.is_none()) {
+        if i.generation != generation {
+            out.removals.push(Removal::plain(snapshot, i, "Outdated"));
+            continue;
+        }
+        if !snapshot.nodes.contains_key(&i.node) {
+            replace.push((i, "Lost"));
+            continue;
+        }
+        if phase(snapshot, &i.id) == Some(Phase::Failed) {
+            match escalate(snapshot, now, config, task_ref, i, out) {
+                Escalation::Reschedule => replace.push((i, "Rescheduled")),
+                Escalation::Wait => live.push(i),
+                // Its slot is not refilled while the task keeps this generation.
+                Escalation::DeadLettered => desired = desired.saturating_sub(1),
+            }
+            continue;
+        }
+        let is_draining = snapshot
+            .nodeinfos
+            .get(&i.node)
+            .is_some_and(|n| n.value.draining);
+        if is_draining {
+            draining.push(i);
+        } else {
+            live.push(i);
+        }
+    }
+
+    let mut seq = 0u32;
+    let mut want = |out: &mut Out<'_>, attempt, avoid: Option<String>, replaces, why| {
+        out.wants.push(Want {
+            task: task_ref.clone(),
+            seq,
+            attempt,
+            avoid_node: avoid,
+            replaces,
+            why,
+        });
+        seq += 1;
+    };
+
+    // Replacements first, carrying the attempt (a failure bumps it; a lost node does not).
+    let mut deficit = desired.saturating_sub(live.len());
+    for (i, why) in replace {
+        let removal = Removal::plain(snapshot, i, why);
+        if deficit > 0 {
+            let (attempt, avoid) = if why == "Rescheduled" {
+                (i.attempt.saturating_add(1), Some(i.node.clone()))
+            } else {
+                (i.attempt, None)
+            };
+            want(out, attempt, avoid, Some(i.id.clone()), why);
+            deficit -= 1;
+        }
+        out.removals.push(removal);
+    }
+    for _ in 0..deficit {
+        want(out, 1, None, None, "Scale");
+    }
+
+    // Scale down: drop instances that are not running first, then the newest slots.
+    if live.len() > desired {
+        live.sort_by_key(|i| (running(snapshot, i), std::cmp::Reverse(i.slot)));
+        let excess = live.len() - desired;
+        for i in live.drain(..excess) {
+            out.removals.push(Removal::plain(snapshot, i, "ScaledDown"));
+        }
+    }
+
+    // Drain: an instance on a draining node goes once enough instances elsewhere exist, and
+    // (if it runs) only while the Running count stays at or above `desired`.
+    if !draining.is_empty() && live.len() >= desired {
+        let running_live = live.iter().filter(|i| running(snapshot, i)).count();
+        let running_draining = draining.iter().filter(|i| running(snapshot, i)).count();
+        let mut allowance = (running_live + running_draining).saturating_sub(desired);
+        draining.sort_by_key(|i| (running(snapshot, i), i.slot));
+        for i in draining {
+            if running(snapshot, i) {
+                if allowance == 0 {
+                    continue;
+                }
+                allowance -= 1;
+            }
+            out.removals.push(Removal::plain(snapshot, i, "Drained"));
+        }
+    }
+}
+
+enum Escalation {
+    Reschedule,
+    Wait,
+    DeadLettered,
+}
+
+/// Decides what happens to an instance its agent reports `Failed`.
+fn escalate(
+    snapshot: &Snapshot,
+    now: DateTime<Utc>,
+    config: &ControllerConfig,
+    task_ref: &TaskRef,
+    i: &Instance,
+    out: &mut Out<'_>,
+) -> Escalation {
+    let Some(status) = snapshot.statuses.get(&i.id).map(|s| &s.value) else {
+        return Escalation::Wait;
+    };
+    // Attempts are 1-based: attempt `limit + 1` is the last one allowed.
+    if i.attempt > config.reschedule_limit {
+        let last_error = match (&status.reason, &status.message) {
+            (Some(r), Some(m)) => format!("{r}: {m}"),
+            (Some(r), None) => r.clone(),
+            (None, Some(m)) => m.clone(),
+            (None, None) => "Failed".into(),
+        };
+        let letter = DeadLetterRecord {
+            letter: DeadLetter {
+                instance: i.id.clone(),
+                namespace: task_ref.namespace.clone(),
+                task: task_ref.name.clone(),
+                run: None,
+                attempts: i.attempt,
+                last_error: last_error.clone(),
+                exit_code: status.exit_code,
+                time: now,
+            },
+            generation: i.generation,
+        };
+        out.plan.event(
+            now,
+            &task_ref.namespace,
+            EventKind::Task,
+            &task_ref.name,
+            "DeadLettered",
+            format!(
+                "instance {} failed {} time(s) on its last node {} ({last_error}); dead-lettered",
+                i.id, i.attempt, i.node
+            ),
+        );
+        let mut removal = Removal::plain(snapshot, i, "DeadLettered");
+        removal.dead_letter = Some(letter);
+        out.removals.push(removal);
+        return Escalation::DeadLettered;
+    }
+    let since = status.finished_at.unwrap_or(status.updated_at);
+    let delay = config.reschedule_delay(i.attempt.saturating_sub(1));
+    let due = since + TimeDelta::from_std(delay).unwrap_or(TimeDelta::MAX);
+    if now >= due {
+        Escalation::Reschedule
+    } else {
+        out.plan.requeue_no_later_than(due);
+        Escalation::Wait
+    }
+}
+
+/// Deletes statuses of service instances that have no assignment (their assignment was removed
+/// by something other than this controller).
+pub(super) fn orphan_statuses(snapshot: &Snapshot, plan: &mut Plan) {
+    for (id, status) in &snapshot.statuses {
+        if id.run().is_none() && !snapshot.assignments.contains_key(id) {
+            plan.steps.push(Step {
+                task: None,
+                writes: vec![Write::DeleteStatus {
+                    id: id.clone(),
+                    mod_revision: status.mod_revision,
+                }],
+            });
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! A simulated etcd for planner tests: a [`Snapshot`] that plans are applied to, and a
+//! simulated agent that reports new instances Running.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use drover_api::{
+    Capacity as NodeCapacity, Cpu, DriverKind, InstanceStatus, Memory, Node, Phase, Task, TaskSpec,
+};
+use drover_store::Versioned;
+
+use super::*;
+
+pub(super) fn at(secs: i64) -> DateTime<Utc> {
+    DateTime::<Utc>::UNIX_EPOCH + TimeDelta::seconds(1_700_000_000 + secs)
+}
+
+fn versioned<T>(key: String, value: T, rev: i64) -> Versioned<T> {
+    Versioned {
+        key,
+        value,
+        create_revision: rev,
+        mod_revision: rev,
+        version: 1,
+        lease: None,
+    }
+}
+
+/// A snapshot plus a revision counter: applies plans like etcd would.
+pub(super) struct Sim {
+    pub(super) s: Snapshot,
+    rev: i64,
+    pub(super) config: ControllerConfig,
+    /// New assignments get a Running status at once.
+    pub(super) agent_runs: bool,
+}
+
+impl Sim {
+    pub(super) fn new() -> Self {
+        Self {
+            s: Snapshot::default(),
+            rev: 1,
+            config: ControllerConfig::new("test"),
+            agent_runs: true,
+        }
+    }
+
+    pub(super) fn bump(&mut self) -> i64 {
+        self.rev += 1;
+        self.s.revision = self.rev;
+        self.rev
+    }
+
+    pub(super) fn node(&mut self, name: &str, cpu_millis: u64, labels: &[(&str, &str)]) {
+        let rev = self.bump();
+        let node = Node {
+            name: name.into(),
+            address: "127.0.0.1:1".into(),
+            capacity: NodeCapacity {
+                cpu: Cpu::millis(cpu_millis),
+                memory: Memory::mebibytes(4096),
+            },
+            labels: labels
+                .iter()
+                .map(|(k, v)| ((*k).into(), (*v).into()))
+                .collect(),
+            drivers: vec![DriverKind::Process, DriverKind::Docker],
+            version: "test".into(),
+            started_at: at(0),
+        };
+        self.s
+            .nodes
+            .insert(name.into(), versioned(format!("nodes/{name}"), node, rev));
+    }
+
+    pub(super) fn kill_node(&mut self, name: &str) {
+        self.bump();
+        self.s.nodes.remove(name);
+    }
+
+    pub(super) fn task(&mut self, name: &str, replicas: u32, f: impl FnOnce(&mut TaskSpec)) {
+        let rev = self.bump();
+        let mut spec = TaskSpec {
+            command: vec!["/bin/true".into()],
+            replicas,
+            ..TaskSpec::default()
+        };
+        f(&mut spec);
+        let tr = TaskRef::new("default", name);
+        let generation = self
+            .s
+            .tasks
+            .get(&tr)
+            .map_or(1, |t| t.value.metadata.generation + 1);
+        let mut task = Task::new("default", name, spec);
+        task.metadata.generation = generation;
+        self.s
+            .tasks
+            .insert(tr, versioned(format!("tasks/default/{name}"), task, rev));
+    }
+
+    pub(super) fn set_info(&mut self, node: &str, f: impl FnOnce(&mut NodeInfo)) {
+        let rev = self.bump();
+        let mut info = self
+            .s
+            .nodeinfos
+            .get(node)
+            .map(|i| i.value.clone())
+            .unwrap_or(NodeInfo {
+                name: node.into(),
+                ..NodeInfo::default()
+            });
+        f(&mut info);
+        self.s.nodeinfos.insert(
+            node.into(),
+            versioned(format!("nodeinfo/{node}"), info, rev),
+        );
+    }
+
+    pub(super) fn set_phase(
+        &mut self,
+        id: &InstanceId,
+        phase: Phase,
+        finished: Option<DateTime<Utc>>,
+    ) {
+        let rev = self.bump();
+        let a = &self.s.assignments[id].value;
+        let status = InstanceStatus {
+            id: id.clone(),
+            node: a.node.clone(),
+            phase,
+            reason: (phase == Phase::Failed).then(|| "CrashLoopBackOff".into()),
+            message: None,
+            container_id: None,
+            restart_count: 0,
+            exit_code: (phase == Phase::Failed).then_some(1),
+            health: drover_api::Health::Unknown,
+            ports: vec![],
+            generation: a.generation,
+            attempt: a.attempt,
+            started_at: None,
+            finished_at: finished,
+            updated_at: finished.unwrap_or(at(0)),
+        };
+        self.s
+            .statuses
+            .insert(id.clone(), versioned(format!("status/{id}"), status, rev));
+    }
+
+    /// Applies a plan as the committer would (all compares are assumed to hold).
+    pub(super) fn apply(&mut self, plan: &Plan) {
+        let rev = self.bump();
+        let mut new_ids = Vec::new();
+        for step in &plan.steps {
+            for w in &step.writes {
+                match w {
+                    Write::Assign(i) => {
+                        assert!(
+                            !self.s.assignments.contains_key(&i.id),
+                            "id {} reused",
+                            i.id
+                        );
+                        assert!(self.s.nodes.contains_key(&i.node), "placed on dead node");
+                        new_ids.push(i.id.clone());
+                        self.s
+                            .assignments
+                            .insert(i.id.clone(), versioned(String::new(), (**i).clone(), rev));
+                    }
+                    Write::Unassign {
+                        id, mod_revision, ..
+                    } => {
+                        assert_eq!(self.s.assignments[id].mod_revision, *mod_revision);
+                        self.s.assignments.remove(id);
+                        self.s.statuses.remove(id);
+                    }
+                    Write::DeadLetter(d) => {
+                        self.s.deadletters.insert(
+                            d.letter.instance.clone(),
+                            versioned(String::new(), d.clone(), rev),
+                        );
+                    }
+                    Write::NodeInfo { info, .. } => {
+                        self.s.nodeinfos.insert(
+                            info.name.clone(),
+                            versioned(String::new(), info.clone(), rev),
+                        );
+                    }
+                    Write::DeleteStatus { id, .. } => {
+                        self.s.statuses.remove(id);
+                    }
+                    Write::DeleteTaskState { task, .. } => {
+                        self.s.taskstates.remove(task);
+                    }
+                }
+            }
+            if let Some(t) = &step.task {
+                assert!(
+                    plan.taskstates.contains_key(t),
+                    "step of {t} without its task state"
+                );
+            }
+        }
+        for (t, w) in &plan.taskstates {
+            self.s
+                .taskstates
+                .insert(t.clone(), versioned(String::new(), w.state.clone(), rev));
+        }
+        if self.agent_runs {
+            for id in new_ids {
+                self.set_phase(&id, Phase::Running, None);
+            }
+        }
+    }
+
+    /// Plans and applies until a plan is empty; returns the number of rounds.
+    pub(super) fn converge(&mut self, now: DateTime<Utc>) -> usize {
+        for round in 0..10 {
+            let p = plan(&self.s, now, &self.config);
+            if p.is_empty() {
+                return round;
+            }
+            self.apply(&p);
+        }
+        panic!("did not converge in 10 rounds");
+    }
+
+    pub(super) fn per_node(&self, task: &str) -> BTreeMap<String, usize> {
+        let mut m = BTreeMap::new();
+        for a in self.s.assignments.values().filter(|a| a.value.task == task) {
+            *m.entry(a.value.node.clone()).or_default() += 1;
+        }
+        m
+    }
+
+    pub(super) fn ids(&self, task: &str) -> Vec<InstanceId> {
+        self.s
+            .assignments
+            .values()
+            .filter(|a| a.value.task == task)
+            .map(|a| a.value.id.clone())
+            .collect()
+    }
+}

@@ -1,0 +1,226 @@
+//! Planner scenario tests against the simulated etcd in `sim.rs`.
+
+use chrono::TimeDelta;
+use drover_api::Phase;
+
+use super::sim::{at, Sim};
+use super::*;
+
+#[test]
+fn six_replicas_on_three_nodes_then_nothing_to_do() {
+    let mut sim = Sim::new();
+    for n in ["n1", "n2", "n3"] {
+        sim.node(n, 4000, &[]);
+    }
+    sim.task("web", 6, |_| {});
+    let p = plan(&sim.s, at(1), &sim.config);
+    assert_eq!(p.placed, 6);
+    assert!(p.events.iter().any(|e| e.reason == "Scheduled"));
+    sim.apply(&p);
+    assert_eq!(
+        sim.per_node("web").values().copied().collect::<Vec<_>>(),
+        vec![2, 2, 2]
+    );
+    // A new leader with the same snapshot has nothing to do.
+    assert!(plan(&sim.s, at(100), &sim.config).is_empty());
+}
+
+#[test]
+fn node_selector_and_unschedulable_then_placed() {
+    let mut sim = Sim::new();
+    sim.node("n1", 4000, &[("disk", "hdd")]);
+    sim.node("n2", 4000, &[]);
+    sim.task("db", 1, |s| {
+        s.node_selector.insert("disk".into(), "ssd".into());
+    });
+    let p = plan(&sim.s, at(1), &sim.config);
+    assert_eq!((p.placed, p.pending), (0, 1));
+    let reason = p.taskstates[&TaskRef::new("default", "db")]
+        .state
+        .state
+        .pending_reason
+        .clone();
+    assert_eq!(
+        reason.as_deref(),
+        Some("Unschedulable: 0/2 nodes are available: 2 node selector mismatch")
+    );
+    assert!(p.events.iter().any(|e| e.reason == "FailedScheduling"));
+    sim.apply(&p);
+    // Still pending, but nothing new to write: no churn while waiting.
+    assert!(plan(&sim.s, at(2), &sim.config).is_empty());
+    sim.node("n3", 1000, &[("disk", "ssd")]);
+    let p = plan(&sim.s, at(3), &sim.config);
+    assert_eq!(p.placed, 1);
+    sim.apply(&p);
+    assert_eq!(sim.per_node("db").keys().collect::<Vec<_>>(), vec!["n3"]);
+    let state = &sim.s.taskstates[&TaskRef::new("default", "db")].value;
+    assert_eq!(state.state.pending_reason, None);
+    assert_eq!(sim.converge(at(4)), 0);
+}
+
+#[test]
+fn deleted_task_is_cleaned_up() {
+    let mut sim = Sim::new();
+    sim.node("n1", 4000, &[]);
+    sim.task("web", 3, |_| {});
+    sim.converge(at(1));
+    sim.bump();
+    sim.s.tasks.clear();
+    sim.converge(at(2));
+    assert!(sim.s.assignments.is_empty());
+    assert!(sim.s.statuses.is_empty());
+    assert!(sim.s.taskstates.is_empty());
+}
+
+#[test]
+fn new_generation_replaces_with_fresh_ids() {
+    let mut sim = Sim::new();
+    sim.node("n1", 4000, &[]);
+    sim.task("web", 2, |_| {});
+    sim.converge(at(1));
+    let before = sim.ids("web");
+    sim.task("web", 2, |s| {
+        s.env.insert("V".into(), "2".into()).map_or((), |_| ())
+    });
+    sim.converge(at(2));
+    let after = sim.ids("web");
+    assert_eq!(after.len(), 2);
+    assert!(after.iter().all(|id| !before.contains(id)));
+    assert!(sim.s.assignments.values().all(|a| a.value.generation == 2));
+}
+
+#[test]
+fn scale_to_zero_and_back_never_reuses_an_id() {
+    let mut sim = Sim::new();
+    sim.node("n1", 4000, &[]);
+    sim.task("web", 2, |_| {});
+    sim.converge(at(1));
+    let first = sim.ids("web");
+    sim.task("web", 0, |_| {});
+    sim.converge(at(2));
+    sim.task("web", 2, |_| {});
+    sim.converge(at(3));
+    assert!(sim.ids("web").iter().all(|id| !first.contains(id)));
+}
+
+#[test]
+fn dead_node_instances_are_replaced_in_the_same_step() {
+    let mut sim = Sim::new();
+    for n in ["n1", "n2", "n3"] {
+        sim.node(n, 4000, &[]);
+        sim.set_info(n, |_| {});
+    }
+    sim.task("web", 6, |_| {});
+    sim.converge(at(1));
+    sim.kill_node("n2");
+    let p = plan(&sim.s, at(2), &sim.config);
+    let pairs = p
+        .steps
+        .iter()
+        .filter(|s| {
+            matches!(s.writes.as_slice(), [Write::Unassign { node, .. }, Write::Assign(new)] if node == "n2" && new.node != "n2")
+        })
+        .count();
+    assert_eq!(pairs, 2);
+    assert!(p.steps.iter().any(|s| matches!(&s.writes[..], [Write::NodeInfo { info, .. }] if info.name == "n2" && info.dead_since == Some(at(2)))));
+    assert!(p.events.iter().any(|e| e.reason == "NodeDead"));
+    sim.apply(&p);
+    assert_eq!(
+        sim.per_node("web").values().copied().collect::<Vec<_>>(),
+        vec![3, 3]
+    );
+    assert_eq!(sim.converge(at(3)), 0);
+    // The node returns: its death mark is cleared, and nothing moves back.
+    sim.node("n2", 4000, &[]);
+    assert_eq!(sim.converge(at(4)), 1);
+    assert_eq!(sim.s.nodeinfos["n2"].value.dead_since, None);
+    assert_eq!(sim.per_node("web").len(), 2);
+}
+
+#[test]
+fn failed_instances_are_rescheduled_with_delay_then_dead_lettered() {
+    let mut sim = Sim::new();
+    sim.node("n1", 4000, &[]);
+    sim.node("n2", 4000, &[]);
+    sim.task("web", 1, |_| {});
+    sim.converge(at(0));
+    let mut t = 10;
+    for attempt in 1..=sim.config.reschedule_limit {
+        let id = sim.ids("web").pop().expect("one instance");
+        let node = sim.s.assignments[&id].value.node.clone();
+        assert_eq!(sim.s.assignments[&id].value.attempt, attempt);
+        sim.set_phase(&id, Phase::Failed, Some(at(t)));
+        // Before the delay: wait, and ask to be woken when it ends.
+        let p = plan(&sim.s, at(t), &sim.config);
+        assert!(p.is_empty());
+        let delay = sim.config.reschedule_delay(attempt - 1);
+        let due = at(t) + TimeDelta::from_std(delay).expect("small");
+        assert_eq!(p.requeue_at, Some(due));
+        let p = plan(&sim.s, due, &sim.config);
+        sim.apply(&p);
+        let new = sim.ids("web").pop().expect("replacement");
+        assert_ne!(new, id);
+        assert_ne!(
+            sim.s.assignments[&new].value.node, node,
+            "prefers another node"
+        );
+        assert_eq!(sim.s.assignments[&new].value.attempt, attempt + 1);
+        t += 1000;
+    }
+    let id = sim.ids("web").pop().expect("last attempt");
+    sim.set_phase(&id, Phase::Failed, Some(at(t)));
+    let p = plan(&sim.s, at(t), &sim.config);
+    assert!(p.events.iter().any(|e| e.reason == "DeadLettered"));
+    sim.apply(&p);
+    assert!(sim.ids("web").is_empty());
+    let dl = &sim.s.deadletters[&id].value;
+    assert_eq!(dl.letter.attempts, sim.config.reschedule_limit + 1);
+    assert_eq!(dl.letter.exit_code, Some(1));
+    // The dead-lettered slot is not refilled while the task keeps its generation...
+    assert_eq!(sim.converge(at(t + 1)), 0);
+    // ...and a new generation starts afresh.
+    sim.task("web", 1, |s| s.priority = 60);
+    sim.converge(at(t + 2));
+    assert_eq!(sim.ids("web").len(), 1);
+}
+
+#[test]
+fn drain_replaces_first_and_never_drops_running_below_replicas() {
+    let mut sim = Sim::new();
+    for n in ["n1", "n2", "n3"] {
+        sim.node(n, 4000, &[]);
+    }
+    sim.task("web", 3, |_| {});
+    sim.converge(at(0));
+    sim.agent_runs = false;
+    sim.set_info("n1", |i| {
+        i.draining = true;
+        i.cordoned = true;
+    });
+    let running = |sim: &Sim| {
+        sim.s
+            .statuses
+            .values()
+            .filter(|s| s.value.phase == Phase::Running)
+            .count()
+    };
+    for round in 0..6 {
+        let p = plan(&sim.s, at(round + 1), &sim.config);
+        sim.apply(&p);
+        assert!(running(&sim) >= 3, "running dropped to {}", running(&sim));
+        // The agent starts new instances one round late.
+        let pending: Vec<_> = sim
+            .s
+            .assignments
+            .keys()
+            .filter(|id| !sim.s.statuses.contains_key(*id))
+            .cloned()
+            .collect();
+        for id in pending {
+            sim.set_phase(&id, Phase::Running, None);
+        }
+    }
+    assert_eq!(sim.per_node("web").get("n1"), None);
+    assert_eq!(sim.ids("web").len(), 3);
+    assert_eq!(sim.converge(at(100)), 0);
+}

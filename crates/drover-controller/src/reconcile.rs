@@ -1,0 +1,339 @@
+//! The leader's work while it leads: one watch over the whole prefix feeds a [`Snapshot`]; each
+//! change schedules a reconcile of the single key [`Cluster`] through the runtime (so bursts
+//! merge, failures back off and metrics and spans come for free); a reconcile plans from the
+//! snapshot and commits the plan with the leader's fence.
+
+use std::fmt;
+use std::pin::pin;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use chrono::Utc;
+use drover_api::Keys;
+use drover_runtime::{Action, BackoffConfig, Trigger};
+use drover_store::watcher::Event as WatchEvent;
+use drover_store::{Fence, Store};
+use futures::{FutureExt, StreamExt};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::commit::{self, CommitError};
+use crate::config::ControllerConfig;
+use crate::events::EventWriter;
+use crate::leader::ControllerStatus;
+use crate::metrics::Metrics;
+use crate::planner;
+use crate::snapshot::Snapshot;
+
+/// How long a reconcile waits for the snapshot to reach the revision it must see.
+const SYNC_WAIT: Duration = Duration::from_secs(10);
+
+/// Why a reconcile failed (the runtime retries it with backoff).
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// The snapshot did not reach the revision of this leader's last write in time.
+    #[error("snapshot did not reach revision {want} within {waited:?}")]
+    NotSynced {
+        /// The revision the snapshot must reach.
+        want: i64,
+        /// How long the reconcile waited.
+        waited: Duration,
+    },
+    /// Committing the plan failed.
+    #[error(transparent)]
+    Commit(#[from] CommitError),
+}
+
+impl ReconcileError {
+    /// Whether the next attempt can succeed (everything but a lost fence).
+    #[must_use]
+    pub fn retryable(&self) -> bool {
+        match self {
+            ReconcileError::NotSynced { .. } => true,
+            ReconcileError::Commit(e) => e.retryable(),
+        }
+    }
+}
+
+/// Why leading ended.
+#[derive(Debug, thiserror::Error)]
+pub enum LeadError {
+    /// A write was fenced: another replica leads now.
+    #[error("a write was fenced: leadership is lost")]
+    Fenced,
+    /// The reconcile runtime failed.
+    #[error("reconcile runtime failed: {0}")]
+    Runtime(#[from] drover_runtime::Error),
+}
+
+/// The one key the leader reconciles: the whole cluster, planned at once so placements of all
+/// tasks compete fairly for capacity.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct Cluster;
+
+impl fmt::Display for Cluster {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("cluster")
+    }
+}
+
+#[derive(Default)]
+struct Cache {
+    snapshot: Snapshot,
+    staging: Option<Snapshot>,
+    synced: bool,
+    /// When the first change not yet planned for arrived.
+    dirty_since: Option<Instant>,
+}
+
+/// Everything one term of leadership shares.
+pub(crate) struct Term {
+    pub(crate) store: Store,
+    pub(crate) keys: Keys,
+    pub(crate) config: ControllerConfig,
+    pub(crate) fence: Fence,
+    pub(crate) metrics: Metrics,
+    pub(crate) status: watch::Sender<ControllerStatus>,
+    cache: Mutex<Cache>,
+    /// The snapshot's revision once synced (0 before).
+    revision: watch::Sender<i64>,
+    /// The revision the snapshot must reach before the next plan (this leader's last write).
+    min_revision: AtomicI64,
+    fenced: CancellationToken,
+    events: tokio::sync::Mutex<EventWriter>,
+}
+
+impl Term {
+    pub(crate) fn new(
+        store: Store,
+        keys: Keys,
+        config: ControllerConfig,
+        fence: Fence,
+        metrics: Metrics,
+        status: watch::Sender<ControllerStatus>,
+    ) -> Arc<Self> {
+        let events = EventWriter::new(store.clone(), keys.clone(), config.event_ttl, &config.id);
+        Arc::new(Self {
+            store,
+            keys,
+            config,
+            fence,
+            metrics,
+            status,
+            cache: Mutex::new(Cache::default()),
+            revision: watch::channel(0).0,
+            min_revision: AtomicI64::new(0),
+            fenced: CancellationToken::new(),
+            events: tokio::sync::Mutex::new(events),
+        })
+    }
+}
+
+/// Leads until `cancel` fires or a write is fenced.
+pub(crate) async fn lead(term: Arc<Term>, cancel: CancellationToken) -> Result<(), LeadError> {
+    let mut cfg = drover_runtime::ControllerConfig::new("drover-controller");
+    cfg.concurrency = 1;
+    cfg.shutdown_grace = Duration::from_secs(1);
+    cfg.backoff = BackoffConfig {
+        base: Duration::from_millis(200),
+        max: Duration::from_secs(5),
+        jitter: true,
+    };
+    let runner = drover_runtime::Controller::new(cfg, term.clone(), reconcile)?
+        .with_metrics(&term.metrics.runtime);
+    let trigger = runner.trigger();
+    let stop = cancel.child_token();
+    let _watch = AbortOnDrop(tokio::spawn(
+        watch_cache(term.clone(), trigger, stop.clone()).in_current_span(),
+    ));
+    let result = tokio::select! {
+        r = runner.run(stop.clone()) => r.map_err(LeadError::from),
+        () = term.fenced.cancelled() => Err(LeadError::Fenced),
+    };
+    stop.cancel();
+    result
+}
+
+/// Aborts a spawned task when dropped, so that dropping the future that owns it (a crash
+/// simulated by aborting `run`, or losing leadership) never leaves a writer behind.
+pub(crate) struct AbortOnDrop<T>(pub(crate) tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Keeps the snapshot equal to etcd, publishing it only at revision boundaries.
+async fn watch_cache(term: Arc<Term>, trigger: Trigger<Cluster>, stop: CancellationToken) {
+    let mut stream = pin!(drover_store::watcher::<serde_json::Value>(
+        term.store.clone(),
+        term.keys.all()
+    ));
+    loop {
+        let first = tokio::select! {
+            () = stop.cancelled() => return,
+            item = stream.next() => item,
+        };
+        let Some(first) = first else { return };
+        // Everything already buffered belongs to the same watch response, so the snapshot is
+        // published only between whole revisions (never half a transaction).
+        let mut batch = vec![first];
+        while let Some(Some(item)) = stream.next().now_or_never() {
+            batch.push(item);
+        }
+        let published = {
+            let mut cache = term.cache.lock().unwrap_or_else(PoisonError::into_inner);
+            for item in batch {
+                apply(&term.keys, &mut cache, item);
+            }
+            cache.dirty_since.get_or_insert_with(Instant::now);
+            cache.synced.then_some(cache.snapshot.revision)
+        };
+        if let Some(rev) = published {
+            term.revision.send_replace(rev);
+            if trigger
+                .trigger_after(Cluster, term.config.debounce, "watch")
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+}
+
+fn apply(
+    keys: &Keys,
+    cache: &mut Cache,
+    item: drover_store::Result<WatchEvent<serde_json::Value>>,
+) {
+    let result = match item {
+        Err(error) => {
+            tracing::warn!(%error, "watch error");
+            return;
+        }
+        Ok(WatchEvent::Init) => {
+            cache.staging = Some(Snapshot::default());
+            Ok(())
+        }
+        Ok(WatchEvent::InitApply(v)) => cache
+            .staging
+            .get_or_insert_with(Snapshot::default)
+            .apply(keys, v),
+        Ok(WatchEvent::InitDone { revision }) => {
+            let mut s = cache.staging.take().unwrap_or_default();
+            s.revision = revision;
+            cache.snapshot = s;
+            cache.synced = true;
+            Ok(())
+        }
+        Ok(WatchEvent::Apply(v)) => cache.snapshot.apply(keys, v),
+        Ok(WatchEvent::Delete {
+            key, mod_revision, ..
+        }) => {
+            cache.snapshot.remove(keys, &key, mod_revision);
+            Ok(())
+        }
+    };
+    if let Err(error) = result {
+        tracing::warn!(%error, "ignoring a value that does not decode");
+    }
+}
+
+/// One plan-and-commit round over the whole cluster.
+async fn reconcile(_key: Cluster, term: Arc<Term>) -> Result<Action, ReconcileError> {
+    let want = term.min_revision.load(Ordering::SeqCst);
+    let mut rx = term.revision.subscribe();
+    let waited = Instant::now();
+    let synced = tokio::time::timeout(SYNC_WAIT, rx.wait_for(|r| *r > 0 && *r >= want))
+        .await
+        .is_ok_and(|r| r.is_ok());
+    if !synced {
+        return Err(ReconcileError::NotSynced {
+            want,
+            waited: waited.elapsed(),
+        });
+    }
+    let (snapshot, dirty_since) = {
+        let mut cache = term.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        (cache.snapshot.clone(), cache.dirty_since.take())
+    };
+    let now = Utc::now();
+    let started = Instant::now();
+    let plan = planner::plan(&snapshot, now, &term.config);
+    term.metrics
+        .plan_duration
+        .observe(started.elapsed().as_secs_f64());
+    term.metrics
+        .pending
+        .set(i64::try_from(plan.pending).unwrap_or(i64::MAX));
+
+    if !plan.is_empty() {
+        let max_ops = term.store.config().max_txn_ops;
+        match commit::commit(&term.store, &term.keys, &term.fence, &plan, max_ops).await {
+            Ok(done) => {
+                term.metrics.commit("ok");
+                term.min_revision.fetch_max(done.revision, Ordering::SeqCst);
+                if plan.placed > 0 {
+                    if let Some(since) = dirty_since {
+                        term.metrics
+                            .scheduling_latency
+                            .observe(since.elapsed().as_secs_f64());
+                    }
+                }
+                tracing::info!(
+                    revision = snapshot.revision,
+                    steps = plan.steps.len(),
+                    placed = plan.placed,
+                    pending = plan.pending,
+                    txns = done.txns,
+                    "plan committed"
+                );
+            }
+            Err(CommitError::Conflict { revision }) => {
+                term.metrics.commit("conflict");
+                term.min_revision.fetch_max(revision, Ordering::SeqCst);
+                tracing::debug!(revision, "plan conflicted with a newer change; re-planning");
+                restore_dirty(&term, dirty_since);
+                return Ok(Action::requeue(
+                    term.config.debounce.max(Duration::from_millis(10)),
+                ));
+            }
+            Err(CommitError::Fenced(e)) => {
+                term.metrics.commit("fenced");
+                term.fenced.cancel();
+                return Err(CommitError::Fenced(e).into());
+            }
+            Err(CommitError::Store(e)) => {
+                term.metrics.commit("error");
+                // The failed txn may have landed: do not plan again before seeing the present.
+                if let Ok(listing) = term.store.list_raw(&term.keys.controllers()).await {
+                    term.min_revision
+                        .fetch_max(listing.revision, Ordering::SeqCst);
+                }
+                restore_dirty(&term, dirty_since);
+                return Err(CommitError::Store(e).into());
+            }
+        }
+        let mut events = term.events.lock().await;
+        if let Err(error) = events.write(&plan.events, Some(&term.fence)).await {
+            tracing::warn!(%error, count = plan.events.len(), "could not record events");
+        }
+    }
+    term.status.send_modify(|s| s.synced = true);
+    let resync = term.config.resync_interval;
+    let after = plan.requeue_at.map_or(resync, |at| {
+        (at - now).to_std().unwrap_or(Duration::ZERO).min(resync)
+    });
+    Ok(Action::requeue(after))
+}
+
+fn restore_dirty(term: &Term, since: Option<Instant>) {
+    if let Some(since) = since {
+        let mut cache = term.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        cache.dirty_since = Some(cache.dirty_since.map_or(since, |d| d.min(since)));
+    }
+}

@@ -1,0 +1,290 @@
+//! The pure scheduler: filter → score → pick over a snapshot of nodes and their allocations.
+//!
+//! Nothing here does I/O or reads a clock, so placement is a deterministic function of its input
+//! and is tested with property tests (see `scheduler/tests.rs`). The planner builds the
+//! [`NodeView`]s from etcd's state and turns [`Decision`]s into fenced writes.
+//!
+//! - **Filter**: the node is schedulable (not cordoned, not draining — dead nodes are never
+//!   offered), supports the request's driver, carries every `nodeSelector` label, and has the
+//!   requested CPU and memory left.
+//! - **Score**, lowest wins: a node the request asks to avoid comes last; then the fewest instances
+//!   of the same task (spread); then the lowest allocation after placement (least allocated);
+//!   then the node name, so ties break the same way on every replica.
+//! - **Pick**: requests are placed in priority order (higher first, then by name), each placement
+//!   updating the allocations the next one sees.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// CPU (millicores) and memory (bytes): a node's capacity, its allocation, or a request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Capacity {
+    /// CPU in millicores (`250m` = 250, `2` = 2000).
+    pub cpu_millis: u64,
+    /// Memory in bytes.
+    pub memory_bytes: u64,
+}
+
+impl Capacity {
+    /// The sum of two amounts, saturating instead of overflowing.
+    #[must_use]
+    pub fn saturating_add(self, other: Capacity) -> Capacity {
+        Capacity {
+            cpu_millis: self.cpu_millis.saturating_add(other.cpu_millis),
+            memory_bytes: self.memory_bytes.saturating_add(other.memory_bytes),
+        }
+    }
+
+    /// The difference of two amounts, stopping at zero.
+    #[must_use]
+    pub fn saturating_sub(self, other: Capacity) -> Capacity {
+        Capacity {
+            cpu_millis: self.cpu_millis.saturating_sub(other.cpu_millis),
+            memory_bytes: self.memory_bytes.saturating_sub(other.memory_bytes),
+        }
+    }
+}
+
+/// Why a node cannot take new instances at all, whatever the request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unavailable {
+    /// An operator cordoned it.
+    Cordoned,
+    /// An operator is draining it.
+    Draining,
+}
+
+/// The scheduler's view of one live node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeView {
+    /// The node's name.
+    pub name: String,
+    /// What the node advertises.
+    pub capacity: Capacity,
+    /// The sum of the requests of the instances assigned to it.
+    pub allocated: Capacity,
+    /// The node's labels, matched against `nodeSelector`.
+    pub labels: BTreeMap<String, String>,
+    /// Driver names the node supports (a hollow node advertises every driver).
+    pub drivers: Vec<String>,
+    /// Set when the node must not receive new instances.
+    pub unavailable: Option<Unavailable>,
+    /// Instances assigned to the node, per task key, for spreading.
+    pub task_counts: BTreeMap<String, u32>,
+}
+
+/// One instance to place.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    /// The task key (`<namespace>/<name>`); replicas of one task are spread apart.
+    pub task: String,
+    /// A stable name that orders requests of equal priority (e.g. `<task key>/<slot>`).
+    pub name: String,
+    /// 0..=100; higher is placed first.
+    pub priority: u8,
+    /// CPU and memory the instance needs.
+    pub demand: Capacity,
+    /// Labels the node must carry.
+    pub node_selector: BTreeMap<String, String>,
+    /// The driver the instance runs under.
+    pub driver: String,
+    /// A node to use only if nothing else fits (where the instance last failed).
+    pub avoid_node: Option<String>,
+}
+
+/// Why one node was filtered out for one request; the first failing filter wins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Rejection {
+    /// The node is cordoned.
+    Cordoned,
+    /// The node is draining.
+    Draining,
+    /// The node lacks the request's driver.
+    DriverUnsupported,
+    /// A `nodeSelector` label is missing or different.
+    NodeSelectorMismatch,
+    /// Not enough CPU left.
+    InsufficientCpu,
+    /// Not enough memory left.
+    InsufficientMemory,
+}
+
+impl Rejection {
+    fn describe(self) -> &'static str {
+        match self {
+            Rejection::Cordoned => "cordoned",
+            Rejection::Draining => "draining",
+            Rejection::DriverUnsupported => "driver unsupported",
+            Rejection::NodeSelectorMismatch => "node selector mismatch",
+            Rejection::InsufficientCpu => "insufficient cpu",
+            Rejection::InsufficientMemory => "insufficient memory",
+        }
+    }
+}
+
+/// A request no node could take, with the count of nodes per reason.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unschedulable {
+    /// Live nodes considered.
+    pub nodes: usize,
+    /// How many nodes failed each filter (each node counted once, under its first failure).
+    pub rejections: BTreeMap<Rejection, usize>,
+}
+
+impl fmt::Display for Unschedulable {
+    /// `Unschedulable: 0/3 nodes are available: 2 insufficient cpu, 1 node selector mismatch`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Unschedulable: 0/{} nodes are available", self.nodes)?;
+        if self.nodes == 0 {
+            return write!(f, ": no live nodes");
+        }
+        let mut sep = ": ";
+        let mut sorted: Vec<_> = self.rejections.iter().collect();
+        // Most common reason first, like the Kubernetes scheduler.
+        sorted.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        for (reason, count) in sorted {
+            write!(f, "{sep}{count} {}", reason.describe())?;
+            sep = ", ";
+        }
+        Ok(())
+    }
+}
+
+/// The outcome for one request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Place it on this node.
+    Placed(String),
+    /// It fits nowhere right now.
+    Unschedulable(Unschedulable),
+}
+
+/// Nodes and their allocations, updated by every placement.
+#[derive(Clone, Debug, Default)]
+pub struct Scheduler {
+    nodes: BTreeMap<String, NodeView>,
+}
+
+impl Scheduler {
+    /// A scheduler over these live nodes.
+    #[must_use]
+    pub fn new(nodes: impl IntoIterator<Item = NodeView>) -> Self {
+        Self {
+            nodes: nodes.into_iter().map(|n| (n.name.clone(), n)).collect(),
+        }
+    }
+
+    /// The nodes with the allocations of every placement made so far.
+    #[must_use]
+    pub fn nodes(&self) -> &BTreeMap<String, NodeView> {
+        &self.nodes
+    }
+
+    /// Returns the reason `node` cannot take `req`, or `None` when it can.
+    #[must_use]
+    pub fn reject(node: &NodeView, req: &Request) -> Option<Rejection> {
+        match node.unavailable {
+            Some(Unavailable::Cordoned) => return Some(Rejection::Cordoned),
+            Some(Unavailable::Draining) => return Some(Rejection::Draining),
+            None => {}
+        }
+        if !node.drivers.iter().any(|d| d == &req.driver) {
+            return Some(Rejection::DriverUnsupported);
+        }
+        if req
+            .node_selector
+            .iter()
+            .any(|(k, v)| node.labels.get(k) != Some(v))
+        {
+            return Some(Rejection::NodeSelectorMismatch);
+        }
+        let free = node.capacity.saturating_sub(node.allocated);
+        if req.demand.cpu_millis > free.cpu_millis {
+            return Some(Rejection::InsufficientCpu);
+        }
+        if req.demand.memory_bytes > free.memory_bytes {
+            return Some(Rejection::InsufficientMemory);
+        }
+        None
+    }
+
+    /// Places one request and records its allocation.
+    ///
+    /// # Guarantees
+    ///
+    /// A placed request passed every filter on the chosen node, so no node's allocation exceeds
+    /// its capacity through this scheduler; among fitting nodes the chosen one has the fewest
+    /// instances of the request's task, unless that node is the one to avoid.
+    pub fn place(&mut self, req: &Request) -> Decision {
+        let mut best: Option<((bool, u32, u64), &str)> = None;
+        let mut rejections: BTreeMap<Rejection, usize> = BTreeMap::new();
+        for node in self.nodes.values() {
+            if let Some(why) = Self::reject(node, req) {
+                *rejections.entry(why).or_default() += 1;
+                continue;
+            }
+            let score = (
+                req.avoid_node.as_deref() == Some(node.name.as_str()),
+                node.task_counts.get(&req.task).copied().unwrap_or(0),
+                allocation_ppm(node.allocated.saturating_add(req.demand), node.capacity),
+            );
+            // Nodes iterate in name order, so a strict `<` keeps the first name on ties.
+            if best.as_ref().is_none_or(|(s, _)| score < *s) {
+                best = Some((score, node.name.as_str()));
+            }
+        }
+        let Some((_, name)) = best else {
+            return Decision::Unschedulable(Unschedulable {
+                nodes: self.nodes.len(),
+                rejections,
+            });
+        };
+        let name = name.to_owned();
+        if let Some(node) = self.nodes.get_mut(&name) {
+            node.allocated = node.allocated.saturating_add(req.demand);
+            *node.task_counts.entry(req.task.clone()).or_default() += 1;
+        }
+        Decision::Placed(name)
+    }
+
+    /// Places every request in priority order (higher first, then by name); the result is
+    /// index-aligned with `requests`.
+    ///
+    /// # Guarantees
+    ///
+    /// Everything [`Scheduler::place`] guarantees, and: a request is only considered after every
+    /// request of higher priority, so when capacity runs short the lower priorities go without.
+    pub fn schedule_all(&mut self, requests: &[Request]) -> Vec<Decision> {
+        let mut order: Vec<usize> = (0..requests.len()).collect();
+        order.sort_by(|&a, &b| {
+            let (ra, rb) = (&requests[a], &requests[b]);
+            rb.priority
+                .cmp(&ra.priority)
+                .then_with(|| ra.name.cmp(&rb.name))
+                .then(a.cmp(&b))
+        });
+        let mut out: Vec<Option<Decision>> = vec![None; requests.len()];
+        for i in order {
+            out[i] = Some(self.place(&requests[i]));
+        }
+        out.into_iter().flatten().collect()
+    }
+}
+
+/// Mean of the CPU and memory allocation ratios, in parts per million (a resource with zero
+/// capacity counts as fully allocated once anything asks for it, and as free otherwise).
+fn allocation_ppm(allocated: Capacity, capacity: Capacity) -> u64 {
+    fn ratio(used: u64, cap: u64) -> u64 {
+        if cap == 0 {
+            return if used == 0 { 0 } else { 1_000_000 };
+        }
+        let r = u128::from(used) * 1_000_000 / u128::from(cap);
+        u64::try_from(r).unwrap_or(u64::MAX)
+    }
+    let cpu = ratio(allocated.cpu_millis, capacity.cpu_millis);
+    let mem = ratio(allocated.memory_bytes, capacity.memory_bytes);
+    cpu / 2 + mem / 2
+}
+
+#[cfg(test)]
+mod tests;

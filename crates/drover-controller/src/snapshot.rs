@@ -1,0 +1,185 @@
+//! [`Snapshot`]: everything the planner reads, decoded from etcd keys, with their revisions.
+//!
+//! The leader keeps one snapshot up to date from a single watch over the whole prefix; the
+//! planner is a pure function of it. Keys Drover does not plan from (events, runs, triggers,
+//! controllers, election keys) are ignored.
+
+use std::collections::BTreeMap;
+
+use drover_api::{Instance, InstanceId, InstanceStatus, Keys, Node, NodeInfo, Task};
+use drover_store::Versioned;
+use serde::de::DeserializeOwned;
+
+use crate::records::{DeadLetterRecord, TaskRef, TaskStateRecord};
+
+/// A value under the prefix that does not decode as its key says it should.
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: does not decode as {kind}: {source}")]
+pub struct DecodeError {
+    /// The key.
+    pub key: String,
+    /// What it should have held.
+    pub kind: &'static str,
+    /// The JSON error.
+    #[source]
+    pub source: serde_json::Error,
+}
+
+/// The cluster as etcd holds it at one revision.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    /// The etcd revision this snapshot reflects (0 before the first listing).
+    pub revision: i64,
+    /// Desired tasks.
+    pub tasks: BTreeMap<TaskRef, Versioned<Task>>,
+    /// Live nodes: a node is alive exactly while its lease-bound key exists.
+    pub nodes: BTreeMap<String, Versioned<Node>>,
+    /// Durable node records (cordon, drain, dead since).
+    pub nodeinfos: BTreeMap<String, Versioned<NodeInfo>>,
+    /// Assignments by instance id; `value.node` is the node of the key.
+    pub assignments: BTreeMap<InstanceId, Versioned<Instance>>,
+    /// Agent-reported statuses.
+    pub statuses: BTreeMap<InstanceId, Versioned<InstanceStatus>>,
+    /// Controller-owned task state.
+    pub taskstates: BTreeMap<TaskRef, Versioned<TaskStateRecord>>,
+    /// Dead letters by instance id.
+    pub deadletters: BTreeMap<InstanceId, Versioned<DeadLetterRecord>>,
+}
+
+fn decode<T: DeserializeOwned>(
+    raw: Versioned<serde_json::Value>,
+    kind: &'static str,
+) -> Result<Versioned<T>, DecodeError> {
+    let key = raw.key.clone();
+    let Versioned {
+        key: k,
+        value,
+        create_revision,
+        mod_revision,
+        version,
+        lease,
+    } = raw;
+    let value =
+        serde_json::from_value(value).map_err(|source| DecodeError { key, kind, source })?;
+    Ok(Versioned {
+        key: k,
+        value,
+        create_revision,
+        mod_revision,
+        version,
+        lease,
+    })
+}
+
+impl Snapshot {
+    /// Records a created or changed key. Keys the planner does not read are ignored.
+    ///
+    /// # Caveats
+    ///
+    /// A value that does not decode is reported and leaves the previous value in place (like
+    /// the reflector), so one corrupt key cannot make the planner forget a whole task.
+    pub fn apply(
+        &mut self,
+        keys: &Keys,
+        raw: Versioned<serde_json::Value>,
+    ) -> Result<(), DecodeError> {
+        self.revision = self.revision.max(raw.mod_revision);
+        let key = raw.key.as_str();
+        if let Some((ns, name)) = keys.parse_task_key(key) {
+            let task: Versioned<Task> = decode(raw, "Task")?;
+            self.tasks.insert(TaskRef::new(ns, name), task);
+        } else if let Some(node) = keys.parse_node_key(key) {
+            self.nodes.insert(node, decode(raw, "Node")?);
+        } else if let Some(node) = keys.parse_nodeinfo_key(key) {
+            self.nodeinfos.insert(node, decode(raw, "NodeInfo")?);
+        } else if let Some((node, id)) = keys.parse_assignment_key(key) {
+            let mut a: Versioned<Instance> = decode(raw, "Instance")?;
+            // The key is what the agent watches, so it is the truth about placement.
+            a.value.node = node;
+            a.value.id = id.clone();
+            self.assignments.insert(id, a);
+        } else if let Some(id) = keys.parse_status_key(key) {
+            self.statuses.insert(id, decode(raw, "InstanceStatus")?);
+        } else if let Some((ns, name)) = keys.parse_taskstate_key(key) {
+            self.taskstates
+                .insert(TaskRef::new(ns, name), decode(raw, "TaskState")?);
+        } else if let Some((_, id)) = keys.parse_deadletter_key(key) {
+            self.deadletters.insert(id, decode(raw, "DeadLetter")?);
+        }
+        Ok(())
+    }
+
+    /// Records a deleted key at `revision`.
+    pub fn remove(&mut self, keys: &Keys, key: &str, revision: i64) {
+        self.revision = self.revision.max(revision);
+        if let Some((ns, name)) = keys.parse_task_key(key) {
+            self.tasks.remove(&TaskRef::new(ns, name));
+        } else if let Some(node) = keys.parse_node_key(key) {
+            self.nodes.remove(&node);
+        } else if let Some(node) = keys.parse_nodeinfo_key(key) {
+            self.nodeinfos.remove(&node);
+        } else if let Some((node, id)) = keys.parse_assignment_key(key) {
+            // Only if it is the same placement (ids never move between nodes, but be strict).
+            if self
+                .assignments
+                .get(&id)
+                .is_some_and(|a| a.value.node == node)
+            {
+                self.assignments.remove(&id);
+            }
+        } else if let Some(id) = keys.parse_status_key(key) {
+            self.statuses.remove(&id);
+        } else if let Some((ns, name)) = keys.parse_taskstate_key(key) {
+            self.taskstates.remove(&TaskRef::new(ns, name));
+        } else if let Some((_, id)) = keys.parse_deadletter_key(key) {
+            self.deadletters.remove(&id);
+        }
+    }
+
+    /// Instances assigned to `node`.
+    pub fn instances_on<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Instance> + 'a {
+        self.assignments
+            .values()
+            .map(|a| &a.value)
+            .filter(move |i| i.node == node)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use drover_api::TaskSpec;
+
+    fn raw(key: String, value: serde_json::Value, rev: i64) -> Versioned<serde_json::Value> {
+        Versioned {
+            key,
+            value,
+            create_revision: rev,
+            mod_revision: rev,
+            version: 1,
+            lease: None,
+        }
+    }
+
+    #[test]
+    fn applies_and_removes_by_key_kind() {
+        let keys = Keys::new("/t");
+        let mut s = Snapshot::default();
+        let task = Task::new("default", "web", TaskSpec::default());
+        let v = serde_json::to_value(&task).expect("encodes");
+        s.apply(&keys, raw(keys.task("default", "web"), v, 5))
+            .expect("decodes");
+        s.apply(
+            &keys,
+            raw(keys.event("default", "x"), serde_json::json!({}), 6),
+        )
+        .expect("ignored");
+        assert_eq!(s.tasks.len(), 1);
+        assert_eq!(s.revision, 6);
+        let bad = s.apply(&keys, raw(keys.node("n1"), serde_json::json!({"x": 1}), 7));
+        assert!(bad.is_err());
+        s.remove(&keys, &keys.task("default", "web"), 8);
+        assert!(s.tasks.is_empty());
+        assert_eq!(s.revision, 8);
+    }
+}

@@ -1,0 +1,114 @@
+//! `drover agent --node NAME`: registers the node on a lease, converges its assignments through
+//! the chosen driver and reports status. With `--hollow-nodes N` one process simulates N nodes
+//! (scale tests). SIGTERM revokes the lease and stops instances (`--keep-running` leaves them).
+
+use drover_agent::{Agent, AgentConfig, HollowConfig};
+use drover_api::node::Capacity;
+use prometheus_client::registry::Registry;
+
+use super::connect;
+use super::daemon::{readiness, serve_admin, shutdown_on_signals};
+use crate::cli::{AgentArgs, DriverFlag, Global};
+use crate::exit::{CliError, CliResult};
+
+pub async fn run(global: &Global, args: AgentArgs) -> CliResult {
+    if let Some(count) = args.hollow_nodes {
+        return run_hollow(global, args, count).await;
+    }
+    let config = config(&args)?;
+    let shutdown = shutdown_on_signals()?;
+    let (store, keys) = connect(global).await?;
+    let mut registry = Registry::with_prefix("drover");
+    let agent = Agent::start(store, keys, config, &mut registry, shutdown.clone())
+        .await
+        .map_err(|error| CliError::failure(format!("agent: {error}")))?;
+    let handle = agent.handle();
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let watcher = handle.clone();
+    tokio::spawn(async move {
+        watcher.wait_ready().await;
+        let _ = tx.send(true);
+    });
+    let ready = readiness(rx, |ready| {
+        if *ready {
+            Ok(())
+        } else {
+            Err("not registered yet".to_string())
+        }
+    });
+    serve_admin(args.metrics_addr, registry, ready, shutdown.clone()).await?;
+    tracing::info!(node = %handle.node(), address = %handle.address(), "agent started");
+    agent
+        .join()
+        .await
+        .map_err(|error| CliError::failure(format!("agent: {error}")))
+}
+
+fn config(args: &AgentArgs) -> CliResult<AgentConfig> {
+    let node = args
+        .node
+        .clone()
+        .ok_or_else(|| CliError::usage("--node NAME is required (or --hollow-nodes N)"))?;
+    let mut config = AgentConfig::new(node);
+    if let Some(address) = args.address {
+        config.address = address;
+    }
+    config.lease_ttl = args.lease_ttl.as_std();
+    config.driver = args.driver.into();
+    config.keep_running_on_shutdown = args.keep_running;
+    if let Some(dir) = &args.state_dir {
+        config.state_dir = dir.clone();
+    }
+    if let Some(ip) = &args.publish_ip {
+        config.publish_ip = ip.clone();
+    }
+    for label in &args.labels {
+        let (key, value) = label
+            .split_once('=')
+            .ok_or_else(|| CliError::usage(format!("--label {label}: expected key=value")))?;
+        config.labels.insert(key.to_string(), value.to_string());
+    }
+    if args.cpu.is_some() || args.memory.is_some() {
+        let detected = Capacity::default();
+        config.capacity = Some(Capacity {
+            cpu: args.cpu.unwrap_or(detected.cpu),
+            memory: args.memory.unwrap_or(detected.memory),
+        });
+    }
+    config
+        .validate()
+        .map_err(|error| CliError::usage(format!("agent config: {error}")))?;
+    Ok(config)
+}
+
+async fn run_hollow(global: &Global, args: AgentArgs, count: usize) -> CliResult {
+    if !matches!(args.driver, DriverFlag::Auto | DriverFlag::Hollow) {
+        return Err(CliError::usage(
+            "--hollow-nodes runs the hollow driver only",
+        ));
+    }
+    let mut config = HollowConfig::new(args.node.clone().unwrap_or_else(|| "hollow".into()), count);
+    config.lease_ttl = args.lease_ttl.as_std();
+    if let Some(cpu) = args.cpu {
+        config.capacity.cpu = cpu;
+    }
+    if let Some(memory) = args.memory {
+        config.capacity.memory = memory;
+    }
+    let shutdown = shutdown_on_signals()?;
+    let (store, keys) = connect(global).await?;
+    let mut registry = Registry::with_prefix("drover");
+    let (tx, rx) = tokio::sync::watch::channel(0usize);
+    let ready = readiness(rx, move |registered| {
+        if *registered == count {
+            Ok(())
+        } else {
+            Err(format!("{registered}/{count} hollow nodes registered"))
+        }
+    });
+    let admin_registry = Registry::default();
+    serve_admin(args.metrics_addr, admin_registry, ready, shutdown.clone()).await?;
+    drover_agent::run_hollow(store, keys, config, &mut registry, shutdown, Some(tx))
+        .await
+        .map_err(|error| CliError::failure(format!("hollow agent: {error}")))
+}

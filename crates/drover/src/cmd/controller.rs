@@ -1,0 +1,44 @@
+//! `drover controller`: one controller replica. Replicas elect a leader through etcd; only the
+//! leader reconciles, and every write it makes is fenced on its election key. SIGTERM resigns,
+//! so a standby takes over without waiting for the lease to expire.
+
+use drover_controller::{Controller, ControllerConfig, Metrics};
+use prometheus_client::registry::Registry;
+
+use super::connect;
+use super::daemon::{readiness, serve_admin, shutdown_on_signals};
+use crate::cli::{ControllerArgs, Global};
+use crate::exit::{CliError, CliResult};
+
+pub async fn run(global: &Global, args: ControllerArgs) -> CliResult {
+    let mut config = match args.id {
+        Some(id) => ControllerConfig::new(id),
+        None => ControllerConfig::default(),
+    };
+    config.lease_ttl = args.lease_ttl.as_std();
+    config.reschedule_limit = args.reschedule_limit;
+    config
+        .validate()
+        .map_err(|error| CliError::usage(format!("controller config: {error}")))?;
+    let shutdown = shutdown_on_signals()?;
+    let (store, keys) = connect(global).await?;
+    let mut registry = Registry::with_prefix("drover");
+    let metrics = Metrics::register(&mut registry);
+    let id = config.id.clone();
+    let controller = Controller::with_metrics(store, keys, config, metrics)
+        .map_err(|error| CliError::failure(format!("controller: {error}")))?;
+    let ready = readiness(controller.status(), |status| {
+        if status.ready() {
+            Ok(())
+        } else if status.leader {
+            Err("leader, not synced yet".to_string())
+        } else {
+            Err("not campaigning (etcd unreachable?)".to_string())
+        }
+    });
+    serve_admin(args.metrics_addr, registry, ready, shutdown.clone()).await?;
+    tracing::info!(%id, "controller replica starting");
+    controller.run(shutdown).await;
+    tracing::info!(%id, "controller replica stopped");
+    Ok(())
+}

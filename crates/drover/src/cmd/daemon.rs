@@ -1,0 +1,64 @@
+//! What the daemons (`controller`, `agent`) share: a Prometheus registry, the admin endpoint,
+//! and a shutdown token cancelled by SIGTERM or Ctrl-C.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use prometheus_client::registry::Registry;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::{self, Readiness};
+use crate::exit::{CliError, CliResult};
+
+/// A token cancelled on the first SIGTERM or SIGINT.
+pub fn shutdown_on_signals() -> CliResult<CancellationToken> {
+    let token = CancellationToken::new();
+    let mut term = signal(SignalKind::terminate())
+        .map_err(|error| CliError::failure(format!("cannot handle SIGTERM: {error}")))?;
+    let mut int = signal(SignalKind::interrupt())
+        .map_err(|error| CliError::failure(format!("cannot handle SIGINT: {error}")))?;
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+        cancel.cancel();
+    });
+    Ok(token)
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `addr` when given; returns the bound address.
+pub async fn serve_admin(
+    addr: Option<SocketAddr>,
+    registry: Registry,
+    ready: Readiness,
+    shutdown: CancellationToken,
+) -> CliResult<Option<SocketAddr>> {
+    let Some(addr) = addr else { return Ok(None) };
+    let bound = admin::serve(addr, Arc::new(registry), ready, shutdown)
+        .await
+        .map_err(|error| CliError::usage(format!("--metrics-addr {addr}: {error}")))?;
+    tracing::info!(%bound, "serving /metrics, /healthz and /readyz");
+    Ok(Some(bound))
+}
+
+/// A readiness channel fed by `update` whenever `source` changes.
+pub fn readiness<T, F>(mut source: watch::Receiver<T>, update: F) -> Readiness
+where
+    T: Send + Sync + 'static,
+    F: Fn(&T) -> Result<(), String> + Send + 'static,
+{
+    let (tx, rx) = watch::channel(update(&source.borrow()));
+    tokio::spawn(async move {
+        while source.changed().await.is_ok() {
+            let state = update(&source.borrow());
+            if tx.send(state).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}

@@ -1,0 +1,53 @@
+//! `drover logs INSTANCE [-f] [--tail N]`: finds the node that runs the instance, then streams
+//! its output from that node's agent over gRPC.
+
+use drover_api::instance::Instance;
+use drover_api::names::InstanceId;
+use drover_api::node::Node;
+use futures::StreamExt;
+
+use super::{connect, store_error};
+use crate::cli::{Global, LogsArgs};
+use crate::exit::{CliError, CliResult};
+
+pub async fn run(global: &Global, args: LogsArgs) -> CliResult {
+    let id: InstanceId = args
+        .instance
+        .parse()
+        .map_err(|error| CliError::data(format!("instance \"{}\": {error}", args.instance)))?;
+    let (store, keys) = connect(global).await?;
+    let assignment = store
+        .list::<Instance>(&keys.assignments())
+        .await
+        .map_err(|error| store_error("listing assignments", error))?
+        .items
+        .into_iter()
+        .find(|item| item.value.id == id)
+        .ok_or_else(|| {
+            CliError::failure(format!("instance \"{id}\" is not assigned to any node"))
+        })?;
+    let node_name = assignment.value.node;
+    let node = store
+        .get::<Node>(&keys.node(&node_name))
+        .await
+        .map_err(|error| store_error("reading the node", error))?
+        .ok_or_else(|| {
+            CliError::failure(format!(
+                "node \"{node_name}\" that runs \"{id}\" is not alive; its logs are unreachable"
+            ))
+        })?;
+    let mut lines =
+        drover_agent::logs_client(&node.value.address, &id.to_string(), args.follow, args.tail)
+            .await
+            .map_err(|error| {
+                CliError::failure(format!(
+                    "agent {} at {}: {error}",
+                    node_name, node.value.address
+                ))
+            })?;
+    while let Some(line) = lines.next().await {
+        let line = line.map_err(|error| CliError::failure(format!("log stream: {error}")))?;
+        println!("{line}");
+    }
+    Ok(())
+}
