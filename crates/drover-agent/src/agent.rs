@@ -1,0 +1,312 @@
+//! The agent as a whole: [`run`] (what `drover agent` calls) and [`Agent`], which starts the
+//! pieces — drivers, adoption, registration/heartbeat with self-fencing, the assignment watch
+//! and reconcile loop, the gRPC service — and shuts them down in order.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use chrono::Utc;
+use drover_api::keys::Keys;
+use drover_api::node::Node;
+use drover_runtime::{Controller, ControllerConfig};
+use drover_store::{LeaseId, Store};
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use crate::config::AgentConfig;
+use crate::converge::{self, Engine, EngineConfig};
+use crate::drivers::DriverSet;
+use crate::heartbeat::{self, State};
+use crate::local::{Records, StopRecord};
+use crate::metrics::Metrics;
+use crate::ports::PortAllocator;
+use crate::{grpc, restart};
+
+/// `Result` with this module's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why the agent could not start or did not stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration is invalid (exit 64 at the binary).
+    #[error(transparent)]
+    Config(#[from] crate::config::Error),
+    /// A driver could not be set up.
+    #[error(transparent)]
+    Drivers(#[from] crate::drivers::Error),
+    /// The gRPC address could not be bound.
+    #[error("binding the gRPC address {address}: {source}")]
+    Bind {
+        /// The address.
+        address: SocketAddr,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The reconcile loop could not be built or did not drain.
+    #[error(transparent)]
+    Runtime(#[from] drover_runtime::Error),
+    /// The gRPC server failed.
+    #[error(transparent)]
+    Grpc(#[from] grpc::Error),
+    /// Revoking the lease at shutdown failed (the lease then expires after its TTL).
+    #[error("revoking the lease at shutdown: {0}")]
+    Revoke(#[source] drover_store::Error),
+}
+
+/// Runs the agent until `shutdown` is cancelled, then shuts down gracefully: the lease is
+/// revoked (so the controller reschedules at once) and instances are stopped within their
+/// grace periods — or, with `keep_running_on_shutdown`, left running with the lease not
+/// revoked, for an upgraded agent to adopt.
+pub async fn run(
+    store: Store,
+    keys: Keys,
+    config: AgentConfig,
+    registry: &mut Registry,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    Agent::start(store, keys, config, registry, shutdown)
+        .await?
+        .join()
+        .await
+}
+
+/// A started agent. Dropping it (or aborting the task that awaits [`Agent::join`]) ends every
+/// task it started without any cleanup — the in-process equivalent of SIGKILL: instances keep
+/// running and the lease expires on its own.
+pub struct Agent {
+    handle: AgentHandle,
+    config: AgentConfig,
+    shutdown: CancellationToken,
+    controller_stop: CancellationToken,
+    heartbeat_stop: CancellationToken,
+    engine: Arc<Engine>,
+    controller: JoinHandle<drover_runtime::Result<()>>,
+    heartbeat: JoinHandle<Option<heartbeat::Registration>>,
+    grpc: JoinHandle<grpc::Result<()>>,
+    _kill: DropGuard,
+}
+
+/// A cloneable view of a running agent: readiness, address, lease, stop records.
+#[derive(Clone)]
+pub struct AgentHandle {
+    node: String,
+    address: SocketAddr,
+    state: watch::Receiver<State>,
+    engine: Arc<Engine>,
+}
+
+impl AgentHandle {
+    /// The node name.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// The bound gRPC address (also published in the node key).
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Ready: registered, and the assignment cache has its first listing.
+    pub fn is_ready(&self) -> bool {
+        matches!(*self.state.borrow(), State::Registered(_)) && self.engine.desired.is_ready()
+    }
+
+    /// The heartbeat's state.
+    pub fn state(&self) -> State {
+        *self.state.borrow()
+    }
+
+    /// The current lease, when registered.
+    pub fn lease(&self) -> Option<LeaseId> {
+        match *self.state.borrow() {
+            State::Registered(l) => Some(l),
+            _ => None,
+        }
+    }
+
+    /// Waits until [`Self::is_ready`].
+    pub async fn wait_ready(&self) {
+        let mut rx = self.state.clone();
+        loop {
+            if self.is_ready() {
+                return;
+            }
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { return },
+                () = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
+            }
+        }
+    }
+
+    /// Every stop this agent recorded (fencing, unassignment, shutdown), oldest first.
+    pub fn stop_records(&self) -> Vec<StopRecord> {
+        self.engine.records.list()
+    }
+
+    /// Instances running now.
+    pub fn running(&self) -> usize {
+        self.engine.running(None)
+    }
+}
+
+impl Agent {
+    /// Validates the config, builds the drivers, adopts surviving instances, binds the gRPC
+    /// address and starts heartbeat, reconcile loop and gRPC server. Returns at once; the
+    /// agent becomes ready (see [`AgentHandle::is_ready`]) when registered and listed.
+    pub async fn start(
+        store: Store,
+        keys: Keys,
+        config: AgentConfig,
+        registry: &mut Registry,
+        shutdown: CancellationToken,
+    ) -> Result<Agent> {
+        config.validate()?;
+        std::fs::create_dir_all(&config.state_dir).ok();
+        let drivers = DriverSet::new(config.driver, &config.state_dir, &config.publish_ip).await?;
+        let listener = tokio::net::TcpListener::bind(config.address)
+            .await
+            .map_err(|source| Error::Bind {
+                address: config.address,
+                source,
+            })?;
+        let address = listener.local_addr().map_err(|source| Error::Bind {
+            address: config.address,
+            source,
+        })?;
+        let metrics = Metrics::register(registry);
+        let runtime_metrics = drover_runtime::Metrics::register(registry);
+        let kill = CancellationToken::new();
+        let (reader, writer) = drover_store::reflector::store();
+        let node: Arc<str> = Arc::from(config.node.as_str());
+        let engine = Arc::new(Engine::new(
+            store,
+            keys.clone(),
+            drivers.clone(),
+            PortAllocator::new(config.port_range.clone()),
+            reader,
+            [node.clone()],
+            Records::new(Some(config.state_dir.clone())),
+            EngineConfig {
+                backoff: restart::Backoff {
+                    initial: config.restart_backoff,
+                    max: config.restart_backoff_max,
+                },
+            },
+            metrics,
+            kill.clone(),
+        ));
+        engine.adopt(&node).await;
+
+        let mut cc = ControllerConfig::new("agent");
+        cc.concurrency = config.concurrency;
+        let controller = Controller::new(cc, engine.clone(), converge::reconcile)?
+            .with_stream(converge::key_stream(
+                engine.clone(),
+                writer,
+                keys.node_assignments(&node),
+            ))
+            .with_metrics(&runtime_metrics);
+        let _ = engine.trigger.set(controller.trigger());
+        let controller_stop = kill.child_token();
+        let controller = tokio::spawn(controller.run(controller_stop.clone()));
+
+        let record = Node {
+            name: config.node.clone(),
+            address: grpc::advertised(address),
+            capacity: config.effective_capacity(),
+            labels: config.labels.clone(),
+            drivers: drivers.kinds(),
+            version: config.version.clone(),
+            started_at: Utc::now(),
+        };
+        let (state_tx, state_rx) = watch::channel(State::Registering);
+        let heartbeat_stop = kill.child_token();
+        let heartbeat = tokio::spawn(heartbeat::maintain(
+            engine.clone(),
+            record,
+            config.lease_ttl,
+            config.fence_margin(),
+            state_tx,
+            heartbeat_stop.clone(),
+        ));
+        let grpc = tokio::spawn(grpc::serve(
+            listener,
+            engine.clone(),
+            node.clone(),
+            config.version.clone(),
+            kill.child_token(),
+        ));
+        tracing::info!(node = %node, %address, drivers = ?drivers.kinds(), "agent started");
+        Ok(Agent {
+            handle: AgentHandle {
+                node: config.node.clone(),
+                address,
+                state: state_rx,
+                engine: engine.clone(),
+            },
+            config,
+            shutdown,
+            controller_stop,
+            heartbeat_stop,
+            engine,
+            controller,
+            heartbeat,
+            grpc,
+            _kill: kill.drop_guard(),
+        })
+    }
+
+    /// A handle for readiness checks and tests.
+    pub fn handle(&self) -> AgentHandle {
+        self.handle.clone()
+    }
+
+    /// Runs until the shutdown token, then shuts down (see [`run`]).
+    pub async fn join(self) -> Result<()> {
+        let Agent {
+            config,
+            shutdown,
+            controller_stop,
+            heartbeat_stop,
+            engine,
+            controller,
+            heartbeat,
+            grpc,
+            _kill,
+            ..
+        } = self;
+        tokio::select! {
+            () = shutdown.cancelled() => {}
+            r = grpc => {
+                if let Ok(Err(e)) = r {
+                    tracing::error!(error = %e, "gRPC server failed");
+                }
+            }
+        }
+        tracing::info!(node = %config.node, keep_running = config.keep_running_on_shutdown, "agent shutting down");
+        controller_stop.cancel();
+        let controller_result = controller.await;
+        heartbeat_stop.cancel();
+        let reg = heartbeat.await.ok().flatten();
+        let mut result = Ok(());
+        if config.keep_running_on_shutdown {
+            tracing::info!("leaving instances running and the lease unrevoked for the next agent");
+        } else {
+            if let Some(reg) = reg {
+                let lease = reg.lease;
+                drop(reg);
+                if let Err(e) = engine.store.revoke(lease).await {
+                    result = Err(Error::Revoke(e));
+                }
+            }
+            engine.stop_all(&config.node).await;
+        }
+        if let Ok(Err(e)) = controller_result {
+            tracing::warn!(error = %e, "reconcile loop did not drain");
+        }
+        result
+    }
+}

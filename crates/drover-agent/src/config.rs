@@ -1,0 +1,304 @@
+//! The agent's configuration: every default documented, checked by [`AgentConfig::validate`].
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use drover_api::names::is_valid_label;
+use drover_api::node::Capacity;
+use drover_api::quantity::{Cpu, Memory};
+use drover_api::task::DriverKind;
+use serde::{Deserialize, Serialize};
+
+/// `Result` with this module's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A configuration the agent cannot run with; the message names the field.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A field has a value outside its allowed range or format.
+    #[error("invalid agent config: {field}: {message}")]
+    Invalid {
+        /// The field, as spelled in [`AgentConfig`].
+        field: &'static str,
+        /// What is wrong and what is allowed.
+        message: String,
+    },
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> Error {
+    Error::Invalid {
+        field,
+        message: message.into(),
+    }
+}
+
+/// How the agent runs instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DriverChoice {
+    /// Docker where the daemon answers, plus the process driver for command-only tasks; the
+    /// process driver alone otherwise. Default.
+    #[default]
+    Auto,
+    /// Docker (failing at start if the daemon does not answer), plus the process driver for
+    /// tasks that have only a `command`.
+    Docker,
+    /// Host processes only; tasks with an `image` fail with `InvalidSpec`.
+    Process,
+    /// Simulated instances for every task (scale tests).
+    Hollow,
+}
+
+impl From<DriverKind> for DriverChoice {
+    fn from(kind: DriverKind) -> Self {
+        match kind {
+            DriverKind::Docker => DriverChoice::Docker,
+            DriverKind::Process => DriverChoice::Process,
+            DriverKind::Hollow => DriverChoice::Hollow,
+        }
+    }
+}
+
+/// Everything `drover agent` can be told. Durations are (de)serialized as milliseconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentConfig {
+    /// The node name (DNS-1123 label). Required.
+    pub node: String,
+    /// Where the gRPC service (`Ping`, `Logs`) listens. Default `127.0.0.1:0`: a free port,
+    /// and the bound address is what the node key advertises.
+    pub address: SocketAddr,
+    /// TTL of the node's lease; keep-alives go every TTL/3. Default 10 s, at least 2 s
+    /// (etcd raises smaller TTLs to its own minimum).
+    #[serde(with = "millis")]
+    pub lease_ttl: Duration,
+    /// Self-fencing margin: every instance is gone by `last acknowledged keep-alive send time +
+    /// lease_ttl - margin`, i.e. at least `margin` before the lease can have expired on the
+    /// server. Default `None` = max(1 s, lease_ttl / 10). Must be below lease_ttl / 2, because
+    /// fencing begins at TTL/2.
+    #[serde(default, with = "opt_millis")]
+    pub self_fence_margin: Option<Duration>,
+    /// Labels for `spec.nodeSelector` (`--label k=v`). Default none.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// What the scheduler may place here. Default `None` = detected: all CPUs × 1000m and
+    /// `MemTotal` from `/proc/meminfo`.
+    #[serde(default)]
+    pub capacity: Option<Capacity>,
+    /// Which drivers run instances. Default [`DriverChoice::Auto`].
+    #[serde(default)]
+    pub driver: DriverChoice,
+    /// Where the process driver keeps pid files and logs and the agent its local records
+    /// (fence stop times). Default `.drover/agent/<node>` (relative to the working dir).
+    pub state_dir: PathBuf,
+    /// On shutdown, leave instances running and do not revoke the lease, so an upgraded agent
+    /// started within the TTL adopts them. Default false.
+    #[serde(default)]
+    pub keep_running_on_shutdown: bool,
+    /// Host ports handed out for `spec.ports`. Default `20000..=32000`.
+    pub port_range: RangeInclusive<u16>,
+    /// IP that docker publishes ports on. Default `0.0.0.0`.
+    pub publish_ip: String,
+    /// First delay before a local restart; doubles per restart. Default 1 s.
+    #[serde(with = "millis")]
+    pub restart_backoff: Duration,
+    /// Cap of the restart delay. Default 30 s.
+    #[serde(with = "millis")]
+    pub restart_backoff_max: Duration,
+    /// Reconciles running at once. Default 16.
+    pub concurrency: usize,
+    /// Version string published in the node key and `Ping`. Default: this crate's version.
+    pub version: String,
+}
+
+impl AgentConfig {
+    /// The documented defaults for node `node`.
+    pub fn new(node: impl Into<String>) -> Self {
+        let node = node.into();
+        AgentConfig {
+            state_dir: PathBuf::from(".drover/agent").join(&node),
+            node,
+            address: SocketAddr::from(([127, 0, 0, 1], 0)),
+            lease_ttl: Duration::from_secs(10),
+            self_fence_margin: None,
+            labels: BTreeMap::new(),
+            capacity: None,
+            driver: DriverChoice::Auto,
+            keep_running_on_shutdown: false,
+            port_range: crate::ports::DEFAULT_RANGE,
+            publish_ip: "0.0.0.0".into(),
+            restart_backoff: Duration::from_secs(1),
+            restart_backoff_max: Duration::from_secs(30),
+            concurrency: 16,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        }
+    }
+
+    /// The effective self-fencing margin: the configured one, or max(1 s, TTL/10).
+    pub fn fence_margin(&self) -> Duration {
+        self.self_fence_margin
+            .unwrap_or_else(|| (self.lease_ttl / 10).max(Duration::from_secs(1)))
+    }
+
+    /// The configured capacity, or the detected one.
+    pub fn effective_capacity(&self) -> Capacity {
+        self.capacity.unwrap_or_else(detect_capacity)
+    }
+
+    /// Rejects values the agent cannot honour, naming the field.
+    pub fn validate(&self) -> Result<()> {
+        if !is_valid_label(&self.node) {
+            return Err(invalid(
+                "node",
+                format!("{:?} is not a DNS-1123 label", self.node),
+            ));
+        }
+        if self.lease_ttl < Duration::from_secs(2) {
+            return Err(invalid("leaseTtl", "must be at least 2 s"));
+        }
+        if self.fence_margin() >= self.lease_ttl / 2 {
+            return Err(invalid(
+                "selfFenceMargin",
+                format!(
+                    "{:?} must be below half the lease TTL ({:?}): fencing begins at TTL/2",
+                    self.fence_margin(),
+                    self.lease_ttl / 2
+                ),
+            ));
+        }
+        if self.port_range.is_empty() || *self.port_range.start() == 0 {
+            return Err(invalid(
+                "portRange",
+                "must be a non-empty range of ports above 0",
+            ));
+        }
+        if self.restart_backoff.is_zero() || self.restart_backoff > self.restart_backoff_max {
+            return Err(invalid(
+                "restartBackoff",
+                "must be positive and at most restartBackoffMax",
+            ));
+        }
+        if self.concurrency == 0 {
+            return Err(invalid("concurrency", "must be at least 1"));
+        }
+        if self.state_dir.as_os_str().is_empty() {
+            return Err(invalid("stateDir", "must not be empty"));
+        }
+        for (k, v) in &self.labels {
+            drover_api::names::validate_label_key(k)
+                .map_err(|e| invalid("labels", e.to_string()))?;
+            drover_api::names::validate_label_value(v)
+                .map_err(|e| invalid("labels", e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+/// All CPUs × 1000m, and `MemTotal` from `/proc/meminfo` (0 where it cannot be read).
+pub fn detect_capacity() -> Capacity {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| parse_meminfo_total(&text))
+        .unwrap_or(0);
+    Capacity {
+        cpu: Cpu::millis(u64::try_from(cpus).unwrap_or(1).saturating_mul(1000)),
+        memory: Memory::bytes(memory),
+    }
+}
+
+/// `MemTotal:  16318436 kB` → bytes.
+fn parse_meminfo_total(text: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
+}
+
+mod opt_millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => super::millis::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Option::<u64>::deserialize(d).map(|o| o.map(Duration::from_millis))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_margin_rule_holds() {
+        let c = AgentConfig::new("n1");
+        c.validate().expect("defaults validate");
+        assert_eq!(c.fence_margin(), Duration::from_secs(1));
+        let mut big = AgentConfig::new("n1");
+        big.lease_ttl = Duration::from_secs(60);
+        assert_eq!(big.fence_margin(), Duration::from_secs(6));
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        let mut c = AgentConfig::new("N_1");
+        assert!(matches!(
+            c.validate(),
+            Err(Error::Invalid { field: "node", .. })
+        ));
+        c.node = "n1".into();
+        c.lease_ttl = Duration::from_secs(2);
+        assert!(matches!(
+            c.validate(),
+            Err(Error::Invalid {
+                field: "selfFenceMargin",
+                ..
+            })
+        ));
+        c.lease_ttl = Duration::from_secs(10);
+        c.concurrency = 0;
+        assert!(matches!(
+            c.validate(),
+            Err(Error::Invalid {
+                field: "concurrency",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn meminfo_and_json_round_trip() {
+        assert_eq!(
+            parse_meminfo_total("MemFree: 1 kB\nMemTotal:  2048 kB\n"),
+            Some(2048 * 1024)
+        );
+        assert!(detect_capacity().cpu.as_millis() >= 1000);
+        let c = AgentConfig::new("n1");
+        let json = serde_json::to_string(&c).expect("encode");
+        let back: AgentConfig = serde_json::from_str(&json).expect("decode");
+        assert_eq!(back, c);
+    }
+}

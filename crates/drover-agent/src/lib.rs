@@ -1,0 +1,24 @@
+//! Drover's node agent: runs the instances assigned to its node through a [`driver::Driver`]
+//! (docker, process or hollow) and reports their status.
+
+pub mod agent;
+pub mod config;
+pub mod converge;
+pub mod driver;
+pub mod drivers;
+pub mod fence;
+pub mod grpc;
+pub mod heartbeat;
+pub mod hollow_nodes;
+mod lifecycle;
+pub mod local;
+pub mod metrics;
+pub mod ports;
+pub mod probe;
+pub mod restart;
+pub mod status;
+
+pub use agent::{run, Agent, AgentHandle};
+pub use config::AgentConfig;
+pub use grpc::logs_client;
+pub use hollow_nodes::{run_hollow, HollowConfig};
