@@ -806,10 +806,16 @@ mod tests {
 
     #[test]
     fn a_list_document_applies_each_item_and_locates_their_problems() {
-        let task = |name: &str| Task::new("default", name, crate::task::TaskSpec {
-            command: vec!["true".into()],
-            ..Default::default()
-        });
+        let task = |name: &str| {
+            Task::new(
+                "default",
+                name,
+                crate::task::TaskSpec {
+                    command: vec!["true".into()],
+                    ..Default::default()
+                },
+            )
+        };
         let list = List::new(vec![task("one"), task("two")]);
         let json = serde_json::to_string_pretty(&list).expect("encodes");
         let parsed = parse_manifest("list.json", &json).expect("a List parses");

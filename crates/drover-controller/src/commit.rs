@@ -165,14 +165,18 @@ pub async fn commit(
             cmps.extend(c);
             ops.extend(o);
         }
-        let guard = step
+        // A batch holds, besides its steps, one compare and one put of the state of every task
+        // it creates instances for; count those, including the one this step would add, so no
+        // transaction grows past the limit (a flush empties the batch's task set too).
+        let tracked = step
             .task
             .as_ref()
-            .filter(|t| plan.taskstates.contains_key(*t) && !batch.tasks.contains(*t));
-        let extra = usize::from(guard.is_some());
-        if batch.ops.len() + ops.len() + extra > budget
-            || batch.cmps.len() + cmps.len() + extra > budget
-        {
+            .filter(|t| plan.taskstates.contains_key(*t));
+        let fits = |b: &Batch| {
+            let tasks = b.tasks.len() + usize::from(tracked.is_some_and(|t| !b.tasks.contains(t)));
+            b.ops.len() + ops.len() + tasks <= budget && b.cmps.len() + cmps.len() + tasks <= budget
+        };
+        if !fits(&batch) {
             flush(
                 store,
                 keys,
@@ -185,11 +189,7 @@ pub async fn commit(
             .await?;
         }
         // After a flush the task's state must be written again, in the new batch.
-        if let Some(t) = step
-            .task
-            .as_ref()
-            .filter(|t| plan.taskstates.contains_key(*t))
-        {
+        if let Some(t) = tracked {
             batch.tasks.insert(t.clone());
         }
         batch.cmps.extend(cmps);

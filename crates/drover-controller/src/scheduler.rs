@@ -65,12 +65,21 @@ pub struct NodeView {
     pub allocated: Capacity,
     /// The node's labels, matched against `nodeSelector`.
     pub labels: BTreeMap<String, String>,
-    /// Driver names the node supports (a hollow node advertises every driver).
+    /// Driver names the node supports. A node with the `hollow` driver simulates every kind
+    /// of task, so it accepts any driver (see [`NodeView::supports`]).
     pub drivers: Vec<String>,
     /// Set when the node must not receive new instances.
     pub unavailable: Option<Unavailable>,
     /// Instances assigned to the node, per task key, for spreading.
     pub task_counts: BTreeMap<String, u32>,
+}
+
+impl NodeView {
+    /// Whether the node can run a task of `driver`: it advertises that driver, or it is a
+    /// hollow node, which simulates every kind of task.
+    pub fn supports(&self, driver: &str) -> bool {
+        self.drivers.iter().any(|d| d == driver || d == "hollow")
+    }
 }
 
 /// One instance to place.
@@ -188,7 +197,7 @@ impl Scheduler {
             Some(Unavailable::Draining) => return Some(Rejection::Draining),
             None => {}
         }
-        if !node.drivers.iter().any(|d| d == &req.driver) {
+        if !node.supports(&req.driver) {
             return Some(Rejection::DriverUnsupported);
         }
         if req

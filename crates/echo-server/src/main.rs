@@ -88,7 +88,10 @@ fn answer(stream: TcpStream) -> std::io::Result<()> {
             ("200 OK", body)
         }
         ("GET", "/health") => ("200 OK", b"ok\n".to_vec()),
-        ("GET", "/healthfail") => ("500 Internal Server Error", b"failing on purpose\n".to_vec()),
+        ("GET", "/healthfail") => (
+            "500 Internal Server Error",
+            b"failing on purpose\n".to_vec(),
+        ),
         _ => ("404 Not Found", b"not found\n".to_vec()),
     };
     let mut stream = stream;

@@ -34,6 +34,15 @@ fn req(task: &str, slot: u32, cpu: u64, mem: u64) -> Request {
 }
 
 #[test]
+fn a_hollow_node_accepts_every_driver_and_others_only_their_own() {
+    let mut n = node("h", 4000, 4096);
+    n.drivers = vec!["hollow".into()];
+    assert!(n.supports("docker") && n.supports("process") && n.supports("hollow"));
+    n.drivers = vec!["docker".into()];
+    assert!(n.supports("docker") && !n.supports("process"));
+}
+
+#[test]
 fn six_replicas_on_three_nodes_spread_two_each() {
     let mut s = Scheduler::new(["a", "b", "c"].map(|n| node(n, 4000, 1 << 30)));
     let reqs: Vec<_> = (0..6)
@@ -241,7 +250,7 @@ proptest! {
                 for (k, v) in &r.node_selector {
                     prop_assert_eq!(node.labels.get(k), Some(v));
                 }
-                prop_assert!(node.drivers.contains(&r.driver));
+                prop_assert!(node.supports(&r.driver));
                 prop_assert!(node.unavailable.is_none());
             }
         }
