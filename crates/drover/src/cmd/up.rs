@@ -97,9 +97,10 @@ async fn bring_up(global: &Global, args: &UpArgs, shutdown: &CancellationToken) 
         },
     )
     .await?;
-    let tasks =
-        drover_api::manifest::parse_many(&crate::input::read_sources(&[args.file.clone()])?)
-            .map_err(|error| CliError::data(error.to_string()))?;
+    let tasks = drover_api::manifest::parse_many(&crate::input::read_sources(
+        std::slice::from_ref(&args.file),
+    )?)
+    .map_err(|error| CliError::data(error.to_string()))?;
     let ports = wait_running(&store, &keys, &tasks).await?;
     get::run(global, list(Resource::Instances)).await?;
     if let Some(port) = ports.first() {
