@@ -1,0 +1,83 @@
+//! Unit tests for manifest parsing: document splitting, suggestions, locations and Lists.
+use super::*;
+
+#[test]
+fn splits_documents() {
+    let text = "# c\n---\na: 1\n---\n---\n# only a comment\n...\n%YAML 1.2\n---\nb: 2\n...\nc: 3\n";
+    let chunks = split_documents(text);
+    let with_content: Vec<_> = chunks.iter().filter_map(|c| c.content).collect();
+    assert_eq!(with_content, [(3, 1), (10, 1), (12, 1)]);
+    let b = chunks.iter().find(|c| c.content == Some((10, 1))).unwrap();
+    assert!(b.text.starts_with("%YAML 1.2\n---\nb: 2"), "{:?}", b.text);
+    assert_eq!(b.first_line, 8);
+}
+
+#[test]
+fn suggestions() {
+    let known = [
+        "replicas",
+        "resources",
+        "restartPolicy",
+        "nodeSelector",
+        "image",
+    ];
+    assert_eq!(suggest("replica", &known), Some("replicas"));
+    assert_eq!(suggest("node_selector", &known), Some("nodeSelector"));
+    assert_eq!(suggest("Image", &known), Some("image"));
+    assert_eq!(suggest("restartpolicy", &known), Some("restartPolicy"));
+    assert_eq!(suggest("zzzzzz", &known), None);
+    assert_eq!(distance("kitten", "sitting"), 3);
+}
+
+#[test]
+fn a_list_document_applies_each_item_and_locates_their_problems() {
+    let task = |name: &str| {
+        Task::new(
+            "default",
+            name,
+            crate::task::TaskSpec {
+                command: vec!["true".into()],
+                ..Default::default()
+            },
+        )
+    };
+    let list = List::new(vec![task("one"), task("two")]);
+    let json = serde_json::to_string_pretty(&list).expect("encodes");
+    let parsed = parse_manifest("list.json", &json).expect("a List parses");
+    assert_eq!(parsed, vec![task("one"), task("two")]);
+
+    let mut bad = list.clone();
+    bad.items[1].spec.priority = 101;
+    let json = serde_json::to_string_pretty(&bad).expect("encodes");
+    let err = parse_manifest("list.json", &json).expect_err("priority 101 is invalid");
+    let text = err.to_string();
+    assert!(text.contains("list.json: document 1, line"), "{text}");
+    assert!(text.contains("items[1].spec.priority"), "{text}");
+}
+
+#[test]
+fn problem_display() {
+    let p = Problem {
+        source: "echo.yaml".into(),
+        document: 2,
+        line: Some(7),
+        column: Some(5),
+        field: "spec.resources.cpu".into(),
+        message: "invalid CPU quantity \"abc\" (expected e.g. 250m or 1.5)".into(),
+    };
+    assert_eq!(
+        p.to_string(),
+        "echo.yaml: document 2, line 7, column 5: spec.resources.cpu: invalid CPU quantity \"abc\" (expected e.g. 250m or 1.5)"
+    );
+    let p = Problem {
+        document: 0,
+        line: None,
+        column: None,
+        field: String::new(),
+        ..p
+    };
+    assert_eq!(
+        p.to_string(),
+        "echo.yaml: invalid CPU quantity \"abc\" (expected e.g. 250m or 1.5)"
+    );
+}
