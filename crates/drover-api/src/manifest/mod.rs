@@ -771,4 +771,5 @@ impl Task {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests;
