@@ -126,6 +126,13 @@ async fn a_sigkilled_agent_adopts_its_containers_on_restart() {
     let before = running(&store, &keys, "web", 2, Duration::from_secs(60)).await;
     let containers_before = docker_ps(&node);
     assert_eq!(containers_before.len(), 2, "one container per instance");
+    // `drover logs` reaches the container's output through the agent's gRPC stream.
+    let id = before[0].id.to_string();
+    let logs = cli.ok(&["logs", &id, "--tail", "20"]).await;
+    assert!(
+        logs.contains("echo-server listening on port 7777"),
+        "{logs}"
+    );
 
     agent.kill().await;
     let mut agent = Daemon::start(&cli, &agent_args);
@@ -187,12 +194,25 @@ async fn a_cut_off_agent_stops_its_copy_before_the_replacement_starts() {
             state_a.path().to_str().expect("utf-8"),
         ],
     );
-    let doc = "apiVersion: drover.dev/v1\nkind: Task\nmetadata:\n  name: solo\nspec:\n  command: [sleep, \"3600\"]\n  terminationGracePeriodSeconds: 30\n";
+    let doc = "apiVersion: drover.dev/v1\nkind: Task\nmetadata:\n  name: solo\nspec:\n  command: [sh, -c, \"echo solo started; exec sleep 3600\"]\n  terminationGracePeriodSeconds: 30\n";
     let (_dir, path) = manifest(doc);
     cli.ok(&["apply", "-f", path.to_str().expect("utf-8")])
         .await;
     let first = running(&store, &keys, "solo", 1, Duration::from_secs(30)).await;
     assert_eq!(first[0].node, "a");
+    let id = first[0].id.to_string();
+    let logs = wait_for(
+        Duration::from_secs(10),
+        Duration::from_millis(200),
+        || async {
+            let out = cli.run(&["logs", &id]).await;
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            text.contains("solo started").then_some(text)
+        },
+    )
+    .await
+    .expect("drover logs shows the process's output");
+    assert!(logs.contains("solo started"));
     let _b = Daemon::start(
         &cli,
         &[
