@@ -187,12 +187,18 @@ pub struct DrainArgs {
 /// `drover bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// What to measure (only `store` for now).
+    /// What to measure.
     #[arg(value_enum, default_value = "store")]
     pub what: BenchKind,
-    /// How many values to write.
+    /// store: how many values to write.
     #[arg(long, default_value_t = 5000)]
     pub count: usize,
+    /// failover: how many times to SIGKILL the leader.
+    #[arg(long, default_value_t = 10)]
+    pub rounds: usize,
+    /// failover: the replicas' election lease TTL.
+    #[arg(long, default_value = "2s")]
+    pub lease_ttl: HumanDuration,
 }
 
 /// The benchmarks `drover bench` runs.
@@ -200,6 +206,8 @@ pub struct BenchArgs {
 pub enum BenchKind {
     /// Bindings, watch and list against raw pipelined puts.
     Store,
+    /// Leader takeover time after SIGKILL, against the election lease TTL.
+    Failover,
 }
 
 /// `drover apply`.

@@ -4,6 +4,7 @@
 mod agent;
 mod apply;
 mod bench;
+mod bench_failover;
 mod controller;
 mod daemon;
 mod delete;
@@ -18,7 +19,7 @@ mod up;
 use drover_api::keys::Keys;
 use drover_store::{Store, StoreConfig};
 
-use crate::cli::{Cli, Command, Global};
+use crate::cli::{BenchKind, Cli, Command, Global};
 use crate::exit::{CliError, CliResult, UNAVAILABLE};
 
 /// Runs the verb the command line names.
@@ -30,7 +31,10 @@ pub async fn run(cli: Cli) -> CliResult {
         Command::Describe(args) => describe::run(&global, args).await,
         Command::Delete(args) => delete::run(&global, args).await,
         Command::Up(args) => up::run(&global, args).await,
-        Command::Bench(args) => bench::run(&global, args).await,
+        Command::Bench(args) => match args.what {
+            BenchKind::Store => bench::run(&global, args).await,
+            BenchKind::Failover => bench_failover::run(&global, args).await,
+        },
         Command::Controller(args) => controller::run(&global, args).await,
         Command::Agent(args) => agent::run(&global, args).await,
         Command::Logs(args) => logs::run(&global, args).await,
