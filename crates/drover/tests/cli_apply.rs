@@ -261,3 +261,53 @@ async fn an_unreachable_etcd_is_a_clear_error_not_a_hang() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     eprintln!("gave up after {:?}", started.elapsed());
 }
+
+#[tokio::test]
+async fn describe_shows_dead_letters_and_why_a_task_waits() {
+    use drover_api::deadletter::DeadLetter;
+    use drover_api::keys::Keys;
+    use drover_api::names::InstanceId;
+    use drover_api::taskstate::TaskState;
+
+    let server = EtcdServer::start().await;
+    let cli = Cli::new(server.endpoints());
+    let (_dir, path) = manifest(&task_doc("flaky", 1));
+    cli.ok(&["apply", "-f", path.to_str().expect("utf-8")])
+        .await;
+    let store = store(&server).await;
+    let keys = Keys::new(&cli.prefix);
+    let id = InstanceId::service("default", "flaky", 3).expect("id");
+    let letter = DeadLetter {
+        instance: id.clone(),
+        namespace: "default".into(),
+        task: "flaky".into(),
+        run: None,
+        attempts: 4,
+        last_error: "CrashLoopBackOff: exited with code 3".into(),
+        exit_code: Some(3),
+        time: chrono::Utc::now(),
+    };
+    store
+        .put(&keys.deadletter("default", &id), &letter, None)
+        .await
+        .expect("put");
+    let state = TaskState {
+        pending_reason: Some("Unschedulable: 0/3 nodes are available: 3 insufficient cpu".into()),
+        ..TaskState::default()
+    };
+    store
+        .put(&keys.taskstate("default", "flaky"), &state, None)
+        .await
+        .expect("put");
+    let text = cli.ok(&["describe", "task", "flaky"]).await;
+    assert!(text.contains("Dead letters:"), "{text}");
+    assert!(text.contains(&id.to_string()), "{text}");
+    assert!(
+        text.contains("CrashLoopBackOff: exited with code 3"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Waiting:        Unschedulable: 0/3 nodes"),
+        "{text}"
+    );
+}
