@@ -311,3 +311,30 @@ async fn describe_shows_dead_letters_and_why_a_task_waits() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn a_dependency_cycle_across_applies_is_refused_and_writes_nothing() {
+    let server = EtcdServer::start().await;
+    let cli = Cli::new(server.endpoints());
+    let doc = |name: &str, dep: &str| {
+        format!(
+            "apiVersion: drover.dev/v1\nkind: Task\nmetadata:\n  name: {name}\nspec:\n  command: [\"true\"]\n  restartPolicy: Never\n  dependsOn: [{dep}]\n"
+        )
+    };
+    let (_d1, first) = manifest(&doc("fetch", "process"));
+    cli.ok(&["apply", "-f", first.to_str().expect("utf-8")])
+        .await;
+    let (_d2, second) = manifest(&doc("process", "fetch"));
+    let output = cli
+        .run(&["apply", "-f", second.to_str().expect("utf-8")])
+        .await;
+    assert_eq!(output.status.code(), Some(65));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("process -> fetch -> process"), "{stderr}");
+    let stored = store(&server)
+        .await
+        .get_raw(&format!("{}/tasks/default/process", cli.prefix))
+        .await
+        .expect("get");
+    assert!(stored.is_none(), "the refused task must not be written");
+}

@@ -19,7 +19,7 @@
 //! deserialization problem (an unknown field, a bad quantity) or all its semantic problems,
 //! never both; other documents are still checked.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
@@ -599,6 +599,16 @@ pub fn parse_documents(
 /// is checked, then [`validate_set`] runs over all their tasks together, so a duplicate or a
 /// dependency cycle across files is found too.
 pub fn parse_many(inputs: &[(String, String)]) -> Result<Vec<Task>, ManifestError> {
+    parse_many_against(inputs, &[])
+}
+
+/// [`parse_many`], and also refuses `dependsOn` cycles that close through tasks already
+/// `stored` (applied earlier): a cycle across applies is reported at the new task that closes
+/// it, like a cycle within one apply. Stored tasks the inputs redefine are replaced by them.
+pub fn parse_many_against(
+    inputs: &[(String, String)],
+    stored: &[Task],
+) -> Result<Vec<Task>, ManifestError> {
     let mut all = Vec::new();
     let mut problems = Vec::new();
     for (source, text) in inputs {
@@ -609,7 +619,44 @@ pub fn parse_many(inputs: &[(String, String)]) -> Result<Vec<Task>, ManifestErro
     if let Err(e) = validate_set(&all) {
         problems.extend(e.problems().iter().cloned());
     }
+    if problems.is_empty() && !stored.is_empty() {
+        problems.extend(cross_apply_cycles(&all, stored));
+    }
     finish(all.into_iter().map(|(_, t)| t).collect(), problems)
+}
+
+/// Cycles over `dependsOn` that involve at least one of `new` and close through `stored`.
+fn cross_apply_cycles(new: &[(Location, Task)], stored: &[Task]) -> Vec<Problem> {
+    const STORED: &str = "<stored>";
+    let redefined: HashSet<(&str, &str)> = new
+        .iter()
+        .map(|(_, t)| (t.metadata.namespace.as_str(), t.metadata.name.as_str()))
+        .collect();
+    // New tasks first: a cycle is reported at its earliest task, so one touching a new task is
+    // reported at that task's location.
+    let mut combined: Vec<(Location, Task)> = new.to_vec();
+    combined.extend(
+        stored
+            .iter()
+            .filter(|t| {
+                !redefined.contains(&(t.metadata.namespace.as_str(), t.metadata.name.as_str()))
+            })
+            .map(|t| (Location::new(STORED, 0, None), t.clone())),
+    );
+    let by_name: HashMap<(&str, &str), usize> = combined
+        .iter()
+        .enumerate()
+        .map(|(i, (_, t))| ((t.metadata.namespace.as_str(), t.metadata.name.as_str()), i))
+        .collect();
+    cycle_problems(&combined, &by_name)
+        .into_iter()
+        .filter(|p| p.source != STORED)
+        .map(|mut p| {
+            p.message
+                .push_str(" (closing through tasks applied earlier)");
+            p
+        })
+        .collect()
 }
 
 /// Checks a set of tasks applied together: no namespace/name pair twice, no task depending on

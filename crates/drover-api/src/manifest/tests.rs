@@ -81,3 +81,29 @@ fn problem_display() {
         "echo.yaml: invalid CPU quantity \"abc\" (expected e.g. 250m or 1.5)"
     );
 }
+
+#[test]
+fn a_cycle_through_stored_tasks_is_refused_at_the_new_task() {
+    let doc = |name: &str, dep: &str| {
+        format!(
+            "apiVersion: drover.dev/v1\nkind: Task\nmetadata:\n  name: {name}\nspec:\n  command: [\"true\"]\n  restartPolicy: Never\n  dependsOn: [{dep}]\n"
+        )
+    };
+    let stored = parse_manifest("old.yaml", &doc("fetch", "process")).expect("valid alone");
+    let inputs = vec![("new.yaml".to_string(), doc("process", "fetch"))];
+    assert!(
+        parse_many(&inputs).is_ok(),
+        "no cycle within the apply itself"
+    );
+    let err = parse_many_against(&inputs, &stored).expect_err("cycle across applies");
+    let text = err.to_string();
+    assert!(text.contains("new.yaml: document 1, line"), "{text}");
+    assert!(text.contains("spec.dependsOn[0]"), "{text}");
+    assert!(text.contains("process -> fetch -> process"), "{text}");
+    // Redefining the stored task without the back edge is fine.
+    let fixed = vec![
+        ("new.yaml".to_string(), doc("process", "fetch")),
+        ("fetch.yaml".to_string(), doc("fetch", "other")),
+    ];
+    assert!(parse_many_against(&fixed, &stored).is_ok());
+}

@@ -48,6 +48,17 @@ pub async fn run(global: &Global, args: ApplyArgs) -> CliResult {
         return Err(CliError::data("no task found in the given manifests"));
     }
     let (store, keys) = connect(global).await?;
+    // Dependency cycles may close through tasks applied earlier: check against what is stored.
+    let stored: Vec<Task> = store
+        .list::<Task>(&keys.tasks())
+        .await
+        .map_err(|error| store_error("listing stored tasks", error))?
+        .items
+        .into_iter()
+        .map(|item| item.value)
+        .collect();
+    drover_api::manifest::parse_many_against(&sources, &stored)
+        .map_err(|error| CliError::data(error.to_string()))?;
     for attempt in 0..=CONFLICT_RETRIES {
         let plan = plan(&store, &keys, &tasks).await?;
         if args.dry_run {

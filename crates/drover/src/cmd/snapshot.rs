@@ -14,6 +14,22 @@ use serde::Serialize;
 use super::store_error;
 use crate::exit::CliResult;
 
+/// Every value under `prefix`, decoded; `what` names them in errors.
+async fn list<T: serde::de::DeserializeOwned>(
+    store: &Store,
+    prefix: &str,
+    what: &str,
+) -> CliResult<Vec<T>> {
+    Ok(store
+        .list::<T>(prefix)
+        .await
+        .map_err(|error| store_error(&format!("listing {what}"), error))?
+        .items
+        .into_iter()
+        .map(|item| item.value)
+        .collect())
+}
+
 /// An instance as the CLI shows it: the assignment joined with the status its agent reported.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -107,79 +123,57 @@ pub struct Snapshot {
 impl Snapshot {
     /// Reads the whole cluster state the CLI shows.
     pub async fn read(store: &Store, keys: &Keys) -> CliResult<Snapshot> {
-        let tasks = store
-            .list::<Task>(&keys.tasks())
-            .await
-            .map_err(|error| store_error("listing tasks", error))?;
-        let assignments = store
-            .list::<Instance>(&keys.assignments())
-            .await
-            .map_err(|error| store_error("listing assignments", error))?;
-        let statuses = store
-            .list::<InstanceStatus>(&keys.statuses())
-            .await
-            .map_err(|error| store_error("listing statuses", error))?;
-        let nodes = store
-            .list::<Node>(&keys.nodes())
-            .await
-            .map_err(|error| store_error("listing nodes", error))?;
-        let infos = store
-            .list::<NodeInfo>(&keys.nodeinfos())
-            .await
-            .map_err(|error| store_error("listing node records", error))?;
+        let tasks = list::<Task>(store, &keys.tasks(), "tasks").await?;
+        let assignments = list::<Instance>(store, &keys.assignments(), "assignments").await?;
+        let statuses = list::<InstanceStatus>(store, &keys.statuses(), "statuses").await?;
+        let nodes = list::<Node>(store, &keys.nodes(), "nodes").await?;
+        let infos = list::<NodeInfo>(store, &keys.nodeinfos(), "node records").await?;
 
         let mut snapshot = Snapshot::default();
-        for item in tasks.items {
-            let meta = &item.value.metadata;
+        for task in tasks {
+            let meta = &task.metadata;
             snapshot
                 .tasks
-                .insert((meta.namespace.clone(), meta.name.clone()), item.value);
+                .insert((meta.namespace.clone(), meta.name.clone()), task);
         }
-        for item in assignments.items {
-            let view = snapshot
-                .instances
-                .entry(item.value.id.to_string())
-                .or_insert_with(|| InstanceView {
-                    assignment: None,
-                    status: None,
-                });
-            view.assignment = Some(item.value);
+        for assignment in assignments {
+            let id = assignment.id.clone();
+            snapshot.instance(&id).assignment = Some(assignment);
         }
-        for item in statuses.items {
-            let view = snapshot
-                .instances
-                .entry(item.value.id.to_string())
-                .or_insert_with(|| InstanceView {
-                    assignment: None,
-                    status: None,
-                });
-            view.status = Some(item.value);
+        for status in statuses {
+            let id = status.id.clone();
+            snapshot.instance(&id).status = Some(status);
         }
-        for item in infos.items {
-            let name = item.value.name.clone();
-            snapshot
-                .nodes
-                .entry(name.clone())
-                .or_insert_with(|| NodeView {
-                    name,
-                    node: None,
-                    info: None,
-                })
-                .info = Some(item.value);
+        for info in infos {
+            let name = info.name.clone();
+            snapshot.node(&name).info = Some(info);
         }
-        for item in nodes.items {
-            let name = item.value.name.clone();
-            snapshot
-                .nodes
-                .entry(name.clone())
-                .or_insert_with(|| NodeView {
-                    name,
-                    node: None,
-                    info: None,
-                })
-                .node = Some(item.value);
+        for node in nodes {
+            let name = node.name.clone();
+            snapshot.node(&name).node = Some(node);
         }
         Ok(snapshot)
+    }
+
+    /// The view of instance `id`, created empty on first use.
+    fn instance(&mut self, id: &InstanceId) -> &mut InstanceView {
+        self.instances
+            .entry(id.to_string())
+            .or_insert_with(|| InstanceView {
+                assignment: None,
+                status: None,
+            })
+    }
+
+    /// The view of node `name`, created empty on first use.
+    fn node(&mut self, name: &str) -> &mut NodeView {
+        self.nodes
+            .entry(name.to_string())
+            .or_insert_with(|| NodeView {
+                name: name.to_string(),
+                node: None,
+                info: None,
+            })
     }
 
     /// The instances of one task.
