@@ -37,7 +37,7 @@ pub use manifest::{
 pub use names::{InstanceId, NameError};
 pub use node::{Capacity, Node, NodeInfo};
 pub use quantity::{Cpu, Memory, QuantityError};
-pub use run::{RunCause, RunOutcome, RunRecord};
+pub use run::{RunCause, RunOutcome, RunRecord, TriggerRequest};
 pub use schedule::{Schedule, ScheduleError};
 pub use task::{
     ConcurrencyPolicy, DriverKind, HealthCheck, HollowScript, Mode, ObjectMeta, PortSpec, Protocol,

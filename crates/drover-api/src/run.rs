@@ -76,3 +76,39 @@ pub struct RunRecord {
     /// What started it.
     pub cause: RunCause,
 }
+
+/// Value of `triggers/<ns>/<task>/<id>`: a request for one run, written by `drover trigger`
+/// (cause [`RunCause::Trigger`]) or `drover retry` (cause [`RunCause::Retry`]).
+///
+/// The id is the request time in zero-padded nanoseconds plus a random suffix, so ids sort in
+/// request order. The leader consumes a request by deleting its key in the fenced transaction
+/// that starts the run, or deletes it with a `TriggerRefused` event when it cannot run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TriggerRequest {
+    /// When it was requested.
+    pub requested_at: DateTime<Utc>,
+    /// Why: [`RunCause::Trigger`] or [`RunCause::Retry`].
+    pub cause: RunCause,
+    /// Who asked (user or tool), for events.
+    pub by: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trigger_request_is_camel_case() -> Result<(), serde_json::Error> {
+        let t = TriggerRequest {
+            requested_at: DateTime::<Utc>::UNIX_EPOCH,
+            cause: RunCause::Retry,
+            by: "alice".into(),
+        };
+        let json = serde_json::to_string(&t)?;
+        assert!(json.contains("\"requestedAt\""), "{json}");
+        assert!(json.contains("\"cause\":\"retry\""), "{json}");
+        assert_eq!(serde_json::from_str::<TriggerRequest>(&json)?, t);
+        Ok(())
+    }
+}

@@ -69,6 +69,29 @@ pub enum Command {
     Uncordon(NodeArgs),
     /// Move every instance off a node (replacement first), then leave it cordoned.
     Drain(DrainArgs),
+    /// Start one run of a job, scheduled or manual task now.
+    Trigger(TaskArgs),
+    /// Resume a task its circuit breaker suspended (resets the failure count).
+    Enable(TaskArgs),
+    /// Re-queue a dead-lettered instance: a job runs again, a service refills its slot.
+    Retry(RetryArgs),
+}
+
+/// A task named on the command line.
+#[derive(Debug, Args)]
+pub struct TaskArgs {
+    /// The task.
+    pub name: String,
+    /// Its namespace.
+    #[arg(short, long, default_value = "default")]
+    pub namespace: String,
+}
+
+/// `drover retry`.
+#[derive(Debug, Args)]
+pub struct RetryArgs {
+    /// The dead-lettered instance, as `drover get deadletters` names it.
+    pub instance: String,
 }
 
 /// `drover controller`.
@@ -236,6 +259,12 @@ pub enum Resource {
     /// Controller replicas, and which one leads.
     #[value(alias = "controller")]
     Controllers,
+    /// The run history of one task (`get runs TASK`).
+    #[value(alias = "run")]
+    Runs,
+    /// Instances that exhausted their retries.
+    #[value(alias = "deadletter", alias = "dl")]
+    Deadletters,
 }
 
 /// `drover get`.

@@ -6,13 +6,16 @@
 use std::io::Write;
 
 use chrono::Utc;
+use drover_api::deadletter::DeadLetter;
 use drover_api::keys::Keys;
+use drover_api::run::RunRecord;
 use drover_api::task::Task;
 use drover_controller::ControllerInfo;
 use drover_store::{watcher, Event, Store};
 use futures::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
 
+use super::get_jobs;
 use super::rows::{self, Columns};
 use super::snapshot::Snapshot;
 use super::{connect, store_error};
@@ -32,6 +35,24 @@ pub async fn run(global: &Global, args: GetArgs) -> CliResult {
         Resource::Instances => list_instances(&snapshot, &args, columns)?,
         Resource::Nodes => list_nodes(&snapshot, &args, columns)?,
         Resource::Controllers => list_controllers(&store, &keys, &args, columns).await?,
+        Resource::Runs => {
+            let runs = get_jobs::runs(&store, &keys, &args).await?;
+            let mut table = get_jobs::run_table();
+            let now = Utc::now();
+            for run in &runs {
+                table.row(get_jobs::run_row(run, now));
+            }
+            render(args.output, &runs, table)?
+        }
+        Resource::Deadletters => {
+            let letters = get_jobs::deadletters(&store, &keys, &args).await?;
+            let mut table = get_jobs::deadletter_table();
+            let now = Utc::now();
+            for letter in &letters {
+                table.row(get_jobs::deadletter_row(letter, now));
+            }
+            render(args.output, &letters, table)?
+        }
     };
     print_now(&text);
     if args.watch {
@@ -175,10 +196,14 @@ fn print_now(text: &str) {
 /// joined, current data) and prints the rows of the objects the change touched.
 async fn follow(store: &Store, keys: &Keys, args: &GetArgs, columns: Columns) -> CliResult {
     let prefixes = match args.resource {
-        Resource::Tasks => vec![keys.tasks(), keys.statuses()],
+        Resource::Tasks => vec![keys.tasks(), keys.statuses(), keys.taskstates()],
         Resource::Instances => vec![keys.assignments(), keys.statuses()],
         Resource::Nodes => vec![keys.nodes(), keys.nodeinfos()],
         Resource::Controllers => vec![keys.controllers()],
+        Resource::Runs => {
+            vec![keys.runs_of(&args.namespace, args.name.as_deref().unwrap_or_default())]
+        }
+        Resource::Deadletters => vec![keys.deadletters()],
     };
     let mut changes = futures::stream::select_all(
         prefixes
@@ -232,10 +257,13 @@ async fn watch_lines(
     let now = Utc::now();
     match args.resource {
         Resource::Tasks => {
-            let name = keys.parse_task_key(key).or_else(|| {
-                keys.parse_status_key(key)
-                    .map(|id| (id.namespace().to_string(), id.task().to_string()))
-            });
+            let name = keys
+                .parse_task_key(key)
+                .or_else(|| keys.parse_taskstate_key(key))
+                .or_else(|| {
+                    keys.parse_status_key(key)
+                        .map(|id| (id.namespace().to_string(), id.task().to_string()))
+                });
             let Some((namespace, name)) = name else {
                 return Ok(String::new());
             };
@@ -265,6 +293,32 @@ async fn watch_lines(
                 None => Ok(format!("instance/{id} deleted\n")),
             }
         }
+        Resource::Runs => match store
+            .get::<RunRecord>(key)
+            .await
+            .map_err(|error| store_error("reading a run", error))?
+        {
+            Some(run) => one(
+                args,
+                &run.value,
+                get_jobs::run_row(&run.value, now),
+                columns,
+            ),
+            None => Ok(format!("{key} deleted\n")),
+        },
+        Resource::Deadletters => match store
+            .get::<DeadLetter>(key)
+            .await
+            .map_err(|error| store_error("reading a dead letter", error))?
+        {
+            Some(letter) => one(
+                args,
+                &letter.value,
+                get_jobs::deadletter_row(&letter.value, now),
+                columns,
+            ),
+            None => Ok(format!("{key} deleted\n")),
+        },
         Resource::Controllers => {
             let Some(id) = keys.parse_controller_key(key) else {
                 return Ok(String::new());

@@ -10,6 +10,8 @@ mod daemon;
 mod delete;
 mod describe;
 mod get;
+mod get_jobs;
+mod jobs;
 mod logs;
 mod node;
 mod rows;
@@ -41,6 +43,9 @@ pub async fn run(cli: Cli) -> CliResult {
         Command::Cordon(args) => node::cordon(&global, args, true).await,
         Command::Uncordon(args) => node::cordon(&global, args, false).await,
         Command::Drain(args) => node::drain(&global, args).await,
+        Command::Trigger(args) => jobs::trigger(&global, args).await,
+        Command::Enable(args) => jobs::enable(&global, args).await,
+        Command::Retry(args) => jobs::retry(&global, args).await,
     }
 }
 

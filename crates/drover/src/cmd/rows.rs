@@ -16,6 +16,8 @@ pub fn table_for(resource: Resource, columns: Columns) -> Table {
         Resource::Instances => instance_table(columns),
         Resource::Nodes => node_table(columns),
         Resource::Controllers => controller_table(columns),
+        Resource::Runs => super::get_jobs::run_table(),
+        Resource::Deadletters => super::get_jobs::deadletter_table(),
     }
 }
 
@@ -53,7 +55,17 @@ pub fn task_table(columns: Columns) -> Table {
     if columns.namespace {
         headers.push("NAMESPACE");
     }
-    headers.extend(["NAME", "MODE", "DESIRED", "RUNNING", "GENERATION"]);
+    headers.extend([
+        "NAME",
+        "MODE",
+        "DESIRED",
+        "RUNNING",
+        "LAST RUN",
+        "NEXT RUN",
+        "FAILURES",
+        "ENABLED",
+        "GENERATION",
+    ]);
     if columns.wide {
         headers.extend(["PRIORITY", "IMAGE/COMMAND", "SELECTOR"]);
     }
@@ -71,11 +83,36 @@ pub fn task_row(task: &Task, snapshot: &Snapshot, columns: Columns) -> Vec<Strin
     if columns.namespace {
         row.push(meta.namespace.clone());
     }
+    let state = snapshot
+        .states
+        .get(&(meta.namespace.clone(), meta.name.clone()));
+    let last_run = state
+        .and_then(|s| {
+            Some(format!(
+                "#{} {}",
+                s.last_run?,
+                s.last_outcome.as_deref().unwrap_or("Running")
+            ))
+        })
+        .unwrap_or_else(|| "-".into());
+    let next_run = state
+        .and_then(|s| s.next_run_at)
+        .map(|at| until(at, Utc::now()))
+        .unwrap_or_else(|| "-".into());
+    let enabled = if state.is_some_and(|s| s.suspended) {
+        "no (suspended)"
+    } else {
+        "yes"
+    };
     row.extend([
         meta.name.clone(),
         task.spec.mode().to_string(),
         task.spec.replicas.to_string(),
         running.to_string(),
+        last_run,
+        next_run,
+        state.map_or(0, |s| s.consecutive_failures).to_string(),
+        enabled.to_string(),
         meta.generation.to_string(),
     ]);
     if columns.wide {
@@ -90,6 +127,14 @@ pub fn task_row(task: &Task, snapshot: &Snapshot, columns: Columns) -> Vec<Strin
         ]);
     }
     row
+}
+
+/// How far ahead `at` is ("in 42s"), or "due" once passed.
+fn until(at: DateTime<Utc>, now: DateTime<Utc>) -> String {
+    if at <= now {
+        return "due".to_string();
+    }
+    format!("in {}", age(Some(now), at))
 }
 
 /// The table for instances, with its headers.

@@ -8,6 +8,7 @@ use drover_api::keys::Keys;
 use drover_api::names::InstanceId;
 use drover_api::node::{Node, NodeInfo};
 use drover_api::task::Task;
+use drover_api::taskstate::TaskState;
 use drover_store::Store;
 use serde::Serialize;
 
@@ -118,6 +119,8 @@ pub struct Snapshot {
     pub instances: BTreeMap<String, InstanceView>,
     /// Nodes by name.
     pub nodes: BTreeMap<String, NodeView>,
+    /// Controller-owned task state (runs, circuit breaker) by (namespace, name).
+    pub states: BTreeMap<(String, String), TaskState>,
 }
 
 impl Snapshot {
@@ -128,8 +131,17 @@ impl Snapshot {
         let statuses = list::<InstanceStatus>(store, &keys.statuses(), "statuses").await?;
         let nodes = list::<Node>(store, &keys.nodes(), "nodes").await?;
         let infos = list::<NodeInfo>(store, &keys.nodeinfos(), "node records").await?;
+        let states = store
+            .list::<TaskState>(&keys.taskstates())
+            .await
+            .map_err(|error| store_error("listing task states", error))?;
 
         let mut snapshot = Snapshot::default();
+        for item in states.items {
+            if let Some(name) = keys.parse_taskstate_key(&item.key) {
+                snapshot.states.insert(name, item.value);
+            }
+        }
         for task in tasks {
             let meta = &task.metadata;
             snapshot
