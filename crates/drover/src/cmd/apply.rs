@@ -77,7 +77,8 @@ pub async fn run(global: &Global, args: ApplyArgs) -> CliResult {
         }
     }
     Err(CliError::failure(
-        "another client kept changing these tasks while applying; nothing was written, try again",
+        "another client kept changing these tasks while applying; nothing more was written \
+         (an apply of over 64 changed tasks may have written its first batches), try again",
     ))
 }
 

@@ -1,6 +1,8 @@
 //! `drover delete task NAME` or `drover delete -f FILE`: removes task keys. The leader controller
 //! sees the deletion and removes the task's instances.
 
+use drover_store::Store;
+
 use super::{connect, store_error};
 use crate::cli::{DeleteArgs, Global};
 use crate::exit::{CliError, CliResult};
@@ -12,8 +14,7 @@ pub async fn run(global: &Global, args: DeleteArgs) -> CliResult {
     let mut missing = Vec::new();
     for (namespace, name) in &targets {
         let key = keys.task(namespace, name);
-        let deleted = store
-            .delete(&key)
+        let deleted = delete_task(&store, &key)
             .await
             .map_err(|error| store_error(&format!("deleting {key}"), error))?;
         if deleted {
@@ -28,6 +29,35 @@ pub async fn run(global: &Global, args: DeleteArgs) -> CliResult {
         Ok(())
     } else {
         Err(CliError::failure(missing.join("\n")))
+    }
+}
+
+/// How often a delete re-reads when the task changed under it.
+const DELETE_RETRIES: usize = 5;
+
+/// Deletes the task at `key`; returns false when there was none.
+///
+/// # Guarantees
+///
+/// A reply lost in transport is settled by reading the key again, so a delete that did land is
+/// reported as done rather than as "not found" (a blind retry would find nothing to delete).
+async fn delete_task(store: &Store, key: &str) -> drover_store::Result<bool> {
+    let mut last = None;
+    for _ in 0..DELETE_RETRIES {
+        let Some(current) = store.get_raw(key).await? else {
+            return Ok(last.is_some());
+        };
+        match store.delete_if(key, current.mod_revision).await {
+            Ok(true) => return Ok(true),
+            // Changed meanwhile (e.g. re-applied): read again and delete the new value.
+            Ok(false) => {}
+            Err(error @ drover_store::Error::OutcomeUnknown { .. }) => last = Some(error),
+            Err(error) => return Err(error),
+        }
+    }
+    match last {
+        Some(error) => Err(error),
+        None => Ok(false),
     }
 }
 

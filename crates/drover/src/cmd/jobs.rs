@@ -172,6 +172,11 @@ fn trigger_request(
 }
 
 /// Writes a trigger request; returns its id.
+///
+/// # Guarantees
+///
+/// A reply lost in transport is settled by reading the key back, so the caller never sees a
+/// failure for a request that was stored (retrying would request a second run).
 async fn request(
     store: &Store,
     keys: &Keys,
@@ -180,14 +185,22 @@ async fn request(
     cause: RunCause,
 ) -> CliResult<String> {
     let (key, value) = trigger_request(keys, namespace, task, cause);
-    match store
-        .create(&key, &value, None)
-        .await
-        .map_err(|error| store_error("writing the trigger", error))?
-    {
-        CreateOutcome::Created { .. } => Ok(key.rsplit('/').next().unwrap_or_default().to_string()),
-        CreateOutcome::AlreadyExists { .. } => {
+    let id = key.rsplit('/').next().unwrap_or_default().to_string();
+    match store.create(&key, &value, None).await {
+        Ok(CreateOutcome::Created { .. }) => Ok(id),
+        Ok(CreateOutcome::AlreadyExists { .. }) => {
             Err(CliError::failure("trigger id collision; try again"))
         }
+        Err(error @ drover_store::Error::OutcomeUnknown { .. }) => {
+            let stored = store
+                .get_raw(&key)
+                .await
+                .map_err(|again| store_error("checking the trigger after a lost reply", again))?;
+            match stored {
+                Some(_) => Ok(id),
+                None => Err(store_error("writing the trigger", error)),
+            }
+        }
+        Err(error) => Err(store_error("writing the trigger", error)),
     }
 }
