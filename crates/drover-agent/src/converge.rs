@@ -4,7 +4,8 @@
 //! Per instance (a [`Slot`]), the reconcile reads the assignment from the reflector cache and
 //! the local [`Entry`], then takes one step: start what is assigned and not running (host ports
 //! allocated and reported), restart or give up on what exited or turned unhealthy
-//! ([`crate::restart`]), stop what is running but no longer assigned, adopt what the drivers
+//! ([`crate::restart`]), stop and fail a job past its `timeoutSeconds` ([`crate::deadline`]),
+//! stop what is running but no longer assigned, adopt what the drivers
 //! recovered at start-up, and write the status (fenced, [`crate::status`]).
 //!
 //! Exits and health changes arrive from small helper tasks (an exit waiter and a prober per
@@ -25,6 +26,7 @@ use futures::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::deadline::Deadline;
 use crate::drivers::DriverSet;
 use crate::local::{Entry, Records, Slot, StopReason};
 use crate::metrics::Metrics;
@@ -234,6 +236,7 @@ impl Engine {
             Ended(restart::Ended),
             StopUnhealthy,
             Probe,
+            Expire(Duration),
         }
         let todo = {
             let table = self.table();
@@ -245,24 +248,31 @@ impl Engine {
                 .as_ref()
                 .is_some_and(|i| i.spec.health_check.is_some())
                 && e.kind != drover_api::task::DriverKind::Hollow;
-            match &e.run {
+            let expired = match e.deadline(tokio::time::Instant::now()) {
+                Deadline::Exceeded(limit) => Some(limit),
+                _ => None,
+            };
+            match (&e.run, expired) {
                 _ if e.terminal => Todo::Nothing,
-                None => match e.next_start {
+                // Waiting out a restart's backoff past the deadline: do not start again.
+                (None, Some(limit)) => Todo::Expire(limit),
+                (None, None) => match e.next_start {
                     Some(at) if at > tokio::time::Instant::now() => {
                         Todo::Wait(at - tokio::time::Instant::now())
                     }
                     _ => Todo::Start,
                 },
-                Some(run) => match run.exited {
-                    Some(_) if run.unhealthy => Todo::Ended(restart::Ended::Unhealthy),
-                    Some((code, _)) => Todo::Ended(restart::Ended::Exited(code)),
-                    None if run.unhealthy => Todo::StopUnhealthy,
-                    None if wants_probe && !run.probing => Todo::Probe,
-                    None => Todo::Nothing,
+                (Some(run), expired) => match (run.exited, expired) {
+                    (Some(_), _) if run.unhealthy => Todo::Ended(restart::Ended::Unhealthy),
+                    (Some((code, _)), _) => Todo::Ended(restart::Ended::Exited(code)),
+                    (None, Some(limit)) => Todo::Expire(limit),
+                    (None, None) if run.unhealthy => Todo::StopUnhealthy,
+                    (None, None) if wants_probe && !run.probing => Todo::Probe,
+                    (None, None) => Todo::Nothing,
                 },
             }
         };
-        match todo {
+        let action = match todo {
             Todo::Nothing => Ok(Action::await_change()),
             Todo::Wait(d) => Ok(Action::requeue(d)),
             Todo::Start => {
@@ -281,7 +291,9 @@ impl Engine {
                 Ok(Action::await_change())
             }
             Todo::Ended(ended) => self.after_end(slot, ended).await,
-        }
+            Todo::Expire(limit) => self.expire(slot, limit).await,
+        }?;
+        Ok(self.until_deadline(slot, action))
     }
 
     /// Decides restart / success / failure after a run ended.
@@ -306,7 +318,16 @@ impl Engine {
                 e.finished_at = finished.or_else(|| Some(chrono::Utc::now()));
             }
             let handle = e.run.as_ref().map(|r| r.handle.clone());
-            (self.drivers.get(e.kind).cloned(), handle, next)
+            let expired = match e.deadline(tokio::time::Instant::now()) {
+                Deadline::Exceeded(limit) => Some(limit),
+                _ => None,
+            };
+            (self.drivers.get(e.kind).cloned(), handle, (next, expired))
+        };
+        let next = match next {
+            // Past the deadline a job is not restarted: it failed for its deadline.
+            (restart::Next::Restart { .. }, Some(limit)) => return self.expire(slot, limit).await,
+            (next, _) => next,
         };
         match next {
             restart::Next::Restart { after, restart } => {

@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod config;
 pub mod converge;
+pub mod deadline;
 pub mod driver;
 pub mod drivers;
 pub mod fence;

@@ -197,6 +197,8 @@ pub(crate) struct Entry {
     pub health: Health,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// When the first run started; local restarts keep it, `timeoutSeconds` counts from it.
+    pub first_started: Option<Instant>,
     /// A restart waits for its backoff until then.
     pub next_start: Option<Instant>,
     /// Succeeded or failed for good: never started again.
@@ -210,15 +212,26 @@ pub(crate) struct Entry {
 impl Entry {
     /// A fresh entry for an assignment.
     pub fn new(instance: Arc<Instance>, create_revision: i64, kind: DriverKind) -> Self {
+        let meta = InstanceMeta {
+            instance: instance.id.clone(),
+            node: instance.node.clone(),
+            generation: instance.generation,
+            attempt: instance.attempt,
+        };
         Entry {
-            meta: InstanceMeta {
-                instance: instance.id.clone(),
-                node: instance.node.clone(),
-                generation: instance.generation,
-                attempt: instance.attempt,
-            },
             instance: Some(instance),
             create_revision,
+            ..Entry::unmatched(meta, kind)
+        }
+    }
+
+    /// An entry for what a driver recovered, not yet matched to an assignment (create
+    /// revision 0, no instance) and not started.
+    pub fn unmatched(meta: InstanceMeta, kind: DriverKind) -> Self {
+        Entry {
+            meta,
+            instance: None,
+            create_revision: 0,
             kind,
             run: None,
             ports: Vec::new(),
@@ -230,6 +243,7 @@ impl Entry {
             health: Health::Unknown,
             started_at: None,
             finished_at: None,
+            first_started: None,
             next_start: None,
             terminal: false,
             fenced: false,
@@ -261,6 +275,14 @@ impl Entry {
     /// Whether the runtime object is (as far as we know) still running.
     pub fn is_running(&self) -> bool {
         self.run.as_ref().is_some_and(|r| r.exited.is_none())
+    }
+
+    /// Where the run stands against `timeoutSeconds` at `now` (see [`crate::deadline`]).
+    pub fn deadline(&self, now: Instant) -> crate::deadline::Deadline {
+        match &self.instance {
+            Some(i) => crate::deadline::check(&i.spec, self.first_started, now),
+            None => crate::deadline::Deadline::None,
+        }
     }
 
     /// The grace period from the spec (10 s for an adopted instance without assignment).

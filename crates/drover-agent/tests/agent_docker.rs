@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use drover_agent::config::DriverChoice;
 use drover_api::instance::{Health, Phase};
-use futures::StreamExt;
 use serde_json::json;
 use support::*;
 
@@ -28,17 +27,9 @@ fn echo(extra: serde_json::Value) -> drover_api::task::TaskSpec {
 #[tokio::test(flavor = "multi_thread")]
 async fn echo_task_runs_with_a_host_port_and_echoes() {
     let env = Env::start().await;
-    let node = unique("dk");
-    let _clean = DockerCleanup(node.clone());
-    let state = tempfile::tempdir().expect("tempdir");
-    let agent = Running::start(
-        env.store.clone(),
-        env.keys.clone(),
-        agent_config(&node, DriverChoice::Docker, &state),
-    )
-    .await;
+    let node = env.node("dk", DriverChoice::Docker).await;
     let id = id("default", "echo", 0);
-    env.assign(&node, &id, echo(json!({}))).await;
+    env.assign(&node.name, &id, echo(json!({}))).await;
     let st = env
         .wait_status(&id, LIMIT, "Running", |s| s.phase == Phase::Running)
         .await;
@@ -51,27 +42,19 @@ async fn echo_task_runs_with_a_host_port_and_echoes() {
     })
     .await;
     assert_eq!((code, body.as_str()), (200, r#"{"Msg":"hi"}"#));
-    agent.stop().await;
+    node.agent.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn failing_health_check_restarts_max_restarts_times_then_fails() {
     let env = Env::start().await;
-    let node = unique("hc");
-    let _clean = DockerCleanup(node.clone());
-    let state = tempfile::tempdir().expect("tempdir");
-    let agent = Running::start(
-        env.store.clone(),
-        env.keys.clone(),
-        agent_config(&node, DriverChoice::Docker, &state),
-    )
-    .await;
+    let node = env.node("hc", DriverChoice::Docker).await;
     let id = id("default", "sick", 0);
     let check = json!({
         "healthCheck": {"http": {"path": "/healthfail", "port": 7777}, "periodSeconds": 1, "failureThreshold": 1},
         "maxRestarts": 2
     });
-    env.assign(&node, &id, echo(check)).await;
+    env.assign(&node.name, &id, echo(check)).await;
     let st = env
         .wait_status(&id, LIMIT, "Failed after 2 restarts", |s| {
             s.phase == Phase::Failed
@@ -81,24 +64,16 @@ async fn failing_health_check_restarts_max_restarts_times_then_fails() {
     assert_eq!(st.reason.as_deref(), Some("Unhealthy"));
     assert_eq!(st.health, Health::Unhealthy);
     // Left stopped: nothing of this node runs any more.
-    assert!(docker_ps(&node, false).is_empty());
-    agent.stop().await;
+    assert!(docker_ps(&node.name, false).is_empty());
+    node.agent.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_container_killed_from_outside_is_restarted_once() {
     let env = Env::start().await;
-    let node = unique("kl");
-    let _clean = DockerCleanup(node.clone());
-    let state = tempfile::tempdir().expect("tempdir");
-    let agent = Running::start(
-        env.store.clone(),
-        env.keys.clone(),
-        agent_config(&node, DriverChoice::Docker, &state),
-    )
-    .await;
+    let node = env.node("kl", DriverChoice::Docker).await;
     let id = id("default", "victim", 0);
-    env.assign(&node, &id, echo(json!({}))).await;
+    env.assign(&node.name, &id, echo(json!({}))).await;
     let st = env
         .wait_status(&id, LIMIT, "Running", |s| s.phase == Phase::Running)
         .await;
@@ -120,7 +95,7 @@ async fn a_container_killed_from_outside_is_restarted_once() {
         .await;
     assert_ne!(st.container_id.as_deref(), Some(container.as_str()));
     assert_eq!(st.exit_code, Some(137));
-    agent.stop().await;
+    node.agent.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -176,71 +151,29 @@ async fn a_killed_agent_is_replaced_by_one_that_adopts_its_containers() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn missing_image_is_reported_as_image_not_found_within_seconds() {
-    let env = Env::start().await;
-    let node = unique("mi");
-    let _clean = DockerCleanup(node.clone());
-    let state = tempfile::tempdir().expect("tempdir");
-    let agent = Running::start(
-        env.store.clone(),
-        env.keys.clone(),
-        agent_config(&node, DriverChoice::Docker, &state),
-    )
-    .await;
-    let id = id("default", "nope", 0);
-    env.assign(
-        &node,
-        &id,
+    assert_fails_to_start(
+        DriverChoice::Docker,
         spec(json!({"image": "drover/does-not-exist:never"})),
+        "ImageNotFound",
+        "drover/does-not-exist:never",
     )
     .await;
-    let st = env
-        .wait_status(&id, Duration::from_secs(10), "ImageNotFound", |s| {
-            s.phase == Phase::Failed
-        })
-        .await;
-    assert_eq!(st.reason.as_deref(), Some("ImageNotFound"));
-    assert!(st
-        .message
-        .unwrap_or_default()
-        .contains("drover/does-not-exist:never"));
-    agent.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn docker_logs_over_grpc_and_follow() {
     let env = Env::start().await;
-    let node = unique("lg");
-    let _clean = DockerCleanup(node.clone());
-    let state = tempfile::tempdir().expect("tempdir");
-    let agent = Running::start(
-        env.store.clone(),
-        env.keys.clone(),
-        agent_config(&node, DriverChoice::Docker, &state),
-    )
-    .await;
+    let node = env.node("lg", DriverChoice::Docker).await;
     let id = id("default", "talk", 0);
-    env.assign(&node, &id, echo(json!({}))).await;
+    env.assign(&node.name, &id, echo(json!({}))).await;
     let st = env
         .wait_status(&id, LIMIT, "Running", |s| s.phase == Phase::Running)
         .await;
     let port = st.ports[0].host_port;
-    let addr = agent.handle.address().to_string();
+    let addr = node.agent.handle.address().to_string();
     // The start-up line is there.
-    let first = poll(LIMIT, "startup line", || {
-        let addr = addr.clone();
-        let id = id.to_string();
-        async move {
-            let lines: Vec<String> = drover_agent::logs_client(&addr, &id, false, None)
-                .await
-                .ok()?
-                .filter_map(|l| async move { l.ok() })
-                .collect()
-                .await;
-            lines
-                .iter()
-                .any(|l| l.contains("listening"))
-                .then_some(lines)
-        }
+    let first = wait_agent_logs(&addr, &id, "startup line", |lines| {
+        lines.iter().any(|l| l.contains("listening"))
     })
     .await;
     assert!(!first.is_empty());
@@ -256,20 +189,11 @@ async fn docker_logs_over_grpc_and_follow() {
         http(port, "POST", "/", "{\"Msg\":\"later\"}").await.ok()
     })
     .await;
-    within(LIMIT, "followed line", async {
-        while let Some(line) = follow.next().await {
-            let line = line.expect("line");
-            if line.contains("POST") {
-                return;
-            }
-        }
-        panic!("follow stream ended");
-    })
-    .await;
+    follow_until(&mut follow, "followed line", |line| line.contains("POST")).await;
     let ping = drover_agent::grpc::ping(&addr).await.expect("ping");
     assert_eq!(ping.running, 1);
     assert_eq!(ping.state(), drover_proto::agent::v1::NodeState::Busy);
-    agent.stop().await;
+    node.agent.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

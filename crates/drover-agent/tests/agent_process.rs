@@ -1,5 +1,6 @@
 //! The agent with the process driver against a real etcd: start errors, logs over gRPC,
-//! fenced (stale) status writes, and self-fencing through a proxy that is cut.
+//! fenced (stale) status writes, self-fencing through a proxy that is cut, and jobs stopped
+//! for their `timeoutSeconds`.
 
 mod support;
 
@@ -8,64 +9,36 @@ use std::time::Duration;
 use drover_agent::config::DriverChoice;
 use drover_agent::local::StopReason;
 use drover_agent::status::{self, Written};
-use drover_api::instance::Phase;
+use drover_api::instance::{reasons, InstanceStatus, Phase};
 use drover_testkit::TcpProxy;
-use futures::StreamExt;
 use serde_json::json;
 use support::*;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_missing_binary_is_a_start_error() {
-    let env = Env::start().await;
-    let node = unique("se");
-    let state = tempfile::tempdir().expect("tempdir");
-    let agent = Running::start(
-        env.store.clone(),
-        env.keys.clone(),
-        agent_config(&node, DriverChoice::Process, &state),
-    )
-    .await;
-    let id = id("default", "nobin", 0);
-    env.assign(
-        &node,
-        &id,
+    assert_fails_to_start(
+        DriverChoice::Process,
         spec(json!({"command": ["/no/such/binary-drover"]})),
+        "StartError",
+        "/no/such/binary-drover",
     )
     .await;
-    let st = env
-        .wait_status(&id, Duration::from_secs(10), "StartError", |s| {
-            s.phase == Phase::Failed
-        })
-        .await;
-    assert_eq!(st.reason.as_deref(), Some("StartError"));
-    assert!(st
-        .message
-        .unwrap_or_default()
-        .contains("/no/such/binary-drover"));
-    agent.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_job_that_exits_zero_succeeds_and_a_crash_loop_fails() {
     let env = Env::start().await;
-    let node = unique("jb");
-    let state = tempfile::tempdir().expect("tempdir");
-    let agent = Running::start(
-        env.store.clone(),
-        env.keys.clone(),
-        agent_config(&node, DriverChoice::Process, &state),
-    )
-    .await;
+    let node = env.node("jb", DriverChoice::Process).await;
     let ok = id("default", "ok", 0);
     env.assign(
-        &node,
+        &node.name,
         &ok,
         spec(json!({"command": ["/bin/true"], "restartPolicy": "OnFailure"})),
     )
     .await;
     let crash = id("default", "crash", 0);
     env.assign(
-        &node,
+        &node.name,
         &crash,
         spec(json!({"command": ["/bin/sh", "-c", "exit 3"], "maxRestarts": 2})),
     )
@@ -83,42 +56,26 @@ async fn a_job_that_exits_zero_succeeds_and_a_crash_loop_fails() {
     assert_eq!(st.phase, Phase::Failed);
     assert_eq!(st.reason.as_deref(), Some("CrashLoopBackOff"));
     assert_eq!((st.exit_code, st.restart_count), (Some(3), 2));
-    agent.stop().await;
+    node.agent.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn process_logs_over_grpc_and_follow() {
     let env = Env::start().await;
-    let node = unique("pl");
-    let state = tempfile::tempdir().expect("tempdir");
-    let agent = Running::start(
-        env.store.clone(),
-        env.keys.clone(),
-        agent_config(&node, DriverChoice::Process, &state),
-    )
-    .await;
+    let node = env.node("pl", DriverChoice::Process).await;
     let id = id("default", "ticker", 0);
     let script = "echo hello; i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.2; done";
     env.assign(
-        &node,
+        &node.name,
         &id,
         spec(json!({"command": ["/bin/sh", "-c", script], "terminationGracePeriodSeconds": 1})),
     )
     .await;
     env.wait_status(&id, LIMIT, "Running", |s| s.phase == Phase::Running)
         .await;
-    let addr = agent.handle.address().to_string();
-    let lines = poll(LIMIT, "hello line", || {
-        let (addr, id) = (addr.clone(), id.to_string());
-        async move {
-            let lines: Vec<String> = drover_agent::logs_client(&addr, &id, false, None)
-                .await
-                .ok()?
-                .filter_map(|l| async move { l.ok() })
-                .collect()
-                .await;
-            (lines.first().map(String::as_str) == Some("hello")).then_some(lines)
-        }
+    let addr = node.agent.handle.address().to_string();
+    let lines = wait_agent_logs(&addr, &id, "hello line", |lines| {
+        lines.first().map(String::as_str) == Some("hello")
     })
     .await;
     let last_seen: u32 = lines
@@ -133,23 +90,17 @@ async fn process_logs_over_grpc_and_follow() {
     )
     .await
     .expect("follow");
-    within(LIMIT, "a newer line while following", async {
-        while let Some(line) = follow.next().await {
-            let n: u32 = line
-                .expect("line")
-                .strip_prefix("tick ")
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(0);
-            if n > last_seen + 2 {
-                return;
-            }
-        }
-        panic!("follow ended");
+    follow_until(&mut follow, "a newer line while following", |line| {
+        let n: u32 = line
+            .strip_prefix("tick ")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        n > last_seen + 2
     })
     .await;
     let missing = drover_agent::logs_client(&addr, "default.nope.0", false, None).await;
     assert!(missing.is_err(), "unknown instance is NotFound");
-    agent.stop().await;
+    node.agent.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -282,4 +233,117 @@ async fn self_fencing_stops_instances_before_the_lease_can_expire_then_re_regist
     })
     .await;
     agent.stop().await;
+}
+
+/// Reconcile and driver polling between a deadline (or a SIGKILL) and the recorded exit.
+const SLACK: Duration = Duration::from_secs(3);
+
+/// How long the run in `st` lasted, by its recorded start and finish.
+fn ran(st: &InstanceStatus) -> Duration {
+    let (start, end) = (
+        st.started_at.expect("started_at"),
+        st.finished_at.expect("finished_at"),
+    );
+    (end - start).to_std().expect("finished after it started")
+}
+
+/// Runs `script` on `node` as a job with `restart_policy`, `timeoutSeconds` = `timeout` and a
+/// grace period of `grace`, until it fails for its deadline. Checks that it was stopped no
+/// earlier than the deadline and no later than `timeout + grace + SLACK`, and that its process
+/// is gone; returns its status and how long it ran.
+async fn run_past_deadline(
+    env: &Env,
+    node: &TestNode,
+    script: &str,
+    restart_policy: &str,
+    (timeout, grace): (Duration, Duration),
+) -> (InstanceStatus, Duration) {
+    let id = id("default", "late", 0);
+    env.assign(
+        &node.name,
+        &id,
+        spec(json!({
+            "command": ["/bin/sh", "-c", script],
+            "restartPolicy": restart_policy,
+            "timeoutSeconds": timeout.as_secs(),
+            "terminationGracePeriodSeconds": grace.as_secs(),
+        })),
+    )
+    .await;
+    let st = env
+        .wait_failed(&id, LIMIT, reasons::DEADLINE_EXCEEDED)
+        .await;
+    let ran = ran(&st);
+    assert!(ran >= timeout, "stopped before its deadline: {ran:?}");
+    assert!(
+        ran <= timeout + grace + SLACK,
+        "stopped too late: {ran:?} > timeout + grace + slack"
+    );
+    let pid = st.container_id.clone().expect("pid");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "the process is gone"
+    );
+    (st, ran)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_past_its_timeout_is_stopped_and_fails_with_deadline_exceeded() {
+    let env = Env::start().await;
+    let node = env.node("dl", DriverChoice::Process).await;
+    let limits = (Duration::from_secs(2), Duration::from_secs(5));
+    let (st, _) = run_past_deadline(&env, &node, "sleep 60", "Never", limits).await;
+    assert_eq!(
+        st.message.as_deref(),
+        Some("ran longer than timeoutSeconds (2s)")
+    );
+    assert_eq!(st.restart_count, 0);
+    node.agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_ignoring_sigterm_past_its_timeout_is_killed_after_its_grace_and_not_restarted() {
+    let env = Env::start().await;
+    let node = env.node("dk", DriverChoice::Process).await;
+    let (timeout, grace) = (Duration::from_secs(2), Duration::from_secs(1));
+    let script = "trap '' TERM; while true; do sleep 0.1; done";
+    // OnFailure would restart a killed process: the deadline must prevent that.
+    let (st, ran) = run_past_deadline(&env, &node, script, "OnFailure", (timeout, grace)).await;
+    assert!(
+        ran >= timeout + grace,
+        "SIGKILL only after the grace period: {ran:?}"
+    );
+    // Give the agent several restart backoffs (200 ms in tests) to prove it does nothing.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let later = env.status(&st.id).await.expect("status");
+    assert_eq!(
+        (later.phase, later.restart_count, later.container_id),
+        (Phase::Failed, 0, st.container_id)
+    );
+    node.agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restarts_on_failure_do_not_reset_the_deadline() {
+    let env = Env::start().await;
+    let node = env.node("dr", DriverChoice::Process).await;
+    let id = id("default", "flaky", 0);
+    // Each run fails after 0.5 s, well within the 2 s limit: only the first start counts.
+    env.assign(
+        &node.name,
+        &id,
+        spec(json!({
+            "command": ["/bin/sh", "-c", "sleep 0.5; exit 1"],
+            "restartPolicy": "OnFailure",
+            "maxRestarts": 1000,
+            "timeoutSeconds": 2,
+            "terminationGracePeriodSeconds": 1,
+        })),
+    )
+    .await;
+    let st = env
+        .wait_failed(&id, LIMIT, reasons::DEADLINE_EXCEEDED)
+        .await;
+    assert!(st.restart_count >= 1, "{st:#?}");
+    node.agent.stop().await;
 }

@@ -1,19 +1,19 @@
 //! The docker driver against the real Docker engine and the `drover/echo-server:latest` test
 //! image (built by `hack/build-images.sh`). Skipped, with a notice, only where no daemon answers.
 
-mod common;
+mod support;
 
 use std::time::{Duration, Instant};
 
-use common::{bind, poll, request, spec, unique, within, LIMIT};
 use drover_agent::driver::docker::DockerDriver;
-use drover_agent::driver::{Driver, Error, Handle, TaskState};
+use drover_agent::driver::{Driver, Error, TaskState};
 use drover_agent::ports::PortAllocator;
 use futures::StreamExt;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-const IMAGE: &str = "drover/echo-server:latest";
+use support::{
+    assert_exited_with, bind, http, poll, request, spec, unique, wait_log, within, DockerCleanup,
+    IMAGE, LIMIT,
+};
 
 /// The driver, or `None` (with a printed notice) when no Docker daemon answers here.
 async fn docker() -> Option<DockerDriver> {
@@ -31,55 +31,6 @@ async fn docker() -> Option<DockerDriver> {
     }
 }
 
-/// Removes every container of `node` when dropped, even when the test panics.
-struct Cleanup(String);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let ids = std::process::Command::new("docker")
-            .args([
-                "ps",
-                "-aq",
-                "--filter",
-                &format!("label=dev.drover.node={}", self.0),
-            ])
-            .output();
-        if let Ok(out) = ids {
-            let ids = String::from_utf8_lossy(&out.stdout).to_string();
-            let ids: Vec<&str> = ids.split_whitespace().collect();
-            if !ids.is_empty() {
-                let _ = std::process::Command::new("docker")
-                    .args(["rm", "-f"])
-                    .args(&ids)
-                    .output();
-            }
-        }
-    }
-}
-
-/// One HTTP/1.1 request over a fresh connection; returns (status, body).
-async fn http(port: u16, method: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
-    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    conn.write_all(req.as_bytes()).await?;
-    let mut raw = Vec::new();
-    conn.read_to_end(&mut raw).await?;
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("bad response {text:?}")))?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
-}
-
 fn echo_spec() -> drover_api::task::TaskSpec {
     spec(json!({
         "image": IMAGE,
@@ -89,23 +40,13 @@ fn echo_spec() -> drover_api::task::TaskSpec {
     }))
 }
 
-async fn log_text(driver: &DockerDriver, handle: &Handle) -> String {
-    let lines: Vec<_> = within(LIMIT, "logs", driver.logs(handle, false, None).collect()).await;
-    lines
-        .into_iter()
-        .filter_map(Result::ok)
-        .map(|l| l.line)
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 #[tokio::test]
 async fn echo_server_round_trip() {
     let Some(driver) = docker().await else { return };
     let fp = driver.fingerprint().await;
     assert!(fp.healthy, "{fp:?}");
     let node = unique("dtest");
-    let _cleanup = Cleanup(node.clone());
+    let _cleanup = DockerCleanup(node.clone());
     let ports = PortAllocator::default();
     let mut req = request(&node, "docker", 0, echo_spec());
     let host_port = ports.allocate(&req.meta.instance, 1).expect("port")[0];
@@ -156,13 +97,7 @@ async fn echo_server_round_trip() {
     .await;
     reader.abort();
 
-    poll(LIMIT, "the request is in the logs", || async {
-        log_text(&driver, &handle)
-            .await
-            .contains("POST /")
-            .then_some(())
-    })
-    .await;
+    wait_log(&driver, &handle, "POST /").await;
     let tail: Vec<_> = within(
         LIMIT,
         "tail",
@@ -206,7 +141,7 @@ async fn echo_server_round_trip() {
 async fn missing_image_fails_fast() {
     let Some(driver) = docker().await else { return };
     let node = unique("dtest");
-    let _cleanup = Cleanup(node.clone());
+    let _cleanup = DockerCleanup(node.clone());
     let req = request(
         &node,
         "docker",
@@ -229,7 +164,7 @@ async fn missing_image_fails_fast() {
 async fn recover_finds_labelled_containers_after_restart() {
     let Some(driver) = docker().await else { return };
     let node = unique("dtest");
-    let _cleanup = Cleanup(node.clone());
+    let _cleanup = DockerCleanup(node.clone());
     let req = request(&node, "docker", 2, echo_spec());
     let handle = within(LIMIT, "start", driver.start(&req))
         .await
@@ -266,7 +201,7 @@ async fn recover_finds_labelled_containers_after_restart() {
 async fn killed_from_outside_reports_exited() {
     let Some(driver) = docker().await else { return };
     let node = unique("dtest");
-    let _cleanup = Cleanup(node.clone());
+    let _cleanup = DockerCleanup(node.clone());
     let req = request(&node, "docker", 3, echo_spec());
     let handle = within(LIMIT, "start", driver.start(&req))
         .await
@@ -293,16 +228,7 @@ async fn killed_from_outside_reports_exited() {
         .await
         .expect("join")
         .expect("wait");
-    assert!(
-        matches!(
-            state,
-            TaskState::Exited {
-                code: Some(137),
-                ..
-            }
-        ),
-        "{state:?}"
-    );
+    assert_exited_with(&state, 137);
     assert_eq!(driver.inspect(&handle).await.expect("inspect"), state);
     // Stopping something already dead is fine.
     driver
@@ -317,7 +243,7 @@ async fn a_dyn_driver_runs_a_container() {
     let Some(driver) = docker().await else { return };
     let driver: std::sync::Arc<dyn Driver> = std::sync::Arc::new(driver);
     let node = unique("dtest");
-    let _cleanup = Cleanup(node.clone());
+    let _cleanup = DockerCleanup(node.clone());
     // No command override: the image's entrypoint runs; an immediate exit code comes back.
     let mut s = echo_spec();
     s.env.insert("PORT".into(), "not-a-port".into());

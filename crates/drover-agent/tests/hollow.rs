@@ -1,16 +1,16 @@
 //! The hollow driver under paused tokio time: scripted exits, start errors, stop, logs, and many
 //! instances at once.
 
-mod common;
+mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{request, spec, within};
 use drover_agent::driver::hollow::{HollowDriver, STOPPED_EXIT_CODE};
 use drover_agent::driver::{Driver, DriverKind, Error, TaskState};
 use futures::StreamExt;
 use serde_json::json;
+use support::{assert_exited_with, request, spec, within};
 use tokio::time::Instant;
 
 const LIMIT: Duration = Duration::from_secs(3600);
@@ -97,16 +97,7 @@ async fn runs_forever_until_stopped_and_wait_wakes() {
         .await
         .expect("join")
         .expect("wait");
-    assert!(
-        matches!(
-            state,
-            TaskState::Exited {
-                code: Some(STOPPED_EXIT_CODE),
-                ..
-            }
-        ),
-        "{state:?}"
-    );
+    assert_exited_with(&state, STOPPED_EXIT_CODE);
     let mut lines = Vec::new();
     while let Some(line) = within(LIMIT, "follow", follow.next()).await {
         lines.push(line.expect("line").line);

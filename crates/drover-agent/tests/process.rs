@@ -1,33 +1,18 @@
 //! The process driver against real processes: logs, follow, group stop, SIGKILL after the grace,
 //! recovery from pid files, and clear start errors.
 
-mod common;
+mod support;
 
 use std::time::{Duration, Instant};
 
-use common::{poll, request, spec, unique, within, LIMIT};
 use drover_agent::driver::process::ProcessDriver;
-use drover_agent::driver::{Driver, Error, Handle, LogLine, TaskState};
+use drover_agent::driver::{Driver, Error, TaskState};
 use futures::StreamExt;
 use serde_json::json;
+use support::{assert_exited_with, log_text, poll, request, spec, unique, wait_log, within, LIMIT};
 
 fn sh(script: &str) -> serde_json::Value {
     json!({ "command": ["sh", "-c", script] })
-}
-
-/// Collects the non-following log output as text.
-async fn log_text(driver: &ProcessDriver, handle: &Handle) -> String {
-    let lines: Vec<_> = within(
-        LIMIT,
-        "reading logs",
-        driver.logs(handle, false, None).collect(),
-    )
-    .await;
-    lines
-        .into_iter()
-        .map(|l| l.map(|l: LogLine| l.line).unwrap_or_default())
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 /// Live (non-zombie) members of process group `pgid`, read from `/proc`.
@@ -67,13 +52,7 @@ async fn logs_follow_and_group_stop() {
         .expect("start");
     let pgid: u32 = handle.id.parse().expect("pid");
 
-    poll(LIMIT, "hello in the log", || async {
-        log_text(&driver, &handle)
-            .await
-            .contains("hello")
-            .then_some(())
-    })
-    .await;
+    wait_log(&driver, &handle, "hello").await;
 
     // Follow from the start: sees `hello`, then `second`, written about a second later.
     let mut follow = driver.logs(&handle, true, None);
@@ -145,13 +124,7 @@ async fn sigterm_ignored_means_sigkill_after_grace() {
         .await
         .expect("start");
     let pgid: u32 = handle.id.parse().expect("pid");
-    poll(LIMIT, "trap installed", || async {
-        log_text(&driver, &handle)
-            .await
-            .contains("ready")
-            .then_some(())
-    })
-    .await;
+    wait_log(&driver, &handle, "ready").await;
 
     let grace = Duration::from_millis(1500);
     let began = Instant::now();
@@ -168,16 +141,7 @@ async fn sigterm_ignored_means_sigkill_after_grace() {
     let state = within(LIMIT, "wait", driver.wait(&handle))
         .await
         .expect("wait");
-    assert!(
-        matches!(
-            state,
-            TaskState::Exited {
-                code: Some(137),
-                ..
-            }
-        ),
-        "{state:?}"
-    );
+    assert_exited_with(&state, 137);
     driver.destroy(&handle).await.expect("destroy");
 }
 

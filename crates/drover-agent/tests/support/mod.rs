@@ -1,5 +1,6 @@
-//! Helpers for the agent integration tests: a real etcd, assignments written as the controller
-//! would, bounded polling of statuses, and in-process agents.
+//! Helpers shared by every integration test: bounded waits, unique names, specs and start
+//! requests, Docker housekeeping and, for the agent tests, a real etcd, assignments written as
+//! the controller would, bounded polling of statuses and in-process agents.
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::future::Future;
@@ -7,13 +8,15 @@ use std::time::Duration;
 
 use chrono::Utc;
 use drover_agent::config::DriverChoice;
+use drover_agent::driver::{Driver, Handle, InstanceMeta, StartRequest, TaskState};
 use drover_agent::{Agent, AgentConfig, AgentHandle};
-use drover_api::instance::{Instance, InstanceStatus};
+use drover_api::instance::{Instance, InstanceStatus, Phase, PortBinding};
 use drover_api::keys::Keys;
 use drover_api::names::InstanceId;
 use drover_api::task::TaskSpec;
 use drover_store::{Store, StoreConfig};
 use drover_testkit::EtcdServer;
+use futures::StreamExt;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -158,6 +161,107 @@ impl Env {
             }
         }
     }
+
+    /// Waits until `id` ends for good, and checks it `Failed` with `reason`.
+    pub async fn wait_failed(
+        &self,
+        id: &InstanceId,
+        limit: Duration,
+        reason: &str,
+    ) -> InstanceStatus {
+        let st = self
+            .wait_status(id, limit, reason, |s| s.phase.is_terminal())
+            .await;
+        assert_eq!(
+            (st.phase, st.reason.as_deref()),
+            (Phase::Failed, Some(reason)),
+            "{st:#?}"
+        );
+        st
+    }
+
+    /// A fresh node named from `prefix` with an agent of `driver` on it ([`agent_config`]).
+    pub async fn node(&self, prefix: &str, driver: DriverChoice) -> TestNode {
+        let name = unique(prefix);
+        let containers = (driver == DriverChoice::Docker).then(|| DockerCleanup(name.clone()));
+        let state = tempfile::tempdir().expect("tempdir");
+        let agent = Running::start(
+            self.store.clone(),
+            self.keys.clone(),
+            agent_config(&name, driver, &state),
+        )
+        .await;
+        TestNode {
+            name,
+            agent,
+            state,
+            _containers: containers,
+        }
+    }
+}
+
+/// Runs `spec` alone on a fresh node of `driver` and checks that it fails within 10 s with
+/// `reason` and a message that names `names`.
+pub async fn assert_fails_to_start(
+    driver: DriverChoice,
+    spec: TaskSpec,
+    reason: &str,
+    names: &str,
+) {
+    let env = Env::start().await;
+    let node = env.node("se", driver).await;
+    let id = id("default", "nostart", 0);
+    env.assign(&node.name, &id, spec).await;
+    let st = env.wait_failed(&id, Duration::from_secs(10), reason).await;
+    let message = st.message.unwrap_or_default();
+    assert!(message.contains(names), "{message:?} names {names:?}");
+    node.agent.stop().await;
+}
+
+/// Polls the agent at `addr` for the whole log of `id` until `ready` accepts it; returns it.
+pub async fn wait_agent_logs(
+    addr: &str,
+    id: &InstanceId,
+    what: &str,
+    ready: impl Fn(&[String]) -> bool,
+) -> Vec<String> {
+    let id = id.to_string();
+    poll(LIMIT, what, || async {
+        let lines: Vec<String> = drover_agent::logs_client(addr, &id, false, None)
+            .await
+            .ok()?
+            .filter_map(|l| async move { l.ok() })
+            .collect()
+            .await;
+        ready(&lines).then_some(lines)
+    })
+    .await
+}
+
+/// Reads a followed log until a line satisfies `found`; fails if the stream ends first.
+pub async fn follow_until<S, E>(follow: &mut S, what: &str, mut found: impl FnMut(&str) -> bool)
+where
+    S: futures::Stream<Item = Result<String, E>> + Unpin,
+    E: std::fmt::Debug,
+{
+    within(LIMIT, what, async {
+        while let Some(line) = follow.next().await {
+            if found(&line.expect("log line")) {
+                return;
+            }
+        }
+        panic!("the followed log ended");
+    })
+    .await;
+}
+
+/// A node with an in-process agent, from [`Env::node`]. Dropping it removes its state dir
+/// and, for docker, every container of the node (even when the test panics).
+pub struct TestNode {
+    pub name: String,
+    pub agent: Running,
+    pub state: tempfile::TempDir,
+    _containers: Option<DockerCleanup>,
 }
 
 /// An agent config for tests: its own state dir, a random port window, quick restarts.
@@ -226,30 +330,84 @@ pub fn id(ns: &str, task: &str, slot: u32) -> InstanceId {
     InstanceId::service(ns, task, slot).expect("valid id")
 }
 
+/// A start request for slot `slot` of task `t` in `namespace` on `node`, for the driver tests.
+pub fn request(node: &str, namespace: &str, slot: u32, spec: TaskSpec) -> StartRequest {
+    StartRequest {
+        meta: InstanceMeta {
+            instance: InstanceId::service(namespace, "t", slot).expect("valid instance id"),
+            node: node.to_string(),
+            generation: 1,
+            attempt: 0,
+        },
+        spec,
+        ports: Vec::new(),
+    }
+}
+
+/// Publishes `container_port` on `host_port`.
+pub fn bind(container_port: u16, host_port: u16) -> PortBinding {
+    PortBinding {
+        container_port,
+        host_port,
+    }
+}
+
+/// The non-following log output of `handle`, as text (unreadable lines left out).
+pub async fn log_text(driver: &dyn Driver, handle: &Handle) -> String {
+    let lines: Vec<_> = within(LIMIT, "logs", driver.logs(handle, false, None).collect()).await;
+    lines
+        .into_iter()
+        .filter_map(Result::ok)
+        .map(|l| l.line)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Polls the log of `handle` until it contains `needle`.
+pub async fn wait_log(driver: &dyn Driver, handle: &Handle, needle: &str) {
+    poll(LIMIT, &format!("{needle:?} in the log"), || async {
+        log_text(driver, handle)
+            .await
+            .contains(needle)
+            .then_some(())
+    })
+    .await;
+}
+
+/// Asserts that `state` is an exit with `code`.
+pub fn assert_exited_with(state: &TaskState, code: i32) {
+    assert!(
+        matches!(state, TaskState::Exited { code: Some(c), .. } if *c == code),
+        "expected an exit with code {code}: {state:?}"
+    );
+}
+
 /// Container ids of `node` (running only, or all).
 pub fn docker_ps(node: &str, all: bool) -> Vec<String> {
+    try_docker_ps(node, all).expect("docker ps")
+}
+
+fn try_docker_ps(node: &str, all: bool) -> std::io::Result<Vec<String>> {
     let mut args = vec!["ps", "-q", "--no-trunc"];
     if all {
         args.push("-a");
     }
     let filter = format!("label=dev.drover.node={node}");
     args.extend(["--filter", &filter]);
-    let out = std::process::Command::new("docker")
-        .args(&args)
-        .output()
-        .expect("docker ps");
-    String::from_utf8_lossy(&out.stdout)
+    let out = std::process::Command::new("docker").args(&args).output()?;
+    Ok(String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
         .map(str::to_string)
-        .collect()
+        .collect())
 }
 
-/// Removes every container of a node when dropped, even when the test panics.
+/// Removes every container of a node when dropped, even when the test panics (and never
+/// panics itself).
 pub struct DockerCleanup(pub String);
 
 impl Drop for DockerCleanup {
     fn drop(&mut self) {
-        let ids = docker_ps(&self.0, true);
+        let ids = try_docker_ps(&self.0, true).unwrap_or_default();
         if !ids.is_empty() {
             let _ = std::process::Command::new("docker")
                 .args(["rm", "-f"])
@@ -259,7 +417,7 @@ impl Drop for DockerCleanup {
     }
 }
 
-/// One HTTP/1.1 request; returns (status, body).
+/// One HTTP/1.1 request over a fresh connection; returns (status, body).
 pub async fn http(
     port: u16,
     method: &str,

@@ -1,12 +1,16 @@
-//! The engine's runtime operations: start a run, stop it, adopt what survived an agent
-//! restart, fence (stop everything before the lease can expire) and shut down.
+//! The engine's runtime operations: start a run, watch it (exit waiter, prober), stop it and
+//! shut down. Adopting what survived an agent restart is in [`adopt`], self-fencing in
+//! [`fencing`], stopping jobs past `timeoutSeconds` in [`timeout`].
 
-use std::sync::atomic::Ordering;
+mod adopt;
+mod fencing;
+mod timeout;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use drover_api::instance::{reasons, Health, InstanceStatus, Phase};
+use drover_api::instance::{Health, Phase};
 use drover_api::task::DriverKind;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -16,9 +20,6 @@ use crate::driver::{Driver, Handle, StartRequest, TaskState};
 use crate::fence;
 use crate::local::{Entry, Run, Slot, StopReason, StopRecord};
 use crate::probe::Probe;
-
-/// How long a destroy after a failed or late stop may take while fencing.
-const KILL_CONFIRM: Duration = Duration::from_secs(5);
 
 impl Engine {
     /// Starts the entry's instance; a permanent failure makes it terminal `Failed`.
@@ -75,6 +76,7 @@ impl Engine {
             e.health = Health::Unknown;
             e.started_at = Some(handle.started_at);
             e.finished_at = None;
+            e.first_started.get_or_insert_with(Instant::now);
             e.next_start = None;
             e.run = Some(Run {
                 handle: handle.clone(),
@@ -291,175 +293,6 @@ impl Engine {
         }
     }
 
-    /// Adopts what the drivers already run for `node` (after an agent restart): each becomes an
-    /// entry with create revision 0, matched to its assignment (or stopped) by reconcile.
-    pub(crate) async fn adopt(self: &Arc<Self>, node: &Arc<str>) {
-        for (kind, driver) in self.drivers.all().to_vec() {
-            let found = match driver.recover(node).await {
-                Ok(found) => found,
-                Err(e) => {
-                    tracing::warn!(driver = %kind, error = %e, "recover failed; nothing adopted");
-                    continue;
-                }
-            };
-            for rec in found {
-                let slot = Slot {
-                    node: node.clone(),
-                    id: rec.meta.instance.clone(),
-                };
-                // The previous agent's status has the ports and restart count.
-                let prior: Option<InstanceStatus> = self
-                    .store
-                    .get::<InstanceStatus>(&self.keys.status(&slot.id))
-                    .await
-                    .ok()
-                    .flatten()
-                    .map(|v| v.value)
-                    .filter(|s| s.node == *node.as_ref());
-                let mut entry = adopted_entry(rec.meta.clone(), kind);
-                if let Some(p) = &prior {
-                    let host: Vec<u16> = p.ports.iter().map(|b| b.host_port).collect();
-                    if self.ports.reserve(&slot.id, &host).is_ok() {
-                        entry.ports = p.ports.clone();
-                    }
-                    entry.restart_count = p.restart_count;
-                }
-                let exited = match rec.state {
-                    TaskState::Running => None,
-                    TaskState::Exited { code, finished_at } => Some((code, finished_at)),
-                    TaskState::NotFound => continue,
-                };
-                let seq = self.next_seq();
-                entry.phase = Phase::Running;
-                entry.started_at = Some(rec.handle.started_at);
-                entry.run = Some(Run {
-                    handle: rec.handle.clone(),
-                    seq,
-                    exited,
-                    unhealthy: false,
-                    tasks: Vec::new(),
-                    probing: false,
-                });
-                tracing::info!(instance = %slot.id, driver = %kind, running = exited.is_none(), "recovered");
-                self.table().insert(slot.clone(), entry);
-                if exited.is_none() {
-                    self.spawn_waiter(&slot, seq, driver.clone(), rec.handle);
-                }
-            }
-        }
-    }
-
-    /// Self-fencing of `node`: see [`crate::fence`] for the rule and its guarantees.
-    pub(crate) async fn fence(&self, node: &str, deadline: Instant, expiry: Instant) {
-        let Some(state) = self.nodes.get(node) else {
-            return;
-        };
-        *state
-            .deadline
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(deadline);
-        state.fenced.store(true, Ordering::SeqCst);
-        self.metrics.fences.inc();
-        let victims: Vec<Slot> = self
-            .table()
-            .iter()
-            .filter(|(s, e)| *s.node == *node && e.is_running())
-            .map(|(s, _)| s.clone())
-            .collect();
-        tracing::error!(
-            node,
-            instances = victims.len(),
-            left = ?deadline.saturating_duration_since(Instant::now()),
-            "SELF-FENCING: keep-alives are not acknowledged; stopping every instance before the lease can expire"
-        );
-        let stops = victims
-            .iter()
-            .map(|s| self.fence_one(s, Some((deadline, expiry))));
-        futures::future::join_all(stops).await;
-        tracing::error!(
-            node,
-            "self-fencing done: no instance runs until the agent re-registers"
-        );
-    }
-
-    /// Stops one instance for fencing, clipping its grace to the deadline.
-    async fn fence_one(&self, slot: &Slot, fence_times: Option<(Instant, Instant)>) {
-        let deadline = fence_times.map(|(d, _)| d).or_else(|| {
-            self.nodes.get(&slot.node).and_then(|n| {
-                *n.deadline
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-            })
-        });
-        let Some(deadline) = deadline else { return };
-        let Some((driver, handle, own)) = self.run_of(slot) else {
-            return;
-        };
-        let started = self.table().get(slot).and_then(|e| e.started_at);
-        let began = Utc::now();
-        let grace = fence::clip_grace(own, Instant::now(), deadline);
-        let stopped = matches!(
-            tokio::time::timeout_at(deadline, driver.stop(&handle, grace)).await,
-            Ok(Ok(()))
-        );
-        let confirmed = stopped
-            || matches!(
-                tokio::time::timeout(KILL_CONFIRM, driver.destroy(&handle)).await,
-                Ok(Ok(()))
-            );
-        if !confirmed {
-            tracing::error!(instance = %slot.id, "self-fencing could not confirm the instance stopped");
-        }
-        if let Some(e) = self.table().get_mut(slot) {
-            e.fenced = true;
-            e.phase = Phase::Stopped;
-            e.reason = Some(reasons::LEASE_LOST.to_string());
-            if let Some(run) = e.run.as_mut() {
-                run.exited.get_or_insert((None, Some(Utc::now())));
-            }
-        }
-        self.record(
-            slot,
-            StopReason::Fenced,
-            started,
-            began,
-            fence_times,
-            confirmed,
-        )
-        .await;
-    }
-
-    /// After re-registering: forget what fencing stopped and converge `node` afresh.
-    pub(crate) async fn unfence(&self, node: &str) {
-        let Some(state) = self.nodes.get(node) else {
-            return;
-        };
-        if !state.fenced.load(Ordering::SeqCst) {
-            return;
-        }
-        let fenced: Vec<Slot> = self
-            .table()
-            .iter()
-            .filter(|(s, e)| *s.node == *node && e.fenced)
-            .map(|(s, _)| s.clone())
-            .collect();
-        for slot in &fenced {
-            if let Err(e) = self.stop_and_forget(slot, StopReason::Fenced).await {
-                tracing::warn!(instance = %slot.id, error = %e, "cleaning up a fenced instance");
-            }
-        }
-        *state
-            .deadline
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
-        state.fenced.store(false, Ordering::SeqCst);
-        tracing::warn!(
-            node,
-            "re-registered after self-fencing; converging to the current assignments"
-        );
-        self.poke_all(Some(node), "re-registered");
-    }
-
     /// Agent shutdown: stop every instance of `node` within its grace period, concurrently.
     pub(crate) async fn stop_all(&self, node: &str) {
         let slots: Vec<Slot> = self
@@ -478,29 +311,6 @@ impl Engine {
             .instrument(span)
         });
         futures::future::join_all(stops).await;
-    }
-}
-
-fn adopted_entry(meta: crate::driver::InstanceMeta, kind: DriverKind) -> Entry {
-    Entry {
-        meta,
-        instance: None,
-        create_revision: 0,
-        kind,
-        run: None,
-        ports: Vec::new(),
-        restart_count: 0,
-        phase: Phase::Pending,
-        reason: None,
-        message: None,
-        exit_code: None,
-        health: Health::Unknown,
-        started_at: None,
-        finished_at: None,
-        next_start: None,
-        terminal: false,
-        fenced: false,
-        written: None,
     }
 }
 

@@ -1,0 +1,76 @@
+//! Adoption after an agent restart: what the drivers still run becomes local entries, matched
+//! to their assignments (or stopped) by reconcile.
+
+use std::sync::Arc;
+
+use drover_api::instance::{InstanceStatus, Phase};
+
+use crate::converge::Engine;
+use crate::driver::TaskState;
+use crate::local::{Entry, Run, Slot};
+
+impl Engine {
+    /// Adopts what the drivers already run for `node` (after an agent restart): each becomes an
+    /// entry with create revision 0, matched to its assignment (or stopped) by reconcile.
+    pub(crate) async fn adopt(self: &Arc<Self>, node: &Arc<str>) {
+        for (kind, driver) in self.drivers.all().to_vec() {
+            let found = match driver.recover(node).await {
+                Ok(found) => found,
+                Err(e) => {
+                    tracing::warn!(driver = %kind, error = %e, "recover failed; nothing adopted");
+                    continue;
+                }
+            };
+            for rec in found {
+                let slot = Slot {
+                    node: node.clone(),
+                    id: rec.meta.instance.clone(),
+                };
+                // The previous agent's status has the ports and restart count.
+                let prior: Option<InstanceStatus> = self
+                    .store
+                    .get::<InstanceStatus>(&self.keys.status(&slot.id))
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|v| v.value)
+                    .filter(|s| s.node == *node.as_ref());
+                let mut entry = Entry::unmatched(rec.meta.clone(), kind);
+                if let Some(p) = &prior {
+                    let host: Vec<u16> = p.ports.iter().map(|b| b.host_port).collect();
+                    if self.ports.reserve(&slot.id, &host).is_ok() {
+                        entry.ports = p.ports.clone();
+                    }
+                    entry.restart_count = p.restart_count;
+                }
+                let exited = match rec.state {
+                    TaskState::Running => None,
+                    TaskState::Exited { code, finished_at } => Some((code, finished_at)),
+                    TaskState::NotFound => continue,
+                };
+                let seq = self.next_seq();
+                entry.phase = Phase::Running;
+                entry.started_at = Some(rec.handle.started_at);
+                // Earlier runs are unknown here: the deadline counts from this run's start.
+                let age = (chrono::Utc::now() - rec.handle.started_at)
+                    .to_std()
+                    .unwrap_or_default();
+                let now = tokio::time::Instant::now();
+                entry.first_started = Some(now.checked_sub(age).unwrap_or(now));
+                entry.run = Some(Run {
+                    handle: rec.handle.clone(),
+                    seq,
+                    exited,
+                    unhealthy: false,
+                    tasks: Vec::new(),
+                    probing: false,
+                });
+                tracing::info!(instance = %slot.id, driver = %kind, running = exited.is_none(), "recovered");
+                self.table().insert(slot.clone(), entry);
+                if exited.is_none() {
+                    self.spawn_waiter(&slot, seq, driver.clone(), rec.handle);
+                }
+            }
+        }
+    }
+}
