@@ -365,14 +365,16 @@ async fn keep_alive_loop(
                 let wait = store.request_timeout().min(deadline - sent);
                 ping(keeper, stream, wait).await
             }
-            None => match store.open_keeper(id).await {
-                // Opening sends a ping and waits for its answer.
-                Ok(c) => {
+            // Opening sends a ping and waits for its answer; bounded by the lease deadline so
+            // a hung connection attempt cannot delay reporting the loss.
+            None => match tokio::time::timeout_at(deadline, store.open_keeper(id)).await {
+                Ok(Ok(c)) => {
                     conn = Some(c);
                     Ping::Acked
                 }
-                Err(Error::LeaseNotFound { .. }) => Ping::NotFound,
-                Err(e) => Ping::Failed(e.to_string()),
+                Ok(Err(Error::LeaseNotFound { .. })) => Ping::NotFound,
+                Ok(Err(e)) => Ping::Failed(e.to_string()),
+                Err(_) => Ping::Failed("reconnecting timed out at the lease deadline".into()),
             },
         };
         match outcome {
