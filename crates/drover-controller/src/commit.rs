@@ -103,6 +103,38 @@ fn write_parts(keys: &Keys, w: &Write) -> Result<(Vec<Cmp>, Vec<Op>), CommitErro
                 vec![Op::delete(key)],
             )
         }
+        Write::PutRun {
+            record,
+            mod_revision,
+        } => {
+            let key = keys.run(&record.namespace, &record.task, record.run);
+            (
+                vec![Cmp::ModRevision(key.clone(), *mod_revision)],
+                vec![Op::put(key, record, None).map_err(encode_err)?],
+            )
+        }
+        Write::DeleteRun {
+            task,
+            run,
+            mod_revision,
+        } => {
+            let key = keys.run(&task.namespace, &task.name, *run);
+            (
+                vec![Cmp::ModRevision(key.clone(), *mod_revision)],
+                vec![Op::delete(key)],
+            )
+        }
+        Write::DeleteTrigger {
+            task,
+            id,
+            mod_revision,
+        } => {
+            let key = keys.trigger(&task.namespace, &task.name, id);
+            (
+                vec![Cmp::ModRevision(key.clone(), *mod_revision)],
+                vec![Op::delete(key)],
+            )
+        }
         Write::DeleteTaskState { task, mod_revision } => {
             let key = keys.taskstate(&task.namespace, &task.name);
             (

@@ -1,5 +1,7 @@
 //! Drover's controller: HA leader election with fencing, the pure scheduler and planner, node
-//! lifecycle, failure escalation and dead letters, cordon and drain.
+//! lifecycle, failure escalation and dead letters, cordon and drain, and everything that is not
+//! a service: jobs, scheduled and triggered runs, retries, the circuit breaker, `dependsOn` and
+//! `blocks` gates, and priority preemption.
 //!
 //! - [`Controller`]: one replica. [`Controller::run`] campaigns through etcd's election, and
 //!   while elected plans from a watched snapshot and commits fenced transactions; it resigns on

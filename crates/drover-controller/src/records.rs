@@ -47,6 +47,9 @@ pub struct TaskStateRecord {
     /// placement gets an instance id no earlier placement had, even after scaling to zero.
     #[serde(default)]
     pub next_slot: u32,
+    /// The task generation whose `Apply` run has started (plain jobs run once per generation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_generation: Option<u64>,
 }
 
 /// Value of `deadletter/<ns>/<instance>` as the controller writes it.
@@ -90,6 +93,7 @@ mod tests {
                 ..TaskState::default()
             },
             next_slot: 7,
+            run_generation: Some(2),
         };
         let json = serde_json::to_string(&rec).expect("encodes");
         assert!(json.contains("\"nextSlot\":7"), "{json}");

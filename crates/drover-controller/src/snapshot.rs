@@ -1,12 +1,14 @@
 //! [`Snapshot`]: everything the planner reads, decoded from etcd keys, with their revisions.
 //!
 //! The leader keeps one snapshot up to date from a single watch over the whole prefix; the
-//! planner is a pure function of it. Keys Drover does not plan from (events, runs, triggers,
-//! controllers, election keys) are ignored.
+//! planner is a pure function of it. Keys Drover does not plan from (events, controllers,
+//! election keys) are ignored.
 
 use std::collections::BTreeMap;
 
-use drover_api::{Instance, InstanceId, InstanceStatus, Keys, Node, NodeInfo, Task};
+use drover_api::{
+    Instance, InstanceId, InstanceStatus, Keys, Node, NodeInfo, RunRecord, Task, TriggerRequest,
+};
 use drover_store::Versioned;
 use serde::de::DeserializeOwned;
 
@@ -44,6 +46,10 @@ pub struct Snapshot {
     pub taskstates: BTreeMap<TaskRef, Versioned<TaskStateRecord>>,
     /// Dead letters by instance id.
     pub deadletters: BTreeMap<InstanceId, Versioned<DeadLetterRecord>>,
+    /// Run records of jobs, scheduled and triggered tasks, by task and run number.
+    pub runs: BTreeMap<TaskRef, BTreeMap<u64, Versioned<RunRecord>>>,
+    /// Trigger requests not consumed yet, by task and request id (ids sort in request order).
+    pub triggers: BTreeMap<TaskRef, BTreeMap<String, Versioned<TriggerRequest>>>,
 }
 
 fn decode<T: DeserializeOwned>(
@@ -105,6 +111,18 @@ impl Snapshot {
                 .insert(TaskRef::new(ns, name), decode(raw, "TaskState")?);
         } else if let Some((_, id)) = keys.parse_deadletter_key(key) {
             self.deadletters.insert(id, decode(raw, "DeadLetter")?);
+        } else if let Some((ns, name, run)) = keys.parse_run_key(key) {
+            let record = decode(raw, "RunRecord")?;
+            self.runs
+                .entry(TaskRef::new(ns, name))
+                .or_default()
+                .insert(run, record);
+        } else if let Some((ns, name, id)) = keys.parse_trigger_key(key) {
+            let request = decode(raw, "TriggerRequest")?;
+            self.triggers
+                .entry(TaskRef::new(ns, name))
+                .or_default()
+                .insert(id, request);
         }
         Ok(())
     }
@@ -133,6 +151,22 @@ impl Snapshot {
             self.taskstates.remove(&TaskRef::new(ns, name));
         } else if let Some((_, id)) = keys.parse_deadletter_key(key) {
             self.deadletters.remove(&id);
+        } else if let Some((ns, name, run)) = keys.parse_run_key(key) {
+            let task = TaskRef::new(ns, name);
+            if let Some(runs) = self.runs.get_mut(&task) {
+                runs.remove(&run);
+                if runs.is_empty() {
+                    self.runs.remove(&task);
+                }
+            }
+        } else if let Some((ns, name, id)) = keys.parse_trigger_key(key) {
+            let task = TaskRef::new(ns, name);
+            if let Some(triggers) = self.triggers.get_mut(&task) {
+                triggers.remove(&id);
+                if triggers.is_empty() {
+                    self.triggers.remove(&task);
+                }
+            }
         }
     }
 

@@ -9,17 +9,23 @@
 //!
 //! Work is split by concern: [`nodes`] (node lifecycle), [`service`] (services: replicas,
 //! generations, node loss, failure escalation, drain), and [`placement`] (turning the scheduler's
-//! decisions into assignments). Other task modes (jobs, scheduled, triggered) are left alone
-//! here; they plug in next to [`service`] by [`TaskSpec::mode`](drover_api::TaskSpec::mode).
+//! decisions into assignments), [`jobs`] (jobs, scheduled and triggered tasks: runs, retries,
+//! the circuit breaker), [`runs`] (judging and finishing one run) and [`gates`] (`dependsOn`,
+//! `blocks`).
 
+mod gates;
+mod jobs;
 mod nodes;
 mod placement;
+mod preempt;
+mod runs;
 mod service;
+mod ticks;
 
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use drover_api::{Event, EventKind, Instance, InstanceId, Mode, NodeInfo};
+use drover_api::{Event, EventKind, Instance, InstanceId, Mode, NodeInfo, RunRecord};
 
 use crate::config::ControllerConfig;
 use crate::records::{DeadLetterRecord, TaskRef, TaskStateRecord};
@@ -54,6 +60,31 @@ pub enum Write {
         /// The instance.
         id: InstanceId,
         /// The status's mod revision in the snapshot.
+        mod_revision: i64,
+    },
+    /// Create or update `runs/<ns>/<task>/<run>` (compare: mod revision, 0 = absent).
+    PutRun {
+        /// The new record.
+        record: RunRecord,
+        /// The record's mod revision in the snapshot (0 = absent).
+        mod_revision: i64,
+    },
+    /// Delete a run record (history limit, deleted task; compare: mod revision).
+    DeleteRun {
+        /// Its task.
+        task: TaskRef,
+        /// The run number.
+        run: u64,
+        /// The record's mod revision in the snapshot.
+        mod_revision: i64,
+    },
+    /// Delete a trigger request, consumed or refused (compare: mod revision).
+    DeleteTrigger {
+        /// Its task.
+        task: TaskRef,
+        /// The request id.
+        id: String,
+        /// The request's mod revision in the snapshot.
         mod_revision: i64,
     },
     /// Delete the task state of a deleted task (compare: mod revision).
@@ -150,8 +181,9 @@ impl Plan {
 ///
 /// - A plan is only as fresh as its snapshot: commit it with its compares (the committer does)
 ///   and re-plan after any failed compare rather than retrying the same writes.
-/// - Only services are planned; instances of other task modes are left untouched unless
-///   their task was deleted.
+/// - A run starts in the same step as its record, its assignments and its task state (compared),
+///   so two plans from stale snapshots never start the same run twice; at most one run of a
+///   task starts or finishes per plan.
 /// - Deleting a task deletes its task state, and with it the slot counter: a task re-created
 ///   under the same name may reuse slot numbers (its old instances are gone by then).
 #[must_use]
@@ -208,15 +240,18 @@ pub fn plan(snapshot: &Snapshot, now: DateTime<Utc>, config: &ControllerConfig) 
                     },
                 );
             }
-            // Jobs, scheduled and triggered tasks are planned by a later module.
+            // Planned together below, in priority order (the `blocks` gate depends on it).
             Mode::Job | Mode::Scheduled | Mode::Triggered => {}
         }
     }
+    let starts = jobs::plan_jobs(snapshot, now, config, &mut plan);
     service::orphan_statuses(snapshot, &mut plan);
-    placement::place(snapshot, now, removals, requests, &mut plan);
+    placement::place(snapshot, now, removals, requests, starts, &mut plan);
     plan
 }
 
+#[cfg(test)]
+mod jobs_tests;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, Utc};
 use drover_api::{EventKind, Instance, InstanceId, Mode, TaskSpec};
 
+use super::jobs::{put_state, RunStart};
 use super::service::{Removal, Want};
 use super::{Plan, Step, TaskStateWrite, Write};
 use crate::records::{TaskRef, TaskStateRecord};
@@ -99,11 +100,13 @@ pub(super) fn place(
     now: DateTime<Utc>,
     removals: Vec<Removal>,
     wants: Vec<Want>,
+    starts: Vec<RunStart>,
     plan: &mut Plan,
 ) {
     let removed: BTreeSet<&InstanceId> = removals.iter().map(|r| &r.id).collect();
     let mut scheduler = Scheduler::new(node_views(snapshot, &removed));
     let mut requests = Vec::with_capacity(wants.len());
+    let mut req_tasks: Vec<(TaskRef, String)> = Vec::with_capacity(wants.len());
     let mut placeable = Vec::with_capacity(wants.len());
     for w in &wants {
         let Some(task) = snapshot.tasks.get(&w.task) else {
@@ -119,9 +122,41 @@ pub(super) fn place(
             driver: spec.driver().to_string(),
             avoid_node: w.avoid_node.clone(),
         });
+        req_tasks.push((w.task.clone(), format!("a new instance of {}", w.task)));
         placeable.push(w);
     }
-    let decisions = scheduler.schedule_all(&requests);
+    let services = requests.len();
+    for start in &starts {
+        let Some(task) = snapshot.tasks.get(&start.task) else {
+            continue;
+        };
+        let spec = &task.value.spec;
+        for slot in 0..start.replicas {
+            requests.push(Request {
+                task: start.task.to_string(),
+                name: format!("{}/r{:020}/{slot:06}", start.task, start.record.run),
+                priority: spec.priority,
+                demand: demand(spec),
+                node_selector: spec.node_selector.clone(),
+                driver: spec.driver().to_string(),
+                avoid_node: None,
+            });
+            let label = InstanceId::job(
+                &start.task.namespace,
+                &start.task.name,
+                start.record.run,
+                slot,
+            )
+            .map_or_else(|_| start.task.to_string(), |id| id.to_string());
+            req_tasks.push((start.task.clone(), label));
+        }
+    }
+    let mut decisions = scheduler.schedule_all(&requests);
+    super::preempt::preempt(
+        snapshot, now, &scheduler, &requests, &decisions, &req_tasks, &removed, plan,
+    );
+    let run_decisions = decisions.split_off(services.min(decisions.len()));
+    place_runs(snapshot, now, starts, run_decisions, plan);
 
     let floors = slot_floors(snapshot);
     let mut outcomes: BTreeMap<TaskRef, TaskOutcome> = BTreeMap::new();
@@ -250,6 +285,105 @@ pub(super) fn place(
                 );
             }
         }
+    }
+}
+
+/// Turns placed runs into steps (record, trigger deletion, assignments, task state), or holds
+/// them with an `Unschedulable` pending reason when any instance fits nowhere.
+fn place_runs(
+    snapshot: &Snapshot,
+    now: DateTime<Utc>,
+    starts: Vec<RunStart>,
+    decisions: Vec<Decision>,
+    plan: &mut Plan,
+) {
+    let mut decisions = decisions.into_iter();
+    for start in starts {
+        let Some(task) = snapshot.tasks.get(&start.task) else {
+            continue;
+        };
+        let old = snapshot.taskstates.get(&start.task);
+        let (ns, name) = (start.task.namespace.as_str(), start.task.name.as_str());
+        let run = start.record.run;
+        let mut writes = vec![Write::PutRun {
+            record: start.record.clone(),
+            mod_revision: 0,
+        }];
+        writes.extend(start.writes);
+        let mut nodes = Vec::new();
+        let mut unschedulable = None;
+        for slot in 0..start.replicas {
+            let node = match decisions.next() {
+                Some(Decision::Placed(node)) => node,
+                Some(Decision::Unschedulable(why)) => {
+                    unschedulable.get_or_insert_with(|| why.to_string());
+                    continue;
+                }
+                None => {
+                    unschedulable.get_or_insert_with(|| UNSCHEDULABLE.to_owned());
+                    continue;
+                }
+            };
+            let Ok(id) = InstanceId::job(ns, name, run, slot) else {
+                unschedulable.get_or_insert_with(|| format!("{UNSCHEDULABLE}: invalid name"));
+                continue;
+            };
+            nodes.push(format!("{id} on {node}"));
+            writes.push(Write::Assign(Box::new(Instance {
+                id,
+                namespace: ns.to_owned(),
+                task: name.to_owned(),
+                slot,
+                run: Some(run),
+                node,
+                generation: task.value.metadata.generation,
+                attempt: start.record.attempt,
+                spec: task.value.spec.clone(),
+                assigned_at: now,
+            })));
+        }
+        if let Some(why) = unschedulable {
+            plan.pending += usize::try_from(start.replicas).unwrap_or(usize::MAX);
+            let mut held = start.held;
+            if held.state.pending_reason.as_ref() != Some(&why) {
+                plan.event(
+                    now,
+                    ns,
+                    EventKind::Task,
+                    name,
+                    "FailedScheduling",
+                    why.clone(),
+                );
+            }
+            held.state.pending_reason = Some(why);
+            put_state(plan, &start.task, old, held);
+            continue;
+        }
+        plan.placed += nodes.len();
+        plan.event(
+            now,
+            ns,
+            EventKind::Task,
+            name,
+            "RunStarted",
+            format!(
+                "run {run} (attempt {}, cause {:?}) started: {}",
+                start.record.attempt,
+                start.record.cause,
+                list(&nodes)
+            ),
+        );
+        plan.steps.push(Step {
+            task: Some(start.task.clone()),
+            writes,
+        });
+        plan.taskstates.insert(
+            start.task.clone(),
+            TaskStateWrite {
+                state: start.started,
+                mod_revision: old.map_or(0, |s| s.mod_revision),
+            },
+        );
     }
 }
 

@@ -191,6 +191,24 @@ impl Sim {
                     Write::DeleteTaskState { task, .. } => {
                         self.s.taskstates.remove(task);
                     }
+                    Write::PutRun { record, .. } => {
+                        let task = TaskRef::new(&record.namespace, &record.task);
+                        self.s
+                            .runs
+                            .entry(task)
+                            .or_default()
+                            .insert(record.run, versioned(String::new(), record.clone(), rev));
+                    }
+                    Write::DeleteRun { task, run, .. } => {
+                        if let Some(m) = self.s.runs.get_mut(task) {
+                            m.remove(run);
+                        }
+                    }
+                    Write::DeleteTrigger { task, id, .. } => {
+                        if let Some(m) = self.s.triggers.get_mut(task) {
+                            m.remove(id);
+                        }
+                    }
                 }
             }
             if let Some(t) = &step.task {

@@ -214,6 +214,12 @@ pub fn service(replicas: u32, cpu_millis: u64) -> TaskSpec {
     spec
 }
 
+/// Scripts for job instances by task name: how long they run and their exit code.
+pub type Scripts = Arc<Mutex<BTreeMap<String, (Duration, i32)>>>;
+
+/// What a job instance does when its task has no script: run 200 ms, exit 0.
+pub const DEFAULT_SCRIPT: (Duration, i32) = (Duration::from_millis(200), 0);
+
 /// Fake nodes by name: their lease, and its keep-alive while the node lives.
 type Nodes = Arc<Mutex<BTreeMap<String, (LeaseId, Option<KeepAlive>)>>>;
 
@@ -251,6 +257,8 @@ pub struct FakeAgent {
     keys: Keys,
     nodes: Nodes,
     task: JoinHandle<()>,
+    /// Job scripts (see [`Scripts`]).
+    pub scripts: Scripts,
 }
 
 impl Drop for FakeAgent {
@@ -262,18 +270,29 @@ impl Drop for FakeAgent {
 impl FakeAgent {
     pub fn start(env: &Env, start_delay: Duration) -> FakeAgent {
         let nodes: Nodes = Arc::default();
+        let scripts: Scripts = Arc::default();
         let task = tokio::spawn(run_agent(
             env.store.clone(),
             env.keys.clone(),
             nodes.clone(),
             start_delay,
+            scripts.clone(),
         ));
         FakeAgent {
             store: env.store.clone(),
             keys: env.keys.clone(),
             nodes,
             task,
+            scripts,
         }
+    }
+
+    /// Job instances of `task` run for `run_for`, then exit with `exit_code`.
+    pub fn script(&self, task: &str, run_for: Duration, exit_code: i32) {
+        self.scripts
+            .lock()
+            .expect("lock")
+            .insert(task.into(), (run_for, exit_code));
     }
 
     /// Revokes the node's lease: etcd deletes its key at once.
@@ -335,9 +354,18 @@ async fn write_status(store: &Store, keys: &Keys, i: &Instance, s: &InstanceStat
     store.commit(txn, None).await.is_ok_and(|o| o.succeeded)
 }
 
-async fn run_agent(store: Store, keys: Keys, nodes: Nodes, start_delay: Duration) {
+async fn run_agent(
+    store: Store,
+    keys: Keys,
+    nodes: Nodes,
+    start_delay: Duration,
+    scripts: Scripts,
+) {
     let mut seen: BTreeMap<InstanceId, Instant> = BTreeMap::new();
     let mut reported: BTreeSet<InstanceId> = BTreeSet::new();
+    // Job instances reported Running, with when; removed once they ended.
+    let mut running: BTreeMap<InstanceId, Instant> = BTreeMap::new();
+    let mut ended: BTreeSet<InstanceId> = BTreeSet::new();
     loop {
         tokio::time::sleep(Duration::from_millis(20)).await;
         let Ok(listing) = store.list::<Instance>(&keys.assignments()).await else {
@@ -346,7 +374,34 @@ async fn run_agent(store: Store, keys: Keys, nodes: Nodes, start_delay: Duration
         let live: BTreeSet<String> = nodes.lock().expect("lock").keys().cloned().collect();
         for a in listing.items {
             let i = a.value;
-            if !live.contains(&i.node) || reported.contains(&i.id) {
+            if !live.contains(&i.node) || ended.contains(&i.id) {
+                continue;
+            }
+            if let Some(since) = running.get(&i.id) {
+                let (run_for, code) = scripts
+                    .lock()
+                    .expect("lock")
+                    .get(&i.task)
+                    .copied()
+                    .unwrap_or(DEFAULT_SCRIPT);
+                if since.elapsed() >= run_for {
+                    let phase = if code == 0 {
+                        Phase::Succeeded
+                    } else {
+                        Phase::Failed
+                    };
+                    let mut s = status(&i, phase);
+                    s.exit_code = Some(code);
+                    s.reason = (code != 0).then(|| "Error".into());
+                    s.finished_at = Some(Utc::now());
+                    if write_status(&store, &keys, &i, &s).await {
+                        running.remove(&i.id);
+                        ended.insert(i.id.clone());
+                    }
+                }
+                continue;
+            }
+            if reported.contains(&i.id) {
                 continue;
             }
             let first = *seen.entry(i.id.clone()).or_insert_with(Instant::now);
@@ -354,6 +409,9 @@ async fn run_agent(store: Store, keys: Keys, nodes: Nodes, start_delay: Duration
                 && write_status(&store, &keys, &i, &status(&i, Phase::Running)).await
             {
                 reported.insert(i.id.clone());
+                if i.run.is_some() {
+                    running.insert(i.id.clone(), Instant::now());
+                }
             }
         }
     }
