@@ -164,6 +164,7 @@ impl Agent {
         shutdown: CancellationToken,
     ) -> Result<Agent> {
         config.validate()?;
+        let started = tokio::time::Instant::now();
         std::fs::create_dir_all(&config.state_dir).ok();
         let drivers = DriverSet::new(config.driver, &config.state_dir, &config.publish_ip).await?;
         let listener = tokio::net::TcpListener::bind(config.address)
@@ -198,7 +199,8 @@ impl Agent {
             metrics,
             kill.clone(),
         ));
-        engine.adopt(&node).await;
+        // Bounded, so fencing before the first registration is not delayed.
+        engine.adopt(&node, started + config.lease_ttl / 4).await;
 
         let mut cc = ControllerConfig::new("agent");
         cc.concurrency = config.concurrency;
@@ -227,8 +229,12 @@ impl Agent {
         let heartbeat = tokio::spawn(heartbeat::maintain(
             engine.clone(),
             record,
-            config.lease_ttl,
-            config.fence_margin(),
+            heartbeat::Settings {
+                ttl: config.lease_ttl,
+                margin: config.fence_margin(),
+                started,
+                lease_file: Some(config.state_dir.join("lease")),
+            },
             state_tx,
             heartbeat_stop.clone(),
         ));

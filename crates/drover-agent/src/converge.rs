@@ -12,7 +12,7 @@
 //! run) that set a flag on the entry and trigger the instance's reconcile.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
@@ -28,6 +28,7 @@ use tracing::Instrument;
 
 use crate::deadline::Deadline;
 use crate::drivers::DriverSet;
+pub(crate) use crate::fence::{InFlight, NodeFence};
 use crate::local::{Entry, Records, Slot, StopReason};
 use crate::metrics::Metrics;
 use crate::ports::PortAllocator;
@@ -49,13 +50,15 @@ pub enum Error {
     /// No host ports are left for the instance.
     #[error(transparent)]
     Ports(#[from] crate::ports::Error),
-}
-
-/// Per-node fencing state.
-#[derive(Debug, Default)]
-pub(crate) struct NodeFence {
-    pub fenced: AtomicBool,
-    pub deadline: Mutex<Option<tokio::time::Instant>>,
+    /// The read that confirms an assignment before a start failed (etcd unreachable).
+    #[error("confirming assignment {key} before starting: {source}")]
+    Confirm {
+        /// The assignment key.
+        key: String,
+        /// The store's error.
+        #[source]
+        source: drover_store::Error,
+    },
 }
 
 /// Settings of an engine.
@@ -125,9 +128,7 @@ impl Engine {
     }
 
     pub fn is_fenced(&self, node: &str) -> bool {
-        self.nodes
-            .get(node)
-            .is_some_and(|n| n.fenced.load(Ordering::SeqCst))
+        self.nodes.get(node).is_some_and(|n| *n.fenced.borrow())
     }
 
     /// Asks for `slot` to be reconciled (no-op before the controller runs).
@@ -393,7 +394,16 @@ impl Engine {
             }
             Ok(Written::Stale) => {
                 self.metrics.status_write("stale");
-                Ok(())
+                // The assignment is gone or was placed anew: this copy is no longer ours, and
+                // the cache that still shows it is behind. Stop it now rather than when the
+                // watch catches up.
+                if self.table().get(slot).is_some_and(Entry::is_running) {
+                    tracing::warn!(
+                        create_revision = rev,
+                        "status write is stale: the assignment is gone; stopping the instance"
+                    );
+                }
+                self.stop_and_forget(slot, StopReason::Unassigned).await
             }
             Err(e) => {
                 self.metrics.status_write("error");

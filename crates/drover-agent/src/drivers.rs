@@ -75,6 +75,15 @@ impl DriverSet {
         }
     }
 
+    /// One driver of `kind` (tests wrap a driver to script its timing).
+    #[cfg(test)]
+    pub(crate) fn single(kind: DriverKind, driver: Arc<dyn Driver>) -> Self {
+        DriverSet {
+            drivers: vec![(kind, driver)],
+            docker: None,
+        }
+    }
+
     /// The kinds available, for the node record.
     pub fn kinds(&self) -> Vec<DriverKind> {
         self.drivers.iter().map(|(k, _)| *k).collect()

@@ -16,15 +16,33 @@
 //!   at the deadline is killed and removed.
 //! - The stop time of every fenced instance is recorded locally
 //!   ([`crate::local::StopRecord`]), with the earliest possible server-side expiry next to it.
+//! - A node is fenced from process start until its first registration: nothing new starts. If
+//!   the first registration has not succeeded by `start + TTL/2`, what the agent adopted is
+//!   fenced by the same rule, with the process start standing in for the last acknowledged
+//!   send (deadline `start + TTL - margin`).
+//! - A start in flight when fencing begins is raced against the node's fence signal: it is
+//!   given until the deadline minus the SIGKILL reserve to finish, then stopped like every
+//!   other instance; a start still running then is cancelled and what the driver recovers of
+//!   it destroyed. Fencing completes only once every start in flight has settled.
+//! - The docker driver rounds a clipped grace *down* to whole seconds, never past the deadline.
+//! - Before every start the assignment is read back from etcd (linearizable) and a status write
+//!   rejected as stale stops the instance at once, so a re-registered agent whose assignment
+//!   cache is behind does not run a copy the controller has meanwhile placed elsewhere.
 //!
 //! # Caveats
 //! - The guarantee holds for clocks that run at the same rate on agent and etcd (no clock
 //!   *offset* matters, only drift over one TTL), and for a runtime that obeys SIGKILL within the
 //!   reserve (a hung Docker daemon can exceed it; the record then shows it).
 //! - etcd may have raised a short TTL to its minimum; that only makes our deadline conservative.
+//! - Before the first registration the process start is only a stand-in: a previous agent
+//!   that died a while before this one started may have left a lease that already expired
+//!   (see [`crate::heartbeat::maintain`]).
+//! - A start cancelled between the runtime creating an instance and the driver recording it
+//!   (a system call's width) leaves an instance the driver cannot recover.
 
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// The longest SIGKILL reserve: time kept after the clipped grace for the kill to take effect
@@ -83,6 +101,54 @@ pub fn clip_grace(own: Duration, now: Instant, deadline: Instant) -> Duration {
     let left = deadline.saturating_duration_since(now);
     let reserve = (left / 2).min(MAX_KILL_RESERVE);
     own.min(left.saturating_sub(reserve))
+}
+
+/// Per-node fencing state. A node starts fenced: nothing starts before its first
+/// registration (see [`crate::heartbeat::maintain`]).
+#[derive(Debug)]
+pub(crate) struct NodeFence {
+    /// Whether the node is fenced; starts in flight watch it to learn that fencing began.
+    pub fenced: watch::Sender<bool>,
+    /// All instances must be gone by then (set before `fenced`).
+    pub deadline: std::sync::Mutex<Option<Instant>>,
+    /// Starts in flight, which fencing waits for.
+    pub starting: watch::Sender<usize>,
+}
+
+impl Default for NodeFence {
+    fn default() -> Self {
+        NodeFence {
+            fenced: watch::Sender::new(true),
+            deadline: std::sync::Mutex::new(None),
+            starting: watch::Sender::new(0),
+        }
+    }
+}
+
+impl NodeFence {
+    /// The fencing deadline, while fenced.
+    pub fn deadline(&self) -> Option<Instant> {
+        *self
+            .deadline
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Counts a start in flight on a node while alive.
+pub(crate) struct InFlight<'a>(&'a watch::Sender<usize>);
+
+impl<'a> InFlight<'a> {
+    pub fn new(counter: &'a watch::Sender<usize>) -> Self {
+        counter.send_modify(|n| *n += 1);
+        InFlight(counter)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
 }
 
 /// Converts a tokio instant to wall-clock time, for records a person or another process reads.

@@ -98,6 +98,7 @@ pub async fn run_hollow(
     if let Some(bad) = names.iter().find(|n| !drover_api::names::is_valid_label(n)) {
         return Err(Error::BadName(bad.clone()));
     }
+    let started = tokio::time::Instant::now();
     let nodes: Vec<Arc<str>> = names.iter().map(|n| Arc::from(n.as_str())).collect();
     let kill = CancellationToken::new();
     let _guard = kill.clone().drop_guard();
@@ -148,8 +149,12 @@ pub async fn run_hollow(
         beats.push(tokio::spawn(heartbeat::maintain(
             engine.clone(),
             record,
-            config.lease_ttl,
-            margin,
+            heartbeat::Settings {
+                ttl: config.lease_ttl,
+                margin,
+                started,
+                lease_file: None,
+            },
             tx,
             heartbeat_stop.clone(),
         )));

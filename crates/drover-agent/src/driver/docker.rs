@@ -226,15 +226,15 @@ impl DockerDriver {
     /// If it still runs `grace` + 15 s after the call, we SIGKILL it ourselves.
     ///
     /// # Caveats
-    /// `grace` is rounded up to whole seconds (Docker's unit). The exited container stays until
-    /// [`DockerDriver::destroy`], so its logs and exit code remain readable.
+    /// `grace` is rounded down to whole seconds (Docker's unit, see [`stop_timeout`]). The
+    /// exited container stays until [`DockerDriver::destroy`], so its logs and exit code
+    /// remain readable.
     pub async fn stop(&self, handle: &Handle, grace: Duration) -> Result<()> {
         if !self.inspect(handle).await?.is_running() {
             return Ok(());
         }
-        let secs = grace.as_secs() + u64::from(grace.subsec_nanos() > 0);
         let options = StopContainerOptionsBuilder::default()
-            .t(i32::try_from(secs).unwrap_or(i32::MAX))
+            .t(stop_timeout(grace))
             .build();
         // The client's own request timeout may cut a long stop short; then we keep polling until
         // the grace period is really over before killing.
@@ -436,5 +436,29 @@ impl super::Driver for DockerDriver {
     }
     fn recover<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<Vec<RecoveredInstance>>> {
         DockerDriver::recover(self, node).boxed()
+    }
+}
+
+/// Docker's stop timeout (whole seconds) for `grace`, rounded **down**.
+///
+/// # Guarantees
+/// Never longer than `grace`: a grace clipped by self-fencing ([`crate::fence::clip_grace`]) is
+/// fractional, and rounding it up would let SIGKILL come after the fencing deadline. Graces
+/// from a spec are whole seconds and pass unchanged.
+pub fn stop_timeout(grace: Duration) -> i32 {
+    i32::try_from(grace.as_secs()).unwrap_or(i32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stop_timeout_rounds_a_clipped_grace_down() {
+        assert_eq!(stop_timeout(Duration::from_millis(3500)), 3);
+        assert_eq!(stop_timeout(Duration::from_millis(999)), 0);
+        assert_eq!(stop_timeout(Duration::ZERO), 0);
+        assert_eq!(stop_timeout(Duration::from_secs(30)), 30);
+        assert_eq!(stop_timeout(Duration::MAX), i32::MAX);
     }
 }

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use drover_api::instance::{InstanceStatus, Phase};
+use tokio::time::Instant;
 
 use crate::converge::Engine;
 use crate::driver::TaskState;
@@ -12,7 +13,11 @@ use crate::local::{Entry, Run, Slot};
 impl Engine {
     /// Adopts what the drivers already run for `node` (after an agent restart): each becomes an
     /// entry with create revision 0, matched to its assignment (or stopped) by reconcile.
-    pub(crate) async fn adopt(self: &Arc<Self>, node: &Arc<str>) {
+    ///
+    /// The previous statuses (ports, restart counts) are read until `lookups_until` only: with
+    /// etcd unreachable, adoption must not hold up the heartbeat, which fences what was adopted
+    /// if it cannot register. An instance adopted without its status has no ports reserved.
+    pub(crate) async fn adopt(self: &Arc<Self>, node: &Arc<str>, lookups_until: Instant) {
         for (kind, driver) in self.drivers.all().to_vec() {
             let found = match driver.recover(node).await {
                 Ok(found) => found,
@@ -27,11 +32,12 @@ impl Engine {
                     id: rec.meta.instance.clone(),
                 };
                 // The previous agent's status has the ports and restart count.
-                let prior: Option<InstanceStatus> = self
-                    .store
-                    .get::<InstanceStatus>(&self.keys.status(&slot.id))
+                let key = self.keys.status(&slot.id);
+                let lookup = self.store.get::<InstanceStatus>(&key);
+                let prior: Option<InstanceStatus> = tokio::time::timeout_at(lookups_until, lookup)
                     .await
                     .ok()
+                    .and_then(Result::ok)
                     .flatten()
                     .map(|v| v.value)
                     .filter(|s| s.node == *node.as_ref());
@@ -55,7 +61,7 @@ impl Engine {
                 let age = (chrono::Utc::now() - rec.handle.started_at)
                     .to_std()
                     .unwrap_or_default();
-                let now = tokio::time::Instant::now();
+                let now = Instant::now();
                 entry.first_started = Some(now.checked_sub(age).unwrap_or(now));
                 entry.run = Some(Run {
                     handle: rec.handle.clone(),

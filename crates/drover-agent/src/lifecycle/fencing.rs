@@ -1,7 +1,7 @@
 //! Self-fencing at run time: stop every instance of a node before its lease can expire, and
 //! converge afresh once the agent re-registered. The rule itself is in [`crate::fence`].
 
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -9,6 +9,7 @@ use drover_api::instance::{reasons, Phase};
 use tokio::time::Instant;
 
 use crate::converge::Engine;
+use crate::driver::{Driver, Handle, StartRequest};
 use crate::fence;
 use crate::local::{Slot, StopReason};
 
@@ -25,7 +26,8 @@ impl Engine {
             .deadline
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(deadline);
-        state.fenced.store(true, Ordering::SeqCst);
+        // Wakes starts in flight (see `start_or_fence`).
+        state.fenced.send_replace(true);
         self.metrics.fences.inc();
         let victims: Vec<Slot> = self
             .table()
@@ -43,6 +45,16 @@ impl Engine {
             .iter()
             .map(|s| self.fence_one(s, Some((deadline, expiry))));
         futures::future::join_all(stops).await;
+        // Starts that were in flight stop what they started themselves (`start_or_fence`).
+        let mut starting = state.starting.subscribe();
+        let settled =
+            tokio::time::timeout_at(deadline + KILL_CONFIRM, starting.wait_for(|n| *n == 0)).await;
+        if settled.is_err() {
+            tracing::error!(
+                node,
+                "self-fencing: a start in flight did not settle in time"
+            );
+        }
         tracing::error!(
             node,
             "self-fencing done: no instance runs until the agent re-registers"
@@ -96,12 +108,87 @@ impl Engine {
         .await;
     }
 
+    /// Runs `driver.start(req)` for `slot`, raced against fencing of its node.
+    ///
+    /// Returns the start's result, or `None` when fencing began during the start and the start
+    /// did not finish in time; whatever it had made by then is destroyed.
+    ///
+    /// # Guarantees
+    /// - A start that finishes after fencing began is returned as usual, no later than the
+    ///   fencing deadline minus the SIGKILL reserve ([`fence::clip_grace`]), so the caller's
+    ///   fencing stop ([`Self::fence_one`]) still ends by the deadline.
+    /// - A start still running then is cancelled, and what the driver recovers for this
+    ///   instance is destroyed (bounded by [`KILL_CONFIRM`]) and recorded as a fenced stop.
+    ///
+    /// # Caveats
+    /// A start cancelled between the runtime creating the instance and the driver recording it
+    /// (the process driver's pid file, a container's labels are set at create) leaves an
+    /// instance the driver cannot recover; the window is the length of one system call.
+    pub(super) async fn start_or_fence(
+        &self,
+        slot: &Slot,
+        driver: &Arc<dyn Driver>,
+        req: &StartRequest,
+    ) -> Option<crate::driver::Result<Handle>> {
+        let Some(state) = self.nodes.get(&slot.node) else {
+            return Some(driver.start(req).await);
+        };
+        let mut fenced = state.fenced.subscribe();
+        if *fenced.borrow_and_update() {
+            return None;
+        }
+        // Boxed, hence `Unpin`; dropping it cancels the start.
+        let mut start = driver.start(req);
+        tokio::select! {
+            r = &mut start => return Some(r),
+            _ = fenced.wait_for(|f| *f) => {}
+        }
+        let now = Instant::now();
+        let cutoff = state.deadline().map_or(now, |d| {
+            now + fence::clip_grace(d.saturating_duration_since(now), now, d)
+        });
+        if let Ok(r) = tokio::time::timeout_at(cutoff, &mut start).await {
+            return Some(r);
+        }
+        drop(start);
+        tracing::error!("self-fencing began during a start that did not finish in time; destroying what it made");
+        let began = Utc::now();
+        let found = tokio::time::timeout(KILL_CONFIRM, driver.recover(&slot.node)).await;
+        let mine: Vec<Handle> = match found {
+            Ok(Ok(found)) => found
+                .into_iter()
+                .filter(|r| r.meta.instance == slot.id)
+                .map(|r| r.handle)
+                .collect(),
+            _ => {
+                tracing::error!("self-fencing could not list what the cancelled start made");
+                Vec::new()
+            }
+        };
+        for handle in mine {
+            let confirmed = matches!(
+                tokio::time::timeout(KILL_CONFIRM, driver.destroy(&handle)).await,
+                Ok(Ok(()))
+            );
+            self.record(
+                slot,
+                StopReason::Fenced,
+                Some(handle.started_at),
+                began,
+                None,
+                confirmed,
+            )
+            .await;
+        }
+        None
+    }
+
     /// After re-registering: forget what fencing stopped and converge `node` afresh.
     pub(crate) async fn unfence(&self, node: &str) {
         let Some(state) = self.nodes.get(node) else {
             return;
         };
-        if !state.fenced.load(Ordering::SeqCst) {
+        if !*state.fenced.borrow() {
             return;
         }
         let fenced: Vec<Slot> = self
@@ -119,7 +206,7 @@ impl Engine {
             .deadline
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
-        state.fenced.store(false, Ordering::SeqCst);
+        state.fenced.send_replace(false);
         tracing::warn!(
             node,
             "re-registered after self-fencing; converging to the current assignments"

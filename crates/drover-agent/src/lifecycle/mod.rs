@@ -4,18 +4,22 @@
 
 mod adopt;
 mod fencing;
+#[cfg(test)]
+mod race_tests;
+#[cfg(test)]
+pub(crate) mod tests;
 mod timeout;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use drover_api::instance::{Health, Phase};
+use drover_api::instance::{reasons, Health, Phase};
 use drover_api::task::DriverKind;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::converge::{bindings, Engine, Result};
+use crate::converge::{bindings, Engine, Error, InFlight, Result};
 use crate::driver::{Driver, Handle, StartRequest, TaskState};
 use crate::fence;
 use crate::local::{Entry, Run, Slot, StopReason, StopRecord};
@@ -23,8 +27,14 @@ use crate::probe::Probe;
 
 impl Engine {
     /// Starts the entry's instance; a permanent failure makes it terminal `Failed`.
+    ///
+    /// # Guarantees
+    /// Nothing is started unless a linearizable read, just before the start, finds the
+    /// assignment with the create revision the entry holds ([`Self::still_assigned`]): a stale
+    /// assignment cache (after a partition, before the watch caught up) never starts an
+    /// instance the controller has meanwhile removed or placed anew.
     pub(crate) async fn start(self: &Arc<Self>, slot: &Slot) -> Result<()> {
-        let (instance, kind) = {
+        let (instance, kind, create_revision) = {
             let table = self.table();
             let Some(e) = table.get(slot) else {
                 return Ok(());
@@ -32,8 +42,16 @@ impl Engine {
             let Some(instance) = e.instance.clone() else {
                 return Ok(());
             };
-            (instance, e.kind)
+            (instance, e.kind, e.create_revision)
         };
+        if !self.still_assigned(slot, create_revision).await? {
+            tracing::warn!(
+                create_revision,
+                "not starting: etcd no longer has this assignment (the local cache is behind)"
+            );
+            self.stop_and_forget(slot, StopReason::Unassigned).await?;
+            return Ok(());
+        }
         let Some(driver) = self.drivers.get(kind).cloned() else {
             self.fail(
                 slot,
@@ -46,7 +64,20 @@ impl Engine {
         let ports = bindings(&instance.spec.ports, &host);
         let req = StartRequest::from_instance(&instance, ports.clone());
         tracing::info!(driver = %kind, ?ports, "starting");
-        let handle = match driver.start(&req).await {
+        // Held until the run is in the table and, if fencing began, stopped again.
+        let _in_flight = self
+            .nodes
+            .get(&slot.node)
+            .map(|n| InFlight::new(&n.starting));
+        let Some(started) = self.start_or_fence(slot, &driver, &req).await else {
+            if let Some(e) = self.table().get_mut(slot) {
+                e.fenced = true;
+                e.phase = Phase::Stopped;
+                e.reason = Some(reasons::LEASE_LOST.to_string());
+            }
+            return Ok(());
+        };
+        let handle = match started {
             Ok(h) => h,
             Err(e) => {
                 self.ports.release(&slot.id);
@@ -93,6 +124,18 @@ impl Engine {
             self.fence_one(slot, None).await;
         }
         Ok(())
+    }
+
+    /// Whether etcd (linearizable read) still holds the assignment of `slot` created at
+    /// `create_revision`. Absent or re-created (another create revision) is `false`.
+    pub(crate) async fn still_assigned(&self, slot: &Slot, create_revision: i64) -> Result<bool> {
+        let key = self.keys.assignment(&slot.node, &slot.id);
+        let found = self
+            .store
+            .get_raw(&key)
+            .await
+            .map_err(|source| Error::Confirm { key, source })?;
+        Ok(found.is_some_and(|v| v.create_revision == create_revision))
     }
 
     fn fail(&self, slot: &Slot, reason: &str, message: String) {

@@ -445,3 +445,46 @@ pub async fn http(
         .unwrap_or_default();
     Ok((status, body))
 }
+
+impl Running {
+    /// Starts an agent without waiting for it to be ready (etcd may be unreachable, or the
+    /// node name taken).
+    pub async fn spawn(store: Store, keys: Keys, config: AgentConfig) -> Running {
+        let shutdown = CancellationToken::new();
+        let mut registry = prometheus_client::registry::Registry::default();
+        let agent = within(
+            LIMIT,
+            "agent start",
+            Agent::start(store, keys, config, &mut registry, shutdown.clone()),
+        )
+        .await
+        .expect("agent starts");
+        let handle = agent.handle();
+        let task = tokio::spawn(agent.join());
+        Running {
+            handle,
+            shutdown,
+            task,
+        }
+    }
+}
+
+/// Waits until etcd no longer has `lease` (it expired or was revoked).
+pub async fn wait_lease_gone(store: &Store, lease: drover_store::LeaseId, limit: Duration) {
+    poll(limit, "the lease is gone on the server", || async move {
+        matches!(store.lease_ttl(lease).await, Ok(None)).then_some(())
+    })
+    .await;
+}
+
+/// Waits until the agent holds a lease other than `old`; returns it.
+pub async fn wait_new_lease(
+    handle: &AgentHandle,
+    old: Option<drover_store::LeaseId>,
+) -> drover_store::LeaseId {
+    poll(LIMIT, "registered with a new lease", || {
+        let lease = handle.lease();
+        async move { lease.filter(|l| Some(*l) != old) }
+    })
+    .await
+}
