@@ -166,14 +166,25 @@ async fn a_manual_task_runs_exactly_once_per_trigger_and_a_second_trigger_is_ref
     let runs = cluster.finished("manual", 1, Duration::from_secs(30)).await;
     assert_eq!(runs.len(), 1, "exactly one run: {runs:?}");
     assert_eq!(runs[0].outcome, Some(RunOutcome::Succeeded));
+    let history = cluster.cli.ok(&["get", "runs", "manual"]).await;
+    let row = history.lines().nth(1).unwrap_or_default();
+    assert!(
+        row.starts_with('1') && row.contains("trigger") && row.contains("Succeeded"),
+        "{history}"
+    );
+    let overview = cluster.cli.ok(&["get", "tasks"]).await;
+    assert!(
+        overview.contains("triggered") && overview.contains("#1 Succeeded"),
+        "{overview}"
+    );
 }
 
 #[tokio::test]
 async fn scheduled_runs_repeat_and_never_overlap_under_forbid() {
     let cluster = Cluster::start(1).await;
-    // Each run takes 3 s; ticks come every 1 s; Forbid skips the ticks that find a run going.
+    // Each run takes 3 s; ticks come every 2 s; Forbid skips the ticks that find a run going.
     cluster
-        .apply(&job("ticker", "sleep 3", "  every: 1s\n"))
+        .apply(&job("ticker", "sleep 3", "  every: 2s\n"))
         .await;
     let runs = cluster.finished("ticker", 3, Duration::from_secs(60)).await;
     let done: Vec<RunRecord> = runs
