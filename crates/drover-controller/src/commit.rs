@@ -15,12 +15,17 @@ pub enum CommitError {
     /// The fence no longer holds: this replica is not the leader and must stop writing.
     #[error("not the leader any more: {0}")]
     Fenced(#[source] drover_store::Error),
-    /// A compare failed: something changed since the snapshot. Re-plan once the snapshot has
-    /// reached `revision`.
+    /// A compare failed: a key under the prefix changed after the snapshot the plan was made
+    /// from. Re-plan once the snapshot is newer than that one (and has reached `landed`).
+    ///
+    /// `revision` is etcd's global revision, which writes under other prefixes move too: a
+    /// snapshot of this prefix may never reach it, so do not wait for it.
     #[error("state changed under the plan (store at revision {revision}); re-planning")]
     Conflict {
-        /// The store revision the failed transaction saw.
+        /// The store revision the failed transaction saw (global, for logs only).
         revision: i64,
+        /// The revision of the last transaction of this plan that landed (0 = none).
+        landed: i64,
     },
     /// etcd failed; earlier transactions of the plan may have landed. When the failure is
     /// [`drover_store::Error::OutcomeUnknown`] the failed transaction itself may have landed.
@@ -82,6 +87,7 @@ fn write_parts(keys: &Keys, w: &Write) -> Result<(Vec<Cmp>, Vec<Op>), CommitErro
                 vec![Op::delete(key), Op::delete(keys.status(id))],
             )
         }
+        Write::NodeGone { node } => (vec![Cmp::Absent(keys.node(node))], Vec::new()),
         Write::DeadLetter(d) => {
             let key = keys.deadletter(&d.letter.namespace, &d.letter.instance);
             (
@@ -279,6 +285,7 @@ async fn flush(
     if !outcome.succeeded {
         return Err(CommitError::Conflict {
             revision: outcome.revision,
+            landed: done.revision,
         });
     }
     done.revision = outcome.revision;
@@ -286,4 +293,18 @@ async fn flush(
         expected.insert(t, outcome.revision);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_gone_compares_the_node_key_absent_and_writes_nothing() {
+        let keys = Keys::new("/t");
+        let (cmps, ops) = write_parts(&keys, &Write::NodeGone { node: "n2".into() })
+            .expect("no encoding involved");
+        assert_eq!(cmps, vec![Cmp::Absent(keys.node("n2"))]);
+        assert!(ops.is_empty());
+    }
 }

@@ -63,6 +63,11 @@ pub struct ControllerConfig {
     /// How long the leader waits to merge a burst of changes into one plan. Default: 20 ms.
     #[serde(with = "secs")]
     pub debounce: Duration,
+    /// How long a reconcile waits for the snapshot to reach the revision it must see (this
+    /// leader's last write, or past a conflicting change) before failing and backing off.
+    /// Default: 10 s.
+    #[serde(with = "secs")]
+    pub sync_wait: Duration,
 }
 
 impl Default for ControllerConfig {
@@ -83,6 +88,7 @@ impl Default for ControllerConfig {
             resync_interval: Duration::from_secs(60),
             campaign_backoff: Duration::from_secs(1),
             debounce: Duration::from_millis(20),
+            sync_wait: Duration::from_secs(10),
         }
     }
 }
@@ -119,6 +125,7 @@ impl ControllerConfig {
         for (name, d) in [
             ("resync_interval", self.resync_interval),
             ("campaign_backoff", self.campaign_backoff),
+            ("sync_wait", self.sync_wait),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::ZeroInterval(name));

@@ -3,6 +3,7 @@
 //! merge, failures back off and metrics and spans come for free); a reconcile plans from the
 //! snapshot and commits the plan with the leader's fence.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::pin::pin;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -27,9 +28,6 @@ use crate::leader::ControllerStatus;
 use crate::metrics::Metrics;
 use crate::planner;
 use crate::snapshot::Snapshot;
-
-/// How long a reconcile waits for the snapshot to reach the revision it must see.
-const SYNC_WAIT: Duration = Duration::from_secs(10);
 
 /// Why a reconcile failed (the runtime retries it with backoff).
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +85,8 @@ struct Cache {
     synced: bool,
     /// When the first change not yet planned for arrived.
     dirty_since: Option<Instant>,
+    /// Undecodable keys already reported as events, with the mod revision reported.
+    reported: BTreeMap<String, i64>,
 }
 
 /// Everything one term of leadership shares.
@@ -239,7 +239,11 @@ fn apply(
         }
     };
     if let Err(error) = result {
-        tracing::warn!(%error, "ignoring a value that does not decode");
+        tracing::warn!(
+            key = %error.key,
+            %error,
+            "a value does not decode: kept as undecodable (nodes stay alive, assignments keep their slots)"
+        );
     }
 }
 
@@ -248,7 +252,7 @@ async fn reconcile(_key: Cluster, term: Arc<Term>) -> Result<Action, ReconcileEr
     let want = term.min_revision.load(Ordering::SeqCst);
     let mut rx = term.revision.subscribe();
     let waited = Instant::now();
-    let synced = tokio::time::timeout(SYNC_WAIT, rx.wait_for(|r| *r > 0 && *r >= want))
+    let synced = tokio::time::timeout(term.config.sync_wait, rx.wait_for(|r| *r > 0 && *r >= want))
         .await
         .is_ok_and(|r| r.is_ok());
     if !synced {
@@ -257,11 +261,25 @@ async fn reconcile(_key: Cluster, term: Arc<Term>) -> Result<Action, ReconcileEr
             waited: waited.elapsed(),
         });
     }
-    let (snapshot, dirty_since) = {
-        let mut cache = term.cache.lock().unwrap_or_else(PoisonError::into_inner);
-        (cache.snapshot.clone(), cache.dirty_since.take())
-    };
     let now = Utc::now();
+    let (snapshot, dirty_since, undecodable) = {
+        let mut cache = term.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        let cache = &mut *cache;
+        let undecodable = cache
+            .snapshot
+            .undecodable_events(&term.keys, &mut cache.reported, now);
+        (
+            cache.snapshot.clone(),
+            cache.dirty_since.take(),
+            undecodable,
+        )
+    };
+    if !undecodable.is_empty() {
+        let mut events = term.events.lock().await;
+        if let Err(error) = events.write(&undecodable, Some(&term.fence)).await {
+            tracing::warn!(%error, count = undecodable.len(), "could not record events");
+        }
+    }
     let started = Instant::now();
     let plan = planner::plan(&snapshot, now, &term.config);
     term.metrics
@@ -293,9 +311,17 @@ async fn reconcile(_key: Cluster, term: Arc<Term>) -> Result<Action, ReconcileEr
                     "plan committed"
                 );
             }
-            Err(CommitError::Conflict { revision }) => {
+            Err(CommitError::Conflict { revision, landed }) => {
                 term.metrics.commit("conflict");
-                term.min_revision.fetch_max(revision, Ordering::SeqCst);
+                // Not `revision`: that is etcd's global revision, and with other prefixes on
+                // the same etcd the snapshot (which moves only with events under ours) may not
+                // reach it for a long time. The failed compare proves a key under our prefix
+                // changed after the snapshot, so its event brings the snapshot past
+                // `snapshot.revision`; our own transactions that landed must be seen too.
+                // (drover-store's watcher requests no progress notifications, which would
+                // otherwise let the snapshot follow the global revision.)
+                let want = conflict_wait_target(snapshot.revision, landed);
+                term.min_revision.fetch_max(want, Ordering::SeqCst);
                 tracing::debug!(revision, "plan conflicted with a newer change; re-planning");
                 restore_dirty(&term, dirty_since);
                 return Ok(Action::requeue(
@@ -331,9 +357,19 @@ async fn reconcile(_key: Cluster, term: Arc<Term>) -> Result<Action, ReconcileEr
     Ok(Action::requeue(after))
 }
 
+/// The revision the snapshot must reach before re-planning after a conflict: newer than the
+/// snapshot the conflicting plan was made from, and at least the plan's own last landed write.
+fn conflict_wait_target(snapshot_revision: i64, landed: i64) -> i64 {
+    snapshot_revision.saturating_add(1).max(landed)
+}
+
 fn restore_dirty(term: &Term, since: Option<Instant>) {
     if let Some(since) = since {
         let mut cache = term.cache.lock().unwrap_or_else(PoisonError::into_inner);
         cache.dirty_since = Some(cache.dirty_since.map_or(since, |d| d.min(since)));
     }
 }
+
+#[cfg(test)]
+#[path = "reconcile_tests.rs"]
+mod tests;

@@ -4,10 +4,12 @@
 //! planner is a pure function of it. Keys Drover does not plan from (events, controllers,
 //! election keys) are ignored.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
+use chrono::{DateTime, Utc};
 use drover_api::{
-    Instance, InstanceId, InstanceStatus, Keys, Node, NodeInfo, RunRecord, Task, TriggerRequest,
+    Event, EventKind, Instance, InstanceId, InstanceStatus, Keys, Node, NodeInfo, RunRecord, Task,
+    TriggerRequest,
 };
 use drover_store::Versioned;
 use serde::de::DeserializeOwned;
@@ -25,6 +27,27 @@ pub struct DecodeError {
     /// The JSON error.
     #[source]
     pub source: serde_json::Error,
+}
+
+/// A key under the prefix whose value does not decode (kept so it still counts, see
+/// [`Snapshot::undecodable`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Undecodable {
+    /// What it should have held (`Node`, `Instance`, ...).
+    pub kind: &'static str,
+    /// Why it does not decode.
+    pub error: String,
+    /// Its mod revision.
+    pub mod_revision: i64,
+}
+
+/// An assignment whose value does not decode: it still occupies its slot on its node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpaqueAssignment {
+    /// The node of its key.
+    pub node: String,
+    /// Its mod revision.
+    pub mod_revision: i64,
 }
 
 /// The cluster as etcd holds it at one revision.
@@ -50,6 +73,15 @@ pub struct Snapshot {
     pub runs: BTreeMap<TaskRef, BTreeMap<u64, Versioned<RunRecord>>>,
     /// Trigger requests not consumed yet, by task and request id (ids sort in request order).
     pub triggers: BTreeMap<TaskRef, BTreeMap<String, Versioned<TriggerRequest>>>,
+    /// Every key whose current value does not decode, by key (reported as events by the leader).
+    pub undecodable: BTreeMap<String, Undecodable>,
+    /// Nodes whose key exists but does not decode: alive (their instances stay) but
+    /// unschedulable (nothing new is placed there), so a value written by a newer agent never
+    /// makes a leader replace a running node's instances.
+    pub opaque_nodes: BTreeSet<String>,
+    /// Assignments that do not decode, by instance id: each occupies its slot, so its task is
+    /// not scaled up and its id is never reused.
+    pub opaque_assignments: BTreeMap<InstanceId, OpaqueAssignment>,
 }
 
 fn decode<T: DeserializeOwned>(
@@ -82,14 +114,60 @@ impl Snapshot {
     ///
     /// # Caveats
     ///
-    /// A value that does not decode is reported and leaves the previous value in place (like
-    /// the reflector), so one corrupt key cannot make the planner forget a whole task.
+    /// A value that does not decode is reported and recorded in [`Snapshot::undecodable`]. A
+    /// node or assignment becomes opaque ([`Snapshot::opaque_nodes`],
+    /// [`Snapshot::opaque_assignments`]) so it keeps counting; any other kind keeps its previous
+    /// value (like the reflector), so one corrupt key cannot make the planner forget a task.
     pub fn apply(
         &mut self,
         keys: &Keys,
         raw: Versioned<serde_json::Value>,
     ) -> Result<(), DecodeError> {
         self.revision = self.revision.max(raw.mod_revision);
+        let (key, mod_revision) = (raw.key.clone(), raw.mod_revision);
+        let result = self.apply_decoded(keys, raw);
+        match &result {
+            Ok(()) => self.forget_undecodable(keys, &key),
+            Err(e) => {
+                self.undecodable.insert(
+                    key.clone(),
+                    Undecodable {
+                        kind: e.kind,
+                        error: e.source.to_string(),
+                        mod_revision,
+                    },
+                );
+                // A node or assignment must not vanish because it does not decode: a missing
+                // node means a dead one, a missing assignment a free slot.
+                if let Some(node) = keys.parse_node_key(&key) {
+                    self.nodes.remove(&node);
+                    self.opaque_nodes.insert(node);
+                } else if let Some((node, id)) = keys.parse_assignment_key(&key) {
+                    self.assignments.remove(&id);
+                    self.opaque_assignments
+                        .insert(id, OpaqueAssignment { node, mod_revision });
+                }
+            }
+        }
+        result
+    }
+
+    fn forget_undecodable(&mut self, keys: &Keys, key: &str) {
+        if self.undecodable.remove(key).is_none() {
+            return;
+        }
+        if let Some(node) = keys.parse_node_key(key) {
+            self.opaque_nodes.remove(&node);
+        } else if let Some((_, id)) = keys.parse_assignment_key(key) {
+            self.opaque_assignments.remove(&id);
+        }
+    }
+
+    fn apply_decoded(
+        &mut self,
+        keys: &Keys,
+        raw: Versioned<serde_json::Value>,
+    ) -> Result<(), DecodeError> {
         let key = raw.key.as_str();
         if let Some((ns, name)) = keys.parse_task_key(key) {
             let task: Versioned<Task> = decode(raw, "Task")?;
@@ -130,6 +208,7 @@ impl Snapshot {
     /// Records a deleted key at `revision`.
     pub fn remove(&mut self, keys: &Keys, key: &str, revision: i64) {
         self.revision = self.revision.max(revision);
+        self.forget_undecodable(keys, key);
         if let Some((ns, name)) = keys.parse_task_key(key) {
             self.tasks.remove(&TaskRef::new(ns, name));
         } else if let Some(node) = keys.parse_node_key(key) {
@@ -168,6 +247,58 @@ impl Snapshot {
                 }
             }
         }
+    }
+
+    /// Whether `node` is alive: its lease-bound key exists, decodable or not.
+    #[must_use]
+    pub fn node_present(&self, node: &str) -> bool {
+        self.nodes.contains_key(node) || self.opaque_nodes.contains(node)
+    }
+
+    /// Events for undecodable keys not in `reported` yet (by key and mod revision), which it
+    /// then records; keys that decode again are dropped from it. A node key names its node, an
+    /// assignment its instance, anything else the key itself.
+    pub fn undecodable_events(
+        &self,
+        keys: &Keys,
+        reported: &mut BTreeMap<String, i64>,
+        now: DateTime<Utc>,
+    ) -> Vec<Event> {
+        reported.retain(|key, _| self.undecodable.contains_key(key));
+        let mut events = Vec::new();
+        for (key, bad) in &self.undecodable {
+            if reported.insert(key.clone(), bad.mod_revision) == Some(bad.mod_revision) {
+                continue;
+            }
+            let (namespace, kind, name, effect) = if let Some(node) = keys.parse_node_key(key) {
+                let effect = "the node counts as alive but takes no new instances";
+                ("default".to_owned(), EventKind::Node, node, effect)
+            } else if let Some((_, id)) = keys.parse_assignment_key(key) {
+                let effect = "the instance keeps its slot and is not replaced";
+                (
+                    id.namespace().to_owned(),
+                    EventKind::Instance,
+                    id.to_string(),
+                    effect,
+                )
+            } else {
+                let effect = "its last good value, if any, is used";
+                ("default".to_owned(), EventKind::Task, key.clone(), effect)
+            };
+            events.push(Event {
+                time: now,
+                namespace,
+                kind,
+                name,
+                reason: "Undecodable".into(),
+                message: format!(
+                    "{key} does not decode as {}: {}; {effect}",
+                    bad.kind, bad.error
+                ),
+                source: "controller".into(),
+            });
+        }
+        events
     }
 
     /// Instances assigned to `node`.
@@ -215,5 +346,55 @@ mod tests {
         s.remove(&keys, &keys.task("default", "web"), 8);
         assert!(s.tasks.is_empty());
         assert_eq!(s.revision, 8);
+    }
+
+    #[test]
+    fn undecodable_nodes_and_assignments_stay_present_until_fixed_or_deleted() {
+        let keys = Keys::new("/t");
+        let mut s = Snapshot::default();
+        let bad_node = serde_json::json!({"name": "n2", "drivers": ["warp-drive"]});
+        assert!(s.apply(&keys, raw(keys.node("n2"), bad_node, 3)).is_err());
+        assert!(s.node_present("n2") && !s.nodes.contains_key("n2"));
+        let id = InstanceId::service("default", "web", 4).expect("id");
+        let akey = keys.assignment("n2", &id);
+        assert!(s
+            .apply(&keys, raw(akey.clone(), serde_json::json!({"spec": 1}), 4))
+            .is_err());
+        assert_eq!(
+            s.opaque_assignments.get(&id),
+            Some(&OpaqueAssignment {
+                node: "n2".into(),
+                mod_revision: 4
+            })
+        );
+        assert_eq!(s.undecodable.len(), 2);
+
+        // One event per key and revision, naming the key.
+        let mut reported = BTreeMap::new();
+        let events = s.undecodable_events(&keys, &mut reported, Utc::now());
+        assert_eq!(events.len(), 2);
+        assert!(events
+            .iter()
+            .any(|e| e.name == "n2" && e.message.contains(&keys.node("n2"))));
+        assert!(s
+            .undecodable_events(&keys, &mut reported, Utc::now())
+            .is_empty());
+
+        s.remove(&keys, &akey, 5);
+        assert!(s.opaque_assignments.is_empty());
+        let node = Node {
+            name: "n2".into(),
+            address: "a:1".into(),
+            capacity: drover_api::Capacity::default(),
+            labels: BTreeMap::new(),
+            drivers: vec![],
+            version: "v".into(),
+            started_at: Utc::now(),
+        };
+        let good = serde_json::to_value(&node).expect("encodes");
+        s.apply(&keys, raw(keys.node("n2"), good, 6))
+            .expect("decodes");
+        assert!(s.opaque_nodes.is_empty() && s.undecodable.is_empty());
+        assert!(s.node_present("n2"));
     }
 }

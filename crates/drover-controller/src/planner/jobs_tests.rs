@@ -431,3 +431,34 @@ fn a_preempting_task_evicts_the_fewest_lower_priority_instances_then_is_placed()
     assert!(p.events.iter().all(|e| e.reason != "Preempted"));
     assert_eq!(sim.ids("low").len(), 1);
 }
+
+#[test]
+fn a_run_finished_by_node_loss_is_fenced_on_the_node_staying_dead() {
+    let mut sim = sim();
+    sim.task("once", 1, job);
+    step(&mut sim, 1);
+    sim.kill_node("n1");
+    let p = plan(&sim.s, at(2), &sim.config);
+    let finishing = p
+        .steps
+        .iter()
+        .find(|s| {
+            s.writes.iter().any(
+                |w| matches!(w, Write::PutRun { record, .. } if record.outcome == Some(RunOutcome::Failed)),
+            )
+        })
+        .expect("the run finishes as Failed");
+    assert!(finishing
+        .writes
+        .iter()
+        .any(|w| matches!(w, Write::NodeGone { node } if node == "n1")));
+    let removal = p
+        .steps
+        .iter()
+        .find(|s| s.writes.iter().any(|w| matches!(w, Write::Unassign { .. })))
+        .expect("the instance is removed");
+    assert!(removal
+        .writes
+        .iter()
+        .any(|w| matches!(w, Write::NodeGone { node } if node == "n1")));
+}

@@ -46,6 +46,14 @@ pub enum Write {
         /// The assignment's mod revision in the snapshot.
         mod_revision: i64,
     },
+    /// No operation, only a compare: `nodes/<node>` is absent. Every step that removes an
+    /// instance (or finishes a run) because its node is dead carries it, so if the node
+    /// registers again before the step lands the step conflicts and the next plan sees the node
+    /// alive (promise 3: a live node never loses its instance to a stale plan).
+    NodeGone {
+        /// The node the plan believes dead.
+        node: String,
+    },
     /// Create `deadletter/<ns>/<instance>` (compare: absent).
     DeadLetter(DeadLetterRecord),
     /// Write `nodeinfo/<name>` (compare: mod revision, 0 = absent).
@@ -174,6 +182,8 @@ impl Plan {
 /// - Every removal compares the removed key's mod revision, every creation is guarded by its
 ///   task's state revision, and a dead node's instances are removed in the same step as their
 ///   replacements (when a node can take them).
+/// - Every step that removes an instance on a dead node, or finishes a run that had one,
+///   carries [`Write::NodeGone`] for that node, so it cannot land once the node is back.
 /// - Services never have fewer than the desired number of Running instances because of a
 ///   drain: an instance on a draining node is removed only once enough others run.
 ///
@@ -208,6 +218,20 @@ pub fn plan(snapshot: &Snapshot, now: DateTime<Utc>, config: &ControllerConfig) 
         }
         for i in instances {
             removals.push(service::Removal::plain(snapshot, i, "TaskDeleted"));
+        }
+    }
+    for (id, a) in &snapshot.opaque_assignments {
+        if !snapshot
+            .tasks
+            .contains_key(&TaskRef::new(id.namespace(), id.task()))
+        {
+            removals.push(service::Removal {
+                id: id.clone(),
+                node: a.node.clone(),
+                mod_revision: a.mod_revision,
+                reason: "TaskDeleted",
+                dead_letter: None,
+            });
         }
     }
     for (task, state) in &snapshot.taskstates {
@@ -247,7 +271,61 @@ pub fn plan(snapshot: &Snapshot, now: DateTime<Utc>, config: &ControllerConfig) 
     let starts = jobs::plan_jobs(snapshot, now, config, &mut plan);
     service::orphan_statuses(snapshot, &mut plan);
     placement::place(snapshot, now, removals, requests, starts, &mut plan);
+    fence_dead_nodes(snapshot, &mut plan);
     plan
+}
+
+/// Whether writing `record` finishes its run (it has no outcome in the snapshot yet).
+fn finishes(snapshot: &Snapshot, record: &RunRecord) -> bool {
+    record.outcome.is_some()
+        && snapshot
+            .runs
+            .get(&TaskRef::new(&record.namespace, &record.task))
+            .and_then(|runs| runs.get(&record.run))
+            .is_none_or(|r| r.value.outcome.is_none())
+}
+
+/// Adds a [`Write::NodeGone`] to every step that removes an instance on a node the snapshot
+/// says is dead, or finishes a run with an instance there: those decisions hold only while the
+/// node stays dead.
+///
+/// # Guarantees
+///
+/// Done here, over the finished plan, so that no path (services, jobs, drain, preemption,
+/// deleted tasks) can forget it. A removal on a dead node for another reason (its task was
+/// deleted, say) carries it too; if the node returns, that step conflicts once and is planned
+/// again without it.
+fn fence_dead_nodes(snapshot: &Snapshot, plan: &mut Plan) {
+    for step in &mut plan.steps {
+        let mut dead: Vec<String> = Vec::new();
+        for w in &step.writes {
+            match w {
+                Write::Unassign { node, .. } if !snapshot.node_present(node) => {
+                    dead.push(node.clone());
+                }
+                Write::PutRun { record, .. } if finishes(snapshot, record) => {
+                    dead.extend(
+                        snapshot
+                            .assignments
+                            .values()
+                            .map(|a| &a.value)
+                            .filter(|i| {
+                                i.run == Some(record.run)
+                                    && i.namespace == record.namespace
+                                    && i.task == record.task
+                                    && !snapshot.node_present(&i.node)
+                            })
+                            .map(|i| i.node.clone()),
+                    );
+                }
+                _ => {}
+            }
+        }
+        dead.sort_unstable();
+        dead.dedup();
+        step.writes
+            .extend(dead.into_iter().map(|node| Write::NodeGone { node }));
+    }
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ pub(super) fn plan_nodes(snapshot: &Snapshot, now: DateTime<Utc>, plan: &mut Pla
     let mut known: BTreeSet<&str> = BTreeSet::new();
     for (name, info) in &snapshot.nodeinfos {
         known.insert(name);
-        let alive = snapshot.nodes.contains_key(name);
+        let alive = snapshot.node_present(name);
         let mut next = info.value.clone();
         match (alive, info.value.dead_since) {
             (false, None) => {
@@ -61,7 +61,7 @@ pub(super) fn plan_nodes(snapshot: &Snapshot, now: DateTime<Utc>, plan: &mut Pla
         .assignments
         .values()
         .map(|a| a.value.node.as_str())
-        .filter(|n| !snapshot.nodes.contains_key(*n) && !known.contains(n))
+        .filter(|n| !snapshot.node_present(n) && !known.contains(n))
         .collect();
     for name in orphaned {
         let n = snapshot.instances_on(name).count();

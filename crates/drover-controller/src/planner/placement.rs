@@ -76,6 +76,7 @@ fn slot_floors(snapshot: &Snapshot) -> BTreeMap<TaskRef, u32> {
         *e = (*e).max(id.slot().saturating_add(1));
     };
     snapshot.assignments.keys().for_each(&mut see);
+    snapshot.opaque_assignments.keys().for_each(&mut see);
     snapshot.statuses.keys().for_each(&mut see);
     snapshot.deadletters.keys().for_each(&mut see);
     for (task, state) in &snapshot.taskstates {

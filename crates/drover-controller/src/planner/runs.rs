@@ -125,7 +125,11 @@ pub(super) fn judge(
     for slot in slots {
         let a = inst.assignments.get(&slot);
         let s = inst.statuses.get(&slot).map(|s| &s.value);
+        // An assignment that does not decode is still there: its instance may be running.
+        let opaque = InstanceId::job(&record.namespace, &record.task, record.run, slot)
+            .is_ok_and(|id| snapshot.opaque_assignments.contains_key(&id));
         match (a, s) {
+            (None, _) if opaque && !s.is_some_and(|s| s.phase.is_terminal()) => going = true,
             (_, Some(s)) if s.phase == Phase::Succeeded => {}
             (_, Some(s)) if s.phase.is_terminal() => {
                 all_ok = false;
@@ -134,7 +138,7 @@ pub(super) fn judge(
                 }
                 fail(s.id.clone(), error_of(s), s.exit_code, &mut failure);
             }
-            (Some(a), _) if !snapshot.nodes.contains_key(&a.value.node) => {
+            (Some(a), _) if !snapshot.node_present(&a.value.node) => {
                 all_ok = false;
                 let error = format!("NodeLost: node {} died", a.value.node);
                 fail(a.value.id.clone(), error, None, &mut failure);

@@ -87,9 +87,19 @@ pub(super) fn plan_service(
                 && d.value.generation == generation
         })
         .count();
+    // An assignment that does not decode still holds its slot on a live node (never scale up
+    // around it); on a dead node it is replaced like any other (by key and mod revision).
+    let (opaque, opaque_lost): (Vec<_>, Vec<_>) = snapshot
+        .opaque_assignments
+        .iter()
+        .filter(|(id, _)| {
+            id.run().is_none() && id.namespace() == task_ref.namespace && id.task() == task_ref.name
+        })
+        .partition(|(_, a)| snapshot.node_present(&a.node));
     let mut desired = usize::try_from(task.spec.replicas)
         .unwrap_or(usize::MAX)
-        .saturating_sub(dead_lettered);
+        .saturating_sub(dead_lettered)
+        .saturating_sub(opaque.len());
 
     // Classify. `live` count towards `desired`; `draining` are replaced before they go.
     let mut live: Vec<&Instance> = Vec::new();
@@ -100,7 +110,7 @@ pub(super) fn plan_service(
             out.removals.push(Removal::plain(snapshot, i, "Outdated"));
             continue;
         }
-        if !snapshot.nodes.contains_key(&i.node) {
+        if !snapshot.node_present(&i.node) {
             replace.push((i, "Lost"));
             continue;
         }
@@ -151,6 +161,19 @@ pub(super) fn plan_service(
             deficit -= 1;
         }
         out.removals.push(removal);
+    }
+    for (id, a) in opaque_lost {
+        if deficit > 0 {
+            want(out, 1, None, Some(id.clone()), "Lost");
+            deficit -= 1;
+        }
+        out.removals.push(Removal {
+            id: id.clone(),
+            node: a.node.clone(),
+            mod_revision: a.mod_revision,
+            reason: "Lost",
+            dead_letter: None,
+        });
     }
     for _ in 0..deficit {
         want(out, 1, None, None, "Scale");
@@ -254,7 +277,10 @@ fn escalate(
 /// by something other than this controller).
 pub(super) fn orphan_statuses(snapshot: &Snapshot, plan: &mut Plan) {
     for (id, status) in &snapshot.statuses {
-        if id.run().is_none() && !snapshot.assignments.contains_key(id) {
+        if id.run().is_none()
+            && !snapshot.assignments.contains_key(id)
+            && !snapshot.opaque_assignments.contains_key(id)
+        {
             plan.steps.push(Step {
                 task: None,
                 writes: vec![Write::DeleteStatus {

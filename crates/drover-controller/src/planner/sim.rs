@@ -173,6 +173,9 @@ impl Sim {
                         self.s.assignments.remove(id);
                         self.s.statuses.remove(id);
                     }
+                    Write::NodeGone { node } => {
+                        assert!(!self.s.node_present(node), "node {node} is alive");
+                    }
                     Write::DeadLetter(d) => {
                         self.s.deadletters.insert(
                             d.letter.instance.clone(),

@@ -118,7 +118,7 @@ fn dead_node_instances_are_replaced_in_the_same_step() {
         .steps
         .iter()
         .filter(|s| {
-            matches!(s.writes.as_slice(), [Write::Unassign { node, .. }, Write::Assign(new)] if node == "n2" && new.node != "n2")
+            matches!(s.writes.as_slice(), [Write::Unassign { node, .. }, Write::Assign(new), Write::NodeGone { node: gone }] if node == "n2" && new.node != "n2" && gone == "n2")
         })
         .count();
     assert_eq!(pairs, 2);
@@ -223,4 +223,122 @@ fn drain_replaces_first_and_never_drops_running_below_replicas() {
     assert_eq!(sim.per_node("web").get("n1"), None);
     assert_eq!(sim.ids("web").len(), 3);
     assert_eq!(sim.converge(at(100)), 0);
+}
+
+#[test]
+fn every_removal_on_a_dead_node_is_fenced_on_its_absence() {
+    let mut sim = Sim::new();
+    for n in ["n1", "n2"] {
+        sim.node(n, 4000, &[]);
+        sim.set_info(n, |_| {});
+    }
+    sim.task("web", 4, |_| {});
+    sim.converge(at(1));
+    sim.kill_node("n2");
+    let p = plan(&sim.s, at(2), &sim.config);
+    let on_n2: Vec<&Step> = p
+        .steps
+        .iter()
+        .filter(|s| {
+            s.writes
+                .iter()
+                .any(|w| matches!(w, Write::Unassign { node, .. } if node == "n2"))
+        })
+        .collect();
+    assert_eq!(on_n2.len(), 2);
+    for step in on_n2 {
+        assert!(
+            step.writes
+                .iter()
+                .any(|w| matches!(w, Write::NodeGone { node } if node == "n2")),
+            "{step:?}"
+        );
+    }
+    // Removals on live nodes carry no such compare.
+    assert!(p.steps.iter().all(|s| !s
+        .writes
+        .iter()
+        .any(|w| matches!(w, Write::NodeGone { node } if node == "n1"))));
+}
+
+#[test]
+fn an_undecodable_node_stays_alive_and_an_undecodable_assignment_keeps_its_slot() {
+    use crate::snapshot::OpaqueAssignment;
+    let mut sim = Sim::new();
+    for n in ["n1", "n2"] {
+        sim.node(n, 4000, &[]);
+        sim.set_info(n, |_| {});
+    }
+    sim.task("web", 4, |_| {});
+    sim.converge(at(1));
+    // As a fresh leader's re-list leaves them: n2 and one instance on n1 do not decode.
+    sim.s.nodes.remove("n2");
+    sim.s.opaque_nodes.insert("n2".into());
+    let hidden = sim
+        .s
+        .assignments
+        .values()
+        .find(|a| a.value.node == "n1")
+        .map(|a| (a.value.id.clone(), a.mod_revision))
+        .expect("an instance on n1");
+    sim.s.assignments.remove(&hidden.0);
+    sim.s.opaque_assignments.insert(
+        hidden.0.clone(),
+        OpaqueAssignment {
+            node: "n1".into(),
+            mod_revision: hidden.1,
+        },
+    );
+    assert!(
+        plan(&sim.s, at(2), &sim.config).is_empty(),
+        "nothing moved, nothing added"
+    );
+    // Scaling up places on n1 only, never reusing the hidden instance's slot.
+    sim.task("web", 5, |_| {});
+    let p = plan(&sim.s, at(3), &sim.config);
+    let placed: Vec<&Instance> = p
+        .steps
+        .iter()
+        .flat_map(|s| &s.writes)
+        .filter_map(|w| match w {
+            Write::Assign(i) => Some(&**i),
+            _ => None,
+        })
+        .collect();
+    assert!(!placed.is_empty());
+    assert!(placed.iter().all(|i| i.node == "n1" && i.id != hidden.0));
+}
+
+#[test]
+fn an_undecodable_assignment_on_a_dead_node_is_replaced_by_key() {
+    use crate::snapshot::OpaqueAssignment;
+    let mut sim = Sim::new();
+    for n in ["n1", "n2"] {
+        sim.node(n, 4000, &[]);
+        sim.set_info(n, |_| {});
+    }
+    sim.task("web", 2, |_| {});
+    sim.converge(at(1));
+    let (id, rev) = sim
+        .s
+        .assignments
+        .values()
+        .find(|a| a.value.node == "n2")
+        .map(|a| (a.value.id.clone(), a.mod_revision))
+        .expect("an instance on n2");
+    sim.s.assignments.remove(&id);
+    sim.s.opaque_assignments.insert(
+        id.clone(),
+        OpaqueAssignment {
+            node: "n2".into(),
+            mod_revision: rev,
+        },
+    );
+    sim.kill_node("n2");
+    let p = plan(&sim.s, at(2), &sim.config);
+    assert!(p.steps.iter().any(|s| matches!(
+        s.writes.as_slice(),
+        [Write::Unassign { id: old, node, mod_revision }, Write::Assign(new), Write::NodeGone { .. }]
+            if *old == id && node == "n2" && *mod_revision == rev && new.node == "n1"
+    )));
 }

@@ -1,0 +1,201 @@
+//! Reconcile against a real etcd: what the leader waits for after a conflict.
+
+use std::collections::BTreeMap;
+
+use drover_api::{Capacity, Cpu, DriverKind, Memory, Node, Task, TaskSpec};
+use drover_store::StoreConfig;
+use drover_testkit::{unique_prefix, wait_for, EtcdServer};
+
+use super::*;
+use crate::records::TaskStateRecord;
+
+/// The bound on any single await in these tests.
+const T: Duration = Duration::from_secs(20);
+
+#[test]
+fn a_conflict_waits_past_the_snapshot_and_for_the_plans_own_writes() {
+    assert_eq!(conflict_wait_target(10, 0), 11);
+    assert_eq!(conflict_wait_target(10, 15), 15);
+}
+
+async fn within<F: std::future::Future>(what: &str, fut: F) -> F::Output {
+    tokio::time::timeout(T, fut)
+        .await
+        .unwrap_or_else(|_| panic!("timed out: {what}"))
+}
+
+/// A conflict while writes under another prefix move etcd's global revision must not stall
+/// the leader: the next reconcile plans as soon as the snapshot holds the conflicting change,
+/// well within `sync_wait`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conflict_under_foreign_writes_replans_without_waiting_for_the_global_revision() {
+    drover_testkit::init_tracing();
+    let etcd = within("etcd", EtcdServer::start()).await;
+    let store = within(
+        "connect",
+        Store::connect(StoreConfig::new(etcd.endpoints())),
+    )
+    .await
+    .expect("connect");
+    let keys = Keys::new(&unique_prefix());
+    let other = Keys::new(&unique_prefix());
+    let mut config = ControllerConfig::new("test");
+    config.sync_wait = Duration::from_secs(4);
+
+    let fence_key = format!("{}test-fence", keys.all());
+    let fence_rev = within("fence", store.put(&fence_key, &"me", None))
+        .await
+        .expect("fence");
+    let fence = Fence {
+        key: fence_key,
+        create_revision: fence_rev,
+    };
+    let node = Node {
+        name: "n1".into(),
+        address: "127.0.0.1:1".into(),
+        capacity: Capacity {
+            cpu: Cpu::millis(4000),
+            memory: Memory::mebibytes(8192),
+        },
+        labels: BTreeMap::new(),
+        drivers: vec![DriverKind::Process],
+        version: "test".into(),
+        started_at: Utc::now(),
+    };
+    within("node", store.put(&keys.node("n1"), &node, None))
+        .await
+        .expect("node");
+    let spec = TaskSpec {
+        command: vec!["/bin/true".into()],
+        replicas: 1,
+        ..TaskSpec::default()
+    };
+    let task_rev = within(
+        "task",
+        store.put(
+            &keys.task("default", "web"),
+            &Task::new("default", "web", spec),
+            None,
+        ),
+    )
+    .await
+    .expect("task");
+
+    let (status, _) = watch::channel(ControllerStatus::default());
+    let term = Term::new(
+        store.clone(),
+        keys.clone(),
+        config.clone(),
+        fence,
+        Metrics::default(),
+        status,
+    );
+    // The runtime is not run: reconciles are called by hand; it only keeps triggers alive.
+    let runner = drover_runtime::Controller::new(
+        drover_runtime::ControllerConfig::new("test"),
+        term.clone(),
+        reconcile,
+    )
+    .expect("runtime config");
+    let stop = CancellationToken::new();
+    let _watch = AbortOnDrop(tokio::spawn(watch_cache(
+        term.clone(),
+        runner.trigger(),
+        stop.clone(),
+    )));
+    let mut rx = term.revision.subscribe();
+    within("synced", rx.wait_for(|r| *r >= task_rev))
+        .await
+        .expect("watch");
+    let stale = term
+        .cache
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .snapshot
+        .clone();
+
+    // Someone changes a key the plan compares (the task's state) ...
+    let state = TaskStateRecord {
+        next_slot: 7,
+        ..TaskStateRecord::default()
+    };
+    let changed = within(
+        "taskstate",
+        store.put(&keys.taskstate("default", "web"), &state, None),
+    )
+    .await
+    .expect("taskstate");
+    // ... while another tenant of the same etcd moves the global revision far ahead.
+    for i in 0..50 {
+        within(
+            "foreign",
+            store.put(&other.node(&format!("x{i}")), &i, None),
+        )
+        .await
+        .expect("foreign write");
+    }
+    within("change seen", rx.wait_for(|r| *r >= changed))
+        .await
+        .expect("watch");
+
+    // The leader planned before the change reached its snapshot: its commit conflicts.
+    let fresh = std::mem::replace(
+        &mut term
+            .cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .snapshot,
+        stale,
+    );
+    let first = within("reconcile", reconcile(Cluster, term.clone()))
+        .await
+        .expect("a conflict is not an error");
+    assert_eq!(
+        first,
+        Action::requeue(config.debounce.max(Duration::from_millis(10)))
+    );
+    assert!(
+        store_assignments(&store, &keys).await.is_empty(),
+        "the conflicting plan wrote nothing"
+    );
+    term.cache
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .snapshot = fresh;
+
+    // The next reconcile plans at once (the old rule waited for the global revision, which
+    // nothing under this prefix reaches, until `sync_wait` ran out).
+    let started = Instant::now();
+    let prompt = config.sync_wait / 2;
+    let second = tokio::time::timeout(prompt, reconcile(Cluster, term.clone()))
+        .await
+        .unwrap_or_else(|_| panic!("re-plan took longer than {prompt:?}"));
+    assert!(second.is_ok(), "{second:?}");
+    assert!(started.elapsed() < prompt);
+    let placed = wait_for(T, Duration::from_millis(25), || {
+        let (store, keys) = (store.clone(), keys.clone());
+        async move {
+            let a = store_assignments(&store, &keys).await;
+            (!a.is_empty()).then_some(a)
+        }
+    })
+    .await
+    .expect("placed");
+    assert_eq!(placed, vec!["default.web.7".to_owned()]);
+    stop.cancel();
+    drop(runner);
+}
+
+async fn store_assignments(store: &Store, keys: &Keys) -> Vec<String> {
+    let listing = within(
+        "list",
+        store.list::<drover_api::Instance>(&keys.assignments()),
+    )
+    .await
+    .expect("list");
+    listing
+        .items
+        .into_iter()
+        .map(|v| v.value.id.to_string())
+        .collect()
+}
