@@ -19,7 +19,7 @@
 //! deserialization problem (an unknown field, a bad quantity) or all its semantic problems,
 //! never both; other documents are still checked.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::sync::Arc;
 
@@ -28,6 +28,9 @@ use serde_saphyr::{Error as YamlError, MessageFormatter, UserMessageFormatter};
 
 use crate::field_index::{parent, FieldIndex, Pos};
 use crate::task::{Task, API_VERSION, KIND};
+
+use set::cross_apply_cycles;
+pub use set::validate_set;
 
 /// Largest manifest file accepted: 1 MiB. Each task is stored as its own etcd value, far below
 /// etcd's default 1.5 MiB request limit; a manifest larger than this is almost certainly a
@@ -625,170 +628,6 @@ pub fn parse_many_against(
     finish(all.into_iter().map(|(_, t)| t).collect(), problems)
 }
 
-/// Cycles over `dependsOn` that involve at least one of `new` and close through `stored`.
-fn cross_apply_cycles(new: &[(Location, Task)], stored: &[Task]) -> Vec<Problem> {
-    const STORED: &str = "<stored>";
-    let redefined: HashSet<(&str, &str)> = new
-        .iter()
-        .map(|(_, t)| (t.metadata.namespace.as_str(), t.metadata.name.as_str()))
-        .collect();
-    // New tasks first: a cycle is reported at its earliest task, so one touching a new task is
-    // reported at that task's location.
-    let mut combined: Vec<(Location, Task)> = new.to_vec();
-    combined.extend(
-        stored
-            .iter()
-            .filter(|t| {
-                !redefined.contains(&(t.metadata.namespace.as_str(), t.metadata.name.as_str()))
-            })
-            .map(|t| (Location::new(STORED, 0, None), t.clone())),
-    );
-    let by_name: HashMap<(&str, &str), usize> = combined
-        .iter()
-        .enumerate()
-        .map(|(i, (_, t))| ((t.metadata.namespace.as_str(), t.metadata.name.as_str()), i))
-        .collect();
-    cycle_problems(&combined, &by_name)
-        .into_iter()
-        .filter(|p| p.source != STORED)
-        .map(|mut p| {
-            p.message
-                .push_str(" (closing through tasks applied earlier)");
-            p
-        })
-        .collect()
-}
-
-/// Checks a set of tasks applied together: no namespace/name pair twice, no task depending on
-/// or blocking itself, and no cycle over `dependsOn` among the tasks of the set (dependencies
-/// name tasks of the same namespace; ones outside the set are not checked here).
-///
-/// Each cycle is reported once, at its first task in input order, as `a -> b -> a`.
-pub fn validate_set(tasks: &[(Location, Task)]) -> Result<(), ManifestError> {
-    let mut problems = Vec::new();
-    let mut by_name: HashMap<(&str, &str), usize> = HashMap::new();
-    for (i, (loc, task)) in tasks.iter().enumerate() {
-        let key = (
-            task.metadata.namespace.as_str(),
-            task.metadata.name.as_str(),
-        );
-        if let Some(&first) = by_name.get(&key) {
-            let other = &tasks[first].0;
-            problems.push(loc.problem(
-                "metadata.name",
-                format!(
-                    "duplicate task {}/{}: already defined in {} document {}",
-                    key.0, key.1, other.source, other.document
-                ),
-            ));
-        } else {
-            by_name.insert(key, i);
-        }
-        for (list, path, verb) in [
-            (&task.spec.depends_on, "spec.dependsOn", "depend on"),
-            (&task.spec.blocks, "spec.blocks", "block"),
-        ] {
-            for (j, dep) in list.iter().enumerate() {
-                if dep == &task.metadata.name {
-                    problems.push(loc.problem(
-                        &format!("{path}[{j}]"),
-                        format!("a task cannot {verb} itself ({dep:?})"),
-                    ));
-                }
-            }
-        }
-    }
-    problems.extend(cycle_problems(tasks, &by_name));
-    finish((), problems)
-}
-
-/// Finds `dependsOn` cycles (self-edges excluded: they are reported on their own).
-fn cycle_problems(
-    tasks: &[(Location, Task)],
-    by_name: &HashMap<(&str, &str), usize>,
-) -> Vec<Problem> {
-    // Edges: task index -> (dependsOn position, target index).
-    let edges: Vec<Vec<(usize, usize)>> = tasks
-        .iter()
-        .enumerate()
-        .map(|(i, (_, t))| {
-            t.spec
-                .depends_on
-                .iter()
-                .enumerate()
-                .filter_map(|(j, dep)| {
-                    let target = *by_name.get(&(t.metadata.namespace.as_str(), dep.as_str()))?;
-                    (target != i).then_some((j, target))
-                })
-                .collect()
-        })
-        .collect();
-    #[derive(Clone, Copy, PartialEq)]
-    enum Color {
-        White,
-        Gray,
-        Black,
-    }
-    let mut color = vec![Color::White; tasks.len()];
-    let mut cycles: BTreeMap<Vec<usize>, ()> = BTreeMap::new();
-    for root in 0..tasks.len() {
-        if color[root] != Color::White {
-            continue;
-        }
-        // Iterative DFS: stack of (node, next edge index); `path` mirrors the gray nodes.
-        let mut stack = vec![(root, 0usize)];
-        color[root] = Color::Gray;
-        while let Some(&mut (node, ref mut next)) = stack.last_mut() {
-            if let Some(&(_, target)) = edges[node].get(*next) {
-                *next += 1;
-                match color[target] {
-                    Color::White => {
-                        color[target] = Color::Gray;
-                        stack.push((target, 0));
-                    }
-                    Color::Gray => {
-                        let from = stack.iter().position(|(n, _)| *n == target).unwrap_or(0);
-                        let mut cycle: Vec<usize> = stack[from..].iter().map(|(n, _)| *n).collect();
-                        // Canonical rotation: start at the earliest task of the input.
-                        let min_at = cycle
-                            .iter()
-                            .enumerate()
-                            .min_by_key(|(_, n)| **n)
-                            .map_or(0, |(k, _)| k);
-                        cycle.rotate_left(min_at);
-                        cycles.insert(cycle, ());
-                    }
-                    Color::Black => {}
-                }
-            } else {
-                color[node] = Color::Black;
-                stack.pop();
-            }
-        }
-    }
-    cycles
-        .keys()
-        .map(|cycle| {
-            let first = cycle[0];
-            let second = cycle.get(1).copied().unwrap_or(first);
-            let (loc, task) = &tasks[first];
-            let j = edges[first]
-                .iter()
-                .find(|(_, t)| *t == second)
-                .map_or(0, |(j, _)| *j);
-            let mut names: Vec<&str> = cycle
-                .iter()
-                .map(|n| tasks[*n].1.metadata.name.as_str())
-                .collect();
-            names.push(task.metadata.name.as_str());
-            loc.problem(
-                &format!("spec.dependsOn[{j}]"),
-                format!("dependency cycle: {}", names.join(" -> ")),
-            )
-        })
-        .collect()
-}
-
 impl Task {
     /// Pretty JSON, the form stored in etcd (readable with `etcdctl get`).
     pub fn to_json_pretty(&self) -> Result<String, ManifestError> {
@@ -817,6 +656,7 @@ impl Task {
     }
 }
 
+mod set;
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests;
