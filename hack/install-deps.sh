@@ -1,13 +1,78 @@
 #!/usr/bin/env bash
-# Installs what Drover's build and tests need and the machine lacks: etcd (server and etcdctl)
-# and protoc from Debian's packages, and cargo-nextest from crates.io. Safe to run repeatedly.
+# Installs what Drover's build and tests need and the machine lacks, checking each capability
+# rather than a command name: protoc must compile a file importing the well-known protos
+# (Debian's protobuf-compiler only *recommends* libprotobuf-dev, which holds them), etcd and
+# etcdctl must answer --version, curl and python3 must run. Packages come from Debian,
+# cargo-nextest from crates.io. Safe to run repeatedly; prints what it checked.
+#
+#   hack/install-deps.sh           install what is missing, then verify every capability
+#   hack/install-deps.sh --check   only report what is missing (exit 1 if anything is)
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
+check_only=false
+[ "${1:-}" = "--check" ] && check_only=true
+
+# Each probe prints nothing and succeeds only if the capability really works.
+protoc_works() {
+  command -v protoc >/dev/null 2>&1 || return 1
+  local dir rc=0
+  dir="$(mktemp -d)"
+  cat >"$dir/probe.proto" <<'EOF'
+syntax = "proto3";
+package drover.probe;
+import "google/protobuf/descriptor.proto";
+import "google/protobuf/struct.proto";
+message Probe { google.protobuf.Struct s = 1; }
+extend google.protobuf.FieldOptions { string probe = 50000; }
+EOF
+  protoc -I"$dir" --descriptor_set_out="$dir/out.pb" "$dir/probe.proto" >/dev/null 2>&1 || rc=1
+  rm -rf "$dir"
+  return "$rc"
+}
+etcd_works() { command -v etcd >/dev/null 2>&1 && timeout 10 etcd --version >/dev/null 2>&1; }
+etcdctl_works() { command -v etcdctl >/dev/null 2>&1 && ETCDCTL_API=3 timeout 10 etcdctl version >/dev/null 2>&1; }
+curl_works() { command -v curl >/dev/null 2>&1 && curl --version >/dev/null 2>&1; }
+python_works() { command -v python3 >/dev/null 2>&1 && python3 -c 'import socket' >/dev/null 2>&1; }
+cc_works() {
+  command -v cc >/dev/null 2>&1 || return 1
+  local dir rc=0
+  dir="$(mktemp -d)"
+  echo 'int main(void){return 0;}' >"$dir/p.c"
+  cc -o "$dir/p" "$dir/p.c" >/dev/null 2>&1 || rc=1
+  rm -rf "$dir"
+  return "$rc"
+}
+
+# capability -> Debian packages that provide it
 missing=()
-command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
-command -v etcdctl >/dev/null 2>&1 || missing+=(etcd-client)
-command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
-command -v curl >/dev/null 2>&1 || missing+=(curl)
+report=()
+probe() {
+  local name="$1" fn="$2"
+  shift 2
+  if "$fn"; then
+    report+=("ok      $name")
+  else
+    report+=("missing $name (installs: $*)")
+    missing+=("$@")
+  fi
+}
+run_probes() {
+  missing=()
+  report=()
+  probe "protoc with the well-known protos" protoc_works protobuf-compiler libprotobuf-dev
+  probe "etcd server" etcd_works etcd-server
+  probe "etcdctl" etcdctl_works etcd-client
+  probe "curl" curl_works curl ca-certificates
+  probe "python3" python_works python3
+  probe "a C compiler and linker" cc_works gcc libc6-dev
+}
+
+run_probes
+if $check_only; then
+  printf '%s\n' "${report[@]}" >&2
+  ((${#missing[@]} == 0))
+  exit $?
+fi
 
 if ((${#missing[@]})); then
   log "installing ${missing[*]} from Debian's packages"
@@ -15,16 +80,43 @@ if ((${#missing[@]})); then
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   export DEBIAN_FRONTEND=noninteractive
   $sudo apt-get update -qq
-  $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  # Debian starts etcd as a service on install where systemd runs; our scripts start their own.
+  # Debian's etcd-server starts a system service on install where an init system runs;
+  # policy-rc.d 101 forbids that for the duration of the install, our scripts start their own.
+  policy=/usr/sbin/policy-rc.d
+  created_policy=false
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null
+    $sudo chmod +x "$policy"
+    created_policy=true
+  fi
+  rc=0
+  $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || rc=$?
+  $created_policy && $sudo rm -f "$policy"
+  ((rc == 0)) || die "apt-get install ${missing[*]} failed (exit $rc)"
   if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet etcd 2>/dev/null; then
     $sudo systemctl disable --now etcd >/dev/null 2>&1 || true
   fi
+  run_probes
 fi
 
 if ! cargo nextest --version >/dev/null 2>&1; then
   log "installing cargo-nextest from crates.io"
   cargo install --locked cargo-nextest >/dev/null
 fi
-command -v etcd >/dev/null || die "etcd is still missing after the install"
-command -v protoc >/dev/null || die "protoc is still missing after the install"
+cargo nextest --version >/dev/null 2>&1 || die "cargo-nextest does not run after the install"
+# rustfmt and clippy: hack/test.sh runs both. Added through rustup where it manages the toolchain.
+for tool in fmt clippy; do
+  if ! cargo "$tool" --version >/dev/null 2>&1; then
+    component=$([ "$tool" = fmt ] && echo rustfmt || echo clippy)
+    if command -v rustup >/dev/null 2>&1; then
+      log "adding the $component component through rustup"
+      rustup component add "$component" >/dev/null 2>&1 || true
+    fi
+    cargo "$tool" --version >/dev/null 2>&1 || die "cargo $tool does not run: install the $component component of the Rust toolchain"
+  fi
+done
+if ((${#missing[@]})); then
+  printf '%s\n' "${report[@]}" >&2
+  die "still missing after the install: ${missing[*]}"
+fi
+log "dependencies: protoc (+ well-known protos), etcd, etcdctl, curl, python3, cc, cargo-nextest, cargo fmt and cargo clippy all work"

@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
-# The whole test suite, from a fresh clone: installs what is missing, builds the test image where
-# Docker answers, and runs every test with cargo-nextest. Tests start their own etcd servers
-# (single node and 3-member clusters) on free loopback ports; nothing needs to be running.
+# The whole test suite, from a fresh clone: installs what is missing, checks formatting
+# (`cargo fmt --all --check`) and lints (`cargo clippy --workspace --all-targets -D warnings`),
+# builds the test image where Docker answers, and runs every test with cargo-nextest. Any of
+# these failing fails the script, and so CI (.ci/run calls exactly this). Tests start their own
+# etcd servers (single node and 3-member clusters) on free loopback ports; nothing needs to be
+# running. Extra arguments go to `cargo nextest run` (e.g. a test-name filter).
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
 
 "$ROOT/hack/install-deps.sh"
+log "cargo fmt --all --check"
+cargo fmt --all --check || die "formatting differs from rustfmt's: run cargo fmt --all"
+log "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --quiet --workspace --all-targets -- -D warnings || die "clippy found warnings"
 "$ROOT/hack/build-images.sh"
 log "running the test suite"
 cargo nextest run --workspace --profile ci "$@"

@@ -295,20 +295,23 @@ impl Agent {
         tracing::info!(node = %config.node, keep_running = config.keep_running_on_shutdown, "agent shutting down");
         controller_stop.cancel();
         let controller_result = controller.await;
+        // Copies stop first, while the heartbeat still holds the lease; the lease goes last.
+        // Revoking first would let the controller start replacements while the old copies are
+        // still inside their grace periods: two live copies (promise 6).
+        if !config.keep_running_on_shutdown {
+            engine.stop_all(&config.node).await;
+        }
         heartbeat_stop.cancel();
         let reg = heartbeat.await.ok().flatten();
         let mut result = Ok(());
         if config.keep_running_on_shutdown {
             tracing::info!("leaving instances running and the lease unrevoked for the next agent");
-        } else {
-            if let Some(reg) = reg {
-                let lease = reg.lease;
-                drop(reg);
-                if let Err(e) = engine.store.revoke(lease).await {
-                    result = Err(Error::Revoke(e));
-                }
+        } else if let Some(reg) = reg {
+            let lease = reg.lease;
+            drop(reg);
+            if let Err(e) = engine.store.revoke(lease).await {
+                result = Err(Error::Revoke(e));
             }
-            engine.stop_all(&config.node).await;
         }
         if let Ok(Err(e)) = controller_result {
             tracing::warn!(error = %e, "reconcile loop did not drain");

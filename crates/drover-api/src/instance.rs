@@ -117,6 +117,8 @@ pub mod reasons {
     pub const CRASH_LOOP: &str = "CrashLoopBackOff";
     /// The agent lost its lease and stopped its instances.
     pub const LEASE_LOST: &str = "LeaseLost";
+    /// The agent shut down (SIGTERM, `drover up` ending) and stopped the instance first.
+    pub const AGENT_SHUTDOWN: &str = "AgentShutdown";
 }
 
 /// Value of `status/<instance>`, written by the agent running the instance (fenced on the

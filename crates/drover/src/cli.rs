@@ -325,13 +325,10 @@ pub struct DeleteArgs {
 /// `drover up`.
 #[derive(Debug, Args)]
 pub struct UpArgs {
-    /// Manifest to apply once the cluster runs.
-    #[arg(
-        short = 'f',
-        long = "filename",
-        default_value = "manifests/examples/echo.yaml"
-    )]
-    pub file: PathBuf,
+    /// Manifest to apply once the cluster runs. Default: the echo example built into the
+    /// binary (`manifests/examples/echo.yaml`), so `up` works from any directory.
+    #[arg(short = 'f', long = "filename")]
+    pub file: Option<PathBuf>,
     /// Where the local etcd keeps its data.
     #[arg(long, default_value = ".drover")]
     pub state_dir: PathBuf,

@@ -1,6 +1,6 @@
 //! Agents as real processes next to a real controller process: adoption after SIGKILL (one
 //! container per assigned instance), self-fencing when cut off from etcd (the old copy stops
-//! before its replacement starts elsewhere), and the one-command local cluster.
+//! before its replacement starts elsewhere).
 
 mod common;
 
@@ -278,39 +278,4 @@ async fn a_cut_off_agent_stops_its_copy_before_the_replacement_starts() {
             "stopped before the lease could have expired"
         );
     }
-}
-
-#[tokio::test]
-async fn drover_up_runs_the_example_and_answers_the_echo() {
-    let server = EtcdServer::start().await;
-    let cli = Cli::new(server.endpoints());
-    let state = tempfile::tempdir().expect("tempdir");
-    let manifests = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../manifests/examples/echo.yaml"
-    );
-    let output = tokio::time::timeout(
-        Duration::from_secs(120),
-        cli.command(&[
-            "up",
-            "--exit",
-            "-f",
-            manifests,
-            "--state-dir",
-            state.path().to_str().expect("utf-8"),
-        ])
-        .output(),
-    )
-    .await
-    .expect("drover up finishes")
-    .expect("drover up runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "drover up failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(stdout.contains("Running"), "{stdout}");
-    assert!(stdout.contains(r#"answered: {"Msg":"hi"}"#), "{stdout}");
-    docker_rm_node("local");
 }

@@ -116,6 +116,17 @@ impl DockerDriver {
         }
     }
 
+    /// Whether `image` is in the local engine. Never pulls: no registry is assumed reachable.
+    pub async fn has_image(&self, image: &str) -> Result<bool> {
+        match self.docker.inspect_image(image).await {
+            Ok(_) => Ok(true),
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(false),
+            Err(e) => Err(map_err(e, image)),
+        }
+    }
+
     /// See [`super::Driver::start`].
     pub async fn start(&self, req: &StartRequest) -> Result<Handle> {
         let Some(image) = req.spec.image.clone() else {
@@ -125,12 +136,8 @@ impl DockerDriver {
             });
         };
         // Never pull: a missing image fails now rather than hanging on an unreachable registry.
-        match self.docker.inspect_image(&image).await {
-            Ok(_) => {}
-            Err(BollardError::DockerResponseServerError {
-                status_code: 404, ..
-            }) => return Err(Error::ImageNotFound { image }),
-            Err(e) => return Err(map_err(e, &image)),
+        if !self.has_image(&image).await? {
+            return Err(Error::ImageNotFound { image });
         }
         let name = Self::container_name(&req.meta.instance.to_string());
         let body = create_body(req, image, &self.host_ip);

@@ -301,6 +301,9 @@ impl Engine {
             driver.stop(&handle, grace).await?;
             driver.destroy(&handle).await?;
         }
+        if reason == StopReason::Shutdown {
+            self.publish_shutdown(slot).await;
+        }
         if self.table().remove(slot).is_none() {
             return Ok(());
         }
@@ -309,6 +312,30 @@ impl Engine {
             self.record(slot, reason, started, began, None, true).await;
         }
         Ok(())
+    }
+
+    /// Marks a copy that shutdown stopped as Stopped (AgentShutdown) and writes that status,
+    /// fenced on the assignment like every status write.
+    async fn publish_shutdown(&self, slot: &Slot) {
+        let final_status = self.table().get_mut(slot).and_then(|e| {
+            if e.phase.is_terminal() || e.create_revision == 0 {
+                return None;
+            }
+            e.phase = Phase::Stopped;
+            e.reason = Some(reasons::AGENT_SHUTDOWN.to_string());
+            e.message = Some("the agent shut down and stopped the instance".into());
+            if let Some(run) = e.run.as_mut() {
+                run.exited.get_or_insert((None, Some(Utc::now())));
+            }
+            Some((e.status(), e.create_revision))
+        });
+        let Some((status, rev)) = final_status else {
+            return;
+        };
+        let key = self.keys.assignment(&slot.node, &slot.id);
+        if let Err(e) = crate::status::write(&self.store, &self.keys, &key, rev, &status).await {
+            tracing::warn!(error = %e, "cannot publish the final status on shutdown");
+        }
     }
 
     async fn record(
@@ -336,7 +363,18 @@ impl Engine {
         }
     }
 
-    /// Agent shutdown: stop every instance of `node` within its grace period, concurrently.
+    /// Agent shutdown: stop every instance of `node` within its grace period, concurrently,
+    /// and publish each one's final status (Stopped, AgentShutdown).
+    ///
+    /// # Guarantees
+    /// Called while the node's lease is still held (the caller revokes it afterwards), so the
+    /// controller sees the node alive until every copy has exited: a replacement elsewhere can
+    /// only start after the old process is gone (promise 6), and no status is left saying
+    /// Running for a copy that no longer exists.
+    ///
+    /// # Caveats
+    /// A status write that fails (etcd unreachable) is logged and dropped; the node's lease
+    /// then ends on its own and the controller treats the copy as lost, as after a crash.
     pub(crate) async fn stop_all(&self, node: &str) {
         let slots: Vec<Slot> = self
             .table()

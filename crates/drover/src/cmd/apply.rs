@@ -9,7 +9,7 @@ use drover_store::{Cmp, Op, Store, Txn};
 use super::{connect, store_error};
 use crate::cli::{ApplyArgs, Global};
 use crate::exit::{CliError, CliResult};
-use crate::input::read_sources;
+use crate::input::{read_sources, Source};
 
 /// How many times apply re-reads and retries when another writer changed a task under it.
 const CONFLICT_RETRIES: usize = 3;
@@ -42,7 +42,12 @@ struct Planned {
 
 pub async fn run(global: &Global, args: ApplyArgs) -> CliResult {
     let sources = read_sources(&args.files)?;
-    let tasks = drover_api::manifest::parse_many(&sources)
+    apply_sources(global, &sources, args.dry_run).await
+}
+
+/// Applies manifests already read (`drover up` passes its built-in example here).
+pub async fn apply_sources(global: &Global, sources: &[Source], dry_run: bool) -> CliResult {
+    let tasks = drover_api::manifest::parse_many(sources)
         .map_err(|error| CliError::data(error.to_string()))?;
     if tasks.is_empty() {
         return Err(CliError::data("no task found in the given manifests"));
@@ -57,11 +62,11 @@ pub async fn run(global: &Global, args: ApplyArgs) -> CliResult {
         .into_iter()
         .map(|item| item.value)
         .collect();
-    drover_api::manifest::parse_many_against(&sources, &stored)
+    drover_api::manifest::parse_many_against(sources, &stored)
         .map_err(|error| CliError::data(error.to_string()))?;
     for attempt in 0..=CONFLICT_RETRIES {
         let plan = plan(&store, &keys, &tasks).await?;
-        if args.dry_run {
+        if dry_run {
             report(&plan, " (dry run)");
             return Ok(());
         }

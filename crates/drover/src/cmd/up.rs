@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use drover_agent::{Agent, AgentConfig};
+use drover_agent::{Agent, AgentConfig, AgentHandle};
 use drover_api::keys::Keys;
 use drover_api::task::Task;
 use drover_controller::{Controller, ControllerConfig};
@@ -21,17 +21,59 @@ use tokio_util::sync::CancellationToken;
 
 use super::snapshot::Snapshot;
 use super::{connect, get};
-use crate::cli::{ApplyArgs, GetArgs, Global, Resource, UpArgs};
+use crate::cli::{GetArgs, Global, Resource, UpArgs};
 use crate::exit::{CliError, CliResult, UNAVAILABLE};
+use crate::input::Source;
 use crate::output::Format;
 
-/// How long `up` gives the agent to stop its instances on the way out.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// How long `up` waits, on the way out, for the agent to stop its instances (each within its
+/// own grace period) and for the controller to resign. A bound, not a sleep: `up` goes on as
+/// soon as both have finished.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long a freshly started etcd may take to answer.
 const ETCD_START_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// The manifest `up` applies without `-f`: built into the binary, so `up` runs from any
+/// directory, not only a checkout.
+const EXAMPLE: &str = include_str!("../../../../manifests/examples/echo.yaml");
+/// The name errors give the built-in example.
+const EXAMPLE_NAME: &str = "<built-in manifests/examples/echo.yaml>";
+
+/// The background parts `up` started in this process, so it can wait for each to finish.
+#[derive(Default)]
+struct Running {
+    controller: Option<tokio::task::JoinHandle<()>>,
+    agent: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Waits until the agent has stopped its instances and released its lease, then until the
+    /// controller has resigned; bounded by [`SHUTDOWN_TIMEOUT`].
+    async fn finish(self) {
+        let wait = async {
+            if let Some(agent) = self.agent {
+                let _ = agent.await;
+            }
+            if let Some(controller) = self.controller {
+                let _ = controller.await;
+            }
+        };
+        if tokio::time::timeout(SHUTDOWN_TIMEOUT, wait).await.is_err() {
+            eprintln!("the agent or controller did not stop within {SHUTDOWN_TIMEOUT:?}");
+        }
+    }
+}
+
 pub async fn run(global: &Global, args: UpArgs) -> CliResult {
+    // Bad input is refused before anything is started.
+    let sources = match &args.file {
+        Some(path) => crate::input::read_sources(std::slice::from_ref(path))?,
+        None => vec![(EXAMPLE_NAME.to_string(), EXAMPLE.to_string())],
+    };
+    let tasks = drover_api::manifest::parse_many(&sources)
+        .map_err(|error| CliError::data(error.to_string()))?;
+    check_images(&tasks).await?;
     let mut etcd = match reachable(global).await {
         true => {
             eprintln!("using the etcd that answers at {}", global.etcd.join(","));
@@ -40,14 +82,18 @@ pub async fn run(global: &Global, args: UpArgs) -> CliResult {
         false => Some(start_etcd(global, &args.state_dir).await?),
     };
     let shutdown = CancellationToken::new();
-    let outcome = bring_up(global, &args, &shutdown).await;
+    let mut running = Running::default();
+    let outcome = tokio::select! {
+        outcome = bring_up(global, &args, &sources, &tasks, &shutdown, &mut running) => outcome,
+        () = interrupted() => Err(CliError::failure("interrupted")),
+    };
     if outcome.is_ok() && !args.exit {
         eprintln!("drover is up; press Ctrl-C to stop");
-        let _ = tokio::signal::ctrl_c().await;
+        interrupted().await;
     }
+    eprintln!("stopping the agent, the controller and etcd");
     shutdown.cancel();
-    // The agent stops its instances within their grace periods and revokes its lease.
-    tokio::time::sleep(SHUTDOWN_GRACE).await;
+    running.finish().await;
     if let Some(child) = etcd.as_mut() {
         let _ = child.start_kill();
         let _ = child.wait().await;
@@ -55,7 +101,62 @@ pub async fn run(global: &Global, args: UpArgs) -> CliResult {
     outcome
 }
 
-async fn bring_up(global: &Global, args: &UpArgs, shutdown: &CancellationToken) -> CliResult {
+/// Resolves on Ctrl-C or SIGTERM.
+async fn interrupted() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let term = async {
+        match term.as_mut() {
+            Some(term) => {
+                term.recv().await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}
+
+/// Where Docker answers, every image the tasks name must be in the local engine: no registry
+/// is reachable, so a missing one would only end as ImageNotFound after the wait.
+async fn check_images(tasks: &[Task]) -> CliResult {
+    let Ok(docker) = drover_agent::driver::docker::DockerDriver::connect().await else {
+        return Ok(());
+    };
+    for task in tasks {
+        let Some(image) = &task.spec.image else {
+            continue;
+        };
+        match docker.has_image(image).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(CliError::failure(format!(
+                    "task {}: image {image} is not in the local Docker engine, and Drover never \
+                     pulls; build it with hack/build-images.sh in a Drover checkout \
+                     (hack/up.sh does that for you)",
+                    task.metadata.name
+                )))
+            }
+            Err(error) => {
+                return Err(CliError::failure(format!(
+                    "task {}: cannot inspect image {image}: {error}",
+                    task.metadata.name
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn bring_up(
+    global: &Global,
+    args: &UpArgs,
+    sources: &[Source],
+    tasks: &[Task],
+    shutdown: &CancellationToken,
+    running: &mut Running,
+) -> CliResult {
     let (store, keys) = connect(global).await?;
     let mut registry = Registry::default();
     let controller = Controller::new(
@@ -65,7 +166,7 @@ async fn bring_up(global: &Global, args: &UpArgs, shutdown: &CancellationToken) 
         &mut registry,
     )
     .map_err(|error| CliError::failure(format!("controller: {error}")))?;
-    tokio::spawn(controller.run(shutdown.clone()));
+    running.controller = Some(tokio::spawn(controller.run(shutdown.clone())));
     let mut agent_config = AgentConfig::new(UP_NODE);
     agent_config.state_dir = args.state_dir.join("agent").join(UP_NODE);
     agent_config.publish_ip = "127.0.0.1".to_string();
@@ -79,29 +180,18 @@ async fn bring_up(global: &Global, args: &UpArgs, shutdown: &CancellationToken) 
     .await
     .map_err(|error| CliError::failure(format!("agent: {error}")))?;
     let handle = agent.handle();
-    tokio::spawn(async move {
+    running.agent = Some(tokio::spawn(async move {
         if let Err(error) = agent.join().await {
             tracing::error!(%error, "agent stopped");
         }
-    });
+    }));
     tokio::time::timeout(READY_TIMEOUT, handle.wait_ready())
         .await
         .map_err(|_| CliError::failure("the local agent did not register in time"))?;
     eprintln!("controller and agent \"{UP_NODE}\" are running");
 
-    super::apply::run(
-        global,
-        ApplyArgs {
-            files: vec![args.file.clone()],
-            dry_run: false,
-        },
-    )
-    .await?;
-    let tasks = drover_api::manifest::parse_many(&crate::input::read_sources(
-        std::slice::from_ref(&args.file),
-    )?)
-    .map_err(|error| CliError::data(error.to_string()))?;
-    let ports = wait_running(&store, &keys, &tasks).await?;
+    super::apply::apply_sources(global, sources, false).await?;
+    let ports = wait_running(&store, &keys, tasks, &handle).await?;
     get::run(global, list(Resource::Instances)).await?;
     if let Some(port) = ports.first() {
         let reply = echo(*port).await?;
@@ -118,8 +208,17 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const ECHO_BODY: &str = r#"{"Msg":"hi"}"#;
 
 /// Waits until every instance of `tasks` runs; returns their published host ports.
-async fn wait_running(store: &Store, keys: &Keys, tasks: &[Task]) -> CliResult<Vec<u16>> {
+///
+/// A status key may still say Running from an earlier `up` that was killed before it could
+/// write the final status, so the local agent must also be running that many copies itself.
+async fn wait_running(
+    store: &Store,
+    keys: &Keys,
+    tasks: &[Task],
+    agent: &AgentHandle,
+) -> CliResult<Vec<u16>> {
     let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+    let desired: usize = tasks.iter().map(|t| t.spec.replicas as usize).sum();
     loop {
         let snapshot = Snapshot::read(store, keys).await?;
         let mut ports = Vec::new();
@@ -139,7 +238,7 @@ async fn wait_running(store: &Store, keys: &Keys, tasks: &[Task]) -> CliResult<V
                 }
             }
         }
-        if all {
+        if all && agent.running() >= desired {
             return Ok(ports);
         }
         if tokio::time::Instant::now() > deadline {
