@@ -8,7 +8,9 @@
 # Only the Rust toolchain comes from the host (its toolchain directory, mounted read-only), with a
 # fresh CARGO_HOME and target/ inside the container, so cargo-nextest, etcd and protoc are
 # installed by the scripts under test. The container uses the host's network (the tests bind
-# loopback ports) and the host's Docker socket and CLI (the Docker tests run as on a real host).
+# loopback ports) and the host's Docker socket and CLI (the Docker tests run as on a real host),
+# and trusts the host's local CA certificates (/usr/local/share/ca-certificates), which this
+# network's TLS needs.
 # Everything the run creates is removed on exit, even when interrupted; only the image stays.
 #
 #   hack/fresh-machine.sh              clone HEAD (commit first) and run both commands
@@ -114,6 +116,11 @@ head="$(git -C "$ROOT" rev-parse --short HEAD)"
 # Inside: clone, then the README's two commands, each timed, each with its own verdict line.
 cat >"$work/inside.sh" <<'EOF'
 set -u
+# Trust what the host's network requires (local CAs, e.g. a TLS-inspecting egress proxy), as any
+# machine on that network would; Debian's own CA set comes from the image.
+if ls /host-ca/*.crt >/dev/null 2>&1; then
+  cp /host-ca/*.crt /usr/local/share/ca-certificates/ && update-ca-certificates >/dev/null 2>&1
+fi
 cd /root
 git clone --quiet /src drover || { echo "FRESH-RESULT clone FAIL"; exit 1; }
 cd drover
@@ -144,6 +151,7 @@ docker run --name "$name" --rm --init \
   -v "$docker_cli:/usr/local/bin/docker:ro" \
   -v "$toolchain:/opt/rust:ro" \
   -v "$ROOT:/src:ro" \
+  -v /usr/local/share/ca-certificates:/host-ca:ro \
   -v "$work:/fresh" \
   -e CARGO_HOME=/root/.cargo \
   -e PATH=/root/.cargo/bin:/opt/rust/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
