@@ -46,21 +46,58 @@ impl CommitError {
 }
 
 /// What a commit did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Committed {
     /// Transactions sent.
     pub txns: usize,
     /// The revision of the last write (0 when nothing was written).
     pub revision: i64,
+    /// Steps etcd refused even when sent alone, in plan order: the rest of the plan landed.
+    pub rejected: Vec<RejectedStep>,
 }
 
-/// Compares and operations of one transaction under construction.
-#[derive(Default)]
-struct Batch {
+/// A step of the plan that did not land, sent on its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejectedStep {
+    /// Its index in the plan's steps (standalone task-state steps follow them).
+    pub index: usize,
+    /// The task it belongs to, if any.
+    pub task: Option<TaskRef>,
+    /// Why: a failed compare (state changed, or a key holds a value the snapshot does not
+    /// show) or etcd's refusal (e.g. a request over its size limit).
+    pub reason: String,
+}
+
+/// One step's compares and operations, kept apart so a batch can be re-sent step by step.
+struct Part {
+    index: usize,
+    task: Option<TaskRef>,
     cmps: Vec<Cmp>,
     ops: Vec<Op>,
+}
+
+/// The steps of one transaction under construction.
+#[derive(Default)]
+struct Batch {
+    parts: Vec<Part>,
     /// Tasks whose state this batch writes.
     tasks: BTreeSet<TaskRef>,
+}
+
+impl Batch {
+    fn cmps(&self) -> usize {
+        self.parts.iter().map(|p| p.cmps.len()).sum()
+    }
+    fn ops(&self) -> usize {
+        self.parts.iter().map(|p| p.ops.len()).sum()
+    }
+}
+
+/// How one transaction ended.
+enum Sent {
+    Landed,
+    /// A compare failed, or etcd refused the request (the reason).
+    Refused(String),
 }
 
 fn encode_err(e: drover_store::Error) -> CommitError {
@@ -162,13 +199,19 @@ fn write_parts(keys: &Keys, w: &Write) -> Result<(Vec<Cmp>, Vec<Op>), CommitErro
 /// - A transaction that creates instances of a task also writes that task's state, comparing
 ///   its mod revision (chained from one transaction to the next), so a plan made from a stale
 ///   snapshot cannot create a second set of instances.
-/// - Transactions are sent in plan order and stop at the first failure.
+/// - Transactions are sent in plan order. A transaction that etcd refuses (a failed compare,
+///   or a request it will not take, such as one over its size limit) is sent again step by
+///   step: a step that fails alone is reported in [`Committed::rejected`] and skipped, and the
+///   rest of the plan still lands. So one poisoned key or one oversized step stalls only
+///   itself, never the cluster.
+/// - It stops at the first transport error or fence failure.
 ///
 /// # Caveats
 ///
 /// The plan as a whole is not atomic: after an error, earlier transactions have landed. The
-/// caller re-plans from a snapshot at least as new as the error's revision (see
-/// [`CommitError::Conflict`]), which is safe because the planner is level-triggered.
+/// caller re-plans from a snapshot at least as new as the landed revision, which is safe
+/// because the planner is level-triggered; rejected steps are planned again then.
+/// [`CommitError::Conflict`] is returned only when every step was refused and nothing landed.
 pub async fn commit(
     store: &Store,
     keys: &Keys,
@@ -195,7 +238,7 @@ pub async fn commit(
             writes: Vec::new(),
         })
         .collect();
-    for step in plan.steps.iter().chain(&standalone) {
+    for (index, step) in plan.steps.iter().chain(&standalone).enumerate() {
         let mut cmps = Vec::new();
         let mut ops = Vec::new();
         for w in &step.writes {
@@ -212,7 +255,7 @@ pub async fn commit(
             .filter(|t| plan.taskstates.contains_key(*t));
         let fits = |b: &Batch| {
             let tasks = b.tasks.len() + usize::from(tracked.is_some_and(|t| !b.tasks.contains(t)));
-            b.ops.len() + ops.len() + tasks <= budget && b.cmps.len() + cmps.len() + tasks <= budget
+            b.ops() + ops.len() + tasks <= budget && b.cmps() + cmps.len() + tasks <= budget
         };
         if !fits(&batch) {
             flush(
@@ -230,8 +273,12 @@ pub async fn commit(
         if let Some(t) = tracked {
             batch.tasks.insert(t.clone());
         }
-        batch.cmps.extend(cmps);
-        batch.ops.extend(ops);
+        batch.parts.push(Part {
+            index,
+            task: step.task.clone(),
+            cmps,
+            ops,
+        });
     }
     flush(
         store,
@@ -243,9 +290,17 @@ pub async fn commit(
         &mut done,
     )
     .await?;
+    if done.revision == 0 && !done.rejected.is_empty() {
+        return Err(CommitError::Conflict {
+            revision: 0,
+            landed: 0,
+        });
+    }
     Ok(done)
 }
 
+/// Sends the batch as one transaction; if etcd refuses it and it holds several steps, sends
+/// each step alone, recording those refused alone in `done.rejected`.
 async fn flush(
     store: &Store,
     keys: &Keys,
@@ -255,44 +310,109 @@ async fn flush(
     expected: &mut BTreeMap<TaskRef, i64>,
     done: &mut Committed,
 ) -> Result<(), CommitError> {
-    let Batch {
-        mut cmps,
-        mut ops,
-        tasks,
-    } = std::mem::take(batch);
-    for t in &tasks {
-        let Some(w) = plan.taskstates.get(t) else {
-            continue;
-        };
-        let key = keys.taskstate(&t.namespace, &t.name);
-        cmps.push(Cmp::ModRevision(
-            key.clone(),
-            expected.get(t).copied().unwrap_or(0),
-        ));
-        ops.push(Op::put(key, &w.state, None).map_err(encode_err)?);
-    }
-    if ops.is_empty() {
+    let Batch { parts, tasks } = std::mem::take(batch);
+    let ctx = Ctx {
+        store,
+        keys,
+        fence,
+        plan,
+    };
+    let reason = match ctx.send(&parts, &tasks, expected, done).await? {
+        Sent::Landed => return Ok(()),
+        Sent::Refused(reason) => reason,
+    };
+    if parts.len() <= 1 {
+        done.rejected
+            .extend(parts.into_iter().map(|p| RejectedStep {
+                index: p.index,
+                task: p.task,
+                reason: reason.clone(),
+            }));
         return Ok(());
     }
-    let outcome = store
-        .commit(Txn { cmps, ops }, Some(fence))
-        .await
-        .map_err(|e| match e {
-            e @ drover_store::Error::Fenced { .. } => CommitError::Fenced(e),
-            e => CommitError::Store(e),
-        })?;
-    done.txns += 1;
-    if !outcome.succeeded {
-        return Err(CommitError::Conflict {
-            revision: outcome.revision,
-            landed: done.revision,
-        });
-    }
-    done.revision = outcome.revision;
-    for t in tasks {
-        expected.insert(t, outcome.revision);
+    for part in parts {
+        let own: BTreeSet<TaskRef> = part
+            .task
+            .iter()
+            .filter(|t| tasks.contains(*t))
+            .cloned()
+            .collect();
+        let one = std::slice::from_ref(&part);
+        if let Sent::Refused(reason) = ctx.send(one, &own, expected, done).await? {
+            tracing::warn!(
+                step = part.index,
+                task = ?part.task,
+                %reason,
+                "a plan step was refused on its own; the rest of the plan goes on"
+            );
+            done.rejected.push(RejectedStep {
+                index: part.index,
+                task: part.task,
+                reason,
+            });
+        }
     }
     Ok(())
+}
+
+/// What every transaction of one commit shares.
+struct Ctx<'a> {
+    store: &'a Store,
+    keys: &'a Keys,
+    fence: &'a Fence,
+    plan: &'a Plan,
+}
+
+impl Ctx<'_> {
+    /// One fenced transaction: the parts' compares and operations, plus the compare and put of
+    /// the state of every task in `tasks` (chained through `expected`).
+    async fn send(
+        &self,
+        parts: &[Part],
+        tasks: &BTreeSet<TaskRef>,
+        expected: &mut BTreeMap<TaskRef, i64>,
+        done: &mut Committed,
+    ) -> Result<Sent, CommitError> {
+        let mut cmps: Vec<Cmp> = parts.iter().flat_map(|p| p.cmps.iter().cloned()).collect();
+        let mut ops: Vec<Op> = parts.iter().flat_map(|p| p.ops.iter().cloned()).collect();
+        for t in tasks {
+            let Some(w) = self.plan.taskstates.get(t) else {
+                continue;
+            };
+            let key = self.keys.taskstate(&t.namespace, &t.name);
+            cmps.push(Cmp::ModRevision(
+                key.clone(),
+                expected.get(t).copied().unwrap_or(0),
+            ));
+            ops.push(Op::put(key, &w.state, None).map_err(encode_err)?);
+        }
+        if ops.is_empty() {
+            return Ok(Sent::Landed);
+        }
+        let outcome = self.store.commit(Txn { cmps, ops }, Some(self.fence)).await;
+        done.txns += 1;
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(e @ drover_store::Error::Fenced { .. }) => return Err(CommitError::Fenced(e)),
+            // etcd answered and refused this request (too large, invalid): a smaller grouping
+            // of the same steps may pass, so it is not the whole plan's failure.
+            Err(e @ drover_store::Error::Rejected { .. }) => {
+                return Ok(Sent::Refused(e.to_string()))
+            }
+            Err(e) => return Err(CommitError::Store(e)),
+        };
+        if !outcome.succeeded {
+            return Ok(Sent::Refused(format!(
+                "a compare failed (store at revision {})",
+                outcome.revision
+            )));
+        }
+        done.revision = outcome.revision;
+        for t in tasks {
+            expected.insert(t.clone(), outcome.revision);
+        }
+        Ok(Sent::Landed)
+    }
 }
 
 #[cfg(test)]

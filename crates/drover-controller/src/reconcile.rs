@@ -293,7 +293,18 @@ async fn reconcile(_key: Cluster, term: Arc<Term>) -> Result<Action, ReconcileEr
         let max_ops = term.store.config().max_txn_ops;
         match commit::commit(&term.store, &term.keys, &term.fence, &plan, max_ops).await {
             Ok(done) => {
-                term.metrics.commit("ok");
+                if done.rejected.is_empty() {
+                    term.metrics.commit("ok");
+                } else {
+                    // The rest landed; the refused steps are planned again from a newer
+                    // snapshot (our own writes' events bring one at once).
+                    term.metrics.commit("partial");
+                    tracing::warn!(
+                        rejected = done.rejected.len(),
+                        first = %done.rejected[0].reason,
+                        "some plan steps were refused and skipped"
+                    );
+                }
                 term.min_revision.fetch_max(done.revision, Ordering::SeqCst);
                 if plan.placed > 0 {
                     if let Some(since) = dirty_since {

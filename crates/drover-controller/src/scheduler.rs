@@ -52,6 +52,9 @@ pub enum Unavailable {
     Cordoned,
     /// An operator is draining it.
     Draining,
+    /// Its `nodeinfo` record does not decode, so whether it is cordoned is unknown: nothing new
+    /// is placed there until the record is readable again (its instances stay).
+    RecordInvalid,
 }
 
 /// The scheduler's view of one live node.
@@ -108,6 +111,8 @@ pub enum Rejection {
     Cordoned,
     /// The node is draining.
     Draining,
+    /// The node's record does not decode.
+    RecordInvalid,
     /// The node lacks the request's driver.
     DriverUnsupported,
     /// A `nodeSelector` label is missing or different.
@@ -123,6 +128,7 @@ impl Rejection {
         match self {
             Rejection::Cordoned => "cordoned",
             Rejection::Draining => "draining",
+            Rejection::RecordInvalid => "node record invalid",
             Rejection::DriverUnsupported => "driver unsupported",
             Rejection::NodeSelectorMismatch => "node selector mismatch",
             Rejection::InsufficientCpu => "insufficient cpu",
@@ -195,6 +201,7 @@ impl Scheduler {
         match node.unavailable {
             Some(Unavailable::Cordoned) => return Some(Rejection::Cordoned),
             Some(Unavailable::Draining) => return Some(Rejection::Draining),
+            Some(Unavailable::RecordInvalid) => return Some(Rejection::RecordInvalid),
             None => {}
         }
         if !node.supports(&req.driver) {

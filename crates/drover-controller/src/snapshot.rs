@@ -82,6 +82,13 @@ pub struct Snapshot {
     /// Assignments that do not decode, by instance id: each occupies its slot, so its task is
     /// not scaled up and its id is never reused.
     pub opaque_assignments: BTreeMap<InstanceId, OpaqueAssignment>,
+    /// Nodes whose `nodeinfo` record does not decode: the record is neither rewritten nor read
+    /// as absent, and nothing new is placed on the node (whether it is cordoned is unknown).
+    pub opaque_nodeinfos: BTreeSet<String>,
+    /// Tasks whose controller-owned state does not decode. Such a task is held: not planned
+    /// at all (its instances stay as they are), because reading its state as absent could
+    /// reuse run numbers or forget a suspension. Reported as an undecodable key.
+    pub opaque_taskstates: BTreeSet<TaskRef>,
 }
 
 fn decode<T: DeserializeOwned>(
@@ -146,6 +153,13 @@ impl Snapshot {
                     self.assignments.remove(&id);
                     self.opaque_assignments
                         .insert(id, OpaqueAssignment { node, mod_revision });
+                } else if let Some(node) = keys.parse_nodeinfo_key(&key) {
+                    self.nodeinfos.remove(&node);
+                    self.opaque_nodeinfos.insert(node);
+                } else if let Some((ns, name)) = keys.parse_taskstate_key(&key) {
+                    let task = TaskRef::new(ns, name);
+                    self.taskstates.remove(&task);
+                    self.opaque_taskstates.insert(task);
                 }
             }
         }
@@ -160,6 +174,10 @@ impl Snapshot {
             self.opaque_nodes.remove(&node);
         } else if let Some((_, id)) = keys.parse_assignment_key(key) {
             self.opaque_assignments.remove(&id);
+        } else if let Some(node) = keys.parse_nodeinfo_key(key) {
+            self.opaque_nodeinfos.remove(&node);
+        } else if let Some((ns, name)) = keys.parse_taskstate_key(key) {
+            self.opaque_taskstates.remove(&TaskRef::new(ns, name));
         }
     }
 
@@ -247,6 +265,13 @@ impl Snapshot {
                 }
             }
         }
+    }
+
+    /// Whether the planner must leave `task` alone this round (see
+    /// [`Snapshot::opaque_taskstates`]).
+    #[must_use]
+    pub fn is_held(&self, task: &TaskRef) -> bool {
+        self.opaque_taskstates.contains(task)
     }
 
     /// Whether `node` is alive: its lease-bound key exists, decodable or not.

@@ -89,7 +89,7 @@ pub(super) fn plan_jobs(
     let mut tasks: Vec<(&TaskRef, &Task)> = snapshot
         .tasks
         .iter()
-        .filter(|(_, t)| t.value.spec.mode() != Mode::Service)
+        .filter(|(r, t)| t.value.spec.mode() != Mode::Service && !snapshot.is_held(r))
         .map(|(r, t)| (r, &t.value))
         .collect();
     // Priority, then name: the order in which mutually blocking tasks win within one plan.

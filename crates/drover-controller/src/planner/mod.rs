@@ -247,6 +247,9 @@ pub fn plan(snapshot: &Snapshot, now: DateTime<Utc>, config: &ControllerConfig) 
     }
 
     for (task_ref, task) in &snapshot.tasks {
+        if snapshot.is_held(task_ref) {
+            continue;
+        }
         match task.value.spec.mode() {
             Mode::Service => {
                 let mine = by_task.get(task_ref).map(Vec::as_slice).unwrap_or_default();
@@ -286,8 +289,8 @@ fn finishes(snapshot: &Snapshot, record: &RunRecord) -> bool {
 }
 
 /// Adds a [`Write::NodeGone`] to every step that removes an instance on a node the snapshot
-/// says is dead, or finishes a run with an instance there: those decisions hold only while the
-/// node stays dead.
+/// says is dead, finishes a run with an instance there, or records the node's death: those
+/// decisions hold only while the node stays dead.
 ///
 /// # Guarantees
 ///
@@ -302,6 +305,12 @@ fn fence_dead_nodes(snapshot: &Snapshot, plan: &mut Plan) {
             match w {
                 Write::Unassign { node, .. } if !snapshot.node_present(node) => {
                     dead.push(node.clone());
+                }
+                // A death is recorded only while the node stays dead.
+                Write::NodeInfo { info, .. }
+                    if info.dead_since.is_some() && !snapshot.node_present(&info.name) =>
+                {
+                    dead.push(info.name.clone());
                 }
                 Write::PutRun { record, .. } if finishes(snapshot, record) => {
                     dead.extend(

@@ -14,7 +14,13 @@ use crate::snapshot::Snapshot;
 const NODE_EVENT_NAMESPACE: &str = "default";
 
 pub(super) fn plan_nodes(snapshot: &Snapshot, now: DateTime<Utc>, plan: &mut Plan) {
-    let mut known: BTreeSet<&str> = BTreeSet::new();
+    // A node whose record does not decode is known: writing a fresh record would compare it
+    // absent and fail, and would overwrite what an operator may have meant.
+    let mut known: BTreeSet<&str> = snapshot
+        .opaque_nodeinfos
+        .iter()
+        .map(String::as_str)
+        .collect();
     for (name, info) in &snapshot.nodeinfos {
         known.insert(name);
         let alive = snapshot.node_present(name);

@@ -34,6 +34,7 @@ fn node_views(snapshot: &Snapshot, removed: &BTreeSet<&InstanceId>) -> Vec<NodeV
         .map(|(name, node)| {
             let info = snapshot.nodeinfos.get(name).map(|i| &i.value);
             let unavailable = match info {
+                _ if snapshot.opaque_nodeinfos.contains(name) => Some(Unavailable::RecordInvalid),
                 Some(i) if i.draining => Some(Unavailable::Draining),
                 Some(i) if i.cordoned => Some(Unavailable::Cordoned),
                 _ => None,

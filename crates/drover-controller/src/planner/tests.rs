@@ -122,7 +122,8 @@ fn dead_node_instances_are_replaced_in_the_same_step() {
         })
         .count();
     assert_eq!(pairs, 2);
-    assert!(p.steps.iter().any(|s| matches!(&s.writes[..], [Write::NodeInfo { info, .. }] if info.name == "n2" && info.dead_since == Some(at(2)))));
+    // The death is recorded only while the node stays dead (fenced on its key's absence).
+    assert!(p.steps.iter().any(|s| matches!(&s.writes[..], [Write::NodeInfo { info, .. }, Write::NodeGone { node }] if info.name == "n2" && info.dead_since == Some(at(2)) && node == "n2")));
     assert!(p.events.iter().any(|e| e.reason == "NodeDead"));
     sim.apply(&p);
     assert_eq!(

@@ -116,17 +116,23 @@ impl Env {
             .expect("put task");
     }
 
+    /// Every assignment that decodes (tests also write values that do not).
     pub async fn assignments(&self) -> BTreeMap<InstanceId, Instance> {
-        let listing = within(
-            "list",
-            self.store.list::<Instance>(&self.keys.assignments()),
-        )
-        .await
-        .expect("list assignments");
-        listing
+        self.decodable::<Instance>(&self.keys.assignments())
+            .await
+            .into_iter()
+            .map(|i| (i.id.clone(), i))
+            .collect()
+    }
+
+    /// The values under `prefix` that decode as `T`, skipping those that do not.
+    pub async fn decodable<T: serde::de::DeserializeOwned>(&self, prefix: &str) -> Vec<T> {
+        within("list", self.store.list_raw(prefix))
+            .await
+            .expect("list")
             .items
             .into_iter()
-            .map(|v| (v.value.id.clone(), v.value))
+            .filter_map(|v| serde_json::from_slice(&v.value).ok())
             .collect()
     }
 
@@ -139,17 +145,12 @@ impl Env {
         m
     }
 
+    /// Every status that decodes.
     pub async fn statuses(&self) -> BTreeMap<InstanceId, InstanceStatus> {
-        let listing = within(
-            "list",
-            self.store.list::<InstanceStatus>(&self.keys.statuses()),
-        )
-        .await
-        .expect("list statuses");
-        listing
-            .items
+        self.decodable::<InstanceStatus>(&self.keys.statuses())
+            .await
             .into_iter()
-            .map(|v| (v.value.id.clone(), v.value))
+            .map(|s| (s.id.clone(), s))
             .collect()
     }
 

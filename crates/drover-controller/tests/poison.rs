@@ -1,0 +1,125 @@
+//! Promise 7 for every key kind: a value another etcd client wrote under any key the controller
+//! reads, one that does not decode, never stalls the leader. With poison under every kind, the
+//! leader still replaces a dead node's instances and places a task applied afterwards.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::{eventually, service, within, Env, FakeAgent, T};
+use drover_api::{InstanceId, Phase};
+
+const NODE_TTL: Duration = Duration::from_secs(30);
+
+/// One undecodable value per key kind the controller reads; `live` is an instance of a live
+/// node and `doomed` one of the node about to die.
+fn poison(env: &Env, live: &InstanceId, doomed: &InstanceId) -> Vec<(String, &'static str)> {
+    let k = &env.keys;
+    let ghost = InstanceId::service("default", "ghost", 0).expect("id");
+    let letter = InstanceId::service("default", "web", 99).expect("id");
+    vec![
+        (
+            k.task("default", "bad-task"),
+            r#"{"apiVersion":"drover.dev/v1","kind":"Task","metadata":{"name":"bad-task"},"spec":{"replicas":"many"}}"#,
+        ),
+        (k.node("ghost"), r#"{"name":"ghost","capacity":"big"}"#),
+        (k.nodeinfo("doomed"), r#"{"cordoned":"yes"}"#),
+        (k.nodeinfo("n2"), r#"{"cordoned":"yes"}"#),
+        (k.assignment("n3", &ghost), r#""not an instance""#),
+        (k.status(live), r#"{"phase":"Sideways"}"#),
+        (k.status(doomed), "not json at all"),
+        (k.taskstate("default", "held"), r#"{"suspended":"maybe"}"#),
+        (k.deadletter("default", &letter), "[1,2,3]"),
+        (k.run("default", "web", 1), r#"{"run":"first"}"#),
+        (k.trigger("default", "web", "foreign"), "\u{1}\u{2}binary"),
+        (k.event("default", "foreign"), r#"{"reason":7}"#),
+        (k.controller("foreign"), "{"),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_under_every_key_kind_stalls_nothing() {
+    let env = Env::start().await;
+    let agent = FakeAgent::start(&env, Duration::ZERO);
+    let short = Duration::from_secs(2);
+    env.node(&agent, "doomed", 4000, &[], short).await;
+    env.node(&agent, "n2", 4000, &[], NODE_TTL).await;
+    env.node(&agent, "n3", 4000, &[], NODE_TTL).await;
+    let _leader = env.replica("c1").await;
+    env.apply("web", service(6, 100)).await;
+    env.apply("held", service(1, 100)).await;
+    let placed = eventually("6 web instances Running", T, || async {
+        let a = env.assignments().await;
+        let s = env.statuses().await;
+        let web: Vec<_> = a.into_values().filter(|i| i.task == "web").collect();
+        (web.len() == 6
+            && web
+                .iter()
+                .all(|i| s.get(&i.id).is_some_and(|s| s.phase == Phase::Running)))
+        .then_some(web)
+    })
+    .await;
+    let on_doomed: BTreeSet<InstanceId> = placed
+        .iter()
+        .filter(|i| i.node == "doomed")
+        .map(|i| i.id.clone())
+        .collect();
+    let live = placed
+        .iter()
+        .find(|i| i.node != "doomed")
+        .expect("an instance on a live node")
+        .id
+        .clone();
+    let doomed = on_doomed
+        .iter()
+        .next()
+        .expect("an instance on doomed")
+        .clone();
+
+    eventually("held has its instance", T, || async {
+        let a = env.assignments().await;
+        (a.values().filter(|i| i.task == "held").count() == 1).then_some(())
+    })
+    .await;
+    for (key, value) in poison(&env, &live, &doomed) {
+        within(
+            "put poison",
+            env.store.put_raw(&key, value.as_bytes().to_vec(), None),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("put {key}: {e}"));
+    }
+
+    agent.revoke("doomed").await;
+    eventually(
+        "the dead node's instances run on live nodes",
+        short + Duration::from_secs(8),
+        || async {
+            let a = env.assignments().await;
+            let web: Vec<_> = a.values().filter(|i| i.task == "web").collect();
+            let moved = on_doomed.iter().all(|id| !a.contains_key(id));
+            (moved && web.len() == 6 && web.iter().all(|i| i.node != "doomed")).then_some(())
+        },
+    )
+    .await;
+
+    // A task whose controller-owned state does not decode is held, not planned as new.
+    env.apply("held", service(3, 100)).await;
+    env.apply("after", service(2, 100)).await;
+    eventually("a task applied after the poison is placed", T, || async {
+        let a = env.assignments().await;
+        (a.values().filter(|i| i.task == "after").count() == 2).then_some(())
+    })
+    .await;
+    let a = env.assignments().await;
+    assert!(
+        a.contains_key(&live),
+        "an instance whose status does not decode is not replaced"
+    );
+    assert_eq!(
+        a.values().filter(|i| i.task == "held").count(),
+        1,
+        "a task whose state does not decode is held: not scaled, not restarted"
+    );
+}
