@@ -9,6 +9,7 @@
 # fresh CARGO_HOME and target/ inside the container, so cargo-nextest, etcd and protoc are
 # installed by the scripts under test. The container uses the host's network (the tests bind
 # loopback ports) and the host's Docker socket and CLI (the Docker tests run as on a real host),
+# with a /dev/shm as large as a real machine's (Docker's default is 64 MiB),
 # and trusts the host's local CA certificates (/usr/local/share/ca-certificates), which this
 # network's TLS needs.
 # Everything the run creates is removed on exit, even when interrupted; only the image stays.
@@ -147,6 +148,7 @@ log "running the README's commands in a clean $IMAGE container (clone of $head)"
 rc=0
 docker run --name "$name" --rm --init \
   --network host \
+  --shm-size 4g \
   -v /var/run/docker.sock:/var/run/docker.sock \
   -v "$docker_cli:/usr/local/bin/docker:ro" \
   -v "$toolchain:/opt/rust:ro" \

@@ -26,6 +26,6 @@ pub use config::{RetryConfig, StoreConfig};
 pub use election::{Election, LeaderInfo, Leadership};
 pub use error::{Error, Result};
 pub use lease::{KeepAlive, LeaseId, LeaseLost, LeaseMonitor};
-pub use store::{CreateOutcome, Listing, Store, Versioned};
+pub use store::{Checked, CreateOutcome, InvalidValue, Listing, Store, Versioned};
 pub use txn::{ChunkOutcome, Cmp, Fence, Op, PutLease, Txn, TxnOutcome};
 pub use watcher::{watcher, Event, WatchEvents};

@@ -56,6 +56,28 @@ pub struct Listing<T> {
     pub items: Vec<Versioned<T>>,
 }
 
+/// A listing whose values were decoded one by one (see [`Store::list_checked`]).
+#[derive(Debug, Clone)]
+pub struct Checked<T> {
+    /// The store revision the listing is a consistent snapshot of.
+    pub revision: i64,
+    /// The values that decoded, sorted by key.
+    pub items: Vec<Versioned<T>>,
+    /// The keys whose values did not, sorted by key.
+    pub invalid: Vec<InvalidValue>,
+}
+
+/// A key whose value does not decode as the type its key says it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidValue {
+    /// The key.
+    pub key: String,
+    /// Its mod revision.
+    pub mod_revision: i64,
+    /// Why it does not decode.
+    pub error: String,
+}
+
 /// The result of [`Store::create`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CreateOutcome {
@@ -274,6 +296,38 @@ impl Store {
                 .map(decode)
                 .collect::<Result<Vec<_>>>()?,
         })
+    }
+
+    /// Lists every key under `prefix`, decoding each value on its own: a value that does not
+    /// decode (written by another client, or by a newer Drover) is returned in
+    /// [`Checked::invalid`] with its error instead of failing the listing.
+    ///
+    /// # Guarantees
+    ///
+    /// As [`list_raw`](Self::list_raw): one consistent snapshot. Every key under the prefix is
+    /// in exactly one of `items` and `invalid`, so nothing reads as absent because it is bad.
+    pub async fn list_checked<T: DeserializeOwned>(&self, prefix: &str) -> Result<Checked<T>> {
+        let raw = self.list_raw(prefix).await?;
+        let mut checked = Checked {
+            revision: raw.revision,
+            items: Vec::with_capacity(raw.items.len()),
+            invalid: Vec::new(),
+        };
+        for item in raw.items {
+            let (key, mod_revision) = (item.key.clone(), item.mod_revision);
+            match decode(item) {
+                Ok(value) => checked.items.push(value),
+                Err(error) => checked.invalid.push(InvalidValue {
+                    key,
+                    mod_revision,
+                    error: match error {
+                        Error::Decode { source, .. } => source.to_string(),
+                        other => other.to_string(),
+                    },
+                }),
+            }
+        }
+        Ok(checked)
     }
 
     /// Writes raw bytes unconditionally, attached to `lease` if given. Returns the revision.

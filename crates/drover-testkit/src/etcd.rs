@@ -71,8 +71,9 @@ pub(crate) enum StartFailure {
 ///
 /// # Guarantees
 ///
-/// - The data dir lives in a fresh temp dir under `/dev/shm` (tmpfs) when it exists, else under
-///   the system temp dir, and is removed on drop.
+/// - The data dir lives in a fresh temp dir under `/dev/shm` (tmpfs) when it exists and has
+///   room for another member ([`SHM_HEADROOM`]), else under the system temp dir, and is
+///   removed on drop.
 /// - The process is SIGKILLed on drop. If the test process itself dies without unwinding (a
 ///   nextest timeout, SIGKILL), a small watchdog process notices and kills etcd and removes its
 ///   data dir, so no etcd outlives its test.
@@ -139,7 +140,7 @@ impl EtcdServer {
             b.prefix("drover-etcd-");
             b
         };
-        let dir = if shm.is_dir() {
+        let dir = if shm.is_dir() && room_on(shm) {
             builder.tempdir_in(shm)
         } else {
             builder.tempdir()
@@ -429,4 +430,14 @@ pub(crate) async fn run_etcdctl(
         });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Free space a tmpfs must have for one more etcd data dir: etcd preallocates a 64 MiB WAL
+/// segment, and a suite runs several members at once. A container's default `/dev/shm` is
+/// 64 MiB, far too small, so the data dir then goes to the ordinary temp dir instead.
+const SHM_HEADROOM: u64 = 512 * 1024 * 1024;
+
+/// Whether `dir` has [`SHM_HEADROOM`] free.
+fn room_on(dir: &Path) -> bool {
+    rustix::fs::statvfs(dir).is_ok_and(|s| s.f_bavail.saturating_mul(s.f_frsize) >= SHM_HEADROOM)
 }

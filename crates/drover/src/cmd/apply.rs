@@ -54,8 +54,10 @@ pub async fn apply_sources(global: &Global, sources: &[Source], dry_run: bool) -
     }
     let (store, keys) = connect(global).await?;
     // Dependency cycles may close through tasks applied earlier: check against what is stored.
+    // A stored value that does not decode (another client's) takes no part in the check and
+    // never blocks an apply; applying the same name replaces it.
     let stored: Vec<Task> = store
-        .list::<Task>(&keys.tasks())
+        .list_checked::<Task>(&keys.tasks())
         .await
         .map_err(|error| store_error("listing stored tasks", error))?
         .items
@@ -92,17 +94,27 @@ async fn plan(store: &Store, keys: &Keys, tasks: &[Task]) -> CliResult<Vec<Plann
     let mut plan = Vec::with_capacity(tasks.len());
     for task in tasks {
         let key = keys.task(&task.metadata.namespace, &task.metadata.name);
-        let stored = store
-            .get::<Task>(&key)
+        let raw = store
+            .get_raw(&key)
             .await
             .map_err(|error| store_error(&format!("reading {key}"), error))?;
         let mut task = task.clone();
+        let stored = raw.map(|raw| match serde_json::from_slice::<Task>(&raw.value) {
+            Ok(value) => Ok(raw.map(|_| value)),
+            Err(_) => Err((raw.mod_revision, foreign_generation(&raw.value))),
+        });
         let (change, based_on) = match stored {
             None => {
                 task.metadata.generation = 1;
                 (Change::Created, 0)
             }
-            Some(stored) => {
+            // An invalid stored value is replaced, its generation (if it has one) surpassed so
+            // that nothing started from it is mistaken for the new spec.
+            Some(Err((mod_revision, generation))) => {
+                task.metadata.generation = generation + 1;
+                (Change::Configured, mod_revision)
+            }
+            Some(Ok(stored)) => {
                 task.metadata.generation = stored.value.metadata.generation;
                 if task == stored.value {
                     (Change::Unchanged, stored.mod_revision)
@@ -119,6 +131,17 @@ async fn plan(store: &Store, keys: &Keys, tasks: &[Task]) -> CliResult<Vec<Plann
         });
     }
     Ok(plan)
+}
+
+/// `metadata.generation` of a stored value that does not decode as a task, 0 if it has none.
+fn foreign_generation(bytes: &[u8]) -> u64 {
+    serde_json::from_slice::<serde_json::Value>(bytes)
+        .ok()
+        .and_then(|v| {
+            v.pointer("/metadata/generation")
+                .and_then(serde_json::Value::as_u64)
+        })
+        .unwrap_or(0)
 }
 
 /// Tasks per transaction: each needs one compare and one put, and etcd accepts at most 128

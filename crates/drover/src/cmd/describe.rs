@@ -6,12 +6,14 @@ use std::fmt::Write as _;
 use chrono::Utc;
 use drover_api::deadletter::DeadLetter;
 use drover_api::event::{Event, EventKind};
+use drover_api::keys::Keys;
+use drover_api::names::InstanceId;
 use drover_api::task::Task;
 use drover_api::taskstate::TaskState;
 
+use super::connect;
 use super::rows::{self, Columns};
-use super::snapshot::Snapshot;
-use super::{connect, store_error};
+use super::snapshot::{list_valid, InvalidEntry, InvalidKind, Snapshot};
 use crate::cli::{DescribeArgs, Global};
 use crate::exit::{CliError, CliResult};
 use crate::output::{age, pairs, Table};
@@ -21,40 +23,79 @@ pub async fn run(global: &Global, args: DescribeArgs) -> CliResult {
     let snapshot = Snapshot::read(&store, &keys).await?;
     let ns = args.namespace.as_str();
     let Some(task) = snapshot.tasks.get(&(ns.to_string(), args.name.clone())) else {
+        let key = keys.task(ns, &args.name);
+        if let Some(bad) = snapshot.invalid.iter().find(|entry| entry.key == key) {
+            println!(
+                "Name:       {}\nNamespace:  {ns}\nStatus:     Invalid\nKey:        {key}\nError:      {}",
+                args.name, bad.error
+            );
+            return Ok(());
+        }
         return Err(CliError::failure(format!(
             "task \"{}\" not found in namespace \"{ns}\"",
             args.name
         )));
     };
-    let state = store
-        .get::<TaskState>(&keys.taskstate(ns, &args.name))
-        .await
-        .map_err(|error| store_error("reading task state", error))?
-        .map(|v| v.value);
-    let dead_letters: Vec<DeadLetter> = store
-        .list::<DeadLetter>(&keys.deadletters())
-        .await
-        .map_err(|error| store_error("listing dead letters", error))?
-        .items
-        .into_iter()
-        .map(|v| v.value)
-        .filter(|d| d.namespace == ns && d.task == args.name)
+    let state = snapshot.states.get(&(ns.to_string(), args.name.clone()));
+    let mut invalid: Vec<InvalidEntry> = snapshot
+        .invalid
+        .iter()
+        .filter(|entry| about_task(&keys, &entry.key, ns, &args.name))
+        .cloned()
         .collect();
-    let mut events: Vec<Event> = store
-        .list::<Event>(&keys.events_in(ns))
-        .await
-        .map_err(|error| store_error("listing events", error))?
-        .items
-        .into_iter()
-        .map(|v| v.value)
-        .filter(|e| is_about(e, &args.name))
-        .collect();
+    let dead_letters: Vec<DeadLetter> = list_valid::<DeadLetter>(
+        &store,
+        &keys.deadletters(),
+        "dead letters",
+        InvalidKind::DeadLetter,
+        &mut invalid,
+    )
+    .await?
+    .into_iter()
+    .map(|v| v.value)
+    .filter(|d| d.namespace == ns && d.task == args.name)
+    .collect();
+    let mut events: Vec<Event> = list_valid::<Event>(
+        &store,
+        &keys.events_in(ns),
+        "events",
+        InvalidKind::Event,
+        &mut Vec::new(),
+    )
+    .await?
+    .into_iter()
+    .map(|v| v.value)
+    .filter(|e| is_about(e, &args.name))
+    .collect();
     events.sort_by_key(|e| e.time);
-    print!(
-        "{}",
-        render(task, state.as_ref(), &snapshot, &dead_letters, &events)
-    );
+    print!("{}", render(task, state, &snapshot, &dead_letters, &events));
+    if !invalid.is_empty() {
+        println!("\nInvalid keys (values that do not decode; shown, never used):");
+        for entry in &invalid {
+            println!("  {}: Invalid: {}", entry.key, entry.error);
+        }
+    }
     Ok(())
+}
+
+/// Whether `key` belongs to task `ns/name`: the task, its state, its runs, or the assignment or
+/// status of one of its instances.
+fn about_task(keys: &Keys, key: &str, ns: &str, name: &str) -> bool {
+    let of_instance = |id: &InstanceId| id.namespace() == ns && id.task() == name;
+    keys.parse_task_key(key)
+        .is_some_and(|t| t == (ns.into(), name.into()))
+        || keys
+            .parse_taskstate_key(key)
+            .is_some_and(|t| t == (ns.into(), name.into()))
+        || keys
+            .parse_run_key(key)
+            .is_some_and(|(n, t, _)| n == ns && t == name)
+        || keys
+            .parse_assignment_key(key)
+            .is_some_and(|(_, id)| of_instance(&id))
+        || keys
+            .parse_status_key(key)
+            .is_some_and(|id| of_instance(&id))
 }
 
 /// Whether an event concerns this task or one of its instances.

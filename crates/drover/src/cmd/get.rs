@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 
 use super::get_jobs;
 use super::rows::{self, Columns};
-use super::snapshot::Snapshot;
+use super::snapshot::{list_valid, InvalidEntry, InvalidKind, Snapshot};
 use super::{connect, store_error};
 use crate::cli::{GetArgs, Global, Resource};
 use crate::exit::{CliError, CliResult};
@@ -30,13 +30,16 @@ pub async fn run(global: &Global, args: GetArgs) -> CliResult {
         namespace: args.all_namespaces,
         wide: args.output == Format::Wide,
     };
+    let mut invalid: Vec<InvalidEntry> = Vec::new();
     let text = match args.resource {
         Resource::Tasks => list_tasks(&snapshot, &args, columns)?,
         Resource::Instances => list_instances(&snapshot, &args, columns)?,
         Resource::Nodes => list_nodes(&snapshot, &args, columns)?,
-        Resource::Controllers => list_controllers(&store, &keys, &args, columns).await?,
+        Resource::Controllers => {
+            list_controllers(&store, &keys, &args, columns, &mut invalid).await?
+        }
         Resource::Runs => {
-            let runs = get_jobs::runs(&store, &keys, &args).await?;
+            let runs = get_jobs::runs(&store, &keys, &args, &mut invalid).await?;
             let mut table = get_jobs::run_table();
             let now = Utc::now();
             for run in &runs {
@@ -45,7 +48,7 @@ pub async fn run(global: &Global, args: GetArgs) -> CliResult {
             render(args.output, &runs, table)?
         }
         Resource::Deadletters => {
-            let letters = get_jobs::deadletters(&store, &keys, &args).await?;
+            let letters = get_jobs::deadletters(&store, &keys, &args, &mut invalid).await?;
             let mut table = get_jobs::deadletter_table();
             let now = Utc::now();
             for letter in &letters {
@@ -54,11 +57,52 @@ pub async fn run(global: &Global, args: GetArgs) -> CliResult {
             render(args.output, &letters, table)?
         }
     };
+    let kinds: &[InvalidKind] = match args.resource {
+        Resource::Tasks => &[InvalidKind::Task, InvalidKind::TaskState],
+        Resource::Instances => &[InvalidKind::Assignment, InvalidKind::Status],
+        Resource::Nodes => &[InvalidKind::Node, InvalidKind::NodeRecord],
+        Resource::Controllers | Resource::Runs | Resource::Deadletters => &[],
+    };
+    invalid.extend(
+        snapshot
+            .invalid
+            .iter()
+            .filter(|entry| kinds.contains(&entry.kind))
+            .cloned(),
+    );
     print_now(&text);
+    report_invalid(&invalid, args.output);
     if args.watch {
         follow(&store, &keys, &args, columns).await?;
     }
     Ok(())
+}
+
+/// Keys whose values do not decode are listed, never fatal: after the table as `Invalid` rows
+/// (key and error), and on stderr for `-o json|yaml`, so the document on stdout stays one a
+/// script can parse and `apply` back.
+fn report_invalid(invalid: &[InvalidEntry], format: Format) {
+    if invalid.is_empty() {
+        return;
+    }
+    match format {
+        Format::Table | Format::Wide => {
+            let mut table = Table::new(vec!["KEY", "STATUS", "ERROR"]);
+            for entry in invalid {
+                table.row(vec![
+                    entry.key.clone(),
+                    "Invalid".to_string(),
+                    entry.error.clone(),
+                ]);
+            }
+            print_now(&format!("\n{}", table.render()));
+        }
+        Format::Json | Format::Yaml => {
+            for entry in invalid {
+                eprintln!("warning: {}: Invalid: {}", entry.key, entry.error);
+            }
+        }
+    }
 }
 
 fn in_scope(args: &GetArgs, namespace: &str, name: &str) -> bool {
@@ -155,12 +199,18 @@ async fn list_controllers(
     keys: &Keys,
     args: &GetArgs,
     columns: Columns,
+    invalid: &mut Vec<InvalidEntry>,
 ) -> CliResult<String> {
-    let replicas: Vec<ControllerInfo> = store
-        .list::<ControllerInfo>(&keys.controllers())
-        .await
-        .map_err(|error| store_error("listing controllers", error))?
-        .items
+    let prefix = keys.controllers();
+    let listed = list_valid::<ControllerInfo>(
+        store,
+        &prefix,
+        "controllers",
+        InvalidKind::Controller,
+        invalid,
+    )
+    .await?;
+    let replicas: Vec<ControllerInfo> = listed
         .into_iter()
         .map(|item| item.value)
         .filter(|info| args.name.as_deref().is_none_or(|wanted| wanted == info.id))

@@ -7,7 +7,7 @@ use drover_api::keys::Keys;
 use drover_api::run::RunRecord;
 use drover_store::Store;
 
-use super::store_error;
+use super::snapshot::{list_valid, InvalidEntry, InvalidKind};
 use crate::cli::GetArgs;
 use crate::exit::{CliError, CliResult};
 use crate::output::{age, Table};
@@ -71,27 +71,37 @@ pub fn deadletter_row(letter: &DeadLetter, now: DateTime<Utc>) -> Vec<String> {
 }
 
 /// The runs of the task `args.name`, oldest first.
-pub async fn runs(store: &Store, keys: &Keys, args: &GetArgs) -> CliResult<Vec<RunRecord>> {
+pub async fn runs(
+    store: &Store,
+    keys: &Keys,
+    args: &GetArgs,
+    invalid: &mut Vec<InvalidEntry>,
+) -> CliResult<Vec<RunRecord>> {
     let Some(task) = args.name.as_deref() else {
         return Err(CliError::usage("usage: drover get runs TASK"));
     };
-    Ok(store
-        .list::<RunRecord>(&keys.runs_of(&args.namespace, task))
-        .await
-        .map_err(|error| store_error("listing runs", error))?
-        .items
-        .into_iter()
-        .map(|item| item.value)
-        .collect())
+    let prefix = keys.runs_of(&args.namespace, task);
+    let runs = list_valid::<RunRecord>(store, &prefix, "runs", InvalidKind::Run, invalid).await?;
+    Ok(runs.into_iter().map(|item| item.value).collect())
 }
 
 /// The dead letters in scope (`-n` or `-A`, optionally of one task).
-pub async fn deadletters(store: &Store, keys: &Keys, args: &GetArgs) -> CliResult<Vec<DeadLetter>> {
-    Ok(store
-        .list::<DeadLetter>(&keys.deadletters())
-        .await
-        .map_err(|error| store_error("listing dead letters", error))?
-        .items
+pub async fn deadletters(
+    store: &Store,
+    keys: &Keys,
+    args: &GetArgs,
+    invalid: &mut Vec<InvalidEntry>,
+) -> CliResult<Vec<DeadLetter>> {
+    let prefix = keys.deadletters();
+    let letters = list_valid::<DeadLetter>(
+        store,
+        &prefix,
+        "dead letters",
+        InvalidKind::DeadLetter,
+        invalid,
+    )
+    .await?;
+    Ok(letters
         .into_iter()
         .map(|item| item.value)
         .filter(|d| args.all_namespaces || d.namespace == args.namespace)

@@ -40,9 +40,18 @@ pub async fn trigger(global: &Global, args: TaskArgs) -> CliResult {
     }
     if task.spec.concurrency_policy == ConcurrencyPolicy::Forbid {
         let runs = store
-            .list::<RunRecord>(&keys.runs_of(&args.namespace, &args.name))
+            .list_checked::<RunRecord>(&keys.runs_of(&args.namespace, &args.name))
             .await
             .map_err(|error| store_error("listing runs", error))?;
+        // A run record that does not decode may be a run still going: refuse rather than
+        // risk a second live run.
+        if let Some(bad) = runs.invalid.first() {
+            return Err(CliError::failure(format!(
+                "task \"{}\": run record {} does not decode ({}); concurrencyPolicy Forbid \
+                 refuses another run while a run's state is unknown",
+                args.name, bad.key, bad.error
+            )));
+        }
         if let Some(going) = runs.items.iter().find(|r| r.value.finished_at.is_none()) {
             return Err(CliError::failure(format!(
                 "task \"{}\" has run {} going (started {}); concurrencyPolicy Forbid refuses \

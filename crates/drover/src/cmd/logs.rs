@@ -16,15 +16,24 @@ pub async fn run(global: &Global, args: LogsArgs) -> CliResult {
         .parse()
         .map_err(|error| CliError::data(format!("instance \"{}\": {error}", args.instance)))?;
     let (store, keys) = connect(global).await?;
-    let assignment = store
-        .list::<Instance>(&keys.assignments())
+    let listed = store
+        .list_checked::<Instance>(&keys.assignments())
         .await
-        .map_err(|error| store_error("listing assignments", error))?
+        .map_err(|error| store_error("listing assignments", error))?;
+    let invalid = listed.invalid.iter().find(|bad| {
+        keys.parse_assignment_key(&bad.key)
+            .is_some_and(|(_, i)| i == id)
+    });
+    let assignment = listed
         .items
         .into_iter()
         .find(|item| item.value.id == id)
-        .ok_or_else(|| {
-            CliError::failure(format!("instance \"{id}\" is not assigned to any node"))
+        .ok_or_else(|| match invalid {
+            Some(bad) => CliError::failure(format!(
+                "instance \"{id}\": its assignment {} is Invalid: {}",
+                bad.key, bad.error
+            )),
+            None => CliError::failure(format!("instance \"{id}\" is not assigned to any node")),
         })?;
     let node_name = assignment.value.node;
     let node = store

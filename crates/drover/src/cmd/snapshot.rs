@@ -15,20 +15,63 @@ use serde::Serialize;
 use super::store_error;
 use crate::exit::CliResult;
 
-/// Every value under `prefix`, decoded; `what` names them in errors.
-async fn list<T: serde::de::DeserializeOwned>(
+/// Every value under `prefix` that decodes; the keys whose values do not are added to
+/// `invalid` as `kind` (so one foreign value never breaks a read verb). `what` names the
+/// listing in errors.
+pub async fn list_valid<T: serde::de::DeserializeOwned>(
     store: &Store,
     prefix: &str,
     what: &str,
-) -> CliResult<Vec<T>> {
-    Ok(store
-        .list::<T>(prefix)
+    kind: InvalidKind,
+    invalid: &mut Vec<InvalidEntry>,
+) -> CliResult<Vec<drover_store::Versioned<T>>> {
+    let checked = store
+        .list_checked::<T>(prefix)
         .await
-        .map_err(|error| store_error(&format!("listing {what}"), error))?
-        .items
-        .into_iter()
-        .map(|item| item.value)
-        .collect())
+        .map_err(|error| store_error(&format!("listing {what}"), error))?;
+    invalid.extend(checked.invalid.into_iter().map(|bad| InvalidEntry {
+        kind,
+        key: bad.key,
+        error: bad.error,
+    }));
+    Ok(checked.items)
+}
+
+/// What an invalid key should have held, for grouping in the read verbs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum InvalidKind {
+    /// `tasks/`
+    Task,
+    /// `assignments/`
+    Assignment,
+    /// `status/`
+    Status,
+    /// `nodes/`
+    Node,
+    /// `nodeinfo/`
+    NodeRecord,
+    /// `taskstate/`
+    TaskState,
+    /// `deadletter/`
+    DeadLetter,
+    /// `runs/`
+    Run,
+    /// `events/`
+    Event,
+    /// `controllers/`
+    Controller,
+}
+
+/// A key whose value does not decode: shown as `Invalid` with the error, never used.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InvalidEntry {
+    /// What it should have held.
+    pub kind: InvalidKind,
+    /// The key.
+    pub key: String,
+    /// Why it does not decode.
+    pub error: String,
 }
 
 /// An instance as the CLI shows it: the assignment joined with the status its agent reported.
@@ -39,6 +82,9 @@ pub struct InstanceView {
     pub assignment: Option<Instance>,
     /// The last status the agent reported, if any yet.
     pub status: Option<InstanceStatus>,
+    /// Set when its assignment or status key holds a value that does not decode: the error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub invalid: Option<String>,
 }
 
 impl InstanceView {
@@ -72,6 +118,9 @@ impl InstanceView {
     /// The STATUS column: the reason when one is set, else the phase, `Pending` before the agent
     /// has reported.
     pub fn display_status(&self) -> String {
+        if self.invalid.is_some() {
+            return "Invalid".to_string();
+        }
         match &self.status {
             Some(status) => status.display_status(),
             None => "Pending".to_string(),
@@ -121,27 +170,75 @@ pub struct Snapshot {
     pub nodes: BTreeMap<String, NodeView>,
     /// Controller-owned task state (runs, circuit breaker) by (namespace, name).
     pub states: BTreeMap<(String, String), TaskState>,
+    /// Keys whose values do not decode, by kind and key.
+    pub invalid: Vec<InvalidEntry>,
 }
 
 impl Snapshot {
     /// Reads the whole cluster state the CLI shows.
     pub async fn read(store: &Store, keys: &Keys) -> CliResult<Snapshot> {
-        let tasks = list::<Task>(store, &keys.tasks(), "tasks").await?;
-        let assignments = list::<Instance>(store, &keys.assignments(), "assignments").await?;
-        let statuses = list::<InstanceStatus>(store, &keys.statuses(), "statuses").await?;
-        let nodes = list::<Node>(store, &keys.nodes(), "nodes").await?;
-        let infos = list::<NodeInfo>(store, &keys.nodeinfos(), "node records").await?;
-        let states = store
-            .list::<TaskState>(&keys.taskstates())
-            .await
-            .map_err(|error| store_error("listing task states", error))?;
+        let mut invalid = Vec::new();
+        let bad = &mut invalid;
+        let tasks =
+            list_valid::<Task>(store, &keys.tasks(), "tasks", InvalidKind::Task, bad).await?;
+        let assignments = list_valid::<Instance>(
+            store,
+            &keys.assignments(),
+            "assignments",
+            InvalidKind::Assignment,
+            bad,
+        )
+        .await?;
+        let statuses = list_valid::<InstanceStatus>(
+            store,
+            &keys.statuses(),
+            "statuses",
+            InvalidKind::Status,
+            bad,
+        )
+        .await?;
+        let nodes =
+            list_valid::<Node>(store, &keys.nodes(), "nodes", InvalidKind::Node, bad).await?;
+        let infos = list_valid::<NodeInfo>(
+            store,
+            &keys.nodeinfos(),
+            "node records",
+            InvalidKind::NodeRecord,
+            bad,
+        )
+        .await?;
+        let states = list_valid::<TaskState>(
+            store,
+            &keys.taskstates(),
+            "task states",
+            InvalidKind::TaskState,
+            bad,
+        )
+        .await?;
 
         let mut snapshot = Snapshot::default();
-        for item in states.items {
+        for item in states {
             if let Some(name) = keys.parse_taskstate_key(&item.key) {
                 snapshot.states.insert(name, item.value);
             }
         }
+        // An instance whose assignment or status does not decode still shows, as Invalid.
+        for entry in &invalid {
+            let id = match entry.kind {
+                InvalidKind::Assignment => keys.parse_assignment_key(&entry.key).map(|(_, id)| id),
+                InvalidKind::Status => keys.parse_status_key(&entry.key),
+                _ => None,
+            };
+            if let Some(id) = id {
+                snapshot.instance(&id).invalid = Some(entry.error.clone());
+            }
+        }
+        snapshot.invalid = invalid;
+        let tasks = tasks.into_iter().map(|t| t.value);
+        let assignments = assignments.into_iter().map(|a| a.value);
+        let statuses = statuses.into_iter().map(|s| s.value);
+        let infos = infos.into_iter().map(|i| i.value);
+        let nodes = nodes.into_iter().map(|n| n.value);
         for task in tasks {
             let meta = &task.metadata;
             snapshot
@@ -174,6 +271,7 @@ impl Snapshot {
             .or_insert_with(|| InstanceView {
                 assignment: None,
                 status: None,
+                invalid: None,
             })
     }
 

@@ -1,0 +1,104 @@
+//! Promise 7 on the read and apply paths: values that another etcd client wrote under every key
+//! kind, none of which decode. Every read verb still answers, showing each bad key as Invalid
+//! with its error; `apply` of other tasks keeps working, and applying a task of the same name
+//! replaces the bad value.
+
+mod common;
+
+use common::{manifest, task_doc, Cli};
+use drover_api::keys::Keys;
+use drover_api::names::InstanceId;
+use drover_store::{Store, StoreConfig};
+use drover_testkit::EtcdServer;
+
+/// One undecodable value per key kind the CLI reads.
+fn poison(keys: &Keys) -> Vec<(String, &'static str)> {
+    let bad = InstanceId::service("default", "bad", 0).expect("id");
+    let web = InstanceId::service("default", "web", 0).expect("id");
+    vec![
+        (
+            keys.task("default", "bad"),
+            r#"{"spec":{"replicas":"many"}}"#,
+        ),
+        (keys.assignment("n1", &bad), r#""not an instance""#),
+        (keys.status(&web), r#"{"phase":"Sideways"}"#),
+        (keys.node("ghost"), "not json"),
+        (keys.nodeinfo("ghost"), r#"{"cordoned":"yes"}"#),
+        (keys.taskstate("default", "web"), r#"{"suspended":"maybe"}"#),
+        (keys.deadletter("default", &bad), "[1,2]"),
+        (keys.run("default", "web", 1), r#"{"run":"first"}"#),
+        (keys.event("default", "foreign"), r#"{"reason":7}"#),
+        (keys.controller("foreign"), "{"),
+    ]
+}
+
+#[tokio::test]
+async fn every_read_verb_shows_invalid_keys_and_apply_keeps_working() {
+    let server = EtcdServer::start().await;
+    let cli = Cli::new(server.endpoints());
+    let keys = Keys::new(&cli.prefix);
+    let store = Store::connect(StoreConfig::new(server.endpoints()))
+        .await
+        .expect("store");
+    let (_dir, web) = manifest(&task_doc("web", 1));
+    cli.ok(&["apply", "-f", web.to_str().expect("utf-8")]).await;
+    for (key, value) in poison(&keys) {
+        store
+            .put_raw(&key, value.as_bytes().to_vec(), None)
+            .await
+            .unwrap_or_else(|e| panic!("put {key}: {e}"));
+    }
+
+    for (args, shows) in [
+        (vec!["get", "tasks"], keys.task("default", "bad")),
+        (vec!["get", "tasks"], keys.taskstate("default", "web")),
+        (vec!["get", "instances"], "default.bad.0".to_string()),
+        (vec!["get", "nodes"], keys.node("ghost")),
+        (vec!["get", "nodes"], keys.nodeinfo("ghost")),
+        (vec!["get", "runs", "web"], keys.run("default", "web", 1)),
+        (
+            vec!["get", "deadletters"],
+            "deadletter/default/default.bad.0".into(),
+        ),
+        (vec!["get", "controllers"], keys.controller("foreign")),
+        (
+            vec!["describe", "task", "web"],
+            keys.taskstate("default", "web"),
+        ),
+        (vec!["describe", "task", "bad"], keys.task("default", "bad")),
+    ] {
+        let out = cli.ok(&args).await;
+        assert!(out.contains("Invalid"), "{args:?} shows Invalid:\n{out}");
+        assert!(out.contains(&shows), "{args:?} names {shows}:\n{out}");
+    }
+    let out = cli.ok(&["get", "instances", "-o", "wide"]).await;
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("default.web.0") || l.contains("Invalid")),
+        "{out}"
+    );
+    // JSON stays a document a script can parse; the bad keys go to stderr.
+    let json = cli.run(&["get", "tasks", "-o", "json"]).await;
+    assert!(json.status.success());
+    let parsed: serde_json::Value = serde_json::from_slice(&json.stdout).expect("json parses");
+    assert_eq!(
+        parsed["items"].as_array().map(Vec::len),
+        Some(1),
+        "{parsed}"
+    );
+    assert!(String::from_utf8_lossy(&json.stderr).contains("Invalid"));
+
+    // apply keeps working, and applying "bad" replaces the value that did not decode.
+    let (_dir2, more) = manifest(&[task_doc("other", 1), task_doc("bad", 2)].join("---\n"));
+    let out = cli
+        .ok(&["apply", "-f", more.to_str().expect("utf-8")])
+        .await;
+    assert!(out.contains("task/other created"), "{out}");
+    assert!(out.contains("task/bad configured"), "{out}");
+    let bad = store
+        .get::<drover_api::task::Task>(&keys.task("default", "bad"))
+        .await
+        .expect("decodes now")
+        .expect("exists");
+    assert_eq!(bad.value.spec.replicas, 2);
+}
