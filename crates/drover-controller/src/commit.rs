@@ -91,7 +91,20 @@ impl Batch {
     fn ops(&self) -> usize {
         self.parts.iter().map(|p| p.ops.len()).sum()
     }
+    fn bytes(&self) -> usize {
+        self.parts.iter().map(Part::bytes).sum()
+    }
 }
+
+impl Part {
+    fn bytes(&self) -> usize {
+        self.cmps.iter().map(Cmp::encoded_len).sum::<usize>()
+            + self.ops.iter().map(Op::encoded_len).sum::<usize>()
+    }
+}
+
+/// Room left in every request for the fence compare, gRPC framing and headers.
+const REQUEST_HEADROOM: usize = 16 * 1024;
 
 /// How one transaction ended.
 enum Sent {
@@ -188,7 +201,8 @@ fn write_parts(keys: &Keys, w: &Write) -> Result<(Vec<Cmp>, Vec<Op>), CommitErro
     })
 }
 
-/// Commits `plan` as fenced transactions of at most `max_ops` compares and operations each.
+/// Commits `plan` as fenced transactions of at most `max_ops` compares and operations each,
+/// and at most `max_bytes` (etcd's `--max-request-bytes`) each, less headroom.
 ///
 /// # Guarantees
 ///
@@ -218,9 +232,23 @@ pub async fn commit(
     fence: &Fence,
     plan: &Plan,
     max_ops: usize,
+    max_bytes: usize,
 ) -> Result<Committed, CommitError> {
     // One compare of every transaction is the fence.
     let budget = max_ops.saturating_sub(1).max(4);
+    let byte_budget = max_bytes.saturating_sub(REQUEST_HEADROOM);
+    // The encoded size of each task state a batch may carry, to count it in the byte budget.
+    let state_bytes: BTreeMap<&TaskRef, usize> = plan
+        .taskstates
+        .iter()
+        .map(|(t, w)| {
+            let len = serde_json::to_vec(&w.state).map_or(0, |v| v.len());
+            (
+                t,
+                len + keys.taskstate(&t.namespace, &t.name).len() * 2 + 64,
+            )
+        })
+        .collect();
     let mut expected: BTreeMap<TaskRef, i64> = plan
         .taskstates
         .iter()
@@ -253,9 +281,20 @@ pub async fn commit(
             .task
             .as_ref()
             .filter(|t| plan.taskstates.contains_key(*t));
+        let step_bytes = cmps.iter().map(Cmp::encoded_len).sum::<usize>()
+            + ops.iter().map(Op::encoded_len).sum::<usize>();
         let fits = |b: &Batch| {
-            let tasks = b.tasks.len() + usize::from(tracked.is_some_and(|t| !b.tasks.contains(t)));
-            b.ops() + ops.len() + tasks <= budget && b.cmps() + cmps.len() + tasks <= budget
+            let new_task = tracked.filter(|t| !b.tasks.contains(*t));
+            let tasks = b.tasks.len() + usize::from(new_task.is_some());
+            let states: usize = b
+                .tasks
+                .iter()
+                .chain(new_task)
+                .map(|t| state_bytes.get(t).copied().unwrap_or(0))
+                .sum();
+            b.ops() + ops.len() + tasks <= budget
+                && b.cmps() + cmps.len() + tasks <= budget
+                && b.bytes() + step_bytes + states <= byte_budget
         };
         if !fits(&batch) {
             flush(

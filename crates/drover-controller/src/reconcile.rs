@@ -291,7 +291,17 @@ async fn reconcile(_key: Cluster, term: Arc<Term>) -> Result<Action, ReconcileEr
 
     if !plan.is_empty() {
         let max_ops = term.store.config().max_txn_ops;
-        match commit::commit(&term.store, &term.keys, &term.fence, &plan, max_ops).await {
+        let max_bytes = term.store.config().max_request_bytes;
+        match commit::commit(
+            &term.store,
+            &term.keys,
+            &term.fence,
+            &plan,
+            max_ops,
+            max_bytes,
+        )
+        .await
+        {
             Ok(done) => {
                 if done.rejected.is_empty() {
                     term.metrics.commit("ok");

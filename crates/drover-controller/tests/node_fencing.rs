@@ -52,6 +52,7 @@ async fn a_replacement_planned_while_the_node_was_gone_conflicts_once_it_is_back
         create_revision: fence_rev,
     };
     let max_ops = env.store.config().max_txn_ops;
+    let max_bytes = env.store.config().max_request_bytes;
     for n in ["n1", "n2"] {
         within("put node", env.store.put(&env.keys.node(n), &node(n), None))
             .await
@@ -67,7 +68,7 @@ async fn a_replacement_planned_while_the_node_was_gone_conflicts_once_it_is_back
         }
         within(
             "commit",
-            commit::commit(&env.store, &env.keys, &fence, &p, max_ops),
+            commit::commit(&env.store, &env.keys, &fence, &p, max_ops, max_bytes),
         )
         .await
         .expect("commit");
@@ -94,7 +95,7 @@ async fn a_replacement_planned_while_the_node_was_gone_conflicts_once_it_is_back
     .expect("put node");
     let result = within(
         "commit",
-        commit::commit(&env.store, &env.keys, &fence, &stale, max_ops),
+        commit::commit(&env.store, &env.keys, &fence, &stale, max_ops, max_bytes),
     )
     .await;
     assert!(

@@ -35,9 +35,21 @@ pub struct StoreConfig {
     pub page_size: usize,
     /// The server's `--max-txn-ops` (the most compares or operations in one txn). Default: 128.
     pub max_txn_ops: usize,
+    /// The server's `--max-request-bytes`: the largest request etcd accepts. Batched commits
+    /// stay under it with room to spare. Default: 1.5 MiB (etcd's default).
+    pub max_request_bytes: usize,
+    /// The largest response this client decodes (a list page, a watch response). etcd bounds
+    /// list pages by key count, not bytes, so this is far above gRPC's 4 MiB default: a page of
+    /// `page_size` keys each as large as `max_request_bytes` allows must fit. Default: 256 MiB.
+    pub max_response_bytes: usize,
     /// Retry policy for idempotent calls.
     pub retry: RetryConfig,
 }
+
+/// etcd's default `--max-request-bytes` (1.5 MiB).
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1536 * 1024;
+/// The smallest `max_request_bytes` accepted.
+const MIN_REQUEST_BYTES: usize = 64 * 1024;
 
 impl Default for StoreConfig {
     fn default() -> Self {
@@ -50,6 +62,8 @@ impl Default for StoreConfig {
             dead_endpoint_cooldown: Duration::from_secs(5),
             page_size: 500,
             max_txn_ops: 128,
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            max_response_bytes: 256 * 1024 * 1024,
             retry: RetryConfig::default(),
         }
     }
@@ -88,6 +102,14 @@ impl StoreConfig {
         }
         if self.max_txn_ops < 2 {
             return bad("max_txn_ops: must be at least 2".into());
+        }
+        if self.max_request_bytes < MIN_REQUEST_BYTES {
+            return bad(format!(
+                "max_request_bytes: must be at least {MIN_REQUEST_BYTES} (etcd's own floor for useful work)"
+            ));
+        }
+        if self.max_response_bytes < self.max_request_bytes {
+            return bad("max_response_bytes: must be at least max_request_bytes".into());
         }
         self.retry.validate()
     }

@@ -22,7 +22,7 @@ mod store;
 mod txn;
 pub mod watcher;
 
-pub use config::{RetryConfig, StoreConfig};
+pub use config::{RetryConfig, StoreConfig, DEFAULT_MAX_REQUEST_BYTES};
 pub use election::{Election, LeaderInfo, Leadership};
 pub use error::{Error, Result};
 pub use lease::{KeepAlive, LeaseId, LeaseLost, LeaseMonitor};

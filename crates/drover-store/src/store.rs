@@ -183,6 +183,7 @@ impl Store {
         opts: GetOptions,
     ) -> Result<GetResponse> {
         let mut backoff = self.backoff();
+        let limit = self.inner.cfg.max_response_bytes;
         self.inner
             .pool
             .call(
@@ -190,10 +191,12 @@ impl Store {
                 Idempotency::Idempotent,
                 self.request_timeout(),
                 &mut backoff,
-                |mut c| {
+                |c| {
                     let opts = opts.clone();
                     let key = key.to_owned();
-                    async move { c.get(key, Some(opts)).await }
+                    // A page of large values can exceed gRPC's 4 MiB default decode limit.
+                    let mut kv = c.kv_client().max_decoding_message_size(limit);
+                    async move { kv.get(key, Some(opts)).await }
                 },
             )
             .await

@@ -24,6 +24,14 @@ pub enum Cmp {
 }
 
 impl Cmp {
+    /// About how many bytes this compare adds to a request (key plus protobuf framing).
+    #[must_use]
+    pub fn encoded_len(&self) -> usize {
+        let (Cmp::Exists(k) | Cmp::Absent(k) | Cmp::CreateRevision(k, _) | Cmp::ModRevision(k, _)) =
+            self;
+        k.len() + FRAMING_BYTES
+    }
+
     fn to_etcd(&self) -> Compare {
         match self {
             Cmp::Exists(k) => Compare::version(k.as_str(), CompareOp::Greater, 0),
@@ -69,7 +77,21 @@ pub enum Op {
     },
 }
 
+/// A generous bound on the protobuf framing of one compare or operation (tags, lengths,
+/// revisions, lease), so that byte budgets built from [`Op::encoded_len`] err on the safe side.
+const FRAMING_BYTES: usize = 32;
+
 impl Op {
+    /// About how many bytes this operation adds to a request (key, value, framing).
+    #[must_use]
+    pub fn encoded_len(&self) -> usize {
+        match self {
+            Op::Put { key, value, .. } => key.len() + value.len() + FRAMING_BYTES,
+            Op::Delete { key } => key.len() + FRAMING_BYTES,
+            Op::DeletePrefix { prefix } => 2 * prefix.len() + FRAMING_BYTES,
+        }
+    }
+
     /// A put of `value` as JSON, attached to `lease` if given.
     pub fn put<T: Serialize>(
         key: impl Into<String>,

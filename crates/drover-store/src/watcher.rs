@@ -316,7 +316,12 @@ pub(crate) async fn open_watch(
     if let Some(end) = range_end {
         opts = opts.with_range(end);
     }
-    let mut client = p.client.clone();
+    // One watch response carries a whole transaction's events, which can exceed gRPC's 4 MiB
+    // default decode limit when specs are large.
+    let mut client = p
+        .client
+        .watch_client()
+        .max_decoding_message_size(store.config().max_response_bytes);
     let timeout = store.request_timeout();
     let res = tokio::time::timeout(timeout, client.watch(key, Some(opts))).await;
     let reason = match res {

@@ -26,6 +26,45 @@ pub const MAX_PRIORITY: u8 = 100;
 /// Upper bound of `spec.historyLimit`.
 pub const MAX_HISTORY_LIMIT: u32 = 1000;
 
+/// The largest task Drover stores, as encoded JSON (256 KiB).
+///
+/// Every assignment embeds its instance's resolved spec, and the leader's smallest unit of
+/// commit (replacing one instance: remove the old assignment, add the new one, write the task
+/// state, compare the fence) must fit in one etcd request (`--max-request-bytes`, 1.5 MiB by
+/// default) with room to spare. A task over this limit is refused at `apply`, by name.
+pub const MAX_TASK_BYTES: usize = 256 * 1024;
+
+/// A task too large to store (see [`MAX_TASK_BYTES`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "task {namespace}/{name}: {bytes} bytes as JSON, over the limit of {limit} bytes per task \
+     (every assignment embeds the spec and must fit in one etcd request)"
+)]
+pub struct TooLarge {
+    /// The task's namespace.
+    pub namespace: String,
+    /// The task's name.
+    pub name: String,
+    /// Its encoded size.
+    pub bytes: usize,
+    /// The limit, [`MAX_TASK_BYTES`].
+    pub limit: usize,
+}
+
+/// Refuses a task whose encoded JSON exceeds [`MAX_TASK_BYTES`].
+pub fn check_size(task: &Task) -> Result<(), TooLarge> {
+    let bytes = serde_json::to_vec(task).map_or(usize::MAX, |v| v.len());
+    if bytes <= MAX_TASK_BYTES {
+        return Ok(());
+    }
+    Err(TooLarge {
+        namespace: task.metadata.namespace.clone(),
+        name: task.metadata.name.clone(),
+        bytes,
+        limit: MAX_TASK_BYTES,
+    })
+}
+
 /// One semantic problem in a Task, with the path of the field it concerns.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TaskError {

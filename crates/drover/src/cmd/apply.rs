@@ -52,6 +52,9 @@ pub async fn apply_sources(global: &Global, sources: &[Source], dry_run: bool) -
     if tasks.is_empty() {
         return Err(CliError::data("no task found in the given manifests"));
     }
+    for task in &tasks {
+        drover_api::task::check_size(task).map_err(|error| CliError::data(error.to_string()))?;
+    }
     let (store, keys) = connect(global).await?;
     // Dependency cycles may close through tasks applied earlier: check against what is stored.
     // A stored value that does not decode (another client's) takes no part in the check and
@@ -161,19 +164,35 @@ const TASKS_PER_TXN: usize = 64;
 /// A larger apply is written in chunks of 64; when a concurrent writer wins on a later chunk the
 /// earlier ones stay written, and the retry re-plans (they then read as `unchanged`).
 async fn write(store: &Store, keys: &Keys, plan: &[Planned]) -> CliResult<bool> {
-    let changed: Vec<&Planned> = plan
-        .iter()
-        .filter(|p| p.change != Change::Unchanged)
-        .collect();
-    for chunk in changed.chunks(TASKS_PER_TXN) {
+    let mut chunks: Vec<Vec<(Cmp, Op)>> = vec![Vec::new()];
+    let byte_budget = store.config().max_request_bytes.saturating_sub(16 * 1024);
+    for planned in plan.iter().filter(|p| p.change != Change::Unchanged) {
+        let meta = &planned.task.metadata;
+        let key = keys.task(&meta.namespace, &meta.name);
+        let cmp = Cmp::ModRevision(key.clone(), planned.based_on);
+        let op = Op::put(key.clone(), &planned.task, None)
+            .map_err(|error| store_error(&format!("encoding {key}"), error))?;
+        let Some(last) = chunks.last_mut() else {
+            continue;
+        };
+        let bytes: usize = last
+            .iter()
+            .map(|(c, o)| c.encoded_len() + o.encoded_len())
+            .sum();
+        if !last.is_empty()
+            && (last.len() >= TASKS_PER_TXN
+                || bytes + cmp.encoded_len() + op.encoded_len() > byte_budget)
+        {
+            chunks.push(Vec::new());
+        }
+        if let Some(last) = chunks.last_mut() {
+            last.push((cmp, op));
+        }
+    }
+    for chunk in chunks.into_iter().filter(|c| !c.is_empty()) {
         let mut txn = Txn::new();
-        for planned in chunk {
-            let meta = &planned.task.metadata;
-            let key = keys.task(&meta.namespace, &meta.name);
-            txn = txn.when(Cmp::ModRevision(key.clone(), planned.based_on));
-            let op = Op::put(key.clone(), &planned.task, None)
-                .map_err(|error| store_error(&format!("encoding {key}"), error))?;
-            txn = txn.op(op);
+        for (cmp, op) in chunk {
+            txn = txn.when(cmp).op(op);
         }
         let outcome = store
             .commit(txn, None)
