@@ -265,6 +265,7 @@ async fn reconcile(_key: Cluster, term: Arc<Term>) -> Result<Action, ReconcileEr
     let (snapshot, dirty_since, undecodable) = {
         let mut cache = term.cache.lock().unwrap_or_else(PoisonError::into_inner);
         let cache = &mut *cache;
+        cache.snapshot.revalidate();
         let undecodable = cache
             .snapshot
             .undecodable_events(&term.keys, &mut cache.reported, now);

@@ -89,6 +89,11 @@ pub struct Snapshot {
     /// at all (its instances stay as they are), because reading its state as absent could
     /// reuse run numbers or forget a suspension. Reported as an undecodable key.
     pub opaque_taskstates: BTreeSet<TaskRef>,
+    /// Tasks that decode but break the rules `apply` enforces (written by another client):
+    /// held, not planned, each with its reason. Kept current by [`Snapshot::revalidate`].
+    pub invalid_tasks: BTreeMap<TaskRef, String>,
+    /// Set when a task key changed since the last [`Snapshot::revalidate`].
+    pub tasks_changed: bool,
 }
 
 fn decode<T: DeserializeOwned>(
@@ -188,6 +193,7 @@ impl Snapshot {
     ) -> Result<(), DecodeError> {
         let key = raw.key.as_str();
         if let Some((ns, name)) = keys.parse_task_key(key) {
+            self.tasks_changed = true;
             let task: Versioned<Task> = decode(raw, "Task")?;
             self.tasks.insert(TaskRef::new(ns, name), task);
         } else if let Some(node) = keys.parse_node_key(key) {
@@ -228,6 +234,7 @@ impl Snapshot {
         self.revision = self.revision.max(revision);
         self.forget_undecodable(keys, key);
         if let Some((ns, name)) = keys.parse_task_key(key) {
+            self.tasks_changed = true;
             self.tasks.remove(&TaskRef::new(ns, name));
         } else if let Some(node) = keys.parse_node_key(key) {
             self.nodes.remove(&node);
@@ -271,7 +278,30 @@ impl Snapshot {
     /// [`Snapshot::opaque_taskstates`]).
     #[must_use]
     pub fn is_held(&self, task: &TaskRef) -> bool {
-        self.opaque_taskstates.contains(task)
+        self.opaque_taskstates.contains(task) || self.invalid_tasks.contains_key(task)
+    }
+
+    /// Validates the stored tasks with the rules `apply` enforces (their own fields, the key
+    /// naming them, the size limit, `dependsOn` cycles across all of them), if a task changed
+    /// since the last call.
+    ///
+    /// # Caveats
+    /// The cycle check is over every task, so its cost grows with the number of tasks, not
+    /// instances; it runs only when a task key changed.
+    pub fn revalidate(&mut self) {
+        if !self.tasks_changed {
+            return;
+        }
+        self.tasks_changed = false;
+        let stored: Vec<((String, String), &Task)> = self
+            .tasks
+            .iter()
+            .map(|(r, t)| ((r.namespace.clone(), r.name.clone()), &t.value))
+            .collect();
+        self.invalid_tasks = drover_api::manifest::validate_stored(&stored)
+            .into_iter()
+            .map(|((ns, name), reason)| (TaskRef::new(ns, name), reason))
+            .collect();
     }
 
     /// Whether `node` is alive: its lease-bound key exists, decodable or not.
@@ -289,8 +319,30 @@ impl Snapshot {
         reported: &mut BTreeMap<String, i64>,
         now: DateTime<Utc>,
     ) -> Vec<Event> {
-        reported.retain(|key, _| self.undecodable.contains_key(key));
+        let invalid: BTreeMap<String, (&TaskRef, &String, i64)> = self
+            .invalid_tasks
+            .iter()
+            .filter_map(|(t, reason)| {
+                let rev = self.tasks.get(t)?.mod_revision;
+                Some((keys.task(&t.namespace, &t.name), (t, reason, rev)))
+            })
+            .collect();
+        reported.retain(|key, _| self.undecodable.contains_key(key) || invalid.contains_key(key));
         let mut events = Vec::new();
+        for (key, (task, reason, rev)) in &invalid {
+            if reported.insert(key.clone(), *rev) == Some(*rev) {
+                continue;
+            }
+            events.push(Event {
+                time: now,
+                namespace: task.namespace.clone(),
+                kind: EventKind::Task,
+                name: task.name.clone(),
+                reason: "Invalid".into(),
+                message: format!("{key} is invalid: {reason}; the task is not planned"),
+                source: "controller".into(),
+            });
+        }
         for (key, bad) in &self.undecodable {
             if reported.insert(key.clone(), bad.mod_revision) == Some(bad.mod_revision) {
                 continue;
@@ -306,6 +358,12 @@ impl Snapshot {
                     id.to_string(),
                     effect,
                 )
+            } else if keys.parse_nodeinfo_key(key).is_some() {
+                let effect = "the node keeps its instances but takes no new ones";
+                ("default".to_owned(), EventKind::Node, key.clone(), effect)
+            } else if keys.parse_taskstate_key(key).is_some() {
+                let effect = "the task is held: not planned until its state decodes";
+                ("default".to_owned(), EventKind::Task, key.clone(), effect)
             } else {
                 let effect = "its last good value, if any, is used";
                 ("default".to_owned(), EventKind::Task, key.clone(), effect)

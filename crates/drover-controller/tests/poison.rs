@@ -123,3 +123,94 @@ async fn poison_under_every_key_kind_stalls_nothing() {
         "a task whose state does not decode is held: not scaled, not restarted"
     );
 }
+
+/// A task as another etcd client would write it: JSON that decodes, no `apply` checks.
+fn raw_task(name: &str, spec: serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "apiVersion": "drover.dev/v1",
+        "kind": "Task",
+        "metadata": {"name": name, "namespace": "default", "generation": 1},
+        "spec": spec,
+    }))
+    .expect("json")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_written_around_apply_are_validated_and_held() {
+    let env = Env::start().await;
+    let agent = FakeAgent::start(&env, Duration::ZERO);
+    env.node(&agent, "n1", 4000, &[], NODE_TTL).await;
+    let _leader = env.replica("c1").await;
+    let cmd = serde_json::json!(["/bin/true"]);
+    let writes = [
+        (
+            "badcron",
+            serde_json::json!({"command": cmd, "schedule": "every tuesday", "restartPolicy": "Never"}),
+        ),
+        // x -> y -> x: neither can ever run.
+        (
+            "x",
+            serde_json::json!({"command": cmd, "restartPolicy": "Never", "dependsOn": ["y"]}),
+        ),
+        (
+            "y",
+            serde_json::json!({"command": cmd, "restartPolicy": "Never", "dependsOn": ["x"]}),
+        ),
+        // A service whose key and metadata disagree.
+        (
+            "misnamed",
+            serde_json::json!({"command": cmd, "replicas": 1}),
+        ),
+    ];
+    for (name, spec) in writes {
+        let key = env.keys.task("default", name);
+        let mut bytes = raw_task(name, spec);
+        if name == "misnamed" {
+            bytes = raw_task(
+                "other-name",
+                serde_json::json!({"command": cmd, "replicas": 1}),
+            );
+        }
+        within("put", env.store.put_raw(&key, bytes, None))
+            .await
+            .expect("put");
+    }
+    env.apply("fine", service(2, 100)).await;
+
+    let events = eventually("each invalid task is reported", T, || async {
+        let events: Vec<drover_api::Event> = env.decodable(&env.keys.events()).await;
+        let invalid: Vec<_> = events
+            .into_iter()
+            .filter(|e| e.reason == "Invalid")
+            .collect();
+        (invalid.len() >= 4).then_some(invalid)
+    })
+    .await;
+    let about = |name: &str, needle: &str| {
+        events
+            .iter()
+            .any(|e| e.name == name && e.message.contains(needle))
+    };
+    assert!(about("badcron", "spec.schedule"), "{events:?}");
+    assert!(about("x", "dependency cycle"), "{events:?}");
+    assert!(about("y", "dependency cycle"), "{events:?}");
+    assert!(
+        about("misnamed", "key names default/misnamed"),
+        "{events:?}"
+    );
+
+    eventually("the valid task is placed", T, || async {
+        let a = env.assignments().await;
+        (a.values().filter(|i| i.task == "fine").count() == 2).then_some(())
+    })
+    .await;
+    let a = env.assignments().await;
+    assert!(
+        a.values().all(|i| i.task == "fine"),
+        "nothing of an invalid task is planned: {a:?}"
+    );
+    let runs = within("runs", env.store.list_raw(&env.keys.runs()))
+        .await
+        .expect("runs");
+    assert!(runs.items.is_empty(), "no run of an invalid task");
+}

@@ -77,13 +77,35 @@ async fn every_read_verb_shows_invalid_keys_and_apply_keeps_working() {
             .any(|l| l.starts_with("default.web.0") || l.contains("Invalid")),
         "{out}"
     );
+    // A task that decodes but breaks apply's rules is Invalid with its reason.
+    let cron = serde_json::json!({
+        "apiVersion": "drover.dev/v1", "kind": "Task",
+        "metadata": {"name": "badcron", "namespace": "default", "generation": 1},
+        "spec": {"command": ["true"], "schedule": "every tuesday", "restartPolicy": "Never"},
+    });
+    store
+        .put_raw(
+            &keys.task("default", "badcron"),
+            cron.to_string().into_bytes(),
+            None,
+        )
+        .await
+        .expect("put");
+    let out = cli.ok(&["get", "tasks"]).await;
+    assert!(
+        out.lines().any(|l| l.contains("tasks/default/badcron")
+            && l.contains("Invalid")
+            && l.contains("spec.schedule")),
+        "{out}"
+    );
+
     // JSON stays a document a script can parse; the bad keys go to stderr.
     let json = cli.run(&["get", "tasks", "-o", "json"]).await;
     assert!(json.status.success());
     let parsed: serde_json::Value = serde_json::from_slice(&json.stdout).expect("json parses");
     assert_eq!(
         parsed["items"].as_array().map(Vec::len),
-        Some(1),
+        Some(2),
         "{parsed}"
     );
     assert!(String::from_utf8_lossy(&json.stderr).contains("Invalid"));

@@ -30,7 +30,7 @@ use crate::field_index::{parent, FieldIndex, Pos};
 use crate::task::{Task, API_VERSION, KIND};
 
 use set::cross_apply_cycles;
-pub use set::validate_set;
+pub use set::{validate_set, validate_stored};
 
 /// Largest manifest file accepted: 1 MiB. Each task is stored as its own etcd value, far below
 /// etcd's default 1.5 MiB request limit; a manifest larger than this is almost certainly a

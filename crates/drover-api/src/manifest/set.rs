@@ -88,11 +88,106 @@ fn cycle_problems(
     tasks: &[(Location, Task)],
     by_name: &HashMap<(&str, &str), usize>,
 ) -> Vec<Problem> {
+    let refs: Vec<&Task> = tasks.iter().map(|(_, t)| t).collect();
+    let (cycles, edges) = find_cycles(&refs, by_name);
+    cycles
+        .iter()
+        .map(|cycle| {
+            let first = cycle[0];
+            let second = cycle.get(1).copied().unwrap_or(first);
+            let (loc, _) = &tasks[first];
+            let j = edges[first]
+                .iter()
+                .find(|(_, t)| *t == second)
+                .map_or(0, |(j, _)| *j);
+            loc.problem(
+                &format!("spec.dependsOn[{j}]"),
+                format!("dependency cycle: {}", cycle_names(&refs, cycle)),
+            )
+        })
+        .collect()
+}
+
+/// `a -> b -> a` for a cycle of task indices.
+fn cycle_names(tasks: &[&Task], cycle: &[usize]) -> String {
+    let mut names: Vec<&str> = cycle
+        .iter()
+        .map(|n| tasks[*n].metadata.name.as_str())
+        .collect();
+    names.push(tasks[cycle[0]].metadata.name.as_str());
+    names.join(" -> ")
+}
+
+/// Server-side validation of the tasks stored in etcd, which any client may have written
+/// (promise 7): each task's own rules (as `apply` checks them), the key naming it, the size
+/// limit, and `dependsOn` cycles over all of them. Returns the reason for every invalid task,
+/// by the (namespace, name) of its key; every member of a cycle is invalid, since none of
+/// them could ever run.
+pub fn validate_stored(stored: &[((String, String), &Task)]) -> BTreeMap<(String, String), String> {
+    let mut invalid: BTreeMap<(String, String), String> = BTreeMap::new();
+    for ((ns, name), task) in stored {
+        let mut reasons: Vec<String> = Vec::new();
+        if (
+            task.metadata.namespace.as_str(),
+            task.metadata.name.as_str(),
+        ) != (ns, name)
+        {
+            reasons.push(format!(
+                "metadata names {}/{} but the key names {ns}/{name}",
+                task.metadata.namespace, task.metadata.name
+            ));
+        }
+        reasons.extend(task.validate().iter().map(ToString::to_string));
+        if let Err(e) = crate::task::check_size(task) {
+            reasons.push(e.to_string());
+        }
+        for (list, path) in [
+            (&task.spec.depends_on, "spec.dependsOn"),
+            (&task.spec.blocks, "spec.blocks"),
+        ] {
+            if list.iter().any(|d| d == name) {
+                reasons.push(format!("{path}: names the task itself"));
+            }
+        }
+        if !reasons.is_empty() {
+            invalid.insert((ns.clone(), name.clone()), reasons.join("; "));
+        }
+    }
+    let refs: Vec<&Task> = stored.iter().map(|(_, t)| *t).collect();
+    let by_name: HashMap<(&str, &str), usize> = stored
+        .iter()
+        .enumerate()
+        .map(|(i, ((ns, name), _))| ((ns.as_str(), name.as_str()), i))
+        .collect();
+    let (cycles, _) = find_cycles(&refs, &by_name);
+    for cycle in &cycles {
+        let reason = format!(
+            "spec.dependsOn: dependency cycle: {}",
+            cycle_names(&refs, cycle)
+        );
+        for &i in cycle {
+            let entry = invalid.entry(stored[i].0.clone()).or_default();
+            if !entry.is_empty() {
+                entry.push_str("; ");
+            }
+            entry.push_str(&reason);
+        }
+    }
+    invalid
+}
+
+/// The `dependsOn` cycles among `tasks` (each in canonical rotation, once) and the edges:
+/// task index -> (dependsOn position, target index).
+#[allow(clippy::type_complexity)]
+fn find_cycles(
+    tasks: &[&Task],
+    by_name: &HashMap<(&str, &str), usize>,
+) -> (Vec<Vec<usize>>, Vec<Vec<(usize, usize)>>) {
     // Edges: task index -> (dependsOn position, target index).
     let edges: Vec<Vec<(usize, usize)>> = tasks
         .iter()
         .enumerate()
-        .map(|(i, (_, t))| {
+        .map(|(i, t)| {
             t.spec
                 .depends_on
                 .iter()
@@ -147,25 +242,5 @@ fn cycle_problems(
             }
         }
     }
-    cycles
-        .keys()
-        .map(|cycle| {
-            let first = cycle[0];
-            let second = cycle.get(1).copied().unwrap_or(first);
-            let (loc, task) = &tasks[first];
-            let j = edges[first]
-                .iter()
-                .find(|(_, t)| *t == second)
-                .map_or(0, |(j, _)| *j);
-            let mut names: Vec<&str> = cycle
-                .iter()
-                .map(|n| tasks[*n].1.metadata.name.as_str())
-                .collect();
-            names.push(task.metadata.name.as_str());
-            loc.problem(
-                &format!("spec.dependsOn[{j}]"),
-                format!("dependency cycle: {}", names.join(" -> ")),
-            )
-        })
-        .collect()
+    (cycles.into_keys().collect(), edges)
 }

@@ -233,6 +233,19 @@ impl Snapshot {
                 snapshot.instance(&id).invalid = Some(entry.error.clone());
             }
         }
+        // Tasks that decode but break apply's rules (written by another client) are Invalid
+        // too, by the same rules the controller holds them with.
+        let named: Vec<((String, String), &Task)> = tasks
+            .iter()
+            .filter_map(|t| Some((keys.parse_task_key(&t.key)?, &t.value)))
+            .collect();
+        for ((ns, name), reason) in drover_api::manifest::validate_stored(&named) {
+            invalid.push(InvalidEntry {
+                kind: InvalidKind::Task,
+                key: keys.task(&ns, &name),
+                error: reason,
+            });
+        }
         snapshot.invalid = invalid;
         let tasks = tasks.into_iter().map(|t| t.value);
         let assignments = assignments.into_iter().map(|a| a.value);
