@@ -30,7 +30,10 @@ start() {
     cluster+="${cluster:+,}m$i=${peers[i]}"
   done
   for ((i = 0; i < members; i++)); do
+    # Periodic auto-compaction keeps etcd's history (and db size) bounded on a long-lived
+    # cluster; an hour is far more than any watcher needs to catch up.
     etcd --name "m$i" --data-dir "$STATE/m$i" --logger=zap --log-level=warn \
+      --auto-compaction-mode=periodic --auto-compaction-retention=1h \
       --listen-client-urls "${clients[i]}" --advertise-client-urls "${clients[i]}" \
       --listen-peer-urls "${peers[i]}" --initial-advertise-peer-urls "${peers[i]}" \
       --initial-cluster "$cluster" --initial-cluster-token "$token" --initial-cluster-state new \

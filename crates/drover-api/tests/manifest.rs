@@ -199,7 +199,7 @@ fn bad_name() {
         "must start with",
     );
     let text =
-        format!("{HEAD}metadata:\n  name: echo\nspec:\n  image: x\n  dependsOn: [ok, Not/OK]\n");
+        format!("{HEAD}metadata:\n  name: echo\nspec:\n  image: x\n  dependsOn: [ok, Not/OK]\n  restartPolicy: Never\n");
     one(
         "n.yaml",
         &text,
@@ -315,7 +315,7 @@ fn service_with_schedule() {
 
 #[test]
 fn self_dependency() {
-    let text = format!("{FIRST}{HEAD}metadata:\n  name: loop\nspec:\n  image: x\n  dependsOn:\n    - other\n    - loop\n");
+    let text = format!("{FIRST}{HEAD}metadata:\n  name: loop\nspec:\n  image: x\n  dependsOn:\n    - other\n    - loop\n  restartPolicy: Never\n");
     one(
         "self.yaml",
         &text,
@@ -324,7 +324,7 @@ fn self_dependency() {
         "spec.dependsOn[1]",
         "cannot depend on itself",
     );
-    let text = format!("{HEAD}metadata:\n  name: loop\nspec:\n  image: x\n  blocks: [loop]\n");
+    let text = format!("{HEAD}metadata:\n  name: loop\nspec:\n  image: x\n  blocks: [loop]\n  restartPolicy: Never\n");
     one(
         "self.yaml",
         &text,
@@ -338,9 +338,9 @@ fn self_dependency() {
 #[test]
 fn cycle_within_one_apply() {
     let doc = |name: &str, dep: &str| {
-        format!("---\n{HEAD}metadata:\n  name: {name}\nspec:\n  image: x\n  dependsOn: [{dep}]\n")
+        format!("---\n{HEAD}metadata:\n  name: {name}\nspec:\n  image: x\n  dependsOn: [{dep}]\n  restartPolicy: Never\n")
     };
-    // Documents start at lines 1, 9, 17; dependsOn is the 8th line of each.
+    // Documents start at lines 1, 10, 19; dependsOn is the 8th line of each.
     let text = format!("{}{}{}", doc("a", "b"), doc("b", "c"), doc("c", "a"));
     one(
         "cycle.yaml",

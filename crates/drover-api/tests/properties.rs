@@ -204,6 +204,13 @@ prop_compose! {
             let mut seen = std::collections::BTreeSet::new();
             v.into_iter().filter(|d| d != &name && seen.insert(d.clone())).collect::<Vec<_>>()
         };
+        // Gates and the circuit breaker are for work that runs to completion, not services.
+        let is_service = timing.restart_policy == RestartPolicy::Always;
+        let (depends_on, blocks, max_consecutive_failures) = if is_service {
+            (Vec::new(), Vec::new(), None)
+        } else {
+            (depends_on, blocks, max_consecutive_failures)
+        };
         let spec = TaskSpec {
             image,
             command,

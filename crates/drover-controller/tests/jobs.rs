@@ -247,7 +247,7 @@ async fn three_failed_runs_in_a_row_suspend_and_enable_resumes() {
         "bad",
         TaskSpec {
             max_consecutive_failures: Some(3),
-            ..every(Duration::from_millis(500))
+            ..every(Duration::from_secs(1))
         },
     )
     .await;

@@ -71,6 +71,22 @@ fn service_rules() {
 }
 
 #[test]
+fn a_service_refuses_gates_and_the_circuit_breaker() {
+    let mut t = svc();
+    t.spec.depends_on = vec!["fetch".into()];
+    t.spec.blocks = vec!["cleanup".into()];
+    t.spec.max_consecutive_failures = Some(3);
+    assert_eq!(
+        fields(&t),
+        [
+            "spec.dependsOn",
+            "spec.blocks",
+            "spec.maxConsecutiveFailures"
+        ]
+    );
+}
+
+#[test]
 fn job_rules() {
     let mut t = svc();
     t.spec.restart_policy = RestartPolicy::OnFailure;

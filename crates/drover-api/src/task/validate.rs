@@ -354,6 +354,14 @@ impl Validator {
                     spec.concurrency_policy != ConcurrencyPolicy::Forbid,
                     "spec.concurrencyPolicy",
                 ),
+                // Gates and the circuit breaker act on runs, and a service has none: refused
+                // rather than silently ignored.
+                (!spec.depends_on.is_empty(), "spec.dependsOn"),
+                (!spec.blocks.is_empty(), "spec.blocks"),
+                (
+                    spec.max_consecutive_failures.is_some(),
+                    "spec.maxConsecutiveFailures",
+                ),
             ] {
                 if on {
                     self.invalid(field, format!("not allowed for a service: {why}"));

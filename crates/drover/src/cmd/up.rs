@@ -324,6 +324,9 @@ async fn start_etcd(global: &Global, state_dir: &Path) -> CliResult<Child> {
         .arg(format!("--data-dir={}", data_dir.display()))
         .arg("--logger=zap")
         .arg("--log-level=warn")
+        // History stays bounded on a cluster left running: compact what is over an hour old.
+        .arg("--auto-compaction-mode=periodic")
+        .arg("--auto-compaction-retention=1h")
         .arg(format!("--listen-client-urls=http://127.0.0.1:{port}"))
         .arg(format!("--advertise-client-urls=http://127.0.0.1:{port}"))
         .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer_port}"))
