@@ -207,11 +207,21 @@ async fn self_fencing_stops_instances_before_the_lease_can_expire_then_re_regist
         "process group is gone"
     );
     // The record is also in the state dir, for other processes.
+    // (The in-memory record comes first; the file is appended to right after: poll for it.)
     let file = state.path().join(&node).join("stops.jsonl");
-    assert!(drover_agent::local::Records::read_file(&file)
-        .expect("stops.jsonl")
-        .iter()
-        .any(|r| r.reason == StopReason::Fenced));
+    drover_testkit::wait_for(
+        Duration::from_secs(5),
+        Duration::from_millis(20),
+        || async {
+            drover_agent::local::Records::read_file(&file)
+                .ok()?
+                .iter()
+                .any(|r| r.reason == StopReason::Fenced)
+                .then_some(())
+        },
+    )
+    .await
+    .expect("stops.jsonl holds the fenced stop");
 
     proxy.restore();
     let new_lease = poll(LIMIT, "re-registered", || {

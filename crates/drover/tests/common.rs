@@ -121,14 +121,20 @@ impl Daemon {
         self.child.id().expect("daemon still running")
     }
 
-    /// Sends a signal by name (`KILL`, `TERM`, `STOP`, `CONT`).
+    /// Sends a signal by name (`KILL`, `TERM`, `STOP`, `CONT`), with kill(2): no `kill`
+    /// command is needed (a minimal Debian has none).
     pub fn signal(&self, name: &str) {
-        let status = std::process::Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.pid().to_string())
-            .status()
-            .expect("kill runs");
-        assert!(status.success(), "kill -{name} failed");
+        use rustix::process::{kill_process, Pid, Signal};
+        let signal = match name {
+            "KILL" => Signal::KILL,
+            "TERM" => Signal::TERM,
+            "STOP" => Signal::STOP,
+            "CONT" => Signal::CONT,
+            "INT" => Signal::INT,
+            other => panic!("unknown signal {other}"),
+        };
+        let pid = Pid::from_raw(i32::try_from(self.pid()).expect("pid fits")).expect("pid > 0");
+        kill_process(pid, signal).unwrap_or_else(|e| panic!("kill -{name}: {e}"));
     }
 
     /// SIGKILL, and reap.
@@ -155,10 +161,12 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         // A stopped process ignores SIGKILL until continued on some kernels' views; continue it.
         if let Some(pid) = self.child.id() {
-            let _ = std::process::Command::new("kill")
-                .arg("-CONT")
-                .arg(pid.to_string())
-                .status();
+            let pid = i32::try_from(pid)
+                .ok()
+                .and_then(rustix::process::Pid::from_raw);
+            if let Some(pid) = pid {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::CONT);
+            }
         }
         let _ = self.child.start_kill();
     }

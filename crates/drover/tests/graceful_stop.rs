@@ -2,7 +2,9 @@
 //! `stop` lines (pid, nanoseconds) to a file outside Drover, and takes 5 s to stop after
 //! SIGTERM. When its agent gets SIGTERM, the replacement on the other node must start only
 //! after the old copy has exited: the agent stops its copies first and releases its lease last.
-//! Checked for a single-replica service and for a job run retried elsewhere.
+//! Checked for a single-replica service and for a job run retried elsewhere, and for an agent
+//! cut off from etcd (lease loss): there the old copy is killed at its fencing deadline, before
+//! it can record its stop, so the test itself watches the old pid in `/proc` as the witness.
 
 mod common;
 
@@ -13,6 +15,7 @@ use common::{manifest, Cli, Daemon};
 use drover_api::instance::{InstanceStatus, Phase};
 use drover_api::keys::Keys;
 use drover_store::{Store, StoreConfig};
+use drover_testkit::TcpProxy;
 use drover_testkit::{wait_for, EtcdServer};
 
 /// A workload that records its own life and needs 5 s to stop.
@@ -57,9 +60,56 @@ fn max_live(records: &[(String, u32, u128)]) -> usize {
     usize::try_from(max).unwrap_or(0)
 }
 
-async fn scenario(task_yaml: impl FnOnce(&Path) -> String) {
+/// How the agent holding the copy loses it.
+#[derive(Clone, Copy, PartialEq)]
+enum Loss {
+    /// `kill -TERM` of the agent.
+    Sigterm,
+    /// The agent's connection to etcd is cut: its lease runs out.
+    CutOff,
+}
+
+/// Nanoseconds since the epoch, the clock `date +%s%N` uses.
+fn now_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+/// Whether `pid` is a live process (a zombie has exited).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let state = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .next()?
+                .to_string();
+            Some(state != "Z" && state != "X")
+        })
+        .unwrap_or(false)
+}
+
+/// Polls `pid` every 10 ms until it is gone; returns when that was seen (epoch nanoseconds).
+fn watch_death(pid: u32) -> tokio::task::JoinHandle<u128> {
+    tokio::spawn(async move {
+        while alive(pid) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        now_nanos()
+    })
+}
+
+async fn scenario(loss: Loss, task_yaml: impl FnOnce(&Path) -> String) {
     let server = EtcdServer::start().await;
     let cli = Cli::new(server.endpoints());
+    // Each agent reaches etcd through its own proxy, so one can be cut off.
+    let proxies = [
+        TcpProxy::start(server.client_addr()).await,
+        TcpProxy::start(server.client_addr()).await,
+    ];
     let store = Store::connect(StoreConfig::new(server.endpoints()))
         .await
         .expect("store");
@@ -74,9 +124,14 @@ async fn scenario(task_yaml: impl FnOnce(&Path) -> String) {
     let mut agents: Vec<(String, Daemon)> = ["a", "b"]
         .iter()
         .zip(&states)
-        .map(|(node, state)| {
+        .zip(&proxies)
+        .map(|((node, state), proxy)| {
+            let via = Cli {
+                endpoints: vec![proxy.url()],
+                prefix: cli.prefix.clone(),
+            };
             let daemon = Daemon::start(
-                &cli,
+                &via,
                 &[
                     "agent",
                     "--node",
@@ -128,10 +183,17 @@ async fn scenario(task_yaml: impl FnOnce(&Path) -> String) {
         .iter()
         .position(|(n, _)| *n == first.node)
         .expect("its agent");
+    let old_pid = records(&file)[0].1;
+    let death = watch_death(old_pid);
     let (_, old_agent) = &mut agents[index];
-    old_agent.signal("TERM");
-    let exited = old_agent.wait_exit(Duration::from_secs(30)).await;
-    assert!(exited.is_some(), "the agent exits after stopping its copy");
+    match loss {
+        Loss::Sigterm => {
+            old_agent.signal("TERM");
+            let exited = old_agent.wait_exit(Duration::from_secs(30)).await;
+            assert!(exited.is_some(), "the agent exits after stopping its copy");
+        }
+        Loss::CutOff => proxies[index].cut(),
+    }
 
     let seen = wait_for(
         Duration::from_secs(30),
@@ -143,27 +205,41 @@ async fn scenario(task_yaml: impl FnOnce(&Path) -> String) {
     )
     .await
     .expect("a replacement starts on the other node");
-    eprintln!("workload records: {seen:?}");
-    let old_pid = seen[0].1;
-    let stopped = seen
-        .iter()
-        .find(|r| r.0 == "stop" && r.1 == old_pid)
-        .expect("the old copy recorded its stop");
+    let died = tokio::time::timeout(Duration::from_secs(30), death)
+        .await
+        .expect("the old copy dies")
+        .expect("watcher");
+    eprintln!("workload records: {seen:?}; old pid {old_pid} seen gone at {died}");
     let replacement = seen
         .iter()
         .find(|r| r.0 == "start" && r.1 != old_pid)
         .expect("the replacement recorded its start");
+    // The old copy's end: its own stop record (SIGTERM path) or its death as seen from
+    // outside (killed at the fencing deadline), whichever is known; the poll adds <= 10 ms.
+    let recorded_stop = seen
+        .iter()
+        .find(|r| r.0 == "stop" && r.1 == old_pid)
+        .map(|r| r.2);
+    if loss == Loss::Sigterm {
+        assert!(
+            recorded_stop.is_some(),
+            "a graceful stop runs the workload's own handler"
+        );
+    }
+    let ended = recorded_stop.map_or(died, |s| s.min(died));
     assert!(
-        replacement.2 >= stopped.2,
+        replacement.2 >= ended,
         "the replacement started {} ms before the old copy exited",
-        (stopped.2 - replacement.2) / 1_000_000
+        (ended - replacement.2) / 1_000_000
     );
-    assert_eq!(max_live(&seen), 1, "never two live copies: {seen:?}");
+    if recorded_stop.is_some() {
+        assert_eq!(max_live(&seen), 1, "never two live copies: {seen:?}");
+    }
 }
 
 #[tokio::test]
 async fn sigterm_of_an_agent_stops_a_service_copy_before_its_replacement_starts() {
-    scenario(|file| {
+    scenario(Loss::Sigterm, |file| {
         format!(
             "apiVersion: drover.dev/v1\nkind: Task\nmetadata:\n  name: solo\nspec:\n  command: [sh, -c, \"{}\"]\n  terminationGracePeriodSeconds: 30\n",
             witness_command(file)
@@ -174,7 +250,29 @@ async fn sigterm_of_an_agent_stops_a_service_copy_before_its_replacement_starts(
 
 #[tokio::test]
 async fn sigterm_of_an_agent_stops_a_job_run_before_its_retry_starts() {
-    scenario(|file| {
+    scenario(Loss::Sigterm, |file| {
+        format!(
+            "apiVersion: drover.dev/v1\nkind: Task\nmetadata:\n  name: once\nspec:\n  command: [sh, -c, \"{}\"]\n  restartPolicy: Never\n  maxRetries: 2\n  terminationGracePeriodSeconds: 30\n",
+            witness_command(file)
+        )
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_agent_cut_off_from_etcd_has_its_copy_gone_before_the_replacement_starts() {
+    scenario(Loss::CutOff, |file| {
+        format!(
+            "apiVersion: drover.dev/v1\nkind: Task\nmetadata:\n  name: solo\nspec:\n  command: [sh, -c, \"{}\"]\n  terminationGracePeriodSeconds: 30\n",
+            witness_command(file)
+        )
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_job_run_on_a_cut_off_agent_is_gone_before_its_retry_starts() {
+    scenario(Loss::CutOff, |file| {
         format!(
             "apiVersion: drover.dev/v1\nkind: Task\nmetadata:\n  name: once\nspec:\n  command: [sh, -c, \"{}\"]\n  restartPolicy: Never\n  maxRetries: 2\n  terminationGracePeriodSeconds: 30\n",
             witness_command(file)
