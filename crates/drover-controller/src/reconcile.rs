@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::pin::pin;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -102,6 +102,8 @@ pub(crate) struct Term {
     revision: watch::Sender<i64>,
     /// The revision the snapshot must reach before the next plan (this leader's last write).
     min_revision: AtomicI64,
+    /// Consecutive plans some step of which etcd refused (see [`REJECTED_REPLAN`]).
+    refused_rounds: AtomicU32,
     fenced: CancellationToken,
     events: tokio::sync::Mutex<EventWriter>,
 }
@@ -126,6 +128,7 @@ impl Term {
             cache: Mutex::new(Cache::default()),
             revision: watch::channel(0).0,
             min_revision: AtomicI64::new(0),
+            refused_rounds: AtomicU32::new(0),
             fenced: CancellationToken::new(),
             events: tokio::sync::Mutex::new(events),
         })
@@ -290,6 +293,7 @@ async fn reconcile(_key: Cluster, term: Arc<Term>) -> Result<Action, ReconcileEr
         .pending
         .set(i64::try_from(plan.pending).unwrap_or(i64::MAX));
 
+    let mut rejected = false;
     if !plan.is_empty() {
         let max_ops = term.store.config().max_txn_ops;
         let max_bytes = term.store.config().max_request_bytes;
@@ -310,6 +314,7 @@ async fn reconcile(_key: Cluster, term: Arc<Term>) -> Result<Action, ReconcileEr
                     // The rest landed; the refused steps are planned again from a newer
                     // snapshot (our own writes' events bring one at once).
                     term.metrics.commit("partial");
+                    rejected = true;
                     tracing::warn!(
                         rejected = done.rejected.len(),
                         first = %done.rejected[0].reason,
@@ -373,11 +378,25 @@ async fn reconcile(_key: Cluster, term: Arc<Term>) -> Result<Action, ReconcileEr
     }
     term.status.send_modify(|s| s.synced = true);
     let resync = term.config.resync_interval;
-    let after = plan.requeue_at.map_or(resync, |at| {
+    let mut after = plan.requeue_at.map_or(resync, |at| {
         (at - now).to_std().unwrap_or(Duration::ZERO).min(resync)
     });
+    if rejected {
+        // Refused steps are planned again from whatever the watch has brought by then: at
+        // once after a real conflict (its event arrives within milliseconds), then less often
+        // while the refusals repeat, so a permanent one (a poisoned key) neither spins nor
+        // stalls the time-driven work (cron ticks, deadlines) of the rest of the plan.
+        let rounds = term.refused_rounds.fetch_add(1, Ordering::SeqCst).min(10);
+        let base = term.config.debounce.max(Duration::from_millis(10));
+        after = after.min((base * 2u32.pow(rounds)).min(REJECTED_REPLAN));
+    } else {
+        term.refused_rounds.store(0, Ordering::SeqCst);
+    }
     Ok(Action::requeue(after))
 }
+
+/// How soon a plan some of whose steps etcd refused is made again.
+const REJECTED_REPLAN: Duration = Duration::from_secs(1);
 
 /// The revision the snapshot must reach before re-planning after a conflict: newer than the
 /// snapshot the conflicting plan was made from, and at least the plan's own last landed write.

@@ -89,6 +89,11 @@ pub struct Snapshot {
     /// at all (its instances stay as they are), because reading its state as absent could
     /// reuse run numbers or forget a suspension. Reported as an undecodable key.
     pub opaque_taskstates: BTreeSet<TaskRef>,
+    /// Tasks whose key holds a value that does not decode. With a last good value (seen on
+    /// this watch) that value is planned; without one (after a re-list) the task exists but
+    /// cannot be planned: its instances, state and runs are kept, never removed as if the
+    /// task had been deleted.
+    pub opaque_tasks: BTreeSet<TaskRef>,
     /// Tasks that decode but break the rules `apply` enforces (written by another client):
     /// held, not planned, each with its reason. Kept current by [`Snapshot::revalidate`].
     pub invalid_tasks: BTreeMap<TaskRef, String>,
@@ -165,6 +170,8 @@ impl Snapshot {
                     let task = TaskRef::new(ns, name);
                     self.taskstates.remove(&task);
                     self.opaque_taskstates.insert(task);
+                } else if let Some((ns, name)) = keys.parse_task_key(&key) {
+                    self.opaque_tasks.insert(TaskRef::new(ns, name));
                 }
             }
         }
@@ -183,6 +190,8 @@ impl Snapshot {
             self.opaque_nodeinfos.remove(&node);
         } else if let Some((ns, name)) = keys.parse_taskstate_key(key) {
             self.opaque_taskstates.remove(&TaskRef::new(ns, name));
+        } else if let Some((ns, name)) = keys.parse_task_key(key) {
+            self.opaque_tasks.remove(&TaskRef::new(ns, name));
         }
     }
 
@@ -302,6 +311,13 @@ impl Snapshot {
             .into_iter()
             .map(|((ns, name), reason)| (TaskRef::new(ns, name), reason))
             .collect();
+    }
+
+    /// Whether `task` exists: its key holds a value, decodable or not. Cleanup of deleted tasks
+    /// asks this, never `tasks.contains_key`, so an undecodable task is not taken for deleted.
+    #[must_use]
+    pub fn task_exists(&self, task: &TaskRef) -> bool {
+        self.tasks.contains_key(task) || self.opaque_tasks.contains(task)
     }
 
     /// Whether `node` is alive: its lease-bound key exists, decodable or not.

@@ -214,3 +214,66 @@ async fn tasks_written_around_apply_are_validated_and_held() {
         .expect("runs");
     assert!(runs.items.is_empty(), "no run of an invalid task");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_keeps_the_instances_of_a_task_whose_value_does_not_decode() {
+    let env = Env::start().await;
+    let agent = FakeAgent::start(&env, Duration::ZERO);
+    env.node(&agent, "n1", 4000, &[], NODE_TTL).await;
+    let first = env.replica("c1").await;
+    env.apply("keep", service(2, 100)).await;
+    eventually("keep has 2 instances", T, || async {
+        let a = env.assignments().await;
+        (a.values().filter(|i| i.task == "keep").count() == 2).then_some(())
+    })
+    .await;
+    first.stop().await;
+    let keys_before: Vec<(String, i64)> =
+        within("list", env.store.list_raw(&env.keys.assignments()))
+            .await
+            .expect("list")
+            .items
+            .into_iter()
+            .map(|v| (v.key, v.create_revision))
+            .collect();
+    // Another client overwrites the task with something this controller cannot read.
+    within(
+        "put",
+        env.store.put_raw(
+            &env.keys.task("default", "keep"),
+            b"{\"spec\":7}".to_vec(),
+            None,
+        ),
+    )
+    .await
+    .expect("put");
+
+    // A fresh leader lists everything: it has no last good value of the task.
+    let second = env.replica("c2").await;
+    eventually("new leader synced", T, || async {
+        let s = *second.status.borrow();
+        (s.leader && s.synced).then_some(())
+    })
+    .await;
+    // A task applied now is placed: the plan was made and committed.
+    env.apply("later", service(1, 100)).await;
+    eventually("later placed", T, || async {
+        let a = env.assignments().await;
+        (a.values().any(|i| i.task == "later")).then_some(())
+    })
+    .await;
+    let keys_after: Vec<(String, i64)> =
+        within("list", env.store.list_raw(&env.keys.assignments()))
+            .await
+            .expect("list")
+            .items
+            .into_iter()
+            .map(|v| (v.key, v.create_revision))
+            .filter(|(k, _)| k.contains("default.keep."))
+            .collect();
+    assert_eq!(
+        keys_after, keys_before,
+        "an undecodable task is not taken for deleted: its instances stay"
+    );
+    second.stop().await;
+}

@@ -127,11 +127,21 @@ async fn a_sigkilled_agent_adopts_its_containers_on_restart() {
     let containers_before = docker_ps(&node);
     assert_eq!(containers_before.len(), 2, "one container per instance");
     // `drover logs` reaches the container's output through the agent's gRPC stream.
+    // Running comes before the server's first line is written: poll, bounded.
     let id = before[0].id.to_string();
-    let logs = cli.ok(&["logs", &id, "--tail", "20"]).await;
+    let logs = wait_for(
+        Duration::from_secs(10),
+        Duration::from_millis(200),
+        || async {
+            let out = cli.ok(&["logs", &id, "--tail", "20"]).await;
+            out.contains("echo-server listening on port 7777")
+                .then_some(out)
+        },
+    )
+    .await;
     assert!(
-        logs.contains("echo-server listening on port 7777"),
-        "{logs}"
+        logs.is_ok(),
+        "drover logs never showed the server's first line"
     );
 
     agent.kill().await;

@@ -213,7 +213,7 @@ pub fn plan(snapshot: &Snapshot, now: DateTime<Utc>, config: &ControllerConfig) 
 
     // Instances of deleted tasks go, whatever their mode.
     for (task, instances) in &by_task {
-        if snapshot.tasks.contains_key(task) {
+        if snapshot.task_exists(task) {
             continue;
         }
         for i in instances {
@@ -221,10 +221,7 @@ pub fn plan(snapshot: &Snapshot, now: DateTime<Utc>, config: &ControllerConfig) 
         }
     }
     for (id, a) in &snapshot.opaque_assignments {
-        if !snapshot
-            .tasks
-            .contains_key(&TaskRef::new(id.namespace(), id.task()))
-        {
+        if !snapshot.task_exists(&TaskRef::new(id.namespace(), id.task())) {
             removals.push(service::Removal {
                 id: id.clone(),
                 node: a.node.clone(),
@@ -235,7 +232,7 @@ pub fn plan(snapshot: &Snapshot, now: DateTime<Utc>, config: &ControllerConfig) 
         }
     }
     for (task, state) in &snapshot.taskstates {
-        if !snapshot.tasks.contains_key(task) {
+        if !snapshot.task_exists(task) {
             plan.steps.push(Step {
                 task: None,
                 writes: vec![Write::DeleteTaskState {

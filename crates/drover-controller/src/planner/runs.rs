@@ -334,7 +334,7 @@ pub(super) fn cleanup(
     plan: &mut Plan,
 ) {
     for ((task, run), inst) in index {
-        if !snapshot.tasks.contains_key(task) {
+        if !snapshot.task_exists(task) {
             // Assignments of deleted tasks are removed with the services'; statuses here.
             let orphans = RunInstances {
                 assignments: BTreeMap::new(),
@@ -358,7 +358,7 @@ pub(super) fn cleanup(
         }
     }
     for (task, records) in &snapshot.runs {
-        if snapshot.tasks.contains_key(task) {
+        if snapshot.task_exists(task) {
             continue;
         }
         for rec in records.values() {
@@ -375,6 +375,7 @@ pub(super) fn cleanup(
     for (task, triggers) in &snapshot.triggers {
         // Jobs, scheduled and triggered tasks consume their triggers; the rest are refused.
         let service = match snapshot.tasks.get(task) {
+            None if snapshot.opaque_tasks.contains(task) => continue,
             None => false,
             Some(t) if t.value.spec.mode() == Mode::Service => true,
             Some(_) => continue,
