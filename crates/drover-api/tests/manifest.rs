@@ -648,3 +648,53 @@ fn every_shipped_manifest_parses() {
     let modes: Vec<Mode> = three.iter().map(|t| t.spec.mode()).collect();
     assert_eq!(modes, [Mode::Service, Mode::Job, Mode::Scheduled]);
 }
+
+#[test]
+fn stored_tasks_are_validated_with_apply_rules_and_old_services_are_grandfathered() {
+    let task = |name: &str, extra: &str| {
+        parse_manifest(
+            "t.yaml",
+            &format!("{HEAD}metadata:\n  name: {name}\nspec:\n  image: x\n  restartPolicy: Never\n{extra}"),
+        )
+        .expect("valid")
+        .remove(0)
+    };
+    let x = task("x", "  dependsOn: [y]\n");
+    let y = task("y", "  dependsOn: [x]\n");
+    let ok = task("ok", "");
+    let mut cron = task("cron", "");
+    cron.spec.schedule = Some("every tuesday".into());
+    let mut old_service = task("svc", "");
+    old_service.spec.restart_policy = drover_api::RestartPolicy::Always;
+    old_service.spec.depends_on = vec!["ok".into()];
+    let key = |t: &drover_api::Task| (t.metadata.namespace.clone(), t.metadata.name.clone());
+    let stored: Vec<((String, String), &drover_api::Task)> = [&x, &y, &ok, &cron, &old_service]
+        .into_iter()
+        .map(|t| (key(t), t))
+        .collect();
+    let mut misnamed = stored.clone();
+    misnamed.push((("default".into(), "elsewhere".into()), &ok));
+    let invalid = drover_api::manifest::validate_stored(&misnamed);
+    let reason = |name: &str| invalid.get(&("default".to_string(), name.to_string()));
+    assert!(
+        reason("x").is_some_and(|r| r.contains("dependency cycle")),
+        "{invalid:?}"
+    );
+    assert!(
+        reason("y").is_some_and(|r| r.contains("dependency cycle")),
+        "{invalid:?}"
+    );
+    assert!(
+        reason("cron").is_some_and(|r| r.contains("spec.schedule")),
+        "{invalid:?}"
+    );
+    assert!(
+        reason("elsewhere").is_some_and(|r| r.contains("key names")),
+        "{invalid:?}"
+    );
+    assert!(reason("ok").is_none(), "{invalid:?}");
+    assert!(
+        reason("svc").is_none(),
+        "a service stored before the rule is not held: {invalid:?}"
+    );
+}

@@ -77,6 +77,21 @@ async fn every_read_verb_shows_invalid_keys_and_apply_keeps_working() {
             .any(|l| l.starts_with("default.web.0") || l.contains("Invalid")),
         "{out}"
     );
+    // enable does not patch a state it cannot read into one that releases the task.
+    let enable = cli.run(&["enable", "web"]).await;
+    assert!(!enable.status.success());
+    assert!(String::from_utf8_lossy(&enable.stderr).contains("Invalid"));
+    let state = store
+        .get_raw(&keys.taskstate("default", "web"))
+        .await
+        .expect("get")
+        .expect("kept");
+    assert_eq!(
+        state.value,
+        br#"{"suspended":"maybe"}"#.to_vec(),
+        "left as it was"
+    );
+
     // A task that decodes but breaks apply's rules is Invalid with its reason.
     let cron = serde_json::json!({
         "apiVersion": "drover.dev/v1", "kind": "Task",

@@ -302,7 +302,7 @@ impl Engine {
             driver.destroy(&handle).await?;
         }
         if reason == StopReason::Shutdown {
-            self.publish_shutdown(slot).await;
+            self.publish_shutdown(slot, !running).await;
         }
         if self.table().remove(slot).is_none() {
             return Ok(());
@@ -314,18 +314,36 @@ impl Engine {
         Ok(())
     }
 
-    /// Marks a copy that shutdown stopped as Stopped (AgentShutdown) and writes that status,
-    /// fenced on the assignment like every status write.
-    async fn publish_shutdown(&self, slot: &Slot) {
+    /// Writes the final status of a copy at shutdown, fenced on the assignment like every
+    /// status write: Stopped (AgentShutdown) for a copy the shutdown stopped; for a job run that
+    /// had already exited on its own (`ended_before`) and that the stopped reconcile loop did not
+    /// record, its real outcome, so finished work is not retried as if it had been cut short.
+    async fn publish_shutdown(&self, slot: &Slot, ended_before: bool) {
         let final_status = self.table().get_mut(slot).and_then(|e| {
             if e.phase.is_terminal() || e.create_revision == 0 {
                 return None;
             }
-            e.phase = Phase::Stopped;
-            e.reason = Some(reasons::AGENT_SHUTDOWN.to_string());
-            e.message = Some("the agent shut down and stopped the instance".into());
-            if let Some(run) = e.run.as_mut() {
-                run.exited.get_or_insert((None, Some(Utc::now())));
+            let exit = e.run.as_ref().and_then(|r| r.exited).map(|(code, _)| code);
+            match exit {
+                Some(code) if ended_before && slot.id.run().is_some() => {
+                    e.exit_code = code;
+                    if code == Some(0) {
+                        e.phase = Phase::Succeeded;
+                        e.reason = None;
+                    } else {
+                        e.phase = Phase::Failed;
+                        e.reason = Some(reasons::ERROR.to_string());
+                    }
+                    e.message = Some("exited before the agent shut down".into());
+                }
+                _ => {
+                    e.phase = Phase::Stopped;
+                    e.reason = Some(reasons::AGENT_SHUTDOWN.to_string());
+                    e.message = Some("the agent shut down and stopped the instance".into());
+                    if let Some(run) = e.run.as_mut() {
+                        run.exited.get_or_insert((None, Some(Utc::now())));
+                    }
+                }
             }
             Some((e.status(), e.create_revision))
         });

@@ -137,7 +137,12 @@ pub fn validate_stored(stored: &[((String, String), &Task)]) -> BTreeMap<(String
                 task.metadata.namespace, task.metadata.name
             ));
         }
-        reasons.extend(task.validate().iter().map(ToString::to_string));
+        reasons.extend(
+            task.validate()
+                .iter()
+                .filter(|e| !grandfathered(e))
+                .map(ToString::to_string),
+        );
         if let Err(e) = crate::task::check_size(task) {
             reasons.push(e.to_string());
         }
@@ -174,6 +179,22 @@ pub fn validate_stored(stored: &[((String, String), &Task)]) -> BTreeMap<(String
         }
     }
     invalid
+}
+
+/// Rules `apply` enforces on new input but the leader does not hold stored tasks for: a
+/// service with `dependsOn`, `blocks` or `maxConsecutiveFailures` was accepted (and those
+/// fields ignored) before `apply` refused them, and holding such a service after an upgrade
+/// would freeze it. They stay ignored on services, as before.
+fn grandfathered(error: &crate::task::TaskError) -> bool {
+    match error {
+        crate::task::TaskError::Invalid { field, message } => {
+            matches!(
+                field.as_str(),
+                "spec.dependsOn" | "spec.blocks" | "spec.maxConsecutiveFailures"
+            ) && message.starts_with("not allowed for a service")
+        }
+        _ => false,
+    }
 }
 
 /// The `dependsOn` cycles among `tasks` (each in canonical rotation, once) and the edges:

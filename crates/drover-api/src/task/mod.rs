@@ -37,7 +37,7 @@ pub const MAX_TASK_BYTES: usize = 256 * 1024;
 /// A task too large to store (see [`MAX_TASK_BYTES`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "task {namespace}/{name}: {bytes} bytes as JSON, over the limit of {limit} bytes per task \
+    "task {namespace}/{name}: {bytes} bytes as JSON, over the limit of {limit} bytes {what} \
      (every assignment embeds the spec and must fit in one etcd request)"
 )]
 pub struct TooLarge {
@@ -47,22 +47,39 @@ pub struct TooLarge {
     pub name: String,
     /// Its encoded size.
     pub bytes: usize,
-    /// The limit, [`MAX_TASK_BYTES`].
+    /// The limit, [`MAX_TASK_BYTES`] or [`MAX_RUN_BYTES`].
     pub limit: usize,
+    /// Which limit.
+    pub what: String,
 }
 
-/// Refuses a task whose encoded JSON exceeds [`MAX_TASK_BYTES`].
+/// The most bytes of specs one run of a job may start: a run's instances are assigned in one
+/// transaction (a run starts whole or not at all), and every assignment embeds the spec.
+pub const MAX_RUN_BYTES: usize = 1024 * 1024;
+
+/// Refuses a task whose encoded JSON exceeds [`MAX_TASK_BYTES`], or, for work that runs to
+/// completion, whose `replicas` copies of it exceed [`MAX_RUN_BYTES`].
 pub fn check_size(task: &Task) -> Result<(), TooLarge> {
     let bytes = serde_json::to_vec(task).map_or(usize::MAX, |v| v.len());
-    if bytes <= MAX_TASK_BYTES {
-        return Ok(());
-    }
-    Err(TooLarge {
+    let too_large = |bytes, limit, what: &str| TooLarge {
         namespace: task.metadata.namespace.clone(),
         name: task.metadata.name.clone(),
         bytes,
-        limit: MAX_TASK_BYTES,
-    })
+        limit,
+        what: what.to_string(),
+    };
+    if bytes > MAX_TASK_BYTES {
+        return Err(too_large(bytes, MAX_TASK_BYTES, "per task"));
+    }
+    let run = bytes.saturating_mul(task.spec.replicas as usize);
+    if task.spec.mode() != Mode::Service && run > MAX_RUN_BYTES {
+        return Err(too_large(
+            run,
+            MAX_RUN_BYTES,
+            "per job run (replicas x spec; a run's assignments are written together)",
+        ));
+    }
+    Ok(())
 }
 
 /// One semantic problem in a Task, with the path of the field it concerns.

@@ -179,3 +179,28 @@ fn equality_ignores_generation() {
     b.spec.replicas = 2;
     assert!(!a.spec_equal_ignoring_generation(&b));
 }
+
+#[test]
+fn size_limits_per_task_and_per_job_run() {
+    let mut t = svc();
+    t.spec.env.insert("BLOB".into(), "x".repeat(20_000));
+    t.spec.replicas = 300;
+    assert!(
+        super::check_size(&t).is_ok(),
+        "a service's copies are written apart"
+    );
+    t.spec.restart_policy = RestartPolicy::Never;
+    let err = super::check_size(&t).expect_err("a job run's copies are written together");
+    assert_eq!(err.limit, super::MAX_RUN_BYTES);
+    assert!(err.to_string().contains("per job run"), "{err}");
+    t.spec.replicas = 1;
+    t.spec
+        .env
+        .insert("BLOB".into(), "x".repeat(super::MAX_TASK_BYTES));
+    let err = super::check_size(&t).expect_err("over the per-task limit");
+    assert_eq!(err.limit, super::MAX_TASK_BYTES);
+    assert!(
+        err.to_string().contains("default/"),
+        "names the task: {err}"
+    );
+}

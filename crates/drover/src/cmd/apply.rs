@@ -102,9 +102,15 @@ async fn plan(store: &Store, keys: &Keys, tasks: &[Task]) -> CliResult<Vec<Plann
             .await
             .map_err(|error| store_error(&format!("reading {key}"), error))?;
         let mut task = task.clone();
+        // A generation past anything the bad value may have carried: etcd's per-key version
+        // counts every write since the key was created, so it is at least any generation an
+        // apply gave it (instances started from it must not look current).
         let stored = raw.map(|raw| match serde_json::from_slice::<Task>(&raw.value) {
             Ok(value) => Ok(raw.map(|_| value)),
-            Err(_) => Err((raw.mod_revision, foreign_generation(&raw.value))),
+            Err(_) => Err((
+                raw.mod_revision,
+                foreign_generation(&raw.value).max(u64::try_from(raw.version).unwrap_or(0)),
+            )),
         });
         let (change, based_on) = match stored {
             None => {

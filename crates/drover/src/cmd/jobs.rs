@@ -89,6 +89,14 @@ pub async fn enable(global: &Global, args: TaskArgs) -> CliResult {
             );
             return Ok(());
         };
+        // A state that does not decode is Invalid and holds its task; patching it could make
+        // it decode with defaults and release the task as if it were new (reusing run numbers).
+        if let Err(error) = serde_json::from_value::<TaskState>(current.value.clone()) {
+            return Err(CliError::failure(format!(
+                "{key} is Invalid ({error}); the task is held until it decodes: fix or delete \
+                 the key with etcdctl first"
+            )));
+        }
         let mut value = current.value;
         let Some(fields) = value.as_object_mut() else {
             return Err(CliError::failure(format!("{key} does not hold an object")));
