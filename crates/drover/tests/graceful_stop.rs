@@ -5,6 +5,8 @@
 //! Checked for a single-replica service and for a job run retried elsewhere, and for an agent
 //! cut off from etcd (lease loss): there the old copy is killed at its fencing deadline, before
 //! it can record its stop, so the test itself watches the old pid in `/proc` as the witness.
+//! Last, an agent SIGKILLed and restarted while etcd is down for 3 s adopts its copies: the
+//! same pids, and the workload recorded no second start.
 
 mod common;
 
@@ -292,4 +294,80 @@ fn max_live_counts_overlap_from_records() {
         max_live(&[r("start", 1, 1), r("start", 2, 3), r("stop", 1, 5)]),
         2
     );
+}
+
+#[tokio::test]
+async fn an_agent_restarted_while_etcd_is_down_adopts_its_copies_and_starts_none_twice() {
+    let mut server = EtcdServer::start().await;
+    let cli = Cli::new(server.endpoints());
+    let store = Store::connect(StoreConfig::new(server.endpoints()))
+        .await
+        .expect("store");
+    let keys = Keys::new(&cli.prefix);
+    let witness = tempfile::tempdir().expect("tempdir");
+    let file = witness.path().join("records");
+    let state = tempfile::tempdir().expect("tempdir");
+    let agent_args = [
+        "agent",
+        "--node",
+        "a",
+        "--driver",
+        "process",
+        "--lease-ttl",
+        "10s",
+        "--state-dir",
+        state.path().to_str().expect("utf-8"),
+    ];
+    let _controller = Daemon::start(&cli, &["controller", "--id", "c", "--lease-ttl", "2s"]);
+    let mut agent = Daemon::start(&cli, &agent_args);
+    let doc = format!(
+        "apiVersion: drover.dev/v1\nkind: Task\nmetadata:\n  name: pair\nspec:\n  command: [sh, -c, \"{}\"]\n  replicas: 2\n",
+        witness_command(&file)
+    );
+    let (_dir, path) = manifest(&doc);
+    cli.ok(&["apply", "-f", path.to_str().expect("utf-8")])
+        .await;
+    let running = || async {
+        let statuses = store
+            .list_checked::<InstanceStatus>(&keys.statuses())
+            .await
+            .ok()?;
+        let mut ids: Vec<String> = statuses
+            .items
+            .into_iter()
+            .filter(|s| s.value.phase == Phase::Running)
+            .filter_map(|s| s.value.container_id)
+            .collect();
+        ids.sort();
+        (ids.len() == 2).then_some(ids)
+    };
+    let before = wait_for(Duration::from_secs(30), Duration::from_millis(100), running)
+        .await
+        .expect("2 copies run");
+    assert_eq!(records(&file).len(), 2);
+
+    agent.kill().await;
+    server.kill();
+    let mut agent = Daemon::start(&cli, &agent_args);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    server.restart().await;
+    let after = wait_for(Duration::from_secs(30), Duration::from_millis(100), running)
+        .await
+        .expect("the restarted agent reports both copies Running");
+    assert_eq!(after, before, "adopted: the same pids");
+    // The workload's own word: still exactly two starts, no stop.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let seen = records(&file);
+    assert_eq!(seen.len(), 2, "no copy started twice or stopped: {seen:?}");
+    let pids: Vec<u32> = before.iter().filter_map(|p| p.parse().ok()).collect();
+    assert_eq!(pids.len(), 2, "process ids: {before:?}");
+    for pid in pids {
+        assert!(alive(pid), "copy {pid} still lives");
+        assert!(
+            seen.iter().any(|r| r.1 == pid),
+            "the workload recorded pid {pid}"
+        );
+    }
+    agent.signal("TERM");
+    assert!(agent.wait_exit(Duration::from_secs(30)).await.is_some());
 }
