@@ -140,9 +140,11 @@ pub(crate) async fn lead(term: Arc<Term>, cancel: CancellationToken) -> Result<(
     let mut cfg = drover_runtime::ControllerConfig::new("drover-controller");
     cfg.concurrency = 1;
     cfg.shutdown_grace = Duration::from_secs(1);
+    // Capped at 1 s, so a commit that failed while etcd was away is retried within a second
+    // of etcd answering again.
     cfg.backoff = BackoffConfig {
         base: Duration::from_millis(200),
-        max: Duration::from_secs(5),
+        max: Duration::from_secs(1),
         jitter: true,
     };
     let runner = drover_runtime::Controller::new(cfg, term.clone(), reconcile)?
@@ -362,10 +364,14 @@ async fn reconcile(_key: Cluster, term: Arc<Term>) -> Result<Action, ReconcileEr
             }
             Err(CommitError::Store(e)) => {
                 term.metrics.commit("error");
-                // The failed txn may have landed: do not plan again before seeing the present.
-                if let Ok(listing) = term.store.list_raw(&term.keys.controllers()).await {
-                    term.min_revision
-                        .fetch_max(listing.revision, Ordering::SeqCst);
+                // The failed txn may have landed: do not plan again before the snapshot has seen
+                // the newest write under our prefix. Not the store's global revision: with
+                // other tenants writing elsewhere on the same etcd, a snapshot of our prefix
+                // never reaches it, and the leader stalled until one of our keys changed.
+                // (Were the landed txn deletes only, re-planning early is still safe: every
+                // write compares what it was planned from.)
+                if let Ok(revision) = term.store.prefix_revision(&term.keys.all()).await {
+                    term.min_revision.fetch_max(revision, Ordering::SeqCst);
                 }
                 restore_dirty(&term, dirty_since);
                 return Err(CommitError::Store(e).into());

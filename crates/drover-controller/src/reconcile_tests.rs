@@ -199,3 +199,139 @@ async fn store_assignments(store: &Store, keys: &Keys) -> Vec<String> {
         .map(|v| v.value.id.to_string())
         .collect()
 }
+
+/// A commit whose reply is lost (the proxy holds the bytes, etcd applies the txn after the
+/// client gave up) while another tenant keeps writing elsewhere on the same etcd: the leader
+/// must plan again within a second of etcd answering, not wait for the global revision, which
+/// a snapshot of its own prefix never reaches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_commit_reply_under_foreign_writes_does_not_stall_the_leader() {
+    drover_testkit::init_tracing();
+    let etcd = within("etcd", EtcdServer::start()).await;
+    let direct = within(
+        "connect",
+        Store::connect(StoreConfig::new(etcd.endpoints())),
+    )
+    .await
+    .expect("connect");
+    let proxy = drover_testkit::TcpProxy::start(etcd.client_addr()).await;
+    let mut via = StoreConfig::new([proxy.url()]);
+    via.request_timeout = Duration::from_millis(800);
+    let store = within("connect", Store::connect(via))
+        .await
+        .expect("connect");
+    let keys = Keys::new(&unique_prefix());
+    let other = Keys::new(&unique_prefix());
+    let mut config = ControllerConfig::new("test");
+    config.sync_wait = Duration::from_secs(4);
+
+    let fence_key = format!("{}test-fence", keys.all());
+    let fence_rev = within("fence", direct.put(&fence_key, &"me", None))
+        .await
+        .expect("fence");
+    let fence = Fence {
+        key: fence_key,
+        create_revision: fence_rev,
+    };
+    let node = Node {
+        name: "n1".into(),
+        address: "127.0.0.1:1".into(),
+        capacity: Capacity {
+            cpu: Cpu::millis(4000),
+            memory: Memory::mebibytes(8192),
+        },
+        labels: BTreeMap::new(),
+        drivers: vec![DriverKind::Process],
+        version: "test".into(),
+        started_at: Utc::now(),
+    };
+    within("node", direct.put(&keys.node("n1"), &node, None))
+        .await
+        .expect("node");
+    let spec = TaskSpec {
+        command: vec!["/bin/true".into()],
+        replicas: 1,
+        ..TaskSpec::default()
+    };
+    let task_rev = within(
+        "task",
+        direct.put(
+            &keys.task("default", "web"),
+            &Task::new("default", "web", spec),
+            None,
+        ),
+    )
+    .await
+    .expect("task");
+    let (status, _) = watch::channel(ControllerStatus::default());
+    let term = Term::new(
+        store.clone(),
+        keys.clone(),
+        config.clone(),
+        fence,
+        Metrics::default(),
+        status,
+    );
+    let runner = drover_runtime::Controller::new(
+        drover_runtime::ControllerConfig::new("test"),
+        term.clone(),
+        reconcile,
+    )
+    .expect("runtime config");
+    let stop = CancellationToken::new();
+    let _watch = AbortOnDrop(tokio::spawn(watch_cache(
+        term.clone(),
+        runner.trigger(),
+        stop.clone(),
+    )));
+    let mut rx = term.revision.subscribe();
+    within("synced", rx.wait_for(|r| *r >= task_rev))
+        .await
+        .expect("watch");
+
+    // Another tenant writes under its own prefix throughout (bounded: 300 writes).
+    let foreign = {
+        let (direct, other) = (direct.clone(), other.clone());
+        tokio::spawn(async move {
+            for i in 0..300 {
+                let _ = direct.put(&other.node(&format!("x{i}")), &i, None).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    // The commit's reply is lost: bytes are held past the client's timeout, then delivered.
+    proxy.blackhole();
+    let first = {
+        let term = term.clone();
+        tokio::spawn(async move { reconcile(Cluster, term).await })
+    };
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    proxy.restore();
+    let answered = Instant::now();
+    let first = within("first reconcile", first).await.expect("join");
+    assert!(first.is_err(), "the commit's outcome is unknown: {first:?}");
+
+    // The next reconcile plans and completes promptly.
+    let second = tokio::time::timeout(Duration::from_secs(1), reconcile(Cluster, term.clone()))
+        .await
+        .expect("re-plan within 1 s of etcd answering, not after sync_wait");
+    assert!(second.is_ok(), "{second:?}");
+    let placed = wait_for(T, Duration::from_millis(25), || {
+        let (direct, keys) = (direct.clone(), keys.clone());
+        async move {
+            let a = store_assignments(&direct, &keys).await;
+            (!a.is_empty()).then_some(a)
+        }
+    })
+    .await
+    .expect("placed");
+    assert_eq!(placed.len(), 1, "placed once: {placed:?}");
+    assert!(
+        answered.elapsed() < Duration::from_secs(3),
+        "took {:?} after etcd answered again",
+        answered.elapsed()
+    );
+    foreign.abort();
+    stop.cancel();
+    drop(runner);
+}

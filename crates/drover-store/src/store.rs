@@ -3,7 +3,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Compare, CompareOp, DeleteOptions, GetOptions, GetResponse, PutOptions, TxnOp};
+use etcd_client::{
+    Compare, CompareOp, DeleteOptions, GetOptions, GetResponse, PutOptions, SortOrder, SortTarget,
+    TxnOp,
+};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -281,6 +284,22 @@ impl Store {
             items,
             next,
         })
+    }
+
+    /// The highest mod revision of any key under `prefix` (0 when it is empty): a revision a
+    /// watcher of that prefix is sure to reach, unlike the store's global revision, which
+    /// writes under other prefixes of the same etcd keep moving ahead.
+    pub async fn prefix_revision(&self, prefix: &str) -> Result<i64> {
+        let opts = GetOptions::new()
+            .with_range(prefix_end(prefix))
+            .with_limit(1)
+            .with_keys_only()
+            .with_sort(SortTarget::Mod, SortOrder::Descend);
+        let resp = self.range("prefix revision", prefix, opts).await?;
+        Ok(resp
+            .kvs()
+            .first()
+            .map_or(0, etcd_client::KeyValue::mod_revision))
     }
 
     /// Lists every key under `prefix` and decodes the values.
