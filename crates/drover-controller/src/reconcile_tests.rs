@@ -24,6 +24,101 @@ async fn within<F: std::future::Future>(what: &str, fut: F) -> F::Output {
         .unwrap_or_else(|_| panic!("timed out: {what}"))
 }
 
+/// One leader term, reconciled by hand: the leader reaches etcd through `store`, set-up writes
+/// go through `direct`. Holds a fence, node `n1` and task `default/web` (1 replica), with the
+/// watch running and the snapshot synced to the task.
+struct Leader {
+    term: Arc<Term>,
+    keys: Keys,
+    /// Another tenant's prefix on the same etcd.
+    other: Keys,
+    config: ControllerConfig,
+    rx: watch::Receiver<i64>,
+    stop: CancellationToken,
+    _watch: AbortOnDrop<()>,
+    /// The runtime is not run; it only keeps the watch's triggers alive.
+    _runner: Box<dyn std::any::Any + Send>,
+}
+
+impl Leader {
+    async fn start(store: Store, direct: &Store) -> Leader {
+        let keys = Keys::new(&unique_prefix());
+        let other = Keys::new(&unique_prefix());
+        let mut config = ControllerConfig::new("test");
+        config.sync_wait = Duration::from_secs(4);
+        let fence_key = format!("{}test-fence", keys.all());
+        let fence_rev = within("fence", direct.put(&fence_key, &"me", None))
+            .await
+            .expect("fence");
+        let fence = Fence {
+            key: fence_key,
+            create_revision: fence_rev,
+        };
+        let node = Node {
+            name: "n1".into(),
+            address: "127.0.0.1:1".into(),
+            capacity: Capacity {
+                cpu: Cpu::millis(4000),
+                memory: Memory::mebibytes(8192),
+            },
+            labels: BTreeMap::new(),
+            drivers: vec![DriverKind::Process],
+            version: "test".into(),
+            started_at: Utc::now(),
+        };
+        within("node", direct.put(&keys.node("n1"), &node, None))
+            .await
+            .expect("node");
+        let spec = TaskSpec {
+            command: vec!["/bin/true".into()],
+            replicas: 1,
+            ..TaskSpec::default()
+        };
+        let task = Task::new("default", "web", spec);
+        let task_rev = within(
+            "task",
+            direct.put(&keys.task("default", "web"), &task, None),
+        )
+        .await
+        .expect("task");
+        let (status, _) = watch::channel(ControllerStatus::default());
+        let term = Term::new(
+            store,
+            keys.clone(),
+            config.clone(),
+            fence,
+            Metrics::default(),
+            status,
+        );
+        let runner = drover_runtime::Controller::new(
+            drover_runtime::ControllerConfig::new("test"),
+            term.clone(),
+            reconcile,
+        )
+        .expect("runtime config");
+        let stop = CancellationToken::new();
+        let watch = AbortOnDrop(tokio::spawn(watch_cache(
+            term.clone(),
+            runner.trigger(),
+            stop.clone(),
+        )));
+        let mut rx = term.revision.subscribe();
+        within("synced", rx.wait_for(|r| *r >= task_rev))
+            .await
+            .expect("watch");
+        Leader {
+            term,
+            keys,
+            other,
+            config,
+            rx,
+            stop,
+            _watch: watch,
+            _runner: Box::new(runner),
+        }
+    }
+}
+
 /// A conflict while writes under another prefix move etcd's global revision must not stall
 /// the leader: the next reconcile plans as soon as the snapshot holds the conflicting change,
 /// well within `sync_wait`.
@@ -37,76 +132,13 @@ async fn a_conflict_under_foreign_writes_replans_without_waiting_for_the_global_
     )
     .await
     .expect("connect");
-    let keys = Keys::new(&unique_prefix());
-    let other = Keys::new(&unique_prefix());
-    let mut config = ControllerConfig::new("test");
-    config.sync_wait = Duration::from_secs(4);
-
-    let fence_key = format!("{}test-fence", keys.all());
-    let fence_rev = within("fence", store.put(&fence_key, &"me", None))
-        .await
-        .expect("fence");
-    let fence = Fence {
-        key: fence_key,
-        create_revision: fence_rev,
-    };
-    let node = Node {
-        name: "n1".into(),
-        address: "127.0.0.1:1".into(),
-        capacity: Capacity {
-            cpu: Cpu::millis(4000),
-            memory: Memory::mebibytes(8192),
-        },
-        labels: BTreeMap::new(),
-        drivers: vec![DriverKind::Process],
-        version: "test".into(),
-        started_at: Utc::now(),
-    };
-    within("node", store.put(&keys.node("n1"), &node, None))
-        .await
-        .expect("node");
-    let spec = TaskSpec {
-        command: vec!["/bin/true".into()],
-        replicas: 1,
-        ..TaskSpec::default()
-    };
-    let task_rev = within(
-        "task",
-        store.put(
-            &keys.task("default", "web"),
-            &Task::new("default", "web", spec),
-            None,
-        ),
-    )
-    .await
-    .expect("task");
-
-    let (status, _) = watch::channel(ControllerStatus::default());
-    let term = Term::new(
-        store.clone(),
-        keys.clone(),
-        config.clone(),
-        fence,
-        Metrics::default(),
-        status,
+    let leader = Leader::start(store.clone(), &store).await;
+    let (term, keys, other) = (
+        leader.term.clone(),
+        leader.keys.clone(),
+        leader.other.clone(),
     );
-    // The runtime is not run: reconciles are called by hand; it only keeps triggers alive.
-    let runner = drover_runtime::Controller::new(
-        drover_runtime::ControllerConfig::new("test"),
-        term.clone(),
-        reconcile,
-    )
-    .expect("runtime config");
-    let stop = CancellationToken::new();
-    let _watch = AbortOnDrop(tokio::spawn(watch_cache(
-        term.clone(),
-        runner.trigger(),
-        stop.clone(),
-    )));
-    let mut rx = term.revision.subscribe();
-    within("synced", rx.wait_for(|r| *r >= task_rev))
-        .await
-        .expect("watch");
+    let (config, mut rx) = (leader.config.clone(), leader.rx.clone());
     let stale = term
         .cache
         .lock()
@@ -182,8 +214,7 @@ async fn a_conflict_under_foreign_writes_replans_without_waiting_for_the_global_
     .await
     .expect("placed");
     assert_eq!(placed, vec!["default.web.7".to_owned()]);
-    stop.cancel();
-    drop(runner);
+    leader.stop.cancel();
 }
 
 async fn store_assignments(store: &Store, keys: &Keys) -> Vec<String> {
@@ -220,74 +251,12 @@ async fn a_lost_commit_reply_under_foreign_writes_does_not_stall_the_leader() {
     let store = within("connect", Store::connect(via))
         .await
         .expect("connect");
-    let keys = Keys::new(&unique_prefix());
-    let other = Keys::new(&unique_prefix());
-    let mut config = ControllerConfig::new("test");
-    config.sync_wait = Duration::from_secs(4);
-
-    let fence_key = format!("{}test-fence", keys.all());
-    let fence_rev = within("fence", direct.put(&fence_key, &"me", None))
-        .await
-        .expect("fence");
-    let fence = Fence {
-        key: fence_key,
-        create_revision: fence_rev,
-    };
-    let node = Node {
-        name: "n1".into(),
-        address: "127.0.0.1:1".into(),
-        capacity: Capacity {
-            cpu: Cpu::millis(4000),
-            memory: Memory::mebibytes(8192),
-        },
-        labels: BTreeMap::new(),
-        drivers: vec![DriverKind::Process],
-        version: "test".into(),
-        started_at: Utc::now(),
-    };
-    within("node", direct.put(&keys.node("n1"), &node, None))
-        .await
-        .expect("node");
-    let spec = TaskSpec {
-        command: vec!["/bin/true".into()],
-        replicas: 1,
-        ..TaskSpec::default()
-    };
-    let task_rev = within(
-        "task",
-        direct.put(
-            &keys.task("default", "web"),
-            &Task::new("default", "web", spec),
-            None,
-        ),
-    )
-    .await
-    .expect("task");
-    let (status, _) = watch::channel(ControllerStatus::default());
-    let term = Term::new(
-        store.clone(),
-        keys.clone(),
-        config.clone(),
-        fence,
-        Metrics::default(),
-        status,
+    let leader = Leader::start(store, &direct).await;
+    let (term, keys, other) = (
+        leader.term.clone(),
+        leader.keys.clone(),
+        leader.other.clone(),
     );
-    let runner = drover_runtime::Controller::new(
-        drover_runtime::ControllerConfig::new("test"),
-        term.clone(),
-        reconcile,
-    )
-    .expect("runtime config");
-    let stop = CancellationToken::new();
-    let _watch = AbortOnDrop(tokio::spawn(watch_cache(
-        term.clone(),
-        runner.trigger(),
-        stop.clone(),
-    )));
-    let mut rx = term.revision.subscribe();
-    within("synced", rx.wait_for(|r| *r >= task_rev))
-        .await
-        .expect("watch");
 
     // Another tenant writes under its own prefix throughout (bounded: 300 writes).
     let foreign = {
@@ -332,6 +301,5 @@ async fn a_lost_commit_reply_under_foreign_writes_does_not_stall_the_leader() {
         answered.elapsed()
     );
     foreign.abort();
-    stop.cancel();
-    drop(runner);
+    leader.stop.cancel();
 }

@@ -30,6 +30,22 @@ fn witness_command(records: &Path) -> String {
     )
 }
 
+/// A single-replica service running the witness workload.
+fn solo_service(records: &Path) -> String {
+    format!(
+        "apiVersion: drover.dev/v1\nkind: Task\nmetadata:\n  name: solo\nspec:\n  command: [sh, -c, \"{}\"]\n  terminationGracePeriodSeconds: 30\n",
+        witness_command(records)
+    )
+}
+
+/// A job running the witness workload, retried when a run fails.
+fn retried_job(records: &Path) -> String {
+    format!(
+        "apiVersion: drover.dev/v1\nkind: Task\nmetadata:\n  name: once\nspec:\n  command: [sh, -c, \"{}\"]\n  restartPolicy: Never\n  maxRetries: 2\n  terminationGracePeriodSeconds: 30\n",
+        witness_command(records)
+    )
+}
+
 /// (kind, pid, nanos) in file order.
 fn records(path: &Path) -> Vec<(String, u32, u128)> {
     std::fs::read_to_string(path)
@@ -241,46 +257,22 @@ async fn scenario(loss: Loss, task_yaml: impl FnOnce(&Path) -> String) {
 
 #[tokio::test]
 async fn sigterm_of_an_agent_stops_a_service_copy_before_its_replacement_starts() {
-    scenario(Loss::Sigterm, |file| {
-        format!(
-            "apiVersion: drover.dev/v1\nkind: Task\nmetadata:\n  name: solo\nspec:\n  command: [sh, -c, \"{}\"]\n  terminationGracePeriodSeconds: 30\n",
-            witness_command(file)
-        )
-    })
-    .await;
+    scenario(Loss::Sigterm, solo_service).await;
 }
 
 #[tokio::test]
 async fn sigterm_of_an_agent_stops_a_job_run_before_its_retry_starts() {
-    scenario(Loss::Sigterm, |file| {
-        format!(
-            "apiVersion: drover.dev/v1\nkind: Task\nmetadata:\n  name: once\nspec:\n  command: [sh, -c, \"{}\"]\n  restartPolicy: Never\n  maxRetries: 2\n  terminationGracePeriodSeconds: 30\n",
-            witness_command(file)
-        )
-    })
-    .await;
+    scenario(Loss::Sigterm, retried_job).await;
 }
 
 #[tokio::test]
 async fn an_agent_cut_off_from_etcd_has_its_copy_gone_before_the_replacement_starts() {
-    scenario(Loss::CutOff, |file| {
-        format!(
-            "apiVersion: drover.dev/v1\nkind: Task\nmetadata:\n  name: solo\nspec:\n  command: [sh, -c, \"{}\"]\n  terminationGracePeriodSeconds: 30\n",
-            witness_command(file)
-        )
-    })
-    .await;
+    scenario(Loss::CutOff, solo_service).await;
 }
 
 #[tokio::test]
 async fn a_job_run_on_a_cut_off_agent_is_gone_before_its_retry_starts() {
-    scenario(Loss::CutOff, |file| {
-        format!(
-            "apiVersion: drover.dev/v1\nkind: Task\nmetadata:\n  name: once\nspec:\n  command: [sh, -c, \"{}\"]\n  restartPolicy: Never\n  maxRetries: 2\n  terminationGracePeriodSeconds: 30\n",
-            witness_command(file)
-        )
-    })
-    .await;
+    scenario(Loss::CutOff, retried_job).await;
 }
 
 #[test]
