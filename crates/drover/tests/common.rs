@@ -171,3 +171,55 @@ impl Drop for Daemon {
         let _ = self.child.start_kill();
     }
 }
+
+/// Starts `drover agent --hollow-nodes N` (node names `hollow-*`, 15 s leases) and waits until
+/// all `nodes` have registered.
+pub async fn hollow_agent(
+    cli: &Cli,
+    store: &drover_store::Store,
+    keys: &drover_api::keys::Keys,
+    nodes: usize,
+) -> Daemon {
+    let agent = Daemon::start(
+        cli,
+        &[
+            "agent",
+            "--hollow-nodes",
+            &nodes.to_string(),
+            "--node",
+            "hollow",
+            "--lease-ttl",
+            "15s",
+        ],
+    );
+    drover_testkit::wait_for(
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || async {
+            let n = store.list_raw(&keys.nodes()).await.ok()?.items.len();
+            (n == nodes).then_some(())
+        },
+    )
+    .await
+    .expect("all hollow nodes register");
+    agent
+}
+
+/// The statuses that decode and say Running (values that do not decode are skipped).
+pub async fn running_statuses(
+    store: &drover_store::Store,
+    keys: &drover_api::keys::Keys,
+) -> Option<Vec<drover_api::instance::InstanceStatus>> {
+    let statuses = store
+        .list_checked::<drover_api::instance::InstanceStatus>(&keys.statuses())
+        .await
+        .ok()?;
+    Some(
+        statuses
+            .items
+            .into_iter()
+            .map(|s| s.value)
+            .filter(|s| s.phase == drover_api::instance::Phase::Running)
+            .collect(),
+    )
+}

@@ -183,15 +183,9 @@ async fn scenario(loss: Loss, task_yaml: impl FnOnce(&Path) -> String) {
         Duration::from_secs(30),
         Duration::from_millis(100),
         || async {
-            let statuses = store
-                .list_checked::<InstanceStatus>(&keys.statuses())
-                .await
-                .ok()?;
-            let running = statuses
-                .items
-                .into_iter()
-                .find(|s| s.value.phase == Phase::Running)?;
-            (records(&file).len() == 1).then_some(running.value)
+            let running = common::running_statuses(&store, &keys).await?;
+            let first = running.into_iter().next()?;
+            (records(&file).len() == 1).then_some(first)
         },
     )
     .await

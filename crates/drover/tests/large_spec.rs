@@ -8,7 +8,6 @@ mod common;
 use std::time::Duration;
 
 use common::{manifest, Cli, Daemon};
-use drover_api::instance::{InstanceStatus, Phase};
 use drover_api::keys::Keys;
 use drover_store::{Store, StoreConfig};
 use drover_testkit::{wait_for, EtcdServer};
@@ -32,28 +31,7 @@ async fn a_large_spec_with_many_replicas_is_placed_and_does_not_block_others() {
         .expect("store");
     let keys = Keys::new(&cli.prefix);
     let _controller = Daemon::start(&cli, &["controller", "--id", "big", "--lease-ttl", "5s"]);
-    let _agent = Daemon::start(
-        &cli,
-        &[
-            "agent",
-            "--hollow-nodes",
-            &NODES.to_string(),
-            "--node",
-            "hollow",
-            "--lease-ttl",
-            "15s",
-        ],
-    );
-    wait_for(
-        Duration::from_secs(60),
-        Duration::from_millis(200),
-        || async {
-            let nodes = store.list_raw(&keys.nodes()).await.ok()?.items.len();
-            (nodes == NODES).then_some(())
-        },
-    )
-    .await
-    .expect("hollow nodes register");
+    let _agent = common::hollow_agent(&cli, &store, &keys, NODES).await;
 
     let (_d1, big) = manifest(&task_with_env("big", REPLICAS, 20_000));
     cli.ok(&["apply", "-f", big.to_str().expect("utf-8")]).await;
@@ -66,15 +44,7 @@ async fn a_large_spec_with_many_replicas_is_placed_and_does_not_block_others() {
         Duration::from_secs(120),
         Duration::from_millis(500),
         || async {
-            let statuses = store
-                .list_checked::<InstanceStatus>(&keys.statuses())
-                .await
-                .ok()?;
-            let running = statuses
-                .items
-                .iter()
-                .filter(|s| s.value.phase == Phase::Running)
-                .count();
+            let running = common::running_statuses(&store, &keys).await?.len();
             (running == total).then_some(())
         },
     )
