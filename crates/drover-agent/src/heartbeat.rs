@@ -76,21 +76,32 @@ pub enum State {
 /// this process, and the lease its state dir recorded (a restart of the same agent within the
 /// TTL, as in a `--keep-running` upgrade).
 ///
+/// `unconfirmed`: a registration whose binding txn was sent but whose reply was lost. Its lease
+/// is still kept alive; this call first reads the node key back and, if the txn did land,
+/// returns that registration instead of starting over. A binding txn that fails in transport
+/// leaves its registration here, so the caller passes it to the next attempt.
+///
 /// # Guarantees
 /// - When this returns `Ok`, a first keep-alive was acknowledged, so the keep-alive's
 ///   `last_ack_sent_at` is real, and the node key exists on the lease.
 /// - The node key is written only if it is absent, bound to no lease, or bound to one of
 ///   `own`, checked and written in one txn (on its mod revision): two agents with the same node
 ///   name never both register; the second gets [`Error::Taken`].
+/// - A lost reply never orphans the node key: while the outcome is unknown, the lease the key
+///   may be bound to stays kept alive (in `unconfirmed`), so the node does not look dead to the
+///   controller and this agent does not take its own registration for another agent's.
 ///
 /// # Caveats
 /// Two agents sharing one state dir look like one agent restarting and are not told apart.
+/// A caller that drops `unconfirmed` (at shutdown) stops its keep-alive; the lease then
+/// expires within its TTL.
 pub async fn register(
     store: &Store,
     keys: &Keys,
     node: &Node,
     ttl: Duration,
     own: &[LeaseId],
+    unconfirmed: &mut Option<Registration>,
 ) -> Result<Registration> {
     let err = |source| Error::Store {
         node: node.name.clone(),
@@ -98,19 +109,43 @@ pub async fn register(
     };
     let key = keys.node(&node.name);
     let current = store.get_raw(&key).await.map_err(err)?;
-    let taken = |lease: Option<LeaseId>| {
+    let bound = current.as_ref().and_then(|v| v.lease);
+    // Settle a registration whose reply was lost: it landed if the key is bound to its lease.
+    let reuse = match unconfirmed.take() {
+        Some(reg) if bound == Some(reg.lease) => {
+            tracing::info!(node = %node.name, lease = %reg.lease, "the registration whose reply was lost had landed");
+            return Ok(reg);
+        }
+        Some(reg) if reg.keep_alive.is_lost().is_none() => Some(reg),
+        Some(reg) => {
+            reg.keep_alive.stop();
+            None
+        }
+        None => None,
+    };
+    let taken = |lease: Option<LeaseId>, mine: Option<LeaseId>| {
         lease
-            .filter(|l| !own.contains(l))
+            .filter(|l| !own.contains(l) && Some(*l) != mine)
             .map(|other| Error::Taken {
                 node: node.name.clone(),
                 other,
             })
     };
-    if let Some(e) = taken(current.as_ref().and_then(|v| v.lease)) {
+    if let Some(e) = taken(bound, reuse.as_ref().map(|r| r.lease)) {
+        if let Some(reg) = reuse {
+            reg.keep_alive.stop();
+            let _ = store.revoke(reg.lease).await;
+        }
         return Err(e);
     }
-    let lease = store.grant(ttl).await.map_err(err)?;
-    let keep_alive = store.keep_alive(lease, ttl).await.map_err(err)?;
+    let Registration { lease, keep_alive } = match reuse {
+        Some(reg) => reg,
+        None => {
+            let lease = store.grant(ttl).await.map_err(err)?;
+            let keep_alive = store.keep_alive(lease, ttl).await.map_err(err)?;
+            Registration { lease, keep_alive }
+        }
+    };
     let txn = Txn::new()
         .when(Cmp::ModRevision(
             key.clone(),
@@ -118,15 +153,25 @@ pub async fn register(
         ))
         .put(key.clone(), node, Some(lease))
         .map_err(err)?;
-    if !store.commit(txn, None).await.map_err(err)?.succeeded {
+    let outcome = match store.commit(txn, None).await {
+        Ok(outcome) => outcome,
+        Err(source) => {
+            // The txn may have landed: keep its lease alive until a read tells.
+            *unconfirmed = Some(Registration { lease, keep_alive });
+            return Err(err(source));
+        }
+    };
+    if !outcome.succeeded {
         // Someone wrote the key since we read it: give our lease back and look again later.
         keep_alive.stop();
         let _ = store.revoke(lease).await;
         let now = store.get_raw(&key).await.map_err(err)?;
-        return Err(taken(now.and_then(|v| v.lease)).unwrap_or(Error::Taken {
-            node: node.name.clone(),
-            other: LeaseId(0),
-        }));
+        return Err(
+            taken(now.and_then(|v| v.lease), None).unwrap_or(Error::Taken {
+                node: node.name.clone(),
+                other: LeaseId(0),
+            }),
+        );
     }
     Ok(Registration { lease, keep_alive })
 }
@@ -184,6 +229,8 @@ pub(crate) async fn maintain(
         .collect();
     let name = node.name.clone();
     let mut retry = Duration::from_millis(200);
+    // A registration whose binding reply was lost, kept alive until a read settles it.
+    let mut unconfirmed: Option<Registration> = None;
     // Until the first registration: when adopted instances must be fenced.
     let mut first_fence_at = Some(started + ttl / 2);
     loop {
@@ -201,12 +248,18 @@ pub(crate) async fn maintain(
         let wake = first_fence_at.unwrap_or_else(|| Instant::now() + ttl * 1000);
         let reg = tokio::select! {
             () = shutdown.cancelled() => return None,
-            r = register(&engine.store, &engine.keys, &node, ttl, &own) => r,
+            r = register(&engine.store, &engine.keys, &node, ttl, &own, &mut unconfirmed) => r,
             () = tokio::time::sleep_until(wake) => continue,
         };
         let reg = match reg {
             Ok(reg) => reg,
             Err(e) => {
+                if let Some(reg) = &unconfirmed {
+                    // Should this attempt be cancelled midway, the next may still rebind it.
+                    if !own.contains(&reg.lease) {
+                        own.push(reg.lease);
+                    }
+                }
                 if let Error::Taken { other, .. } = e {
                     state.send_replace(State::Refused(other));
                     tracing::error!(node = %name, error = %e, ?retry, "registration refused; retrying");

@@ -318,3 +318,45 @@ async fn connecting_to_a_dead_endpoint_fails_fast_and_clearly() {
     assert!(matches!(err, Error::InvalidConfig(_)), "{err}");
     let _ = T;
 }
+
+/// A reply lost after etcd applied the txn (the testkit proxy drops the answer to the request
+/// carrying a marker) is `OutcomeUnknown`, never a success or a plain failure, and the txn did
+/// land: the case every caller of `commit` must settle by reading back.
+#[tokio::test]
+async fn a_lost_commit_reply_is_outcome_unknown_and_the_txn_landed() {
+    let etcd = within("etcd", EtcdServer::start()).await;
+    let proxy = drover_testkit::TcpProxy::start(etcd.client_addr()).await;
+    proxy.lose_reply_to(b"lose-this-reply");
+    let via_proxy = connect(vec![proxy.url()]).await;
+    let direct = connect(etcd.endpoints()).await;
+    let p = unique_prefix();
+    let marked = Thing {
+        name: "lose-this-reply".into(),
+        n: 1,
+    };
+    let txn = Txn::new()
+        .put(format!("{p}/marked"), &marked, None)
+        .expect("encode");
+    let err = within("commit", via_proxy.commit(txn, None))
+        .await
+        .expect_err("the reply was lost");
+    assert!(
+        matches!(err, Error::OutcomeUnknown { .. }),
+        "expected OutcomeUnknown, got {err:?}"
+    );
+    assert_eq!(proxy.replies_lost(), 1);
+    let landed = within("get", direct.get::<Thing>(&format!("{p}/marked")))
+        .await
+        .expect("get")
+        .expect("the txn landed although its reply was lost");
+    assert_eq!(landed.value, marked);
+
+    // One-shot: the same client's next write goes through.
+    let txn = Txn::new()
+        .put(format!("{p}/next"), &marked, None)
+        .expect("encode");
+    within("commit", via_proxy.commit(txn, None))
+        .await
+        .expect("the next commit passes");
+    assert_eq!(proxy.replies_lost(), 1);
+}

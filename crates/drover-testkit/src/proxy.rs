@@ -1,7 +1,9 @@
 //! A loopback TCP forwarder for fault injection: cut or stall the path between a client and a
-//! server while both keep running.
+//! server while both keep running, or lose the reply to one chosen HTTP/2 (gRPC) request.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -10,9 +12,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+#[path = "proxy_h2.rs"]
+mod h2;
+
 /// What the proxy does with traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
+pub(crate) enum Mode {
     /// Forward bytes both ways.
     Forward,
     /// Keep connections open but move no bytes (a network partition; TCP delivers them later).
@@ -32,6 +37,9 @@ enum Mode {
 ///   New connections are accepted but stall too.
 /// - Dropping the proxy closes the listener and all connections.
 ///
+/// - [`lose_reply_to`](Self::lose_reply_to) loses exactly one reply: the request is delivered,
+///   the server acts on it, and its answer never arrives (see there).
+///
 /// # Caveats
 ///
 /// Mode changes take effect asynchronously, within milliseconds. Between `cut` and `restore`
@@ -41,6 +49,7 @@ pub struct TcpProxy {
     addr: SocketAddr,
     target: SocketAddr,
     mode: watch::Sender<Mode>,
+    loss: Arc<h2::ReplyLoss>,
     task: JoinHandle<()>,
 }
 
@@ -59,11 +68,13 @@ impl TcpProxy {
             .local_addr()
             .unwrap_or_else(|e| panic!("proxy listener has no address: {e}"));
         let (mode, rx) = watch::channel(Mode::Forward);
-        let task = tokio::spawn(accept_loop(listener, addr, target, rx));
+        let loss = Arc::new(h2::ReplyLoss::default());
+        let task = tokio::spawn(accept_loop(listener, addr, target, rx, loss.clone()));
         TcpProxy {
             addr,
             target,
             mode,
+            loss,
             task,
         }
     }
@@ -97,6 +108,26 @@ impl TcpProxy {
     pub fn restore(&self) {
         self.mode.send_replace(Mode::Forward);
     }
+
+    /// Loses the reply to the next HTTP/2 request whose body contains `pattern`: the request
+    /// reaches the server whole, and when the server's first frame of the answer arrives, the
+    /// proxy closes that connection instead of forwarding it. The client sees a transport error
+    /// for a request the server did act on — the "outcome unknown" of a lost reply. One-shot:
+    /// later requests pass, and [`replies_lost`](Self::replies_lost) counts how often it fired.
+    ///
+    /// # Caveats
+    ///
+    /// Only connections accepted after the call are inspected (frames are parsed from their
+    /// first byte), so arm it before the client connects. A request body split over several
+    /// DATA frames is matched per frame.
+    pub fn lose_reply_to(&self, pattern: &[u8]) {
+        self.loss.arm(pattern);
+    }
+
+    /// How many replies [`lose_reply_to`](Self::lose_reply_to) has lost.
+    pub fn replies_lost(&self) -> usize {
+        self.loss.lost.load(Ordering::SeqCst)
+    }
 }
 
 impl Drop for TcpProxy {
@@ -121,6 +152,7 @@ async fn accept_loop(
     addr: SocketAddr,
     target: SocketAddr,
     mut mode: watch::Receiver<Mode>,
+    loss: Arc<h2::ReplyLoss>,
 ) {
     let mut listener = Some(listener);
     loop {
@@ -139,7 +171,11 @@ async fn accept_loop(
         tokio::select! {
             accepted = l.accept() => {
                 if let Ok((client, _)) = accepted {
-                    tokio::spawn(serve(client, target, mode.clone()));
+                    if loss.is_armed() {
+                        tokio::spawn(h2::serve(client, target, mode.clone(), loss.clone()));
+                    } else {
+                        tokio::spawn(serve(client, target, mode.clone()));
+                    }
                 }
             }
             changed = mode.changed() => {
@@ -176,7 +212,11 @@ async fn serve(client: TcpStream, target: SocketAddr, mode: watch::Receiver<Mode
 }
 
 /// Copies one direction until EOF, an error, or a cut.
-async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut mode: watch::Receiver<Mode>) {
+pub(crate) async fn pump(
+    mut from: OwnedReadHalf,
+    mut to: OwnedWriteHalf,
+    mut mode: watch::Receiver<Mode>,
+) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         let current = *mode.borrow_and_update();

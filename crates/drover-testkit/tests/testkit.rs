@@ -204,3 +204,17 @@ async fn proxy_in_front_of_etcd() {
     let out = timeout(T, out).await.expect("t").expect("run etcdctl");
     assert!(out.status.success(), "{out:?}");
 }
+
+#[tokio::test]
+async fn an_armed_reply_loss_passes_traffic_that_is_not_http2() {
+    let target = echo_server().await;
+    let proxy = TcpProxy::start(target).await;
+    proxy.lose_reply_to(b"hello");
+    let mut conn = TcpStream::connect(proxy.addr()).await.expect("connect");
+    let got = timeout(T, roundtrip(&mut conn, b"hello, not a preface"))
+        .await
+        .expect("t")
+        .expect("io");
+    assert_eq!(got, b"hello, not a preface");
+    assert_eq!(proxy.replies_lost(), 0);
+}

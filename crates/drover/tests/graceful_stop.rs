@@ -6,7 +6,8 @@
 //! cut off from etcd (lease loss): there the old copy is killed at its fencing deadline, before
 //! it can record its stop, so the test itself watches the old pid in `/proc` as the witness.
 //! Last, an agent SIGKILLed and restarted while etcd is down for 3 s adopts its copies: the
-//! same pids, and the workload recorded no second start.
+//! same pids, and the workload recorded no second start; and one restarted through a proxy
+//! that loses the reply to its registration txn keeps its node alive and its copies in place.
 
 mod common;
 
@@ -354,6 +355,101 @@ async fn an_agent_restarted_while_etcd_is_down_adopts_its_copies_and_starts_none
             "the workload recorded pid {pid}"
         );
     }
+    agent.signal("TERM");
+    assert!(agent.wait_exit(Duration::from_secs(30)).await.is_some());
+}
+
+/// A registration txn that lands but whose reply is lost (the proxy closes the connection on
+/// the answer) must not leave the node key on a lease nobody keeps alive: the node would look
+/// dead one TTL later, the controller would move its copies away and the agent would fence
+/// what it adopted. Node `b` stands ready to take them, so "where they were" means something.
+#[tokio::test]
+async fn an_agent_whose_registration_reply_is_lost_keeps_its_node_and_its_copies() {
+    let server = EtcdServer::start().await;
+    let cli = Cli::new(server.endpoints());
+    let store = Store::connect(StoreConfig::new(server.endpoints()))
+        .await
+        .expect("store");
+    let keys = Keys::new(&cli.prefix);
+    let witness = tempfile::tempdir().expect("tempdir");
+    let file = witness.path().join("records");
+    let states = [
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    ];
+    let agent_args = |node: &'static str, state: &tempfile::TempDir| -> Vec<String> {
+        [
+            "agent",
+            "--node",
+            node,
+            "--driver",
+            "process",
+            "--lease-ttl",
+            "3s",
+            "--state-dir",
+            state.path().to_str().expect("utf-8"),
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let args_a = agent_args("a", &states[0]);
+    let args_a: Vec<&str> = args_a.iter().map(String::as_str).collect();
+    let proxy = TcpProxy::start(server.client_addr()).await;
+    let via_proxy = Cli {
+        endpoints: vec![proxy.url()],
+        prefix: cli.prefix.clone(),
+    };
+    let _controller = Daemon::start(&cli, &["controller", "--id", "c", "--lease-ttl", "2s"]);
+    let mut agent = Daemon::start(&via_proxy, &args_a);
+    let doc = format!(
+        "apiVersion: drover.dev/v1\nkind: Task\nmetadata:\n  name: pair\nspec:\n  command: [sh, -c, \"{}\"]\n  replicas: 2\n",
+        witness_command(&file)
+    );
+    let (_dir, path) = manifest(&doc);
+    cli.ok(&["apply", "-f", path.to_str().expect("utf-8")])
+        .await;
+    let on_a = || async {
+        let running = common::running_statuses(&store, &keys).await?;
+        let mut ids: Vec<String> = running
+            .into_iter()
+            .filter(|s| s.node == "a")
+            .filter_map(|s| s.container_id)
+            .collect();
+        ids.sort();
+        (ids.len() == 2).then_some(ids)
+    };
+    let before = wait_for(Duration::from_secs(30), Duration::from_millis(100), on_a)
+        .await
+        .expect("2 copies run on a");
+    let args_b = agent_args("b", &states[1]);
+    let args_b: Vec<&str> = args_b.iter().map(String::as_str).collect();
+    let _other = Daemon::start(&cli, &args_b);
+
+    // Restart a (its copies keep running and are adopted); lose the reply to the txn that
+    // binds its node key — the only request whose body carries a node record.
+    agent.kill().await;
+    proxy.lose_reply_to(br#""drivers":["#);
+    let mut agent = Daemon::start(&via_proxy, &args_a);
+    wait_for(
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        || async { (proxy.replies_lost() == 1).then_some(()) },
+    )
+    .await
+    .expect("the registration's reply was lost");
+
+    // Three TTLs: long enough for an orphaned lease to expire and its node to be judged dead.
+    let node_key = keys.node("a");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(9);
+    while tokio::time::Instant::now() < deadline {
+        let node = store.get_raw(&node_key).await.expect("read node key");
+        assert!(node.is_some(), "node a must stay registered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = on_a().await.expect("both copies still Running on a");
+    assert_eq!(after, before, "the same processes, where they were");
+    let seen = records(&file);
+    assert_eq!(seen.len(), 2, "no copy stopped or started again: {seen:?}");
     agent.signal("TERM");
     assert!(agent.wait_exit(Duration::from_secs(30)).await.is_some());
 }
