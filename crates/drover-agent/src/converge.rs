@@ -5,8 +5,9 @@
 //! the local [`Entry`], then takes one step: start what is assigned and not running (host ports
 //! allocated and reported), restart or give up on what exited or turned unhealthy
 //! ([`crate::restart`]), stop and fail a job past its `timeoutSeconds` ([`crate::deadline`]),
-//! stop what is running but no longer assigned, adopt what the drivers
-//! recovered at start-up, and write the status (fenced, [`crate::status`]).
+//! stop what is running but no longer assigned, stop (and report terminal) what the controller
+//! asked to stop, adopt what the drivers recovered at start-up, and write the status (fenced,
+//! [`crate::status`]).
 //!
 //! Exits and health changes arrive from small helper tasks (an exit waiter and a prober per
 //! run) that set a flag on the entry and trigger the instance's reconcile.
@@ -221,6 +222,11 @@ impl Engine {
             );
             self.stop_and_forget(slot, StopReason::Unassigned).await?;
             self.poke(slot.clone(), "replace");
+            return Ok(Action::await_change());
+        }
+        if let Some(stop) = &desired.value.stop {
+            self.stop_on_request(slot, &stop.reason).await?;
+            self.publish(slot, &key).await?;
             return Ok(Action::await_change());
         }
         let action = self.step(slot).await?;

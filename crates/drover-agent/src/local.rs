@@ -59,6 +59,8 @@ pub enum StopReason {
     Unassigned,
     /// The agent shut down.
     Shutdown,
+    /// The controller asked for it (drain, update, scale-down, deletion, preemption).
+    Requested,
 }
 
 /// When and why an instance was stopped. `stopped_at` is taken after the runtime confirmed the

@@ -62,6 +62,7 @@ async fn scale(nodes: usize, per_node: usize) {
                 attempt: 1,
                 spec: forever.clone(),
                 assigned_at: chrono::Utc::now(),
+                stop: None,
             };
             ops.push(
                 drover_store::Op::put(env.keys.assignment(&node, &id), &instance, None)

@@ -34,6 +34,22 @@ pub struct Instance {
     pub spec: TaskSpec,
     /// When the controller assigned it.
     pub assigned_at: DateTime<Utc>,
+    /// Set by the controller to take the copy away from a live node. The assignment stays,
+    /// and with it the copy's place in every count (replicas, surge, `blocks`, resources),
+    /// until its agent reports a terminal phase: the process has exited. Only then is the
+    /// assignment deleted. Absent in the common case.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop: Option<StopRequest>,
+}
+
+/// The controller's request that a copy stop (see [`Instance::stop`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StopRequest {
+    /// Why: `Drained`, `Outdated`, `ScaledDown`, `TaskDeleted`, `Preempted`, `RunFinished`...
+    pub reason: String,
+    /// When the controller asked.
+    pub requested_at: DateTime<Utc>,
 }
 
 /// Lifecycle phase of an instance, as reported by its agent.

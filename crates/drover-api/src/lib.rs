@@ -28,7 +28,7 @@ pub mod taskstate;
 pub use deadletter::DeadLetter;
 pub use duration::HumanDuration;
 pub use event::{Event, EventKind};
-pub use instance::{Health, Instance, InstanceStatus, Phase, PortBinding};
+pub use instance::{Health, Instance, InstanceStatus, Phase, PortBinding, StopRequest};
 pub use keys::Keys;
 pub use manifest::{
     parse_documents, parse_manifest, parse_many, validate_set, Location, ManifestError, Problem,
@@ -41,6 +41,6 @@ pub use run::{RunCause, RunOutcome, RunRecord, TriggerRequest};
 pub use schedule::{Schedule, ScheduleError};
 pub use task::{
     ConcurrencyPolicy, DriverKind, HealthCheck, HollowScript, Mode, ObjectMeta, PortSpec, Protocol,
-    Resources, RestartPolicy, Task, TaskError, TaskSpec, Trigger,
+    Resources, RestartPolicy, Task, TaskError, TaskSpec, Trigger, UpdateStrategy,
 };
 pub use taskstate::TaskState;

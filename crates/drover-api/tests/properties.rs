@@ -239,6 +239,10 @@ prop_compose! {
             max_consecutive_failures,
             history_limit,
             hollow,
+            // Services only; derived from another drawn field to keep the strategy's arity.
+            update: drover_api::UpdateStrategy {
+                max_surge: if is_service { max_restarts % 3 } else { 0 },
+            },
         };
         let mut task = Task::new(&namespace, &name, spec);
         task.metadata.labels = meta_labels;

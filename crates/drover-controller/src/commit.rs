@@ -126,10 +126,21 @@ fn write_parts(keys: &Keys, w: &Write) -> Result<(Vec<Cmp>, Vec<Op>), CommitErro
                 vec![Op::put(key, i, None).map_err(encode_err)?],
             )
         }
+        Write::RequestStop {
+            instance,
+            mod_revision,
+        } => {
+            let key = keys.assignment(&instance.node, &instance.id);
+            (
+                vec![Cmp::ModRevision(key.clone(), *mod_revision)],
+                vec![Op::put(key, instance, None).map_err(encode_err)?],
+            )
+        }
         Write::Unassign {
             id,
             node,
             mod_revision,
+            ..
         } => {
             let key = keys.assignment(node, id);
             (

@@ -326,6 +326,18 @@ impl Snapshot {
         self.nodes.contains_key(node) || self.opaque_nodes.contains(node)
     }
 
+    /// Whether the copy of instance `id` on `node` is known to have no live process: its node
+    /// is dead (its agent fenced itself before the lease could expire) or its agent reported a
+    /// terminal phase. Otherwise — running, starting, stopping, or no status yet — it may be
+    /// live and counts as a copy.
+    pub fn copy_gone(&self, id: &InstanceId, node: &str) -> bool {
+        !self.node_present(node)
+            || self
+                .statuses
+                .get(id)
+                .is_some_and(|s| s.value.phase.is_terminal())
+    }
+
     /// Events for undecodable keys not in `reported` yet (by key and mod revision), which it
     /// then records; keys that decode again are dropped from it. A node key names its node, an
     /// assignment its instance, anything else the key itself.

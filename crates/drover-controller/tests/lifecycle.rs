@@ -200,8 +200,10 @@ async fn failed_instances_are_rescheduled_up_to_the_limit_then_dead_lettered() {
     c.stop().await;
 }
 
+/// With surge room a drain replaces first: Running never drops below `replicas`, and the copies
+/// that may be live (any status but a terminal one) never exceed `replicas + maxSurge`.
 #[tokio::test]
-async fn drain_moves_everything_and_never_drops_below_replicas_running() {
+async fn drain_with_surge_moves_everything_and_never_drops_below_replicas_running() {
     let env = Env::start().await;
     // New instances become Running only after a delay, like real containers.
     let agent = FakeAgent::start(&env, Duration::from_millis(300));
@@ -210,7 +212,10 @@ async fn drain_moves_everything_and_never_drops_below_replicas_running() {
     }
     let c = env.replica("c1").await;
     let replicas = 6;
-    env.apply("web", service(replicas, 100)).await;
+    let surge = 2;
+    let mut spec = service(replicas, 100);
+    spec.update.max_surge = surge;
+    env.apply("web", spec).await;
     settled(&env, "web", replicas as usize).await;
 
     let progress = within("drain", drain(&env.store, &env.keys, "n1"))
@@ -226,10 +231,18 @@ async fn drain_moves_everything_and_never_drops_below_replicas_running() {
             .values()
             .filter(|i| i.task == "web" && s.get(&i.id).is_some_and(|s| s.phase == Phase::Running))
             .count();
+        let live = a
+            .values()
+            .filter(|i| i.task == "web" && !s.get(&i.id).is_some_and(|s| s.phase.is_terminal()))
+            .count();
         samples += 1;
         assert!(
             running >= replicas as usize,
             "only {running} Running during the drain"
+        );
+        assert!(
+            live <= (replicas + surge) as usize,
+            "{live} live copies during the drain"
         );
         let p = within("progress", drain_progress(&env.store, &env.keys, "n1"))
             .await

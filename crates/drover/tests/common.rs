@@ -2,7 +2,7 @@
 //! unique key prefix, and read what it wrote.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
@@ -222,4 +222,20 @@ pub async fn running_statuses(
             .filter(|s| s.phase == drover_api::instance::Phase::Running)
             .collect(),
     )
+}
+
+/// A witness workload's own records: (kind, pid, nanos) per line, in file order.
+pub fn records(path: &Path) -> Vec<(String, u32, u128)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let mut parts = l.split_whitespace();
+            Some((
+                parts.next()?.to_string(),
+                parts.next()?.parse().ok()?,
+                parts.next()?.parse().ok()?,
+            ))
+        })
+        .collect()
 }

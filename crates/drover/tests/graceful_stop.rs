@@ -5,6 +5,8 @@
 //! Checked for a single-replica service and for a job run retried elsewhere, and for an agent
 //! cut off from etcd (lease loss): there the old copy is killed at its fencing deadline, before
 //! it can record its stop, so the test itself watches the old pid in `/proc` as the witness.
+//! `drover drain` of the node obeys the same rule without surge, and with `maxSurge: 1` the
+//! records never show more than two live copies.
 //! Last, an agent SIGKILLed and restarted while etcd is down for 3 s adopts its copies: the
 //! same pids, and the workload recorded no second start; and one restarted through a proxy
 //! that loses the reply to its registration txn keeps its node alive and its copies in place.
@@ -14,7 +16,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{manifest, Cli, Daemon};
+use common::{manifest, records, Cli, Daemon};
 use drover_api::instance::{InstanceStatus, Phase};
 use drover_api::keys::Keys;
 use drover_store::{Store, StoreConfig};
@@ -39,28 +41,17 @@ fn solo_service(records: &Path) -> String {
     )
 }
 
+/// The single-replica witness service allowed one extra copy while it moves.
+fn surging_service(records: &Path) -> String {
+    format!("{}  update:\n    maxSurge: 1\n", solo_service(records))
+}
+
 /// A job running the witness workload, retried when a run fails.
 fn retried_job(records: &Path) -> String {
     format!(
         "apiVersion: drover.dev/v1\nkind: Task\nmetadata:\n  name: once\nspec:\n  command: [sh, -c, \"{}\"]\n  restartPolicy: Never\n  maxRetries: 2\n  terminationGracePeriodSeconds: 30\n",
         witness_command(records)
     )
-}
-
-/// (kind, pid, nanos) in file order.
-fn records(path: &Path) -> Vec<(String, u32, u128)> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| {
-            let mut parts = l.split_whitespace();
-            Some((
-                parts.next()?.to_string(),
-                parts.next()?.parse().ok()?,
-                parts.next()?.parse().ok()?,
-            ))
-        })
-        .collect()
 }
 
 /// The most copies alive at once, from the records alone.
@@ -86,6 +77,8 @@ enum Loss {
     Sigterm,
     /// The agent's connection to etcd is cut: its lease runs out.
     CutOff,
+    /// `drover drain` of its node.
+    Drain,
 }
 
 /// Nanoseconds since the epoch, the clock `date +%s%N` uses.
@@ -121,7 +114,9 @@ fn watch_death(pid: u32) -> tokio::task::JoinHandle<u128> {
     })
 }
 
-async fn scenario(loss: Loss, task_yaml: impl FnOnce(&Path) -> String) {
+/// `budget`: the most live copies the task allows (replicas + surge). With 1, the replacement
+/// must start after the old copy exited; with more, the records must stay within it.
+async fn scenario(loss: Loss, budget: usize, task_yaml: impl FnOnce(&Path) -> String) {
     let server = EtcdServer::start().await;
     let cli = Cli::new(server.endpoints());
     // Each agent reaches etcd through its own proxy, so one can be cut off.
@@ -206,6 +201,9 @@ async fn scenario(loss: Loss, task_yaml: impl FnOnce(&Path) -> String) {
             assert!(exited.is_some(), "the agent exits after stopping its copy");
         }
         Loss::CutOff => proxies[index].cut(),
+        Loss::Drain => {
+            cli.ok(&["drain", &first.node, "--timeout", "60s"]).await;
+        }
     }
 
     let seen = wait_for(
@@ -233,11 +231,18 @@ async fn scenario(loss: Loss, task_yaml: impl FnOnce(&Path) -> String) {
         .iter()
         .find(|r| r.0 == "stop" && r.1 == old_pid)
         .map(|r| r.2);
-    if loss == Loss::Sigterm {
+    if loss != Loss::CutOff {
         assert!(
             recorded_stop.is_some(),
             "a graceful stop runs the workload's own handler"
         );
+    }
+    if budget > 1 {
+        assert!(
+            max_live(&seen) <= budget,
+            "more than {budget} live copies: {seen:?}"
+        );
+        return;
     }
     let ended = recorded_stop.map_or(died, |s| s.min(died));
     assert!(
@@ -252,22 +257,32 @@ async fn scenario(loss: Loss, task_yaml: impl FnOnce(&Path) -> String) {
 
 #[tokio::test]
 async fn sigterm_of_an_agent_stops_a_service_copy_before_its_replacement_starts() {
-    scenario(Loss::Sigterm, solo_service).await;
+    scenario(Loss::Sigterm, 1, solo_service).await;
 }
 
 #[tokio::test]
 async fn sigterm_of_an_agent_stops_a_job_run_before_its_retry_starts() {
-    scenario(Loss::Sigterm, retried_job).await;
+    scenario(Loss::Sigterm, 1, retried_job).await;
 }
 
 #[tokio::test]
 async fn an_agent_cut_off_from_etcd_has_its_copy_gone_before_the_replacement_starts() {
-    scenario(Loss::CutOff, solo_service).await;
+    scenario(Loss::CutOff, 1, solo_service).await;
 }
 
 #[tokio::test]
 async fn a_job_run_on_a_cut_off_agent_is_gone_before_its_retry_starts() {
-    scenario(Loss::CutOff, retried_job).await;
+    scenario(Loss::CutOff, 1, retried_job).await;
+}
+
+#[tokio::test]
+async fn a_drain_without_surge_stops_the_copy_before_its_replacement_starts() {
+    scenario(Loss::Drain, 1, solo_service).await;
+}
+
+#[tokio::test]
+async fn a_drain_with_surge_never_exceeds_replicas_plus_surge() {
+    scenario(Loss::Drain, 2, surging_service).await;
 }
 
 #[test]

@@ -127,7 +127,8 @@ impl Engine {
     }
 
     /// Whether etcd (linearizable read) still holds the assignment of `slot` created at
-    /// `create_revision`. Absent or re-created (another create revision) is `false`.
+    /// `create_revision`, without a stop request. Absent, re-created (another create revision),
+    /// asked to stop, or no longer decodable is `false`: never start what may not be wanted.
     pub(crate) async fn still_assigned(&self, slot: &Slot, create_revision: i64) -> Result<bool> {
         let key = self.keys.assignment(&slot.node, &slot.id);
         let found = self
@@ -135,7 +136,57 @@ impl Engine {
             .get_raw(&key)
             .await
             .map_err(|source| Error::Confirm { key, source })?;
-        Ok(found.is_some_and(|v| v.create_revision == create_revision))
+        Ok(found.is_some_and(|v| {
+            v.create_revision == create_revision
+                && serde_json::from_slice::<drover_api::Instance>(&v.value)
+                    .is_ok_and(|i| i.stop.is_none())
+        }))
+    }
+
+    /// The controller asked this copy to stop ([`drover_api::Instance::stop`]): stop it (grace
+    /// period) and make the entry terminal, so the status written next reports the process
+    /// gone. A copy that already ended keeps its real outcome; one never started is `Stopped`.
+    ///
+    /// # Guarantees
+    /// The entry turns terminal only after the driver's stop returned (the process exited or
+    /// was killed at the end of the grace period): the terminal status — on which the
+    /// controller deletes the assignment and lets a replacement start — is never written for a
+    /// copy that may still run. Nothing is restarted afterwards.
+    pub(crate) async fn stop_on_request(&self, slot: &Slot, reason: &str) -> Result<()> {
+        let (running, terminal, started) = match self.table().get(slot) {
+            Some(e) => (e.is_running(), e.terminal, e.started_at),
+            None => return Ok(()),
+        };
+        if terminal && !running {
+            return Ok(());
+        }
+        let began = Utc::now();
+        if running {
+            tracing::info!(reason, "stopping on the controller's request");
+            self.stop_run(slot).await?;
+        }
+        {
+            let mut table = self.table();
+            let Some(e) = table.get_mut(slot) else {
+                return Ok(());
+            };
+            if let Some((code, finished)) = e.run.as_ref().and_then(|r| r.exited) {
+                e.exit_code = code;
+                e.finished_at = finished.or_else(|| Some(Utc::now()));
+            }
+            e.next_start = None;
+            e.terminal = true;
+            if !e.phase.is_terminal() {
+                e.phase = Phase::Stopped;
+                e.reason = Some(reason.to_string());
+                e.message = Some(format!("stopped on the controller's request ({reason})"));
+            }
+        }
+        if running {
+            self.record(slot, StopReason::Requested, started, began, None, true)
+                .await;
+        }
+        Ok(())
     }
 
     fn fail(&self, slot: &Slot, reason: &str, message: String) {

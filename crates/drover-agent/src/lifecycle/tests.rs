@@ -101,6 +101,7 @@ pub(crate) fn instance(id: &InstanceId) -> Instance {
         }))
         .expect("spec"),
         assigned_at: chrono::Utc::now(),
+        stop: None,
     }
 }
 

@@ -109,6 +109,7 @@ impl Env {
             attempt: 1,
             spec,
             assigned_at: Utc::now(),
+            stop: None,
         };
         self.store
             .put(&self.keys.assignment(node, id), &instance, None)

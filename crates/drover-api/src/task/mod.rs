@@ -464,6 +464,26 @@ pub struct TaskSpec {
     /// Script for the `hollow` driver. Default none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hollow: Option<HollowScript>,
+    /// How a service's copies are moved and replaced (services only). Default: no extra copy.
+    #[serde(skip_serializing_if = "UpdateStrategy::is_default")]
+    pub update: UpdateStrategy,
+}
+
+/// The copy budget of a service: how far its live copies may exceed `replicas` while copies
+/// are moved (drain) or replaced. A copy counts as live until its process has exited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct UpdateStrategy {
+    /// Extra copies allowed at once, so a replacement can start before the copy it replaces
+    /// stops. Default 0: the old copy stops first (a short gap instead of an overlap).
+    pub max_surge: u32,
+}
+
+impl UpdateStrategy {
+    /// True for the default (nothing to write).
+    pub fn is_default(&self) -> bool {
+        *self == UpdateStrategy::default()
+    }
 }
 
 impl Default for TaskSpec {
@@ -496,6 +516,7 @@ impl Default for TaskSpec {
             max_consecutive_failures: None,
             history_limit: 10,
             hollow: None,
+            update: UpdateStrategy::default(),
         }
     }
 }

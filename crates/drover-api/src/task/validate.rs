@@ -369,6 +369,12 @@ impl Validator {
             }
             return;
         }
+        if !spec.update.is_default() {
+            self.invalid(
+                "spec.update",
+                "only applies to services (restartPolicy: Always): a job run has one copy per slot, never more",
+            );
+        }
         if !periodic {
             if spec.starting_deadline_seconds.is_some() {
                 self.invalid(

@@ -52,8 +52,9 @@ impl<'a> Gates<'a> {
     ///
     /// - Every task in `dependsOn` exists, is not running or starting, and its latest finished
     ///   run (its task state's `lastOutcome`) Succeeded.
-    /// - No task that `task` blocks, or that blocks `task`, has instances, a run going, or a run
-    ///   starting in this plan.
+    /// - No task that `task` blocks, or that blocks `task`, has instances (a copy stopping
+    ///   counts: its assignment stays until the process exited, even once its task is deleted),
+    ///   a run going, or a run starting in this plan.
     pub(super) fn check(&self, task_ref: &TaskRef, task: &Task) -> Result<(), String> {
         for dep in &task.spec.depends_on {
             let d = TaskRef::new(&task_ref.namespace, dep);
@@ -74,13 +75,21 @@ impl<'a> Gates<'a> {
                 None => return Err(format!("waiting for dependency {dep}: it has not run yet")),
             }
         }
-        for (other_ref, other) in &self.snapshot.tasks {
+        // Every task with a copy that may be live, including a deleted task whose copies are
+        // still stopping: its `blocks` come from the spec its assignments carry.
+        for other_ref in self.busy.iter().chain(&self.starting) {
             if other_ref == task_ref || other_ref.namespace != task_ref.namespace {
                 continue;
             }
-            let related = task.spec.blocks.contains(&other_ref.name)
-                || other.value.spec.blocks.contains(&task_ref.name);
-            if related && self.running(other_ref) {
+            let other_blocks = match self.snapshot.tasks.get(other_ref) {
+                Some(other) => other.value.spec.blocks.contains(&task_ref.name),
+                None => self.snapshot.assignments.values().any(|a| {
+                    a.value.namespace == other_ref.namespace
+                        && a.value.task == other_ref.name
+                        && a.value.spec.blocks.contains(&task_ref.name)
+                }),
+            };
+            if task.spec.blocks.contains(&other_ref.name) || other_blocks {
                 return Err(format!("Blocked by {}", other_ref.name));
             }
         }

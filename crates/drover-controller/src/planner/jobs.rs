@@ -304,7 +304,19 @@ impl TaskCx<'_> {
             }
         }
 
-        // 4. Gates.
+        // 4. A copy of a finished run that is still stopping (a run cut off at its deadline,
+        // cancelled, or preempted) holds its place until its process has exited: a retry never
+        // runs beside the copy it retries, nor does any other run unless runs may overlap.
+        let may_overlap = spec.concurrency_policy == ConcurrencyPolicy::Allow
+            && !matches!(due, Due::Retry { .. });
+        if let Some(run) = self.stopping_run().filter(|_| !may_overlap) {
+            state.state.pending_reason =
+                Some(format!("waiting for the copies of run {run} to stop"));
+            put_state(plan, task_ref, old, state);
+            return None;
+        }
+
+        // 5. Gates.
         let gate = if spec.replicas == 0 {
             Err("replicas is 0: a run would have no instance".to_owned())
         } else if spec.replicas > MAX_RUN_REPLICAS {
@@ -325,7 +337,7 @@ impl TaskCx<'_> {
             return None;
         }
 
-        // 5. Start it.
+        // 6. Start it.
         let last = records
             .and_then(|m| m.keys().next_back().copied())
             .max(state.state.last_run)
@@ -377,6 +389,21 @@ impl TaskCx<'_> {
             started,
             held,
         })
+    }
+
+    /// A run of this task that has finished (or has no record) but still has assignments: its
+    /// copies are stopping.
+    fn stopping_run(&self) -> Option<u64> {
+        let records = self.snapshot.runs.get(self.task_ref);
+        self.index
+            .range((self.task_ref.clone(), 0)..=(self.task_ref.clone(), u64::MAX))
+            .find(|(&(_, run), inst)| {
+                !inst.assignments.is_empty()
+                    && records
+                        .and_then(|m| m.get(&run))
+                        .is_none_or(|r| r.value.finished_at.is_some())
+            })
+            .map(|(&(_, run), _)| run)
     }
 
     /// Schedule bookkeeping: sets `nextRunAt` when unset, skips ticks past their starting

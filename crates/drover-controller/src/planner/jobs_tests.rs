@@ -407,8 +407,12 @@ fn a_preempting_task_evicts_the_fewest_lower_priority_instances_then_is_placed()
         .collect();
     assert_eq!(preempted.len(), 2, "one victim, an event on each task");
     assert!(preempted[0].message.contains("low-big") && preempted[0].message.contains("high"));
+    // The victim is asked to stop and keeps its room until its agent reports it gone; the
+    // plans in between evict nothing more.
+    assert_eq!(sim.ids("low-big").len(), 1);
+    let p = step(&mut sim, 2);
+    assert!(p.events.iter().all(|e| e.reason != "Preempted"));
     assert!(sim.ids("low-big").is_empty());
-    step(&mut sim, 2);
     assert_eq!(
         sim.per_node("high").into_keys().collect::<Vec<_>>(),
         vec!["b".to_owned()]

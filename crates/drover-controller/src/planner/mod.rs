@@ -38,11 +38,25 @@ pub enum Write {
     Assign(Box<Instance>),
     /// Delete `assignments/<node>/<id>` (compare: unchanged since `mod_revision`) and
     /// `status/<id>` with it, so a stale agent's later status write is rejected.
+    ///
+    /// Planners emit it for every removal; [`stop_live_copies`] turns it into a
+    /// [`Write::RequestStop`] while the copy may still be live.
     Unassign {
         /// The instance.
         id: InstanceId,
         /// Its node.
         node: String,
+        /// The assignment's mod revision in the snapshot.
+        mod_revision: i64,
+        /// Why (becomes the stop request's reason).
+        reason: &'static str,
+    },
+    /// Rewrite `assignments/<node>/<id>` with [`Instance::stop`] set (compare: mod revision;
+    /// the create revision, which fences the agent's status writes, stays): the agent stops the
+    /// copy and reports it terminal, and only then is the assignment deleted.
+    RequestStop {
+        /// The assignment with its stop request.
+        instance: Box<Instance>,
         /// The assignment's mod revision in the snapshot.
         mod_revision: i64,
     },
@@ -271,8 +285,63 @@ pub fn plan(snapshot: &Snapshot, now: DateTime<Utc>, config: &ControllerConfig) 
     let starts = jobs::plan_jobs(snapshot, now, config, &mut plan);
     service::orphan_statuses(snapshot, &mut plan);
     placement::place(snapshot, now, removals, requests, starts, &mut plan);
+    stop_live_copies(snapshot, now, &mut plan);
     fence_dead_nodes(snapshot, &mut plan);
     plan
+}
+
+/// Promise 6 on every path that takes a copy away from a live node: a removal whose copy may
+/// still be live ([`Snapshot::copy_gone`] is false) becomes a [`Write::RequestStop`], or
+/// nothing when the stop was requested already. The assignment is deleted by a later plan,
+/// once the agent has reported the process gone.
+///
+/// # Guarantees
+///
+/// Done here, over the finished plan, so that no path (services, runs, drain, preemption,
+/// deleted tasks) can delete the assignment of a copy that may still run. A step that pairs
+/// such a removal with a replacement loses the replacement too: the planners count stopping
+/// copies against their budgets, so this only happens to a plan that raced a status change.
+fn stop_live_copies(snapshot: &Snapshot, now: DateTime<Utc>, plan: &mut Plan) {
+    for step in &mut plan.steps {
+        let mut keep_assigns = true;
+        let mut writes = Vec::with_capacity(step.writes.len());
+        for w in step.writes.drain(..) {
+            let Write::Unassign {
+                id, node, reason, ..
+            } = &w
+            else {
+                writes.push(w);
+                continue;
+            };
+            if snapshot.copy_gone(id, node) {
+                writes.push(w);
+                continue;
+            }
+            keep_assigns = false;
+            let Some(a) = snapshot.assignments.get(id) else {
+                // Undecodable: it cannot be rewritten with a stop request; it goes as it is.
+                writes.push(w);
+                continue;
+            };
+            if a.value.stop.is_some() {
+                continue;
+            }
+            let mut instance = a.value.clone();
+            instance.stop = Some(drover_api::StopRequest {
+                reason: (*reason).to_owned(),
+                requested_at: now,
+            });
+            writes.push(Write::RequestStop {
+                instance: Box::new(instance),
+                mod_revision: a.mod_revision,
+            });
+        }
+        if !keep_assigns {
+            writes.retain(|w| !matches!(w, Write::Assign(_)));
+        }
+        step.writes = writes;
+    }
+    plan.steps.retain(|s| !s.writes.is_empty());
 }
 
 /// Whether writing `record` finishes its run (it has no outcome in the snapshot yet).

@@ -105,7 +105,12 @@ pub(super) fn place(
     starts: Vec<RunStart>,
     plan: &mut Plan,
 ) {
-    let removed: BTreeSet<&InstanceId> = removals.iter().map(|r| &r.id).collect();
+    // Only a copy known gone frees its room; one still stopping holds it until it has exited.
+    let removed: BTreeSet<&InstanceId> = removals
+        .iter()
+        .filter(|r| snapshot.copy_gone(&r.id, &r.node))
+        .map(|r| &r.id)
+        .collect();
     let mut scheduler = Scheduler::new(node_views(snapshot, &removed));
     let mut requests = Vec::with_capacity(wants.len());
     let mut req_tasks: Vec<(TaskRef, String)> = Vec::with_capacity(wants.len());
@@ -199,6 +204,7 @@ pub(super) fn place(
             attempt: w.attempt,
             spec: task.value.spec.clone(),
             assigned_at: now,
+            stop: None,
         };
         plan.placed += 1;
         out.placed.push((id.clone(), node.clone()));
@@ -231,6 +237,7 @@ pub(super) fn place(
             id: r.id.clone(),
             node: r.node.clone(),
             mod_revision: r.mod_revision,
+            reason: r.reason,
         });
         let step_task = match replacement.remove(&r.id) {
             Some(new) => {
@@ -342,6 +349,7 @@ fn place_runs(
                 attempt: start.record.attempt,
                 spec: task.value.spec.clone(),
                 assigned_at: now,
+                stop: None,
             })));
         }
         if let Some(why) = unschedulable {

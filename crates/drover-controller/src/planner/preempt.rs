@@ -81,6 +81,15 @@ pub(super) fn preempt(
         by_node.entry(a.value.node.as_str()).or_default().push(a);
     }
     let mut evicted: BTreeSet<InstanceId> = BTreeSet::new();
+    // Room that copies already asked to stop will free, per node: a request that fits in it
+    // waits for them instead of evicting more.
+    let mut leaving: BTreeMap<&str, Capacity> = BTreeMap::new();
+    for a in snapshot.assignments.values() {
+        if a.value.stop.is_some() && !removed.contains(&a.value.id) {
+            let room = leaving.entry(a.value.node.as_str()).or_default();
+            *room = room.saturating_add(demand_of(&a.value.spec));
+        }
+    }
     for ((req, decision), (task, label)) in requests.iter().zip(decisions).zip(req_tasks) {
         if !matches!(decision, Decision::Unschedulable(_)) {
             continue;
@@ -90,6 +99,20 @@ pub(super) fn preempt(
             .get(task)
             .is_some_and(|t| t.value.spec.preemption)
         {
+            continue;
+        }
+        let waiting = views.iter().find_map(|(name, view)| {
+            let room = leaving.get(name.as_str()).copied()?;
+            let mut after = view.clone();
+            after.allocated = after.allocated.saturating_sub(room);
+            Scheduler::reject(&after, req)
+                .is_none()
+                .then(|| name.clone())
+        });
+        if let Some(name) = waiting {
+            if let Some(room) = leaving.get_mut(name.as_str()) {
+                *room = room.saturating_sub(req.demand);
+            }
             continue;
         }
         let mut best: Option<(usize, String, Vec<Candidate<'_>>)> = None;
@@ -103,7 +126,11 @@ pub(super) fn preempt(
                 .get(name.as_str())
                 .into_iter()
                 .flatten()
-                .filter(|a| !removed.contains(&a.value.id) && !evicted.contains(&a.value.id))
+                .filter(|a| {
+                    a.value.stop.is_none()
+                        && !removed.contains(&a.value.id)
+                        && !evicted.contains(&a.value.id)
+                })
                 .filter(|a| a.value.spec.priority < req.priority)
                 .map(|a| Candidate {
                     id: &a.value.id,
@@ -136,6 +163,7 @@ pub(super) fn preempt(
                     id: v.id.clone(),
                     node: node.clone(),
                     mod_revision: v.mod_revision,
+                    reason: "Preempted",
                 }],
             });
             let message = format!(

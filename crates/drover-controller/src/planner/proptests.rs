@@ -1,6 +1,7 @@
 //! Planner property test: converge, disturb (node deaths, scaling, new generations, deletes,
 //! cordons, failures), converge again; check the invariants and that a new leader planning from
-//! the same snapshot has nothing to do.
+//! the same snapshot has nothing to do. Every plan on the way is checked against the copy
+//! budget: no new copy of a service while its live copies fill `replicas + update.maxSurge`.
 
 use std::collections::BTreeMap;
 
@@ -92,6 +93,53 @@ fn check_invariants(sim: &Sim) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// No plan adds a copy of a service beyond its budget, counting every copy that may be live
+/// (stopping ones included).
+fn check_budget(s: &Snapshot, p: &Plan) -> Result<(), TestCaseError> {
+    let mut new: BTreeMap<TaskRef, usize> = BTreeMap::new();
+    for w in p.steps.iter().flat_map(|s| &s.writes) {
+        if let Write::Assign(i) = w {
+            if i.run.is_none() {
+                *new.entry(TaskRef::new(&i.namespace, &i.task)).or_default() += 1;
+            }
+        }
+    }
+    for (task, added) in new {
+        let Some(t) = s.tasks.get(&task) else {
+            continue;
+        };
+        let live = s
+            .assignments
+            .values()
+            .filter(|a| a.value.namespace == task.namespace && a.value.task == task.name)
+            .filter(|a| !s.copy_gone(&a.value.id, &a.value.node))
+            .count();
+        let cap = t.value.spec.replicas as usize + t.value.spec.update.max_surge as usize;
+        prop_assert!(
+            live + added <= cap,
+            "{}: {} live + {} new copies > {} (replicas + surge)",
+            task,
+            live,
+            added,
+            cap
+        );
+    }
+    Ok(())
+}
+
+/// [`Sim::converge`], checking every plan against the copy budget.
+fn converge_checked(sim: &mut Sim, now: i64) -> Result<(), TestCaseError> {
+    for _ in 0..40 {
+        let p = plan(&sim.s, at(now), &sim.config);
+        if p.is_empty() {
+            return Ok(());
+        }
+        check_budget(&sim.s, &p)?;
+        sim.apply(&p);
+    }
+    Err(TestCaseError::fail("did not converge in 40 rounds"))
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
@@ -110,11 +158,12 @@ proptest! {
             sim.task(&format!("t{i}"), *replicas, |s| {
                 s.resources.cpu = Cpu::millis(*cpu);
                 s.priority = *prio;
+                s.update.max_surge = u32::from(*prio % 2);
                 if *sel { s.node_selector.insert("disk".into(), "ssd".into()); }
             });
         }
         let mut now = 0;
-        sim.converge(at(now));
+        converge_checked(&mut sim, now)?;
         check_invariants(&sim)?;
         let mut extra = nodes.len();
         for d in disturbances {
@@ -143,7 +192,7 @@ proptest! {
                 }
                 _ => {}
             }
-            sim.converge(at(now));
+            converge_checked(&mut sim, now)?;
             check_invariants(&sim)?;
             // Failover: a fresh planner on the same snapshot, later, has nothing to do.
             prop_assert!(plan(&sim.s, at(now + 1), &sim.config).is_empty());

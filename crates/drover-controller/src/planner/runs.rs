@@ -215,6 +215,7 @@ pub(super) fn remove_instances(inst: Option<&RunInstances<'_>>, plan: &mut Plan)
                 id: a.value.id.clone(),
                 node: a.value.node.clone(),
                 mod_revision: a.mod_revision,
+                reason: "RunFinished",
             }],
         });
     }

@@ -1,7 +1,9 @@
 //! Services (`restartPolicy: Always`): keep `replicas` instances of the current generation on
 //! live nodes, replace what a dead node or a new generation took away, escalate instances their
 //! agent reports `Failed` (reschedule with exponential delay, then dead-letter), and move
-//! instances off draining nodes replacement-first.
+//! instances off draining nodes — all within one copy budget: live copies (a copy is live
+//! until its process has exited, stopping copies included) never exceed `replicas +
+//! update.maxSurge`.
 
 use chrono::{DateTime, TimeDelta, Utc};
 use drover_api::{DeadLetter, EventKind, Instance, InstanceId, Phase, Task};
@@ -101,13 +103,22 @@ pub(super) fn plan_service(
         .saturating_sub(dead_lettered)
         .saturating_sub(opaque.len());
 
+    // Copies going away that may still be live: stop requested, or being requested now.
+    let mut departing = 0usize;
+
     // Classify. `live` count towards `desired`; `draining` are replaced before they go.
     let mut live: Vec<&Instance> = Vec::new();
     let mut draining: Vec<&Instance> = Vec::new();
     let mut replace: Vec<(&Instance, &'static str)> = Vec::new();
     for &i in mine.iter().filter(|i| i.run.is_none()) {
+        if let Some(stop) = &i.stop {
+            // Already asked to stop: deleted once gone, counted until then.
+            let reason = stop_reason(&stop.reason);
+            departing += depart(snapshot, out, i, reason);
+            continue;
+        }
         if i.generation != generation {
-            out.removals.push(Removal::plain(snapshot, i, "Outdated"));
+            departing += depart(snapshot, out, i, "Outdated");
             continue;
         }
         if !snapshot.node_present(&i.node) {
@@ -147,8 +158,23 @@ pub(super) fn plan_service(
         seq += 1;
     };
 
+    // Scale down first: it frees budget. Drop instances that are not running first, then the
+    // newest slots.
+    if live.len() > desired {
+        live.sort_by_key(|i| (running(snapshot, i), std::cmp::Reverse(i.slot)));
+        let excess = live.len() - desired;
+        for i in live.drain(..excess) {
+            departing += depart(snapshot, out, i, "ScaledDown");
+        }
+    }
+    // The copy budget: every copy that may be live, whatever its generation or fate, counts.
+    let cap = desired.saturating_add(usize::try_from(task.spec.update.max_surge).unwrap_or(0));
+    // Room for new copies under the budget (opaque assignments hold theirs).
+    let occupied = live.len() + draining.len() + departing + opaque.len();
+    let room = cap.saturating_add(opaque.len()).saturating_sub(occupied);
+
     // Replacements first, carrying the attempt (a failure bumps it; a lost node does not).
-    let mut deficit = desired.saturating_sub(live.len());
+    let mut deficit = desired.saturating_sub(live.len()).min(room);
     for (i, why) in replace {
         let removal = Removal::plain(snapshot, i, why);
         if deficit > 0 {
@@ -179,22 +205,19 @@ pub(super) fn plan_service(
         want(out, 1, None, None, "Scale");
     }
 
-    // Scale down: drop instances that are not running first, then the newest slots.
-    if live.len() > desired {
-        live.sort_by_key(|i| (running(snapshot, i), std::cmp::Reverse(i.slot)));
-        let excess = live.len() - desired;
-        for i in live.drain(..excess) {
-            out.removals.push(Removal::plain(snapshot, i, "ScaledDown"));
-        }
+    // Drain. With surge room, replacement first: an instance on a draining node goes once
+    // enough instances elsewhere exist, and (if it runs) only while the Running count stays at
+    // or above `desired`. Without room (no surge, or all of it spent), stop first: one copy at
+    // a time, once every other copy runs, so the gap is one copy for as long as it takes to
+    // stop and replace.
+    if draining.is_empty() {
+        return;
     }
-
-    // Drain: an instance on a draining node goes once enough instances elsewhere exist, and
-    // (if it runs) only while the Running count stays at or above `desired`.
-    if !draining.is_empty() && live.len() >= desired {
-        let running_live = live.iter().filter(|i| running(snapshot, i)).count();
-        let running_draining = draining.iter().filter(|i| running(snapshot, i)).count();
+    let running_live = live.iter().filter(|i| running(snapshot, i)).count();
+    let running_draining = draining.iter().filter(|i| running(snapshot, i)).count();
+    draining.sort_by_key(|i| (running(snapshot, i), i.slot));
+    if live.len() >= desired {
         let mut allowance = (running_live + running_draining).saturating_sub(desired);
-        draining.sort_by_key(|i| (running(snapshot, i), i.slot));
         for i in draining {
             if running(snapshot, i) {
                 if allowance == 0 {
@@ -202,8 +225,41 @@ pub(super) fn plan_service(
                 }
                 allowance -= 1;
             }
-            out.removals.push(Removal::plain(snapshot, i, "Drained"));
+            depart(snapshot, out, i, "Drained");
         }
+        return;
+    }
+    let no_room = occupied + deficit >= cap.saturating_add(opaque.len());
+    let settled = departing == 0 && running_live == live.len() && wanted_none(out, task_ref);
+    if no_room && settled {
+        if let Some(i) = draining.first() {
+            depart(snapshot, out, i, "Drained");
+        }
+    }
+}
+
+/// Removes `i` for `reason`; 1 when its copy may still be live (it then departs under a stop
+/// request and keeps its place in the budget), else 0.
+fn depart(snapshot: &Snapshot, out: &mut Out<'_>, i: &Instance, reason: &'static str) -> usize {
+    out.removals.push(Removal::plain(snapshot, i, reason));
+    usize::from(!snapshot.copy_gone(&i.id, &i.node))
+}
+
+/// Whether this plan wants no new copy of the task (nothing is being placed for it).
+fn wanted_none(out: &Out<'_>, task_ref: &TaskRef) -> bool {
+    !out.wants.iter().any(|w| &w.task == task_ref)
+}
+
+/// The removal reason for a stop request's reason (removal reasons are static labels).
+fn stop_reason(reason: &str) -> &'static str {
+    match reason {
+        "Outdated" => "Outdated",
+        "ScaledDown" => "ScaledDown",
+        "Drained" => "Drained",
+        "TaskDeleted" => "TaskDeleted",
+        "Preempted" => "Preempted",
+        "RunFinished" => "RunFinished",
+        _ => "Stopped",
     }
 }
 

@@ -1,5 +1,5 @@
 //! A simulated etcd for planner tests: a [`Snapshot`] that plans are applied to, and a
-//! simulated agent that reports new instances Running.
+//! simulated agent that reports new instances Running and stop-requested ones Stopped.
 
 use std::collections::BTreeMap;
 
@@ -31,7 +31,7 @@ pub(super) struct Sim {
     pub(super) s: Snapshot,
     rev: i64,
     pub(super) config: ControllerConfig,
-    /// New assignments get a Running status at once.
+    /// New assignments get a Running status at once, stop-requested ones a Stopped status.
     pub(super) agent_runs: bool,
 }
 
@@ -151,6 +151,7 @@ impl Sim {
     pub(super) fn apply(&mut self, plan: &Plan) {
         let rev = self.bump();
         let mut new_ids = Vec::new();
+        let mut stopped_ids = Vec::new();
         for step in &plan.steps {
             for w in &step.writes {
                 match w {
@@ -165,6 +166,20 @@ impl Sim {
                         self.s
                             .assignments
                             .insert(i.id.clone(), versioned(String::new(), (**i).clone(), rev));
+                    }
+                    Write::RequestStop {
+                        instance,
+                        mod_revision,
+                    } => {
+                        let a = self
+                            .s
+                            .assignments
+                            .get_mut(&instance.id)
+                            .expect("stop requested for an assignment that exists");
+                        assert_eq!(a.mod_revision, *mod_revision);
+                        a.value = (**instance).clone();
+                        a.mod_revision = rev;
+                        stopped_ids.push(instance.id.clone());
                     }
                     Write::Unassign {
                         id, mod_revision, ..
@@ -230,19 +245,22 @@ impl Sim {
             for id in new_ids {
                 self.set_phase(&id, Phase::Running, None);
             }
+            for id in stopped_ids {
+                self.set_phase(&id, Phase::Stopped, None);
+            }
         }
     }
 
     /// Plans and applies until a plan is empty; returns the number of rounds.
     pub(super) fn converge(&mut self, now: DateTime<Utc>) -> usize {
-        for round in 0..10 {
+        for round in 0..40 {
             let p = plan(&self.s, now, &self.config);
             if p.is_empty() {
                 return round;
             }
             self.apply(&p);
         }
-        panic!("did not converge in 10 rounds");
+        panic!("did not converge in 40 rounds");
     }
 
     pub(super) fn per_node(&self, task: &str) -> BTreeMap<String, usize> {

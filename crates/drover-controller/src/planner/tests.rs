@@ -185,45 +185,90 @@ fn failed_instances_are_rescheduled_with_delay_then_dead_lettered() {
     assert_eq!(sim.ids("web").len(), 1);
 }
 
-#[test]
-fn drain_replaces_first_and_never_drops_running_below_replicas() {
+/// Drains `n1` of a 3-replica service with `surge` extra copies allowed, the agent acting one
+/// round late (starting new copies, stopping stop-requested ones). Returns, per round, the
+/// copies that may be live (assignments whose status is not terminal) and the Running count.
+fn drain_rounds(surge: u32) -> Vec<(usize, usize)> {
     let mut sim = Sim::new();
     for n in ["n1", "n2", "n3"] {
         sim.node(n, 4000, &[]);
     }
-    sim.task("web", 3, |_| {});
+    sim.task("web", 3, |s| s.update.max_surge = surge);
     sim.converge(at(0));
     sim.agent_runs = false;
     sim.set_info("n1", |i| {
         i.draining = true;
         i.cordoned = true;
     });
-    let running = |sim: &Sim| {
-        sim.s
-            .statuses
-            .values()
-            .filter(|s| s.value.phase == Phase::Running)
-            .count()
-    };
-    for round in 0..6 {
+    let mut rounds = Vec::new();
+    for round in 0..20 {
         let p = plan(&sim.s, at(round + 1), &sim.config);
         sim.apply(&p);
-        assert!(running(&sim) >= 3, "running dropped to {}", running(&sim));
-        // The agent starts new instances one round late.
-        let pending: Vec<_> = sim
+        let live = sim
             .s
             .assignments
             .keys()
-            .filter(|id| !sim.s.statuses.contains_key(*id))
-            .cloned()
+            .filter(|id| {
+                !sim.s
+                    .statuses
+                    .get(*id)
+                    .is_some_and(|s| s.value.phase.is_terminal())
+            })
+            .count();
+        let running = sim
+            .s
+            .statuses
+            .values()
+            .filter(|s| s.value.phase == Phase::Running)
+            .count();
+        rounds.push((live, running));
+        let late: Vec<_> = sim
+            .s
+            .assignments
+            .values()
+            .filter_map(|a| {
+                let status = sim.s.statuses.get(&a.value.id).map(|s| s.value.phase);
+                match (&a.value.stop, status) {
+                    (Some(_), Some(p)) if !p.is_terminal() => {
+                        Some((a.value.id.clone(), Phase::Stopped))
+                    }
+                    (None, None) => Some((a.value.id.clone(), Phase::Running)),
+                    _ => None,
+                }
+            })
             .collect();
-        for id in pending {
-            sim.set_phase(&id, Phase::Running, None);
+        for (id, phase) in late {
+            sim.set_phase(&id, phase, None);
         }
     }
-    assert_eq!(sim.per_node("web").get("n1"), None);
+    assert_eq!(sim.per_node("web").get("n1"), None, "n1 is drained");
     assert_eq!(sim.ids("web").len(), 3);
     assert_eq!(sim.converge(at(100)), 0);
+    rounds
+}
+
+#[test]
+fn drain_with_surge_replaces_first_and_stays_within_the_budget() {
+    for (round, (live, running)) in drain_rounds(1).into_iter().enumerate() {
+        assert!(running >= 3, "round {round}: running dropped to {running}");
+        assert!(
+            live <= 4,
+            "round {round}: {live} live copies > replicas + surge"
+        );
+    }
+}
+
+#[test]
+fn drain_without_surge_stops_one_copy_before_replacing_it() {
+    let rounds = drain_rounds(0);
+    for (round, (live, running)) in rounds.iter().enumerate() {
+        assert!(*live <= 3, "round {round}: {live} live copies > replicas");
+        assert!(*running >= 2, "round {round}: more than one copy down");
+    }
+    assert!(
+        rounds.iter().any(|(_, running)| *running == 2),
+        "without surge a drain has a gap of one copy: {rounds:?}"
+    );
 }
 
 #[test]
@@ -339,7 +384,7 @@ fn an_undecodable_assignment_on_a_dead_node_is_replaced_by_key() {
     let p = plan(&sim.s, at(2), &sim.config);
     assert!(p.steps.iter().any(|s| matches!(
         s.writes.as_slice(),
-        [Write::Unassign { id: old, node, mod_revision }, Write::Assign(new), Write::NodeGone { .. }]
+        [Write::Unassign { id: old, node, mod_revision, .. }, Write::Assign(new), Write::NodeGone { .. }]
             if *old == id && node == "n2" && *mod_revision == rev && new.node == "n1"
     )));
 }

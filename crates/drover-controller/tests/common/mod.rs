@@ -252,7 +252,8 @@ impl Replica {
 }
 
 /// Fake agents: nodes on leases, plus a loop that reports every new assignment on a live node
-/// `Running` (fenced on the assignment, like a real agent) after `start_delay`.
+/// `Running` (fenced on the assignment, like a real agent) after `start_delay`, and every
+/// assignment the controller asked to stop `Stopped`.
 pub struct FakeAgent {
     store: Store,
     keys: Keys,
@@ -367,6 +368,7 @@ async fn run_agent(
     // Job instances reported Running, with when; removed once they ended.
     let mut running: BTreeMap<InstanceId, Instant> = BTreeMap::new();
     let mut ended: BTreeSet<InstanceId> = BTreeSet::new();
+    let mut stopped: BTreeSet<InstanceId> = BTreeSet::new();
     loop {
         tokio::time::sleep(Duration::from_millis(20)).await;
         let Ok(listing) = store.list::<Instance>(&keys.assignments()).await else {
@@ -376,6 +378,19 @@ async fn run_agent(
         for a in listing.items {
             let i = a.value;
             if !live.contains(&i.node) || ended.contains(&i.id) {
+                continue;
+            }
+            // Asked to stop: report it gone (a fake copy stops at once).
+            if let Some(stop) = &i.stop {
+                if !stopped.contains(&i.id) {
+                    let mut s = status(&i, Phase::Stopped);
+                    s.reason = Some(stop.reason.clone());
+                    s.finished_at = Some(Utc::now());
+                    if write_status(&store, &keys, &i, &s).await {
+                        stopped.insert(i.id.clone());
+                        running.remove(&i.id);
+                    }
+                }
                 continue;
             }
             if let Some(since) = running.get(&i.id) {

@@ -55,6 +55,7 @@ fn instance(i: usize) -> Result<Instance, CliError> {
             ..TaskSpec::default()
         },
         assigned_at: Utc::now(),
+        stop: None,
     })
 }
 

@@ -1,6 +1,7 @@
 //! `drover cordon|uncordon|drain NODE`: node maintenance. Cordon stops new placements; drain
-//! also moves every instance elsewhere, replacement first, and reports progress until the node
-//! is empty.
+//! also moves every service instance elsewhere — replacement first within the task's
+//! `update.maxSurge`, otherwise stopping one copy before its replacement starts — and reports
+//! progress until the node is empty.
 
 use std::time::Duration;
 
