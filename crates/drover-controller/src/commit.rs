@@ -191,6 +191,17 @@ fn write_parts(keys: &Keys, w: &Write) -> Result<(Vec<Cmp>, Vec<Op>), CommitErro
                 vec![Op::delete(key)],
             )
         }
+        Write::DeleteDeadLetter {
+            namespace,
+            instance,
+            mod_revision,
+        } => {
+            let key = keys.deadletter(namespace, instance);
+            (
+                vec![Cmp::ModRevision(key.clone(), *mod_revision)],
+                vec![Op::delete(key)],
+            )
+        }
         Write::DeleteTrigger {
             task,
             id,

@@ -197,6 +197,19 @@ async fn failed_instances_are_rescheduled_up_to_the_limit_then_dead_lettered() {
         reasons.contains("Rescheduled") && reasons.contains("DeadLettered"),
         "{reasons:?}"
     );
+
+    // A fixed spec supersedes the letter: it is removed and the slot is filled again.
+    env.apply("crashy", service(1, 200)).await;
+    eventually("the superseded dead letter is removed", TTL * 2, || async {
+        env.store
+            .get_raw(&env.keys.deadletter("default", &last))
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    settled(&env, "crashy", 1).await;
     c.stop().await;
 }
 

@@ -87,6 +87,19 @@ fn a_service_refuses_gates_and_the_circuit_breaker() {
 }
 
 #[test]
+fn a_copy_budget_is_for_services_only() {
+    let mut t = svc();
+    t.spec.update.max_surge = 2;
+    assert!(fields(&t).is_empty(), "a service may surge");
+    t.spec.restart_policy = RestartPolicy::Never;
+    assert_eq!(fields(&t), ["spec.update"]);
+    // The manifest spelling, and unknown fields under it are refused.
+    let spec: TaskSpec = serde_json::from_str(r#"{"update":{"maxSurge":1}}"#).unwrap();
+    assert_eq!(spec.update.max_surge, 1);
+    assert!(serde_json::from_str::<TaskSpec>(r#"{"update":{"maxSurj":1}}"#).is_err());
+}
+
+#[test]
 fn job_rules() {
     let mut t = svc();
     t.spec.restart_policy = RestartPolicy::OnFailure;

@@ -13,6 +13,7 @@
 //! the circuit breaker), [`runs`] (judging and finishing one run) and [`gates`] (`dependsOn`,
 //! `blocks`).
 
+mod deadletters;
 mod gates;
 mod jobs;
 mod nodes;
@@ -70,6 +71,15 @@ pub enum Write {
     },
     /// Create `deadletter/<ns>/<instance>` (compare: absent).
     DeadLetter(DeadLetterRecord),
+    /// Delete a dead letter that no longer describes a running spec (compare: mod revision).
+    DeleteDeadLetter {
+        /// Its namespace.
+        namespace: String,
+        /// The instance it is about.
+        instance: InstanceId,
+        /// The letter's mod revision in the snapshot.
+        mod_revision: i64,
+    },
     /// Write `nodeinfo/<name>` (compare: mod revision, 0 = absent).
     NodeInfo {
         /// The new record.
@@ -284,6 +294,7 @@ pub fn plan(snapshot: &Snapshot, now: DateTime<Utc>, config: &ControllerConfig) 
     }
     let starts = jobs::plan_jobs(snapshot, now, config, &mut plan);
     service::orphan_statuses(snapshot, &mut plan);
+    deadletters::trim(snapshot, &mut plan);
     placement::place(snapshot, now, removals, requests, starts, &mut plan);
     stop_live_copies(snapshot, now, &mut plan);
     fence_dead_nodes(snapshot, &mut plan);

@@ -203,6 +203,9 @@ impl Sim {
                             versioned(String::new(), info.clone(), rev),
                         );
                     }
+                    Write::DeleteDeadLetter { instance, .. } => {
+                        self.s.deadletters.remove(instance);
+                    }
                     Write::DeleteStatus { id, .. } => {
                         self.s.statuses.remove(id);
                     }
