@@ -9,7 +9,8 @@
 //! | `assignments/<node>/<instance>` | leader controller (fenced txn) | [`Instance`](crate::instance::Instance): task ref, generation, resolved spec, attempt | until unassigned |
 //! | `status/<instance>` | the agent running it, fenced on the assignment | [`InstanceStatus`](crate::instance::InstanceStatus) | deleted by the controller with the assignment |
 //! | `nodes/<node>` | agent, bound to its lease | [`Node`](crate::node::Node) | lease: gone when the agent dies |
-//! | `nodeinfo/<node>` | agent (last seen) and controller (cordon, dead since) | [`NodeInfo`](crate::node::NodeInfo) | durable |
+//! | `nodeinfo/<node>` | operators (`drover cordon`, `uncordon`, `drain`) | [`NodeInfo`](crate::node::NodeInfo): cordoned, draining | durable |
+//! | `nodestate/<node>` | leader controller | [`NodeState`](crate::node::NodeState): dead since | durable |
 //! | `leader/<lease-id>` | controller replicas via etcd's election API | replica id | lease |
 //! | `controllers/<replica>` | each controller replica, on its lease | replica address/info | lease |
 //! | `events/<ns>/<id>` | everyone, on a TTL lease | [`Event`](crate::event::Event) | TTL |
@@ -46,6 +47,7 @@ const ASSIGNMENTS: &str = "assignments";
 const STATUS: &str = "status";
 const NODES: &str = "nodes";
 const NODEINFO: &str = "nodeinfo";
+const NODESTATE: &str = "nodestate";
 const LEADER: &str = "leader";
 const CONTROLLERS: &str = "controllers";
 const EVENTS: &str = "events";
@@ -228,6 +230,21 @@ impl Keys {
         self.parse_single_label(key, NODEINFO)
     }
 
+    /// `nodestate/<node>`: the leader's record of the node's lease ending.
+    pub fn nodestate(&self, node: &str) -> String {
+        format!("{}{}", self.nodestates(), seg(node))
+    }
+
+    /// Prefix of all node states: `nodestate/`.
+    pub fn nodestates(&self) -> String {
+        self.dir(NODESTATE)
+    }
+
+    /// The node name of a nodestate key.
+    pub fn parse_nodestate_key(&self, key: &str) -> Option<String> {
+        self.parse_single_label(key, NODESTATE)
+    }
+
     // ---- controllers ----
 
     /// The election name passed to etcd's election API: `<prefix>/leader`. etcd creates the
@@ -403,6 +420,7 @@ mod tests {
             k.statuses(),
             k.nodes(),
             k.nodeinfos(),
+            k.nodestates(),
             k.controllers(),
             k.events(),
             k.events_in("a"),
@@ -433,6 +451,8 @@ mod tests {
         assert_eq!(k.parse_status_key(&k.status(&id())), Some(id()));
         assert_eq!(k.parse_node_key(&k.node("n1")), Some("n1".into()));
         assert_eq!(k.parse_nodeinfo_key(&k.nodeinfo("n1")), Some("n1".into()));
+        assert_eq!(k.parse_nodestate_key(&k.nodestate("n1")), Some("n1".into()));
+        assert_eq!(k.parse_nodestate_key(&k.nodeinfo("n1")), None);
         assert_eq!(
             k.parse_controller_key(&k.controller("c-1")),
             Some("c-1".into())
@@ -497,6 +517,7 @@ mod tests {
             k.statuses(),
             k.nodes(),
             k.nodeinfos(),
+            k.nodestates(),
             k.controllers(),
             k.events(),
             k.deadletters(),
@@ -511,6 +532,7 @@ mod tests {
             (k.status(&id()), k.statuses()),
             (k.node("n"), k.nodes()),
             (k.nodeinfo("n"), k.nodeinfos()),
+            (k.nodestate("n"), k.nodestates()),
             (k.event("a", "1"), k.events()),
             (k.deadletter("a", &id()), k.deadletters()),
             (k.taskstate("a", "b"), k.taskstates()),

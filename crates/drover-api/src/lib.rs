@@ -35,7 +35,7 @@ pub use manifest::{
     MAX_DOCUMENTS, MAX_MANIFEST_BYTES,
 };
 pub use names::{InstanceId, NameError};
-pub use node::{Capacity, Node, NodeInfo};
+pub use node::{Capacity, Node, NodeInfo, NodeState};
 pub use quantity::{Cpu, Memory, QuantityError};
 pub use run::{RunCause, RunOutcome, RunRecord, TriggerRequest};
 pub use schedule::{Schedule, ScheduleError};

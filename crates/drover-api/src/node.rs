@@ -57,14 +57,24 @@ pub struct NodeInfo {
     /// Last time the node was seen alive.
     #[serde(default)]
     pub last_seen: Option<DateTime<Utc>>,
-    /// When the controller saw the node's lease end; `None` while alive.
-    #[serde(default)]
-    pub dead_since: Option<DateTime<Utc>>,
 }
 
 impl NodeInfo {
-    /// May the scheduler place new instances on this node?
+    /// May the scheduler place new instances on this node (as far as operators are concerned)?
     pub fn schedulable(&self) -> bool {
-        !self.cordoned && !self.draining && self.dead_since.is_none()
+        !self.cordoned && !self.draining
     }
+}
+
+/// Value of `nodestate/<node>`: what the leader knows of the node's life, written only by the
+/// leader (operators' intent is [`NodeInfo`], written only by operators). Older records kept
+/// `deadSince` in `nodeinfo`; it is ignored there and dropped by the next operator write.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeState {
+    /// The node's name.
+    pub name: String,
+    /// When the leader saw the node's lease end; `None` once it registered again.
+    #[serde(default)]
+    pub dead_since: Option<DateTime<Utc>>,
 }

@@ -1,5 +1,6 @@
 //! Operator actions on nodes, for `drover cordon|uncordon|drain`: compare-and-swap writes of
-//! `nodeinfo/<node>` (not fenced: operators are not the leader) and drain progress.
+//! `nodeinfo/<node>`, the operators' own key (not fenced: operators are not the leader), and
+//! drain progress.
 
 use std::time::Duration;
 
@@ -82,8 +83,9 @@ async fn update_info(
 ///
 /// # Guarantees
 ///
-/// A compare-and-swap on the record: a concurrent controller write (such as `deadSince`) is
-/// never overwritten. Cordoning moves nothing; it only stops new placements on the node.
+/// A compare-and-swap on the record, which only operators write (the leader keeps what it
+/// knows of the node in `nodestate/`): two concurrent operators never overwrite each other.
+/// Cordoning moves nothing; it only stops new placements on the node.
 pub async fn cordon(
     store: &Store,
     keys: &Keys,

@@ -156,11 +156,14 @@ fn write_parts(keys: &Keys, w: &Write) -> Result<(Vec<Cmp>, Vec<Op>), CommitErro
                 vec![Op::put(key, d, None).map_err(encode_err)?],
             )
         }
-        Write::NodeInfo { info, mod_revision } => {
-            let key = keys.nodeinfo(&info.name);
+        Write::NodeState {
+            state,
+            mod_revision,
+        } => {
+            let key = keys.nodestate(&state.name);
             (
                 vec![Cmp::ModRevision(key.clone(), *mod_revision)],
-                vec![Op::put(key, info, None).map_err(encode_err)?],
+                vec![Op::put(key, state, None).map_err(encode_err)?],
             )
         }
         Write::DeleteStatus { id, mod_revision } => {

@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use drover_api::{
-    Event, EventKind, Instance, InstanceId, InstanceStatus, Keys, Node, NodeInfo, RunRecord, Task,
-    TriggerRequest,
+    Event, EventKind, Instance, InstanceId, InstanceStatus, Keys, Node, NodeInfo, NodeState,
+    RunRecord, Task, TriggerRequest,
 };
 use drover_store::Versioned;
 use serde::de::DeserializeOwned;
@@ -61,6 +61,8 @@ pub struct Snapshot {
     pub nodes: BTreeMap<String, Versioned<Node>>,
     /// Durable node records (cordon, drain, dead since).
     pub nodeinfos: BTreeMap<String, Versioned<NodeInfo>>,
+    /// The leader's records of node deaths (`nodestate/<node>`).
+    pub nodestates: BTreeMap<String, Versioned<NodeState>>,
     /// Assignments by instance id; `value.node` is the node of the key.
     pub assignments: BTreeMap<InstanceId, Versioned<Instance>>,
     /// Agent-reported statuses.
@@ -85,6 +87,8 @@ pub struct Snapshot {
     /// Nodes whose `nodeinfo` record does not decode: the record is neither rewritten nor read
     /// as absent, and nothing new is placed on the node (whether it is cordoned is unknown).
     pub opaque_nodeinfos: BTreeSet<String>,
+    /// Nodes whose `nodestate` record does not decode: known, never rewritten.
+    pub opaque_nodestates: BTreeSet<String>,
     /// Tasks whose controller-owned state does not decode. Such a task is held: not planned
     /// at all (its instances stay as they are), because reading its state as absent could
     /// reuse run numbers or forget a suspension. Reported as an undecodable key.
@@ -166,6 +170,9 @@ impl Snapshot {
                 } else if let Some(node) = keys.parse_nodeinfo_key(&key) {
                     self.nodeinfos.remove(&node);
                     self.opaque_nodeinfos.insert(node);
+                } else if let Some(node) = keys.parse_nodestate_key(&key) {
+                    self.nodestates.remove(&node);
+                    self.opaque_nodestates.insert(node);
                 } else if let Some((ns, name)) = keys.parse_taskstate_key(&key) {
                     let task = TaskRef::new(ns, name);
                     self.taskstates.remove(&task);
@@ -188,6 +195,8 @@ impl Snapshot {
             self.opaque_assignments.remove(&id);
         } else if let Some(node) = keys.parse_nodeinfo_key(key) {
             self.opaque_nodeinfos.remove(&node);
+        } else if let Some(node) = keys.parse_nodestate_key(key) {
+            self.opaque_nodestates.remove(&node);
         } else if let Some((ns, name)) = keys.parse_taskstate_key(key) {
             self.opaque_taskstates.remove(&TaskRef::new(ns, name));
         } else if let Some((ns, name)) = keys.parse_task_key(key) {
@@ -209,6 +218,8 @@ impl Snapshot {
             self.nodes.insert(node, decode(raw, "Node")?);
         } else if let Some(node) = keys.parse_nodeinfo_key(key) {
             self.nodeinfos.insert(node, decode(raw, "NodeInfo")?);
+        } else if let Some(node) = keys.parse_nodestate_key(key) {
+            self.nodestates.insert(node, decode(raw, "NodeState")?);
         } else if let Some((node, id)) = keys.parse_assignment_key(key) {
             let mut a: Versioned<Instance> = decode(raw, "Instance")?;
             // The key is what the agent watches, so it is the truth about placement.
@@ -249,6 +260,8 @@ impl Snapshot {
             self.nodes.remove(&node);
         } else if let Some(node) = keys.parse_nodeinfo_key(key) {
             self.nodeinfos.remove(&node);
+        } else if let Some(node) = keys.parse_nodestate_key(key) {
+            self.nodestates.remove(&node);
         } else if let Some((node, id)) = keys.parse_assignment_key(key) {
             // Only if it is the same placement (ids never move between nodes, but be strict).
             if self
@@ -388,6 +401,10 @@ impl Snapshot {
                 )
             } else if keys.parse_nodeinfo_key(key).is_some() {
                 let effect = "the node keeps its instances but takes no new ones";
+                ("default".to_owned(), EventKind::Node, key.clone(), effect)
+            } else if keys.parse_nodestate_key(key).is_some() {
+                let effect =
+                    "the node's death is judged from its lease alone; the record is not rewritten";
                 ("default".to_owned(), EventKind::Node, key.clone(), effect)
             } else if keys.parse_taskstate_key(key).is_some() {
                 let effect = "the task is held: not planned until its state decodes";

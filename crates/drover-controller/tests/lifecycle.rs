@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::{eventually, service, within, Env, FakeAgent, TTL};
-use drover_api::{Event, NodeInfo, Phase};
+use drover_api::{Event, NodeState, Phase};
 use drover_controller::{drain, drain_progress, DeadLetterRecord};
 use tokio::time::Instant;
 
@@ -70,7 +70,7 @@ async fn a_dead_nodes_instances_are_reassigned_within_ttl_plus_3s() {
     let info = eventually("dead since recorded", TTL, || async {
         let i = env
             .store
-            .get::<NodeInfo>(&env.keys.nodeinfo("doomed"))
+            .get::<NodeState>(&env.keys.nodestate("doomed"))
             .await
             .ok()??;
         i.value.dead_since.is_some().then_some(i)

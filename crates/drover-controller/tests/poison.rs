@@ -26,6 +26,7 @@ fn poison(env: &Env, live: &InstanceId, doomed: &InstanceId) -> Vec<(String, &'s
         (k.node("ghost"), r#"{"name":"ghost","capacity":"big"}"#),
         (k.nodeinfo("doomed"), r#"{"cordoned":"yes"}"#),
         (k.nodeinfo("n2"), r#"{"cordoned":"yes"}"#),
+        (k.nodestate("doomed"), r#"{"deadSince":"yesterday"}"#),
         (k.assignment("n3", &ghost), r#""not an instance""#),
         (k.status(live), r#"{"phase":"Sideways"}"#),
         (k.status(doomed), "not json at all"),

@@ -26,7 +26,7 @@ mod ticks;
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use drover_api::{Event, EventKind, Instance, InstanceId, Mode, NodeInfo, RunRecord};
+use drover_api::{Event, EventKind, Instance, InstanceId, Mode, NodeState, RunRecord};
 
 use crate::config::ControllerConfig;
 use crate::records::{DeadLetterRecord, TaskRef, TaskStateRecord};
@@ -80,10 +80,10 @@ pub enum Write {
         /// The letter's mod revision in the snapshot.
         mod_revision: i64,
     },
-    /// Write `nodeinfo/<name>` (compare: mod revision, 0 = absent).
-    NodeInfo {
+    /// Write `nodestate/<name>` (compare: mod revision, 0 = absent).
+    NodeState {
         /// The new record.
-        info: NodeInfo,
+        state: NodeState,
         /// The record's mod revision in the snapshot (0 = absent).
         mod_revision: i64,
     },
@@ -384,10 +384,10 @@ fn fence_dead_nodes(snapshot: &Snapshot, plan: &mut Plan) {
                     dead.push(node.clone());
                 }
                 // A death is recorded only while the node stays dead.
-                Write::NodeInfo { info, .. }
-                    if info.dead_since.is_some() && !snapshot.node_present(&info.name) =>
+                Write::NodeState { state, .. }
+                    if state.dead_since.is_some() && !snapshot.node_present(&state.name) =>
                 {
-                    dead.push(info.name.clone());
+                    dead.push(state.name.clone());
                 }
                 Write::PutRun { record, .. } if finishes(snapshot, record) => {
                     dead.extend(

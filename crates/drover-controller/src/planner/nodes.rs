@@ -1,11 +1,11 @@
 //! Node lifecycle: a node is alive exactly while its lease-bound `nodes/<node>` key exists.
-//! The planner records deaths (and returns) in `nodeinfo/<node>.deadSince`; the instances of a
-//! dead node are replaced by the service planner.
+//! The planner records deaths (and returns) in `nodestate/<node>.deadSince`, a key only the
+//! leader writes; the instances of a dead node are replaced by the service planner.
 
 use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
-use drover_api::{EventKind, NodeInfo};
+use drover_api::{EventKind, NodeState};
 
 use super::{Plan, Step, Write};
 use crate::snapshot::Snapshot;
@@ -13,33 +13,18 @@ use crate::snapshot::Snapshot;
 /// Namespace of node events (nodes belong to no namespace).
 const NODE_EVENT_NAMESPACE: &str = "default";
 
+/// Records the death of every known node whose lease is gone, and the return of every node
+/// recorded dead that registered again. A node is known by its state record, its operator
+/// record (`nodeinfo`) or an assignment on it.
 pub(super) fn plan_nodes(snapshot: &Snapshot, now: DateTime<Utc>, plan: &mut Plan) {
-    // A node whose record does not decode is known: writing a fresh record would compare it
-    // absent and fail, and would overwrite what an operator may have meant.
-    let mut known: BTreeSet<&str> = snapshot
-        .opaque_nodeinfos
-        .iter()
-        .map(String::as_str)
-        .collect();
-    for (name, info) in &snapshot.nodeinfos {
-        known.insert(name);
+    for (name, state) in &snapshot.nodestates {
         let alive = snapshot.node_present(name);
-        let mut next = info.value.clone();
-        match (alive, info.value.dead_since) {
+        let next = match (alive, state.value.dead_since) {
             (false, None) => {
-                next.dead_since = Some(now);
-                let n = snapshot.instances_on(name).count();
-                plan.event(
-                    now,
-                    NODE_EVENT_NAMESPACE,
-                    EventKind::Node,
-                    name,
-                    "NodeDead",
-                    format!("node {name} lost its lease; {n} instance(s) to replace"),
-                );
+                dead_event(snapshot, now, name, "lost its lease", plan);
+                Some(now)
             }
             (true, Some(_)) => {
-                next.dead_since = None;
                 plan.event(
                     now,
                     NODE_EVENT_NAMESPACE,
@@ -48,47 +33,60 @@ pub(super) fn plan_nodes(snapshot: &Snapshot, now: DateTime<Utc>, plan: &mut Pla
                     "NodeReady",
                     format!("node {name} registered again"),
                 );
+                None
             }
             _ => continue,
-        }
-        if next.name.is_empty() {
-            next.name.clone_from(name);
-        }
+        };
         plan.steps.push(Step {
             task: None,
-            writes: vec![Write::NodeInfo {
-                info: next,
-                mod_revision: info.mod_revision,
+            writes: vec![Write::NodeState {
+                state: NodeState {
+                    name: name.clone(),
+                    dead_since: next,
+                },
+                mod_revision: state.mod_revision,
             }],
         });
     }
-    // A node that died before anyone wrote its nodeinfo still gets a record of its death.
-    let orphaned: BTreeSet<&str> = snapshot
+    // A node that died before its death was ever recorded gets a record now. One whose
+    // record does not decode is known: writing a fresh record would compare it absent and
+    // fail, and would overwrite what another writer meant.
+    let recorded: BTreeSet<&str> = snapshot
+        .nodestates
+        .keys()
+        .chain(&snapshot.opaque_nodestates)
+        .map(String::as_str)
+        .collect();
+    let unrecorded: BTreeSet<&str> = snapshot
         .assignments
         .values()
         .map(|a| a.value.node.as_str())
-        .filter(|n| !snapshot.node_present(n) && !known.contains(n))
+        .chain(snapshot.nodeinfos.keys().map(String::as_str))
+        .filter(|n| !snapshot.node_present(n) && !recorded.contains(n))
         .collect();
-    for name in orphaned {
-        let n = snapshot.instances_on(name).count();
-        plan.event(
-            now,
-            NODE_EVENT_NAMESPACE,
-            EventKind::Node,
-            name,
-            "NodeDead",
-            format!("node {name} is not registered; {n} instance(s) to replace"),
-        );
+    for name in unrecorded {
+        dead_event(snapshot, now, name, "is not registered", plan);
         plan.steps.push(Step {
             task: None,
-            writes: vec![Write::NodeInfo {
-                info: NodeInfo {
+            writes: vec![Write::NodeState {
+                state: NodeState {
                     name: name.to_owned(),
                     dead_since: Some(now),
-                    ..NodeInfo::default()
                 },
                 mod_revision: 0,
             }],
         });
     }
+}
+
+fn dead_event(snapshot: &Snapshot, now: DateTime<Utc>, name: &str, why: &str, plan: &mut Plan) {
+    let n = snapshot.instances_on(name).count();
+    plan.event(
+        now,
+        NODE_EVENT_NAMESPACE,
+        EventKind::Node,
+        name,
+        "NodeDead",
+        format!("node {name} {why}; {n} instance(s) to replace"),
+    );
 }

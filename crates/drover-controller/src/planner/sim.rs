@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use drover_api::{
-    Capacity as NodeCapacity, Cpu, DriverKind, InstanceStatus, Memory, Node, Phase, Task, TaskSpec,
+    Capacity as NodeCapacity, Cpu, DriverKind, InstanceStatus, Memory, Node, NodeInfo, Phase, Task,
+    TaskSpec,
 };
 use drover_store::Versioned;
 
@@ -197,10 +198,10 @@ impl Sim {
                             versioned(String::new(), d.clone(), rev),
                         );
                     }
-                    Write::NodeInfo { info, .. } => {
-                        self.s.nodeinfos.insert(
-                            info.name.clone(),
-                            versioned(String::new(), info.clone(), rev),
+                    Write::NodeState { state, .. } => {
+                        self.s.nodestates.insert(
+                            state.name.clone(),
+                            versioned(String::new(), state.clone(), rev),
                         );
                     }
                     Write::DeleteDeadLetter { instance, .. } => {

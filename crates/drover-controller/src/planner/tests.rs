@@ -123,7 +123,7 @@ fn dead_node_instances_are_replaced_in_the_same_step() {
         .count();
     assert_eq!(pairs, 2);
     // The death is recorded only while the node stays dead (fenced on its key's absence).
-    assert!(p.steps.iter().any(|s| matches!(&s.writes[..], [Write::NodeInfo { info, .. }, Write::NodeGone { node }] if info.name == "n2" && info.dead_since == Some(at(2)) && node == "n2")));
+    assert!(p.steps.iter().any(|s| matches!(&s.writes[..], [Write::NodeState { state, .. }, Write::NodeGone { node }] if state.name == "n2" && state.dead_since == Some(at(2)) && node == "n2")));
     assert!(p.events.iter().any(|e| e.reason == "NodeDead"));
     sim.apply(&p);
     assert_eq!(
@@ -134,7 +134,7 @@ fn dead_node_instances_are_replaced_in_the_same_step() {
     // The node returns: its death mark is cleared, and nothing moves back.
     sim.node("n2", 4000, &[]);
     assert_eq!(sim.converge(at(4)), 1);
-    assert_eq!(sim.s.nodeinfos["n2"].value.dead_since, None);
+    assert_eq!(sim.s.nodestates["n2"].value.dead_since, None);
     assert_eq!(sim.per_node("web").len(), 2);
 }
 
