@@ -18,6 +18,7 @@
 //! | `taskstate/<ns>/<name>` | leader controller | [`TaskState`](crate::taskstate::TaskState): suspended, failures, last/next run | deleted with the task |
 //! | `runs/<ns>/<task>/<run>` | leader controller | [`RunRecord`](crate::run::RunRecord) | pruned to `historyLimit` |
 //! | `triggers/<ns>/<task>/<id>` | users (`drover trigger`) | trigger request (free-form JSON) | deleted once consumed |
+//! | `requests/<ns>/<task>/<id>` | users (`drover enable`, `drover retry`) | [`TaskRequest`](crate::request::TaskRequest) | deleted by the leader once carried out |
 //!
 //! Run numbers are zero-padded to 20 digits in keys, so etcd's lexical order is numeric order
 //! and a range read over `runs/<ns>/<task>/` returns runs oldest first.
@@ -55,6 +56,7 @@ const DEADLETTER: &str = "deadletter";
 const TASKSTATE: &str = "taskstate";
 const RUNS: &str = "runs";
 const TRIGGERS: &str = "triggers";
+const REQUESTS: &str = "requests";
 
 /// Builds and parses Drover's etcd keys under one prefix.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -381,6 +383,26 @@ impl Keys {
         (is_valid_label(p[0]) && is_valid_label(p[1]) && free_id(p[2]))
             .then(|| (p[0].to_string(), p[1].to_string(), p[2].to_string()))
     }
+
+    // ---- requests ----
+
+    /// `requests/<ns>/<task>/<id>`: an operator's request about a task (`drover enable`,
+    /// `drover retry`).
+    pub fn request(&self, ns: &str, task: &str, id: &str) -> String {
+        format!("{}{}/{}/{}", self.requests(), seg(ns), seg(task), seg(id))
+    }
+
+    /// Prefix of all task requests: `requests/`.
+    pub fn requests(&self) -> String {
+        self.dir(REQUESTS)
+    }
+
+    /// `(namespace, task, id)` of a request key.
+    pub fn parse_request_key(&self, key: &str) -> Option<(String, String, String)> {
+        let p = self.parts(key, REQUESTS, 3)?;
+        (is_valid_label(p[0]) && is_valid_label(p[1]) && free_id(p[2]))
+            .then(|| (p[0].to_string(), p[1].to_string(), p[2].to_string()))
+    }
 }
 
 #[cfg(test)]
@@ -429,6 +451,7 @@ mod tests {
             k.runs(),
             k.runs_of("a", "b"),
             k.triggers(),
+            k.requests(),
         ] {
             assert!(p.ends_with('/'), "{p}");
             assert!(p.starts_with("/drover/"), "{p}");
@@ -524,6 +547,7 @@ mod tests {
             k.taskstates(),
             k.runs(),
             k.triggers(),
+            k.requests(),
             k.election_prefix(),
         ];
         let keys = [
@@ -538,6 +562,7 @@ mod tests {
             (k.taskstate("a", "b"), k.taskstates()),
             (k.run("a", "b", 1), k.runs()),
             (k.trigger("a", "b", "1"), k.triggers()),
+            (k.request("a", "b", "1"), k.requests()),
         ];
         for (key, own) in keys {
             for dir in &all_dirs {

@@ -20,6 +20,7 @@ pub mod manifest;
 pub mod names;
 pub mod node;
 pub mod quantity;
+pub mod request;
 pub mod run;
 pub mod schedule;
 pub mod task;
@@ -37,6 +38,7 @@ pub use manifest::{
 pub use names::{InstanceId, NameError};
 pub use node::{Capacity, Node, NodeInfo, NodeState};
 pub use quantity::{Cpu, Memory, QuantityError};
+pub use request::{RequestAction, TaskRequest};
 pub use run::{RunCause, RunOutcome, RunRecord, TriggerRequest};
 pub use schedule::{Schedule, ScheduleError};
 pub use task::{

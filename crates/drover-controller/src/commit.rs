@@ -205,6 +205,17 @@ fn write_parts(keys: &Keys, w: &Write) -> Result<(Vec<Cmp>, Vec<Op>), CommitErro
                 vec![Op::delete(key)],
             )
         }
+        Write::DeleteRequest {
+            task,
+            id,
+            mod_revision,
+        } => {
+            let key = keys.request(&task.namespace, &task.name, id);
+            (
+                vec![Cmp::ModRevision(key.clone(), *mod_revision)],
+                vec![Op::delete(key)],
+            )
+        }
         Write::DeleteTrigger {
             task,
             id,

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, Utc};
 use drover_api::{
     Event, EventKind, Instance, InstanceId, InstanceStatus, Keys, Node, NodeInfo, NodeState,
-    RunRecord, Task, TriggerRequest,
+    RunRecord, Task, TaskRequest, TriggerRequest,
 };
 use drover_store::Versioned;
 use serde::de::DeserializeOwned;
@@ -75,6 +75,8 @@ pub struct Snapshot {
     pub runs: BTreeMap<TaskRef, BTreeMap<u64, Versioned<RunRecord>>>,
     /// Trigger requests not consumed yet, by task and request id (ids sort in request order).
     pub triggers: BTreeMap<TaskRef, BTreeMap<String, Versioned<TriggerRequest>>>,
+    /// Operators' requests (`requests/<ns>/<task>/<id>`), by task then id.
+    pub requests: BTreeMap<TaskRef, BTreeMap<String, Versioned<TaskRequest>>>,
     /// Every key whose current value does not decode, by key (reported as events by the leader).
     pub undecodable: BTreeMap<String, Undecodable>,
     /// Nodes whose key exists but does not decode: alive (their instances stay) but
@@ -239,6 +241,12 @@ impl Snapshot {
                 .entry(TaskRef::new(ns, name))
                 .or_default()
                 .insert(run, record);
+        } else if let Some((ns, name, id)) = keys.parse_request_key(key) {
+            let request = decode(raw, "TaskRequest")?;
+            self.requests
+                .entry(TaskRef::new(ns, name))
+                .or_default()
+                .insert(id, request);
         } else if let Some((ns, name, id)) = keys.parse_trigger_key(key) {
             let request = decode(raw, "TriggerRequest")?;
             self.triggers
@@ -291,6 +299,14 @@ impl Snapshot {
                 triggers.remove(&id);
                 if triggers.is_empty() {
                     self.triggers.remove(&task);
+                }
+            }
+        } else if let Some((ns, name, id)) = keys.parse_request_key(key) {
+            let task = TaskRef::new(ns, name);
+            if let Some(requests) = self.requests.get_mut(&task) {
+                requests.remove(&id);
+                if requests.is_empty() {
+                    self.requests.remove(&task);
                 }
             }
         }

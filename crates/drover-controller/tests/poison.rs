@@ -34,6 +34,10 @@ fn poison(env: &Env, live: &InstanceId, doomed: &InstanceId) -> Vec<(String, &'s
         (k.deadletter("default", &letter), "[1,2,3]"),
         (k.run("default", "web", 1), r#"{"run":"first"}"#),
         (k.trigger("default", "web", "foreign"), "\u{1}\u{2}binary"),
+        (
+            k.request("default", "web", "foreign"),
+            r#"{"action":"explode"}"#,
+        ),
         (k.event("default", "foreign"), r#"{"reason":7}"#),
         (k.controller("foreign"), "{"),
     ]

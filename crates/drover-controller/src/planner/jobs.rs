@@ -11,10 +11,11 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use drover_api::{ConcurrencyPolicy, EventKind, Mode, RunCause, RunRecord, Task};
+use drover_api::{ConcurrencyPolicy, EventKind, InstanceId, Mode, RunCause, RunRecord, Task};
 use drover_store::Versioned;
 
 use super::gates::Gates;
+use super::requests;
 use super::runs::{self, Verdict};
 use super::ticks::{first_tick, ticks};
 use super::{Plan, Step, TaskStateWrite, Write};
@@ -130,7 +131,7 @@ struct TaskCx<'a> {
 
 /// Why a run is due.
 enum Due {
-    Retry {
+    Again {
         attempt: u32,
     },
     Trigger {
@@ -141,6 +142,13 @@ enum Due {
     Apply,
     Tick {
         following: Option<DateTime<Utc>>,
+    },
+    /// `drover retry` of a dead-lettered run: consumes the request and the letter.
+    Retry {
+        request: String,
+        request_revision: i64,
+        letter: InstanceId,
+        letter_revision: i64,
     },
 }
 
@@ -157,6 +165,34 @@ impl TaskCx<'_> {
         let mut state = old.map(|s| s.value.clone()).unwrap_or_default();
         let records = snapshot.runs.get(task_ref);
         let inst = |run: u64| self.index.get(&(task_ref.clone(), run));
+
+        // 0. `drover enable`: clears the circuit breaker, alone in this plan (the request is
+        // deleted in the step that writes the state, so it is carried out exactly once).
+        if let Some((id, request)) = requests::enable(snapshot, task_ref) {
+            let was = state.state.suspended;
+            state.state.suspended = false;
+            state.state.suspended_reason = None;
+            state.state.consecutive_failures = 0;
+            plan.steps.push(Step {
+                task: Some(task_ref.clone()),
+                writes: vec![Write::DeleteRequest {
+                    task: task_ref.clone(),
+                    id: id.to_owned(),
+                    mod_revision: request.mod_revision,
+                }],
+            });
+            let message = if was {
+                format!(
+                    "enabled by {}: the circuit breaker is reset",
+                    request.value.by
+                )
+            } else {
+                format!("enable by {}: the task was not suspended", request.value.by)
+            };
+            self.event(plan, "Enabled", message);
+            force_state(plan, task_ref, old, state);
+            return None;
+        }
 
         // 1. Judge going runs; finish at most one per plan.
         let mut going: Vec<&Versioned<RunRecord>> = Vec::new();
@@ -200,7 +236,7 @@ impl TaskCx<'_> {
             let at = rec.finished_at.unwrap_or(now)
                 + TimeDelta::from_std(delay).unwrap_or(TimeDelta::MAX);
             if now >= at {
-                due = Some(Due::Retry {
+                due = Some(Due::Again {
                     attempt: rec.attempt.saturating_add(1),
                 });
             } else {
@@ -217,6 +253,16 @@ impl TaskCx<'_> {
                     id: id.clone(),
                     cause: t.value.cause,
                     mod_revision: t.mod_revision,
+                });
+            }
+        }
+        if due.is_none() {
+            if let Some((id, request, letter)) = requests::job_retry(snapshot, task_ref) {
+                due = Some(Due::Retry {
+                    request: id.to_owned(),
+                    request_revision: request.mod_revision,
+                    letter: letter.value.letter.instance.clone(),
+                    letter_revision: letter.mod_revision,
                 });
             }
         }
@@ -276,7 +322,27 @@ impl TaskCx<'_> {
                                 format!("scheduled run skipped: run {run} is still going (concurrencyPolicy: Forbid)"),
                             );
                         }
-                        Due::Retry { .. } | Due::Apply => {
+                        Due::Retry {
+                            request,
+                            request_revision,
+                            letter,
+                            ..
+                        } => {
+                            plan.steps.push(Step {
+                                task: None,
+                                writes: vec![Write::DeleteRequest {
+                                    task: task_ref.clone(),
+                                    id: request,
+                                    mod_revision: request_revision,
+                                }],
+                            });
+                            self.event(
+                                plan,
+                                "RetryRefused",
+                                format!("retry of {letter} refused: run {run} is still going (concurrencyPolicy: Forbid); the dead letter stays"),
+                            );
+                        }
+                        Due::Again { .. } | Due::Apply => {
                             state.state.pending_reason =
                                 Some(format!("waiting for run {run} to finish"));
                         }
@@ -308,7 +374,7 @@ impl TaskCx<'_> {
         // cancelled, or preempted) holds its place until its process has exited: a retry never
         // runs beside the copy it retries, nor does any other run unless runs may overlap.
         let may_overlap = spec.concurrency_policy == ConcurrencyPolicy::Allow
-            && !matches!(due, Due::Retry { .. });
+            && !matches!(due, Due::Again { .. });
         if let Some(run) = self.stopping_run().filter(|_| !may_overlap) {
             state.state.pending_reason =
                 Some(format!("waiting for the copies of run {run} to stop"));
@@ -349,7 +415,25 @@ impl TaskCx<'_> {
         started.state.pending_reason = None;
         let mut writes = Vec::new();
         let (cause, attempt) = match due {
-            Due::Retry { attempt } => (RunCause::Retry, attempt),
+            Due::Again { attempt } => (RunCause::Retry, attempt),
+            Due::Retry {
+                request,
+                request_revision,
+                letter,
+                letter_revision,
+            } => {
+                writes.push(Write::DeleteRequest {
+                    task: task_ref.clone(),
+                    id: request,
+                    mod_revision: request_revision,
+                });
+                writes.push(Write::DeleteDeadLetter {
+                    namespace: task_ref.namespace.clone(),
+                    instance: letter,
+                    mod_revision: letter_revision,
+                });
+                (RunCause::Retry, 1)
+            }
             Due::Trigger {
                 id,
                 cause,

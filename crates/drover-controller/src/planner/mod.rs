@@ -19,6 +19,7 @@ mod jobs;
 mod nodes;
 mod placement;
 mod preempt;
+mod requests;
 mod runs;
 mod service;
 mod ticks;
@@ -112,6 +113,15 @@ pub enum Write {
     },
     /// Delete a trigger request, consumed or refused (compare: mod revision).
     DeleteTrigger {
+        /// Its task.
+        task: TaskRef,
+        /// The request id.
+        id: String,
+        /// The request's mod revision in the snapshot.
+        mod_revision: i64,
+    },
+    /// Delete an operator's request, carried out or refused (compare: mod revision).
+    DeleteRequest {
         /// Its task.
         task: TaskRef,
         /// The request id.
@@ -295,6 +305,7 @@ pub fn plan(snapshot: &Snapshot, now: DateTime<Utc>, config: &ControllerConfig) 
     let starts = jobs::plan_jobs(snapshot, now, config, &mut plan);
     service::orphan_statuses(snapshot, &mut plan);
     deadletters::trim(snapshot, &mut plan);
+    requests::plan_requests(snapshot, now, &mut plan);
     placement::place(snapshot, now, removals, requests, starts, &mut plan);
     stop_live_copies(snapshot, now, &mut plan);
     fence_dead_nodes(snapshot, &mut plan);

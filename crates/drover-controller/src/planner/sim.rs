@@ -226,6 +226,11 @@ impl Sim {
                             m.remove(run);
                         }
                     }
+                    Write::DeleteRequest { task, id, .. } => {
+                        if let Some(m) = self.s.requests.get_mut(task) {
+                            m.remove(id);
+                        }
+                    }
                     Write::DeleteTrigger { task, id, .. } => {
                         if let Some(m) = self.s.triggers.get_mut(task) {
                             m.remove(id);

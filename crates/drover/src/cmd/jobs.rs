@@ -1,22 +1,26 @@
 //! `drover trigger TASK`, `drover enable TASK` and `drover retry INSTANCE`: the verbs that start
-//! work by hand. Each writes one request the leader acts on; none writes controller state
-//! except `enable`, which clears the circuit breaker by compare-and-swap.
+//! work by hand. Each writes one request the leader acts on (`triggers/` for runs,
+//! `requests/` for the rest) and none writes a key the leader owns; `enable` and `retry` wait
+//! until the leader has carried theirs out.
 
 use chrono::Utc;
 use drover_api::deadletter::DeadLetter;
 use drover_api::keys::Keys;
 use drover_api::names::InstanceId;
+use drover_api::request::{RequestAction, TaskRequest};
 use drover_api::run::{RunCause, RunRecord, TriggerRequest};
 use drover_api::task::{ConcurrencyPolicy, Mode, Task};
 use drover_api::taskstate::TaskState;
-use drover_store::{Cmp, CreateOutcome, Op, Store, Txn};
+use drover_store::{CreateOutcome, Store};
 
 use super::{connect, store_error};
 use crate::cli::{Global, RetryArgs, TaskArgs};
 use crate::exit::{CliError, CliResult};
 
-/// How often `enable` re-reads and retries when the controller wrote the state meanwhile.
-const CAS_RETRIES: usize = 5;
+/// How long `enable` and `retry` wait for the leader to carry out their request.
+const REQUEST_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+/// How often they look.
+const REQUEST_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
 pub async fn trigger(global: &Global, args: TaskArgs) -> CliResult {
     let (store, keys) = connect(global).await?;
@@ -76,46 +80,36 @@ pub async fn enable(global: &Global, args: TaskArgs) -> CliResult {
     let (store, keys) = connect(global).await?;
     read_task(&store, &keys, &args).await?;
     let key = keys.taskstate(&args.namespace, &args.name);
-    for _ in 0..CAS_RETRIES {
-        // Read as JSON so fields this CLI does not know (the controller's) are kept.
-        let Some(current) = store
-            .get::<serde_json::Value>(&key)
-            .await
-            .map_err(|error| store_error("reading task state", error))?
-        else {
-            println!(
-                "task/{} is enabled (it has never been suspended)",
-                args.name
-            );
-            return Ok(());
-        };
-        // A state that does not decode is Invalid and holds its task; patching it could make
-        // it decode with defaults and release the task as if it were new (reusing run numbers).
-        if let Err(error) = serde_json::from_value::<TaskState>(current.value.clone()) {
+    let state = store
+        .get_raw(&key)
+        .await
+        .map_err(|error| store_error("reading task state", error))?;
+    // A state that does not decode is Invalid and holds its task until it decodes.
+    let state = match state.map(|v| serde_json::from_slice::<TaskState>(&v.value)) {
+        None => None,
+        Some(Ok(state)) => Some(state),
+        Some(Err(error)) => {
             return Err(CliError::failure(format!(
                 "{key} is Invalid ({error}); the task is held until it decodes: fix or delete \
                  the key with etcdctl first"
-            )));
+            )))
         }
-        let mut value = current.value;
-        let Some(fields) = value.as_object_mut() else {
-            return Err(CliError::failure(format!("{key} does not hold an object")));
-        };
-        fields.insert("suspended".into(), false.into());
-        fields.insert("suspendedReason".into(), serde_json::Value::Null);
-        fields.insert("consecutiveFailures".into(), 0.into());
-        let swapped = store
-            .compare_and_swap(&key, current.mod_revision, &value)
-            .await
-            .map_err(|error| store_error("writing task state", error))?;
-        if swapped {
-            println!("task/{} enabled", args.name);
-            return Ok(());
-        }
+    };
+    if !state.is_some_and(|s| s.suspended) {
+        println!("task/{} is enabled (it is not suspended)", args.name);
+        return Ok(());
     }
-    Err(CliError::failure(format!(
-        "the controller kept changing {key}; try again"
-    )))
+    let request = submit(
+        &store,
+        &keys,
+        &args.namespace,
+        &args.name,
+        RequestAction::Enable,
+    )
+    .await?;
+    consumed(&store, &request).await?;
+    println!("task/{} enabled", args.name);
+    Ok(())
 }
 
 pub async fn retry(global: &Global, args: RetryArgs) -> CliResult {
@@ -125,32 +119,73 @@ pub async fn retry(global: &Global, args: RetryArgs) -> CliResult {
         .map_err(|error| CliError::data(format!("instance \"{}\": {error}", args.instance)))?;
     let (store, keys) = connect(global).await?;
     let key = keys.deadletter(id.namespace(), &id);
-    let letter = store
+    store
         .get::<DeadLetter>(&key)
         .await
         .map_err(|error| store_error("reading the dead letter", error))?
         .ok_or_else(|| CliError::failure(format!("no dead letter for instance \"{id}\"")))?;
-    let mut txn = Txn::new()
-        .when(Cmp::ModRevision(key.clone(), letter.mod_revision))
-        .delete(key.clone());
-    if letter.value.run.is_some() {
-        let (trigger_key, value) =
-            trigger_request(&keys, id.namespace(), id.task(), RunCause::Retry);
-        txn = txn
-            .op(Op::put(trigger_key, &value, None)
-                .map_err(|error| store_error("encoding", error))?);
-    }
-    let outcome = store
-        .commit(txn, None)
+    let action = RequestAction::Retry {
+        instance: id.clone(),
+    };
+    let request = submit(&store, &keys, id.namespace(), id.task(), action).await?;
+    consumed(&store, &request).await?;
+    let left = store
+        .get_raw(&key)
         .await
-        .map_err(|error| store_error("re-queueing", error))?;
-    if !outcome.succeeded {
+        .map_err(|error| store_error("reading the dead letter", error))?;
+    if left.is_some() {
         return Err(CliError::failure(format!(
-            "the dead letter for \"{id}\" changed meanwhile; look again with `drover get deadletters`"
+            "the leader refused to retry \"{id}\" (a run is still going, say); \
+             `drover describe task {}` shows why",
+            id.task()
         )));
     }
     println!("deadletter/{id} re-queued");
     Ok(())
+}
+
+/// Writes a request about `task` for the leader to carry out; returns its key.
+///
+/// # Guarantees
+/// A reply lost in transport is settled by reading the key back, so the caller never sees a
+/// failure for a request that was stored.
+async fn submit(
+    store: &Store,
+    keys: &Keys,
+    namespace: &str,
+    task: &str,
+    action: RequestAction,
+) -> CliResult<String> {
+    let id = request_id();
+    let key = keys.request(namespace, task, &id);
+    let value = TaskRequest {
+        action,
+        requested_at: Utc::now(),
+        by: requester(),
+    };
+    create_settled(store, &key, &value, "the request").await?;
+    Ok(key)
+}
+
+/// Waits until the leader has carried out (and deleted) the request at `key`.
+async fn consumed(store: &Store, key: &str) -> CliResult {
+    let deadline = tokio::time::Instant::now() + REQUEST_WAIT;
+    loop {
+        let left = store
+            .get_raw(key)
+            .await
+            .map_err(|error| store_error("waiting for the leader", error))?;
+        if left.is_none() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(CliError::failure(format!(
+                "no leader carried out {key} within {REQUEST_WAIT:?}; it stays pending and is \
+                 carried out once a controller leads (`drover get controllers`)"
+            )));
+        }
+        tokio::time::sleep(REQUEST_POLL).await;
+    }
 }
 
 async fn read_task(store: &Store, keys: &Keys, args: &TaskArgs) -> CliResult<Task> {
@@ -167,25 +202,15 @@ async fn read_task(store: &Store, keys: &Keys, args: &TaskArgs) -> CliResult<Tas
         .value)
 }
 
-/// A trigger key (ids sort in request order) and its value.
-fn trigger_request(
-    keys: &Keys,
-    namespace: &str,
-    task: &str,
-    cause: RunCause,
-) -> (String, TriggerRequest) {
-    let now = Utc::now();
-    let nanos = now.timestamp_nanos_opt().unwrap_or_default().max(0);
-    let id = format!("{nanos:020}-{:08x}", rand::random::<u32>());
-    let by = std::env::var("USER").unwrap_or_else(|_| "drover-cli".into());
-    (
-        keys.trigger(namespace, task, &id),
-        TriggerRequest {
-            requested_at: now,
-            cause,
-            by,
-        },
-    )
+/// A request id: ids sort in request order, and two CLIs never pick the same one.
+fn request_id() -> String {
+    let nanos = Utc::now().timestamp_nanos_opt().unwrap_or_default().max(0);
+    format!("{nanos:020}-{:08x}", rand::random::<u32>())
+}
+
+/// Who is asking, for the leader's events.
+fn requester() -> String {
+    std::env::var("USER").unwrap_or_else(|_| "drover-cli".into())
 }
 
 /// Writes a trigger request; returns its id.
@@ -201,23 +226,43 @@ async fn request(
     task: &str,
     cause: RunCause,
 ) -> CliResult<String> {
-    let (key, value) = trigger_request(keys, namespace, task, cause);
-    let id = key.rsplit('/').next().unwrap_or_default().to_string();
-    match store.create(&key, &value, None).await {
-        Ok(CreateOutcome::Created { .. }) => Ok(id),
-        Ok(CreateOutcome::AlreadyExists { .. }) => {
-            Err(CliError::failure("trigger id collision; try again"))
-        }
+    let id = request_id();
+    let value = TriggerRequest {
+        requested_at: Utc::now(),
+        cause,
+        by: requester(),
+    };
+    create_settled(
+        store,
+        &keys.trigger(namespace, task, &id),
+        &value,
+        "the trigger",
+    )
+    .await?;
+    Ok(id)
+}
+
+/// Creates `key` (absent before); a reply lost in transport is settled by reading it back.
+async fn create_settled<T: serde::Serialize>(
+    store: &Store,
+    key: &str,
+    value: &T,
+    what: &str,
+) -> CliResult {
+    match store.create(key, value, None).await {
+        Ok(CreateOutcome::Created { .. }) => Ok(()),
+        Ok(CreateOutcome::AlreadyExists { .. }) => Err(CliError::failure(format!(
+            "{what}: id collision; try again"
+        ))),
         Err(error @ drover_store::Error::OutcomeUnknown { .. }) => {
-            let stored = store
-                .get_raw(&key)
-                .await
-                .map_err(|again| store_error("checking the trigger after a lost reply", again))?;
+            let stored = store.get_raw(key).await.map_err(|again| {
+                store_error(&format!("checking {what} after a lost reply"), again)
+            })?;
             match stored {
-                Some(_) => Ok(id),
-                None => Err(store_error("writing the trigger", error)),
+                Some(_) => Ok(()),
+                None => Err(store_error(&format!("writing {what}"), error)),
             }
         }
-        Err(error) => Err(store_error("writing the trigger", error)),
+        Err(error) => Err(store_error(&format!("writing {what}"), error)),
     }
 }
