@@ -138,7 +138,7 @@ pub async fn register(
         }
         return Err(e);
     }
-    let Registration { lease, keep_alive } = match reuse {
+    let reg = match reuse {
         Some(reg) => reg,
         None => {
             let lease = store.grant(ttl).await.map_err(err)?;
@@ -146,6 +146,7 @@ pub async fn register(
             Registration { lease, keep_alive }
         }
     };
+    let lease = reg.lease;
     let txn = Txn::new()
         .when(Cmp::ModRevision(
             key.clone(),
@@ -153,13 +154,19 @@ pub async fn register(
         ))
         .put(key.clone(), node, Some(lease))
         .map_err(err)?;
+    // From here until the outcome is known the registration lives in `unconfirmed`, so a
+    // caller that drops this future mid-commit still holds the lease the key may be bound to.
+    *unconfirmed = Some(reg);
     let outcome = match store.commit(txn, None).await {
         Ok(outcome) => outcome,
-        Err(source) => {
-            // The txn may have landed: keep its lease alive until a read tells.
-            *unconfirmed = Some(Registration { lease, keep_alive });
-            return Err(err(source));
-        }
+        // The txn may have landed: the next attempt reads the key back.
+        Err(source) => return Err(err(source)),
+    };
+    let Some(Registration { lease, keep_alive }) = unconfirmed.take() else {
+        return Err(Error::Taken {
+            node: node.name.clone(),
+            other: LeaseId(0),
+        });
     };
     if !outcome.succeeded {
         // Someone wrote the key since we read it: give our lease back and look again later.
@@ -207,7 +214,8 @@ pub(crate) struct Settings {
 /// before this process started; its instances were then already running unfenced and this
 /// only bounds how much longer they run.
 ///
-/// Returns the live registration at shutdown (for the caller to revoke), if any.
+/// Returns the live registration at shutdown (for the caller to revoke), if any — also one
+/// whose binding txn's outcome was still unknown.
 pub(crate) async fn maintain(
     engine: Arc<Engine>,
     node: Node,
@@ -247,7 +255,7 @@ pub(crate) async fn maintain(
         state.send_replace(State::Registering);
         let wake = first_fence_at.unwrap_or_else(|| Instant::now() + ttl * 1000);
         let reg = tokio::select! {
-            () = shutdown.cancelled() => return None,
+            () = shutdown.cancelled() => return unconfirmed.take(),
             r = register(&engine.store, &engine.keys, &node, ttl, &own, &mut unconfirmed) => r,
             () = tokio::time::sleep_until(wake) => continue,
         };
@@ -267,7 +275,7 @@ pub(crate) async fn maintain(
                     tracing::warn!(node = %name, error = %e, ?retry, "registration failed; retrying");
                 }
                 tokio::select! {
-                    () = shutdown.cancelled() => return None,
+                    () = shutdown.cancelled() => return unconfirmed.take(),
                     () = tokio::time::sleep(retry) => {}
                     () = tokio::time::sleep_until(wake) => {}
                 }

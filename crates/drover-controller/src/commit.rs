@@ -149,6 +149,10 @@ fn write_parts(keys: &Keys, w: &Write) -> Result<(Vec<Cmp>, Vec<Op>), CommitErro
             )
         }
         Write::NodeGone { node } => (vec![Cmp::Absent(keys.node(node))], Vec::new()),
+        Write::StatusUnchanged { id, mod_revision } => (
+            vec![Cmp::ModRevision(keys.status(id), *mod_revision)],
+            Vec::new(),
+        ),
         Write::DeadLetter(d) => {
             let key = keys.deadletter(&d.letter.namespace, &d.letter.instance);
             (

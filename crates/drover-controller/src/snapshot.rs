@@ -360,11 +360,16 @@ impl Snapshot {
     /// terminal phase. Otherwise — running, starting, stopping, or no status yet — it may be
     /// live and counts as a copy.
     pub fn copy_gone(&self, id: &InstanceId, node: &str) -> bool {
-        !self.node_present(node)
-            || self
-                .statuses
-                .get(id)
-                .is_some_and(|s| s.value.phase.is_terminal())
+        !self.node_present(node) || self.terminal_status(id, node).is_some()
+    }
+
+    /// The mod revision of `id`'s status when it reports the copy on `node` terminal (a status
+    /// naming another node — a foreign write — proves nothing).
+    pub fn terminal_status(&self, id: &InstanceId, node: &str) -> Option<i64> {
+        self.statuses
+            .get(id)
+            .filter(|s| s.value.phase.is_terminal() && s.value.node == node)
+            .map(|s| s.mod_revision)
     }
 
     /// Events for undecodable keys not in `reported` yet (by key and mod revision), which it

@@ -34,7 +34,7 @@ impl Engine {
     /// assignment cache (after a partition, before the watch caught up) never starts an
     /// instance the controller has meanwhile removed or placed anew.
     pub(crate) async fn start(self: &Arc<Self>, slot: &Slot) -> Result<()> {
-        let (instance, kind, create_revision) = {
+        let (instance, kind, create_revision, first) = {
             let table = self.table();
             let Some(e) = table.get(slot) else {
                 return Ok(());
@@ -42,7 +42,12 @@ impl Engine {
             let Some(instance) = e.instance.clone() else {
                 return Ok(());
             };
-            (instance, e.kind, e.create_revision)
+            (
+                instance,
+                e.kind,
+                e.create_revision,
+                e.first_started.is_none(),
+            )
         };
         if !self.still_assigned(slot, create_revision).await? {
             tracing::warn!(
@@ -50,6 +55,9 @@ impl Engine {
                 "not starting: etcd no longer has this assignment (the local cache is behind)"
             );
             self.stop_and_forget(slot, StopReason::Unassigned).await?;
+            return Ok(());
+        }
+        if first && self.ended_before(slot, &instance).await? {
             return Ok(());
         }
         let Some(driver) = self.drivers.get(kind).cloned() else {
@@ -143,6 +151,39 @@ impl Engine {
         }))
     }
 
+    /// Whether an earlier agent process already reported this copy terminal (its status in
+    /// etcd says so, for this node and attempt); the entry then takes that outcome instead of
+    /// starting again. The controller may delete the assignment and start a replacement on
+    /// such a status, so starting the copy anew could make two.
+    async fn ended_before(&self, slot: &Slot, instance: &drover_api::Instance) -> Result<bool> {
+        let key = self.keys.status(&slot.id);
+        let found = self
+            .store
+            .get_raw(&key)
+            .await
+            .map_err(|source| Error::Confirm { key, source })?;
+        let Some(status) = found
+            .and_then(|v| serde_json::from_slice::<drover_api::InstanceStatus>(&v.value).ok())
+            .filter(|s| {
+                s.phase.is_terminal() && s.node == *slot.node && s.attempt == instance.attempt
+            })
+        else {
+            return Ok(false);
+        };
+        tracing::info!(phase = %status.phase, "not starting: an earlier agent reported this copy ended");
+        if let Some(e) = self.table().get_mut(slot) {
+            e.terminal = true;
+            e.phase = status.phase;
+            e.reason = status.reason;
+            e.message = status.message;
+            e.exit_code = status.exit_code;
+            e.started_at = status.started_at;
+            e.finished_at = status.finished_at;
+            e.restart_count = status.restart_count;
+        }
+        Ok(true)
+    }
+
     /// The controller asked this copy to stop ([`drover_api::Instance::stop`]): stop it (grace
     /// period) and make the entry terminal, so the status written next reports the process
     /// gone. A copy that already ended keeps its real outcome; one never started is `Stopped`.
@@ -153,8 +194,13 @@ impl Engine {
     /// controller deletes the assignment and lets a replacement start — is never written for a
     /// copy that may still run. Nothing is restarted afterwards.
     pub(crate) async fn stop_on_request(&self, slot: &Slot, reason: &str) -> Result<()> {
-        let (running, terminal, started) = match self.table().get(slot) {
-            Some(e) => (e.is_running(), e.terminal, e.started_at),
+        let (running, terminal, started, exited_before) = match self.table().get(slot) {
+            Some(e) => (
+                e.is_running(),
+                e.terminal,
+                e.started_at,
+                e.run.as_ref().and_then(|r| r.exited).map(|(code, _)| code),
+            ),
             None => return Ok(()),
         };
         if terminal && !running {
@@ -176,6 +222,18 @@ impl Engine {
             }
             e.next_start = None;
             e.terminal = true;
+            // A job copy that had exited on its own before the request keeps its outcome.
+            match exited_before.filter(|_| slot.id.run().is_some() && !e.phase.is_terminal()) {
+                Some(Some(0)) => {
+                    e.phase = Phase::Succeeded;
+                    e.reason = None;
+                }
+                Some(_) => {
+                    e.phase = Phase::Failed;
+                    e.reason = Some(reasons::ERROR.to_string());
+                }
+                None => {}
+            }
             if !e.phase.is_terminal() {
                 e.phase = Phase::Stopped;
                 e.reason = Some(reason.to_string());

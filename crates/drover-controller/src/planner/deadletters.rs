@@ -1,5 +1,5 @@
-//! Bounded dead letters: a letter goes when its task is deleted or re-applied with a new
-//! generation (the letter described a spec that no longer runs), and a job keeps only its
+//! Bounded dead letters: a letter goes when its task is deleted or its generation is another
+//! one (the letter described a spec that no longer runs), and a job keeps only its
 //! newest `historyLimit` letters, like its run records.
 
 use std::collections::BTreeMap;
@@ -31,7 +31,9 @@ pub(super) fn trim(snapshot: &Snapshot, plan: &mut Plan) {
                 continue;
             }
         };
-        if d.value.generation < current.value.metadata.generation {
+        // Not `<`: a task deleted and re-created between two snapshots starts again at
+        // generation 1, and a letter of its old life must not come back to life later.
+        if d.value.generation != current.value.metadata.generation {
             delete(plan, id, d);
         } else if current.value.spec.mode() != Mode::Service {
             jobs.entry(task).or_default().push((id, d));
@@ -141,6 +143,15 @@ mod tests {
             1,
             "the current generation's letter holds its slot"
         );
+    }
+
+    #[test]
+    fn a_letter_of_a_task_deleted_and_recreated_unseen_goes() {
+        let mut sim = Sim::new();
+        sim.task("web", 1, |_| {}); // generation 1 again, after a delete nobody saw
+        letter(&mut sim, "web", service_id("web", 0), 4, 0);
+        let p = plan(&sim.s, at(10), &sim.config);
+        assert_eq!(deleted(&p), vec![service_id("web", 0).to_string()]);
     }
 
     #[test]

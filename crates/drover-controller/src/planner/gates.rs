@@ -5,7 +5,7 @@
 //! plan two mutually blocking tasks are never both started: tasks are considered in priority
 //! order, then by name, and each started task joins [`Gates::starting`].
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use drover_api::{RunOutcome, Task};
 
@@ -18,6 +18,9 @@ pub(super) struct Gates<'a> {
     snapshot: &'a Snapshot,
     /// Tasks with an assignment or a run record without `finished_at`.
     busy: BTreeSet<TaskRef>,
+    /// Per task with assignments, the `blocks` its copies run with (their spec may be older
+    /// than the task's, or the task deleted).
+    copies_block: BTreeMap<TaskRef, BTreeSet<&'a str>>,
     /// Tasks a run of which this plan starts.
     pub(super) starting: BTreeSet<TaskRef>,
 }
@@ -30,6 +33,15 @@ impl<'a> Gates<'a> {
             .keys()
             .map(|id| TaskRef::new(id.namespace(), id.task()))
             .collect();
+        let mut copies_block: BTreeMap<TaskRef, BTreeSet<&'a str>> = BTreeMap::new();
+        for a in snapshot.assignments.values() {
+            if !a.value.spec.blocks.is_empty() {
+                copies_block
+                    .entry(TaskRef::new(&a.value.namespace, &a.value.task))
+                    .or_default()
+                    .extend(a.value.spec.blocks.iter().map(String::as_str));
+            }
+        }
         for (task, runs) in &snapshot.runs {
             if runs.values().any(|r| r.value.finished_at.is_none()) {
                 busy.insert(task.clone());
@@ -38,6 +50,7 @@ impl<'a> Gates<'a> {
         Self {
             snapshot,
             busy,
+            copies_block,
             starting: BTreeSet::new(),
         }
     }
@@ -81,14 +94,16 @@ impl<'a> Gates<'a> {
             if other_ref == task_ref || other_ref.namespace != task_ref.namespace {
                 continue;
             }
-            let other_blocks = match self.snapshot.tasks.get(other_ref) {
-                Some(other) => other.value.spec.blocks.contains(&task_ref.name),
-                None => self.snapshot.assignments.values().any(|a| {
-                    a.value.namespace == other_ref.namespace
-                        && a.value.task == other_ref.name
-                        && a.value.spec.blocks.contains(&task_ref.name)
-                }),
-            };
+            // The current spec, and the spec its live copies run (it may have changed since).
+            let other_blocks = self
+                .snapshot
+                .tasks
+                .get(other_ref)
+                .is_some_and(|other| other.value.spec.blocks.contains(&task_ref.name))
+                || self
+                    .copies_block
+                    .get(other_ref)
+                    .is_some_and(|b| b.contains(task_ref.name.as_str()));
             if task.spec.blocks.contains(&other_ref.name) || other_blocks {
                 return Err(format!("Blocked by {}", other_ref.name));
             }

@@ -88,6 +88,16 @@ pub enum Write {
         /// The record's mod revision in the snapshot (0 = absent).
         mod_revision: i64,
     },
+    /// No operation, only a compare: `status/<id>` is unchanged since `mod_revision`. Carried
+    /// by every step that deletes a live node's assignment because its status said the copy
+    /// had exited, so a status that moved on (the agent restarted and started the copy again)
+    /// makes the step fail instead of letting a replacement start beside it.
+    StatusUnchanged {
+        /// The instance.
+        id: InstanceId,
+        /// The status's mod revision in the snapshot.
+        mod_revision: i64,
+    },
     /// Delete a status that has no assignment (compare: mod revision).
     DeleteStatus {
         /// The instance.
@@ -335,7 +345,17 @@ fn stop_live_copies(snapshot: &Snapshot, now: DateTime<Utc>, plan: &mut Plan) {
                 writes.push(w);
                 continue;
             };
-            if snapshot.copy_gone(id, node) {
+            if !snapshot.node_present(node) {
+                writes.push(w);
+                continue;
+            }
+            if let Some(mod_revision) = snapshot.terminal_status(id, node) {
+                // The compare first: etcd checks every compare before any operation, and the
+                // simulated etcd applies writes in order.
+                writes.push(Write::StatusUnchanged {
+                    id: id.clone(),
+                    mod_revision,
+                });
                 writes.push(w);
                 continue;
             }

@@ -15,7 +15,7 @@ use crate::scheduler::{Capacity, Decision, NodeView, Request, Scheduler, Unavail
 use crate::snapshot::Snapshot;
 
 /// Pending reasons this planner writes start with this, so it knows which ones to clear.
-const UNSCHEDULABLE: &str = "Unschedulable";
+pub(super) const UNSCHEDULABLE: &str = "Unschedulable";
 /// At most this many instance names are listed in one event message.
 const EVENT_LIST_MAX: usize = 5;
 
@@ -245,7 +245,11 @@ pub(super) fn place(
                 Some(task)
             }
             None => {
-                if matches!(r.reason, "Lost" | "Rescheduled" | "Drained") {
+                let asked_before = snapshot
+                    .assignments
+                    .get(&r.id)
+                    .is_some_and(|a| a.value.stop.is_some());
+                if matches!(r.reason, "Lost" | "Rescheduled" | "Drained") && !asked_before {
                     let what = if r.reason == "Drained" {
                         "removed"
                     } else {

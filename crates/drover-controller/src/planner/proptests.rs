@@ -19,6 +19,7 @@ enum Disturb {
     Bump(usize),
     Delete(usize),
     Cordon(usize),
+    Drain(usize),
     Fail(usize),
 }
 
@@ -30,6 +31,7 @@ fn disturb() -> impl Strategy<Value = Disturb> {
         (0usize..4).prop_map(Disturb::Bump),
         (0usize..4).prop_map(Disturb::Delete),
         (0usize..5).prop_map(Disturb::Cordon),
+        (0usize..5).prop_map(Disturb::Drain),
         (0usize..20).prop_map(Disturb::Fail),
     ]
 }
@@ -184,6 +186,7 @@ proptest! {
                     sim.s.tasks.remove(&TaskRef::new("default", &task_names[i % task_names.len()]));
                 }
                 Disturb::Cordon(i) if !node_names.is_empty() => sim.set_info(&node_names[i % node_names.len()], |n| n.cordoned = true),
+                Disturb::Drain(i) if !node_names.is_empty() => sim.set_info(&node_names[i % node_names.len()], |n| { n.cordoned = true; n.draining = true; }),
                 Disturb::Fail(i) => {
                     let ids: Vec<_> = sim.s.assignments.keys().cloned().collect();
                     if !ids.is_empty() {

@@ -106,9 +106,10 @@ pub(super) fn plan_service(
     // Copies going away that may still be live: stop requested, or being requested now.
     let mut departing = 0usize;
 
-    // Classify. `live` count towards `desired`; `draining` are replaced before they go.
+    // Classify. `live` count towards `desired`; `moving` (on a draining node, or of an older
+    // generation) are replaced, within the budget, before or after they go.
     let mut live: Vec<&Instance> = Vec::new();
-    let mut draining: Vec<&Instance> = Vec::new();
+    let mut moving: Vec<(&Instance, &'static str)> = Vec::new();
     let mut replace: Vec<(&Instance, &'static str)> = Vec::new();
     for &i in mine.iter().filter(|i| i.run.is_none()) {
         if let Some(stop) = &i.stop {
@@ -118,7 +119,11 @@ pub(super) fn plan_service(
             continue;
         }
         if i.generation != generation {
-            departing += depart(snapshot, out, i, "Outdated");
+            if snapshot.copy_gone(&i.id, &i.node) {
+                depart(snapshot, out, i, "Outdated");
+            } else {
+                moving.push((i, "Outdated"));
+            }
             continue;
         }
         if !snapshot.node_present(&i.node) {
@@ -139,7 +144,7 @@ pub(super) fn plan_service(
             .get(&i.node)
             .is_some_and(|n| n.value.draining);
         if is_draining {
-            draining.push(i);
+            moving.push((i, "Drained"));
         } else {
             live.push(i);
         }
@@ -170,7 +175,7 @@ pub(super) fn plan_service(
     // The copy budget: every copy that may be live, whatever its generation or fate, counts.
     let cap = desired.saturating_add(usize::try_from(task.spec.update.max_surge).unwrap_or(0));
     // Room for new copies under the budget (opaque assignments hold theirs).
-    let occupied = live.len() + draining.len() + departing + opaque.len();
+    let occupied = live.len() + moving.len() + departing + opaque.len();
     let room = cap.saturating_add(opaque.len()).saturating_sub(occupied);
 
     // Replacements first, carrying the attempt (a failure bumps it; a lost node does not).
@@ -205,35 +210,38 @@ pub(super) fn plan_service(
         want(out, 1, None, None, "Scale");
     }
 
-    // Drain. With surge room, replacement first: an instance on a draining node goes once
-    // enough instances elsewhere exist, and (if it runs) only while the Running count stays at
-    // or above `desired`. Without room (no surge, or all of it spent), stop first: one copy at
-    // a time, once every other copy runs, so the gap is one copy for as long as it takes to
-    // stop and replace.
-    if draining.is_empty() {
+    // Moving copies (drain, new generation). With surge room, replacement first: a moving
+    // copy goes once enough current copies exist elsewhere, and (if it runs) only while the
+    // Running count stays at or above `desired`. Without room (no surge, or all of it spent),
+    // stop first: one copy at a time, once every other copy runs, so the gap is one copy for
+    // as long as it takes to stop and replace.
+    if moving.is_empty() {
         return;
     }
     let running_live = live.iter().filter(|i| running(snapshot, i)).count();
-    let running_draining = draining.iter().filter(|i| running(snapshot, i)).count();
-    draining.sort_by_key(|i| (running(snapshot, i), i.slot));
+    let running_moving = moving.iter().filter(|(i, _)| running(snapshot, i)).count();
+    moving.sort_by_key(|(i, _)| (running(snapshot, i), i.slot));
     if live.len() >= desired {
-        let mut allowance = (running_live + running_draining).saturating_sub(desired);
-        for i in draining {
+        let mut allowance = (running_live + running_moving).saturating_sub(desired);
+        for (i, reason) in moving {
             if running(snapshot, i) {
                 if allowance == 0 {
                     continue;
                 }
                 allowance -= 1;
             }
-            depart(snapshot, out, i, "Drained");
+            depart(snapshot, out, i, reason);
         }
         return;
     }
     let no_room = occupied + deficit >= cap.saturating_add(opaque.len());
     let settled = departing == 0 && running_live == live.len() && wanted_none(out, task_ref);
-    if no_room && settled {
-        if let Some(i) = draining.first() {
-            depart(snapshot, out, i, "Drained");
+    // A replacement that fits nowhere while the copies it would replace hold their room
+    // (one small node, say) would wait forever: then stop first, one copy at a time.
+    let stuck = departing == 0 && unschedulable(snapshot, task_ref);
+    if (no_room && settled) || stuck {
+        if let Some((i, reason)) = moving.first() {
+            depart(snapshot, out, i, reason);
         }
     }
 }
@@ -243,6 +251,15 @@ pub(super) fn plan_service(
 fn depart(snapshot: &Snapshot, out: &mut Out<'_>, i: &Instance, reason: &'static str) -> usize {
     out.removals.push(Removal::plain(snapshot, i, reason));
     usize::from(!snapshot.copy_gone(&i.id, &i.node))
+}
+
+/// Whether the last plan could not place a copy of the task (its pending reason says so).
+fn unschedulable(snapshot: &Snapshot, task_ref: &TaskRef) -> bool {
+    snapshot
+        .taskstates
+        .get(task_ref)
+        .and_then(|s| s.value.state.pending_reason.as_deref())
+        .is_some_and(|r| r.starts_with(super::placement::UNSCHEDULABLE))
 }
 
 /// Whether this plan wants no new copy of the task (nothing is being placed for it).

@@ -189,6 +189,9 @@ impl Sim {
                         self.s.assignments.remove(id);
                         self.s.statuses.remove(id);
                     }
+                    Write::StatusUnchanged { id, mod_revision } => {
+                        assert_eq!(self.s.statuses[id].mod_revision, *mod_revision);
+                    }
                     Write::NodeGone { node } => {
                         assert!(!self.s.node_present(node), "node {node} is alive");
                     }

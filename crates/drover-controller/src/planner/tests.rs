@@ -189,6 +189,16 @@ fn failed_instances_are_rescheduled_with_delay_then_dead_lettered() {
 /// round late (starting new copies, stopping stop-requested ones). Returns, per round, the
 /// copies that may be live (assignments whose status is not terminal) and the Running count.
 fn drain_rounds(surge: u32) -> Vec<(usize, usize)> {
+    move_rounds(surge, |sim| {
+        sim.set_info("n1", |i| {
+            i.draining = true;
+            i.cordoned = true;
+        });
+    })
+}
+
+/// Like [`drain_rounds`], for any change that makes copies move (`disturb`).
+fn move_rounds(surge: u32, disturb: impl FnOnce(&mut Sim)) -> Vec<(usize, usize)> {
     let mut sim = Sim::new();
     for n in ["n1", "n2", "n3"] {
         sim.node(n, 4000, &[]);
@@ -196,10 +206,7 @@ fn drain_rounds(surge: u32) -> Vec<(usize, usize)> {
     sim.task("web", 3, |s| s.update.max_surge = surge);
     sim.converge(at(0));
     sim.agent_runs = false;
-    sim.set_info("n1", |i| {
-        i.draining = true;
-        i.cordoned = true;
-    });
+    disturb(&mut sim);
     let mut rounds = Vec::new();
     for round in 0..20 {
         let p = plan(&sim.s, at(round + 1), &sim.config);
@@ -241,7 +248,20 @@ fn drain_rounds(surge: u32) -> Vec<(usize, usize)> {
             sim.set_phase(&id, phase, None);
         }
     }
-    assert_eq!(sim.per_node("web").get("n1"), None, "n1 is drained");
+    let generation = sim.s.tasks[&TaskRef::new("default", "web")]
+        .value
+        .metadata
+        .generation;
+    assert!(
+        sim.s
+            .assignments
+            .values()
+            .all(|a| a.value.generation == generation),
+        "every copy runs the current generation"
+    );
+    if sim.s.nodeinfos.get("n1").is_some_and(|i| i.value.draining) {
+        assert_eq!(sim.per_node("web").get("n1"), None, "n1 is drained");
+    }
     assert_eq!(sim.ids("web").len(), 3);
     assert_eq!(sim.converge(at(100)), 0);
     rounds
@@ -256,6 +276,84 @@ fn drain_with_surge_replaces_first_and_stays_within_the_budget() {
             "round {round}: {live} live copies > replicas + surge"
         );
     }
+}
+
+#[test]
+fn a_new_generation_without_surge_replaces_one_copy_at_a_time() {
+    let bump = |sim: &mut Sim| {
+        sim.task("web", 3, |s| {
+            s.env.insert("V".into(), "2".into());
+        })
+    };
+    for (round, (live, running)) in move_rounds(0, bump).into_iter().enumerate() {
+        assert!(live <= 3, "round {round}: {live} live copies > replicas");
+        assert!(running >= 2, "round {round}: more than one copy down");
+    }
+    let bump = |sim: &mut Sim| {
+        sim.task("web", 3, |s| {
+            s.update.max_surge = 1;
+            s.env.insert("V".into(), "2".into());
+        });
+    };
+    for (round, (live, running)) in move_rounds(1, bump).into_iter().enumerate() {
+        assert!(
+            live <= 4,
+            "round {round}: {live} live copies > replicas + surge"
+        );
+        assert!(running >= 3, "round {round}: running dropped to {running}");
+    }
+}
+
+#[test]
+fn a_replacement_that_fits_nowhere_does_not_hold_a_rollout_forever() {
+    let mut sim = Sim::new();
+    sim.node("n1", 1000, &[]);
+    sim.task("web", 1, |s| {
+        s.resources.cpu = drover_api::Cpu::millis(700);
+        s.update.max_surge = 1;
+    });
+    sim.converge(at(0));
+    sim.task("web", 1, |s| {
+        s.resources.cpu = drover_api::Cpu::millis(700);
+        s.update.max_surge = 1;
+        s.env.insert("V".into(), "2".into());
+    });
+    sim.converge(at(1));
+    let a: Vec<_> = sim.s.assignments.values().collect();
+    assert_eq!(a.len(), 1);
+    assert_eq!(
+        a[0].value.generation, 2,
+        "the old copy made room for the new one"
+    );
+}
+
+#[test]
+fn a_live_copy_is_deleted_only_on_a_terminal_status_of_its_own_node_that_still_holds() {
+    let mut sim = Sim::new();
+    sim.node("n1", 4000, &[]);
+    sim.task("web", 1, |_| {});
+    sim.converge(at(0));
+    let id = sim.ids("web")[0].clone();
+    sim.task("web", 0, |_| {});
+    // A foreign status write naming another node proves nothing: a stop is requested.
+    sim.set_phase(&id, Phase::Stopped, None);
+    if let Some(s) = sim.s.statuses.get_mut(&id) {
+        s.value.node = "elsewhere".into();
+    }
+    let p = plan(&sim.s, at(1), &sim.config);
+    assert!(p
+        .steps
+        .iter()
+        .flat_map(|s| &s.writes)
+        .any(|w| matches!(w, Write::RequestStop { .. })));
+    // Its own agent's terminal status: deleted, on the condition that the status still holds.
+    sim.set_phase(&id, Phase::Stopped, None);
+    let rev = sim.s.statuses[&id].mod_revision;
+    let p = plan(&sim.s, at(2), &sim.config);
+    assert!(p.steps.iter().any(|s| matches!(
+        s.writes.as_slice(),
+        [Write::StatusUnchanged { mod_revision, .. }, Write::Unassign { .. }] if *mod_revision == rev
+    )), "{:?}", p.steps);
 }
 
 #[test]
