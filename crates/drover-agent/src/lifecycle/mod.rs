@@ -151,10 +151,11 @@ impl Engine {
         }))
     }
 
-    /// Whether an earlier agent process already reported this copy terminal (its status in
-    /// etcd says so, for this node and attempt); the entry then takes that outcome instead of
+    /// Whether an earlier agent process already reported this copy ended for good — Succeeded
+    /// or Failed, for this node and attempt; the entry then takes that outcome instead of
     /// starting again. The controller may delete the assignment and start a replacement on
-    /// such a status, so starting the copy anew could make two.
+    /// such a status, so starting the copy anew could make two. A copy an agent stopped for
+    /// its own sake (`Stopped`: shutdown, fencing) is resumed as before.
     async fn ended_before(&self, slot: &Slot, instance: &drover_api::Instance) -> Result<bool> {
         let key = self.keys.status(&slot.id);
         let found = self
@@ -165,7 +166,9 @@ impl Engine {
         let Some(status) = found
             .and_then(|v| serde_json::from_slice::<drover_api::InstanceStatus>(&v.value).ok())
             .filter(|s| {
-                s.phase.is_terminal() && s.node == *slot.node && s.attempt == instance.attempt
+                matches!(s.phase, Phase::Succeeded | Phase::Failed)
+                    && s.node == *slot.node
+                    && s.attempt == instance.attempt
             })
         else {
             return Ok(false);
