@@ -20,6 +20,7 @@ pub mod manifest;
 pub mod names;
 pub mod node;
 pub mod quantity;
+pub mod records;
 pub mod request;
 pub mod run;
 pub mod schedule;

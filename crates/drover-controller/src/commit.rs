@@ -7,7 +7,7 @@ use drover_api::Keys;
 use drover_store::{Cmp, Fence, Op, Store, Txn};
 
 use crate::planner::{Plan, Step, Write};
-use crate::records::TaskRef;
+use drover_api::records::TaskRef;
 
 /// Why a plan was not (fully) committed.
 #[derive(Debug, thiserror::Error)]

@@ -15,7 +15,7 @@ use tracing::Instrument;
 use crate::config::{ConfigError, ControllerConfig};
 use crate::metrics::Metrics;
 use crate::reconcile::{self, AbortOnDrop, Term};
-use crate::records::ControllerInfo;
+use drover_api::records::ControllerInfo;
 
 /// Bound on each shutdown-path etcd call (resign, revoke), so shutdown never hangs.
 const SHUTDOWN_CALL_TIMEOUT: Duration = Duration::from_secs(3);

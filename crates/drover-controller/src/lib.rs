@@ -19,7 +19,6 @@ mod leader;
 pub mod metrics;
 pub mod planner;
 mod reconcile;
-pub mod records;
 pub mod scheduler;
 pub mod snapshot;
 
@@ -29,7 +28,6 @@ pub use leader::{Controller, ControllerStatus, Error};
 pub use metrics::Metrics;
 pub use planner::{plan, Plan, Step, TaskStateWrite, Write};
 pub use reconcile::{LeadError, ReconcileError};
-pub use records::{ControllerInfo, DeadLetterRecord, TaskRef, TaskStateRecord};
 pub use snapshot::Snapshot;
 
 /// Runs one controller replica until `shutdown` is cancelled: [`Controller::with_metrics`]

@@ -7,7 +7,7 @@ use drover_store::StoreConfig;
 use drover_testkit::{unique_prefix, wait_for, EtcdServer};
 
 use super::*;
-use crate::records::TaskStateRecord;
+use drover_api::records::TaskStateRecord;
 
 /// The bound on any single await in these tests.
 const T: Duration = Duration::from_secs(20);

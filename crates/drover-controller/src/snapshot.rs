@@ -14,7 +14,7 @@ use drover_api::{
 use drover_store::Versioned;
 use serde::de::DeserializeOwned;
 
-use crate::records::{DeadLetterRecord, TaskRef, TaskStateRecord};
+use drover_api::records::{DeadLetterRecord, TaskRef, TaskStateRecord};
 
 /// A value under the prefix that does not decode as its key says it should.
 #[derive(Debug, thiserror::Error)]

@@ -6,8 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::{connect, eventually, service, within, Env, FakeAgent, Replica, TTL};
+use drover_api::records::ControllerInfo;
 use drover_api::Event;
-use drover_controller::ControllerInfo;
 use drover_store::{Election, Error, Fence, Txn};
 use drover_testkit::TcpProxy;
 use tokio::time::Instant;

@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use chrono::Utc;
 use common::{eventually, within, Env, FakeAgent, Replica, TTL};
+use drover_api::records::DeadLetterRecord;
 use drover_api::{
     Event, HumanDuration, RestartPolicy, RunCause, RunOutcome, RunRecord, TaskSpec, TaskState,
     Trigger, TriggerRequest,
 };
-use drover_controller::DeadLetterRecord;
 use drover_store::{Cmp, Op, Txn};
 
 const NODE_TTL: Duration = Duration::from_secs(10);

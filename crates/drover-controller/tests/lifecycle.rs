@@ -7,8 +7,9 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::{eventually, service, within, Env, FakeAgent, TTL};
+use drover_api::records::DeadLetterRecord;
 use drover_api::{Event, NodeState, Phase};
-use drover_controller::{drain, drain_progress, DeadLetterRecord};
+use drover_controller::{drain, drain_progress};
 use tokio::time::Instant;
 
 const NODE_TTL: Duration = Duration::from_secs(10);

@@ -6,8 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::{eventually, service, within, Env, FakeAgent, TTL};
+use drover_api::records::TaskStateRecord;
 use drover_api::{Event, Phase};
-use drover_controller::TaskStateRecord;
 
 const NODE_TTL: Duration = Duration::from_secs(10);
 

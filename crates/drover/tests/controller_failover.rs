@@ -11,8 +11,8 @@ use drover_api::instance::Instance;
 use drover_api::keys::Keys;
 use drover_api::node::{Capacity, Node};
 use drover_api::quantity::{Cpu, Memory};
+use drover_api::records::ControllerInfo;
 use drover_api::task::DriverKind;
-use drover_controller::ControllerInfo;
 use drover_store::{LeaseId, Store, StoreConfig};
 use drover_testkit::{wait_for, EtcdServer};
 

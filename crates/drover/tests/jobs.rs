@@ -388,7 +388,7 @@ async fn a_job_that_exhausts_its_retries_is_dead_lettered_and_retry_runs_it_agai
 
 #[tokio::test]
 async fn a_leader_killed_mid_run_loses_no_run_and_doubles_none() {
-    use drover_controller::ControllerInfo;
+    use drover_api::records::ControllerInfo;
 
     let mut cluster = Cluster::start(1).await;
     let standby = Daemon::start(

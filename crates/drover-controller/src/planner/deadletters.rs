@@ -8,8 +8,8 @@ use drover_api::{InstanceId, Mode};
 use drover_store::Versioned;
 
 use super::{Plan, Step, Write};
-use crate::records::{DeadLetterRecord, TaskRef};
 use crate::snapshot::Snapshot;
+use drover_api::records::{DeadLetterRecord, TaskRef};
 
 /// Deletes the dead letters that no longer describe anything (see the module doc).
 ///

@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use drover_api::{RunOutcome, Task};
 
-use crate::records::TaskRef;
 use crate::snapshot::Snapshot;
+use drover_api::records::TaskRef;
 
 /// What the gates read: the snapshot, the tasks that are busy in it, and the tasks this plan
 /// starts.
@@ -115,7 +115,7 @@ impl<'a> Gates<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::records::TaskStateRecord;
+    use drover_api::records::TaskStateRecord;
     use drover_api::{TaskSpec, TaskState};
     use drover_store::Versioned;
 

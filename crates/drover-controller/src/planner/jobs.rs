@@ -20,8 +20,8 @@ use super::runs::{self, Verdict};
 use super::ticks::{first_tick, ticks};
 use super::{Plan, Step, TaskStateWrite, Write};
 use crate::config::ControllerConfig;
-use crate::records::{TaskRef, TaskStateRecord};
 use crate::snapshot::Snapshot;
+use drover_api::records::{TaskRef, TaskStateRecord};
 
 /// The most instances of one run: a run starts in one transaction (record, task state,
 /// trigger, fence and one assignment per instance, each with its compare) within etcd's

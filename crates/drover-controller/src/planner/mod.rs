@@ -30,8 +30,8 @@ use chrono::{DateTime, Utc};
 use drover_api::{Event, EventKind, Instance, InstanceId, Mode, NodeState, RunRecord};
 
 use crate::config::ControllerConfig;
-use crate::records::{DeadLetterRecord, TaskRef, TaskStateRecord};
 use crate::snapshot::Snapshot;
+use drover_api::records::{DeadLetterRecord, TaskRef, TaskStateRecord};
 
 /// One write the committer turns into etcd compares and operations.
 #[derive(Debug, Clone, PartialEq)]

@@ -10,9 +10,9 @@ use drover_api::{EventKind, Instance, InstanceId, Mode, TaskSpec};
 use super::jobs::{put_state, RunStart};
 use super::service::{Removal, Want};
 use super::{Plan, Step, TaskStateWrite, Write};
-use crate::records::{TaskRef, TaskStateRecord};
 use crate::scheduler::{Capacity, Decision, NodeView, Request, Scheduler, Unavailable};
 use crate::snapshot::Snapshot;
+use drover_api::records::{TaskRef, TaskStateRecord};
 
 /// Pending reasons this planner writes start with this, so it knows which ones to clear.
 pub(super) const UNSCHEDULABLE: &str = "Unschedulable";

@@ -12,9 +12,9 @@ use drover_api::{EventKind, Instance, InstanceId};
 use drover_store::Versioned;
 
 use super::{Plan, Step, Write};
-use crate::records::TaskRef;
 use crate::scheduler::{Capacity, Decision, NodeView, Request, Scheduler};
 use crate::snapshot::Snapshot;
+use drover_api::records::TaskRef;
 
 /// A lower-priority instance that could make room.
 struct Candidate<'a> {

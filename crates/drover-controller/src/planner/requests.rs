@@ -11,8 +11,8 @@ use drover_api::{EventKind, Mode, RequestAction, TaskRequest};
 use drover_store::Versioned;
 
 use super::{Plan, Step, Write};
-use crate::records::{DeadLetterRecord, TaskRef};
 use crate::snapshot::Snapshot;
+use drover_api::records::{DeadLetterRecord, TaskRef};
 
 /// The task's first pending enable request, for a job to carry out.
 pub(super) fn enable<'a>(
@@ -244,7 +244,7 @@ mod tests {
         sim.node("n1", 4000, &[]);
         sim.task("batch", 1, |s| s.restart_policy = RestartPolicy::Never);
         let rev = sim.bump();
-        let mut state = crate::records::TaskStateRecord::default();
+        let mut state = drover_api::records::TaskStateRecord::default();
         state.state.suspended = true;
         state.state.suspended_reason = Some("3 failures".into());
         state.state.consecutive_failures = 3;

@@ -12,8 +12,8 @@ use drover_api::{
 use drover_store::Versioned;
 
 use super::{Plan, Step, Write};
-use crate::records::{DeadLetterRecord, TaskRef, TaskStateRecord};
 use crate::snapshot::Snapshot;
+use drover_api::records::{DeadLetterRecord, TaskRef, TaskStateRecord};
 
 /// Slack after `timeoutSeconds` plus the grace period before the controller itself ends a run
 /// the agent has not reported (the agent enforces the deadline; this is the backstop).

@@ -10,8 +10,8 @@ use drover_api::{DeadLetter, EventKind, Instance, InstanceId, Phase, Task};
 
 use super::{Plan, Step, Write};
 use crate::config::ControllerConfig;
-use crate::records::{DeadLetterRecord, TaskRef};
 use crate::snapshot::Snapshot;
+use drover_api::records::{DeadLetterRecord, TaskRef};
 
 /// An assignment to delete (with its status), and why.
 #[derive(Debug, Clone)]

@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use drover_api::keys::Keys;
-use drover_controller::ControllerInfo;
+use drover_api::records::ControllerInfo;
 use drover_store::Store;
 use tokio::process::{Child, Command};
 

@@ -2,8 +2,8 @@
 //! lines `get -w` prints for each change.
 
 use chrono::{DateTime, Utc};
+use drover_api::records::ControllerInfo;
 use drover_api::task::Task;
-use drover_controller::ControllerInfo;
 
 use super::snapshot::{InstanceView, NodeView, Snapshot};
 use crate::cli::Resource;

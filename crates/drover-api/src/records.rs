@@ -1,13 +1,14 @@
-//! Values the controller stores besides the API's own: its extensions of `TaskState` and
-//! `DeadLetter`, and the `controllers/<id>` advertisement.
+//! The records the leader controller writes beyond the API's own types — its extensions of
+//! `TaskState` and `DeadLetter`, and the `controllers/<id>` advertisement — here so that every
+//! reader (the CLI, tests, other tools) decodes them with the writer's own types.
 //!
 //! The extensions are `#[serde(flatten)]` wrappers, so every other reader decodes the plain API
 //! type from the same JSON and simply ignores the extra fields.
 
 use std::fmt;
 
+use crate::{DeadLetter, TaskState};
 use chrono::{DateTime, Utc};
-use drover_api::{DeadLetter, TaskState};
 use serde::{Deserialize, Serialize};
 
 /// `(namespace, name)` of a task.
@@ -83,7 +84,7 @@ pub struct ControllerInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use drover_api::InstanceId;
+    use crate::InstanceId;
 
     #[test]
     fn extensions_decode_as_the_plain_api_types() {
