@@ -1,5 +1,5 @@
 //! Drover's controller: HA leader election with fencing, the pure scheduler and planner, node
-//! lifecycle, failure escalation and dead letters, cordon and drain, and everything that is not
+//! lifecycle, failure escalation and dead letters, drains, and everything that is not
 //! a service: jobs, scheduled and triggered runs, retries, the circuit breaker, `dependsOn` and
 //! `blocks` gates, and priority preemption.
 //!
@@ -8,10 +8,8 @@
 //!   shutdown. [`Controller::status`] feeds `/healthz` and `/readyz`.
 //! - [`scheduler`] (filter → score → pick) and [`planner`] (`plan(&Snapshot, now) -> Plan`) are
 //!   pure and property-tested; [`commit`] is the fenced write path.
-//! - [`admin`]: `cordon`, `drain` and drain progress for the CLI.
 //! - [`Metrics`]: every family, registered into the caller's Prometheus registry.
 
-pub mod admin;
 pub mod commit;
 pub mod config;
 pub mod events;
@@ -22,7 +20,6 @@ mod reconcile;
 pub mod scheduler;
 pub mod snapshot;
 
-pub use admin::{cordon, drain, drain_progress, wait_drained, AdminError, DrainProgress};
 pub use config::{ConfigError, ControllerConfig};
 pub use leader::{Controller, ControllerStatus, Error};
 pub use metrics::Metrics;

@@ -14,6 +14,7 @@ mod get_jobs;
 mod jobs;
 mod logs;
 mod node;
+mod node_admin;
 mod rows;
 mod snapshot;
 mod up;

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use super::connect;
+use super::{connect, node_admin};
 use crate::cli::{DrainArgs, Global, NodeArgs};
 use crate::exit::{CliError, CliResult};
 
@@ -14,7 +14,7 @@ const DRAIN_POLL: Duration = Duration::from_millis(500);
 
 pub async fn cordon(global: &Global, args: NodeArgs, cordoned: bool) -> CliResult {
     let (store, keys) = connect(global).await?;
-    drover_controller::cordon(&store, &keys, &args.node, cordoned)
+    node_admin::cordon(&store, &keys, &args.node, cordoned)
         .await
         .map_err(|error| CliError::failure(format!("node \"{}\": {error}", args.node)))?;
     let verb = if cordoned { "cordoned" } else { "uncordoned" };
@@ -24,7 +24,7 @@ pub async fn cordon(global: &Global, args: NodeArgs, cordoned: bool) -> CliResul
 
 pub async fn drain(global: &Global, args: DrainArgs) -> CliResult {
     let (store, keys) = connect(global).await?;
-    let started = drover_controller::drain(&store, &keys, &args.node)
+    let started = node_admin::drain(&store, &keys, &args.node)
         .await
         .map_err(|error| CliError::failure(format!("node \"{}\": {error}", args.node)))?;
     println!(
@@ -32,7 +32,7 @@ pub async fn drain(global: &Global, args: DrainArgs) -> CliResult {
         args.node,
         started.remaining.len()
     );
-    let wait = drover_controller::wait_drained(&store, &keys, &args.node, DRAIN_POLL, |progress| {
+    let wait = node_admin::wait_drained(&store, &keys, &args.node, DRAIN_POLL, |progress| {
         println!(
             "node/{}: {} instance(s) left, {} running",
             progress.node,

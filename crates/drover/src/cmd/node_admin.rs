@@ -12,28 +12,44 @@ use serde::Serialize;
 const CAS_ATTEMPTS: usize = 16;
 
 /// Why an operator action failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug)]
 pub enum AdminError {
     /// etcd failed.
-    #[error(transparent)]
-    Store(#[from] drover_store::Error),
+    Store(drover_store::Error),
     /// The node is neither registered nor known from an earlier registration.
-    #[error("node {0} is unknown (not registered and no nodeinfo record)")]
     UnknownNode(String),
     /// Concurrent writers kept changing the record.
-    #[error("nodeinfo/{0} kept changing; gave up after {CAS_ATTEMPTS} attempts")]
     Contended(String),
 }
 
-impl AdminError {
-    /// Whether trying again may succeed.
-    #[must_use]
-    pub fn retryable(&self) -> bool {
+impl std::fmt::Display for AdminError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            AdminError::Store(e) => e.retryable(),
-            AdminError::UnknownNode(_) => false,
-            AdminError::Contended(_) => true,
+            AdminError::Store(e) => e.fmt(f),
+            AdminError::UnknownNode(node) => write!(
+                f,
+                "node {node} is unknown (not registered and no nodeinfo record)"
+            ),
+            AdminError::Contended(node) => write!(
+                f,
+                "nodeinfo/{node} kept changing; gave up after {CAS_ATTEMPTS} attempts"
+            ),
         }
+    }
+}
+
+impl std::error::Error for AdminError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            AdminError::Store(e) => Some(e),
+            AdminError::UnknownNode(_) | AdminError::Contended(_) => None,
+        }
+    }
+}
+
+impl From<drover_store::Error> for AdminError {
+    fn from(e: drover_store::Error) -> Self {
+        AdminError::Store(e)
     }
 }
 
