@@ -20,9 +20,9 @@ pub struct TaskState {
     /// Number of the latest run started.
     #[serde(default)]
     pub last_run: Option<u64>,
-    /// Outcome of the latest finished run (see [`RunOutcome`](crate::run::RunOutcome)).
+    /// Outcome of the latest finished run.
     #[serde(default)]
-    pub last_outcome: Option<String>,
+    pub last_outcome: Option<crate::run::RunOutcome>,
     /// When the next scheduled run is due.
     #[serde(default)]
     pub next_run_at: Option<DateTime<Utc>>,

@@ -68,5 +68,5 @@ async fn a_run_still_going_past_its_deadline_is_ended_as_deadline_exceeded() {
     .await
     .expect("get")
     .expect("state");
-    assert_eq!(st.value.last_outcome.as_deref(), Some("DeadlineExceeded"));
+    assert_eq!(st.value.last_outcome, Some(RunOutcome::DeadlineExceeded));
 }

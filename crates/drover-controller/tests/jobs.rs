@@ -438,5 +438,5 @@ async fn a_leader_change_mid_run_loses_no_run_and_doubles_none() {
     assert_no_overlap(done);
     assert_eq!(runs(&env, "batch").await.len(), 1, "batch not doubled");
     let st = state(&env, "batch").await;
-    assert_eq!(st.last_outcome.as_deref(), Some("Succeeded"));
+    assert_eq!(st.last_outcome, Some(drover_api::RunOutcome::Succeeded));
 }

@@ -81,9 +81,9 @@ impl<'a> Gates<'a> {
                 .snapshot
                 .taskstates
                 .get(&d)
-                .and_then(|s| s.value.state.last_outcome.clone());
+                .and_then(|s| s.value.state.last_outcome);
             match outcome {
-                Some(o) if o == RunOutcome::Succeeded.to_string() => {}
+                Some(RunOutcome::Succeeded) => {}
                 Some(o) => return Err(format!("waiting for dependency {dep}: its last run {o}")),
                 None => return Err(format!("waiting for dependency {dep}: it has not run yet")),
             }
@@ -139,10 +139,10 @@ mod tests {
         )
     }
 
-    fn outcome(s: &mut Snapshot, name: &str, o: &str) {
+    fn outcome(s: &mut Snapshot, name: &str, o: RunOutcome) {
         let state = TaskStateRecord {
             state: TaskState {
-                last_outcome: Some(o.into()),
+                last_outcome: Some(o),
                 ..TaskState::default()
             },
             ..TaskStateRecord::default()
@@ -163,12 +163,12 @@ mod tests {
             check(&s),
             Err("waiting for dependency fetch: it has not run yet".into())
         );
-        outcome(&mut s, "fetch", "Failed");
+        outcome(&mut s, "fetch", RunOutcome::Failed);
         assert_eq!(
             check(&s),
             Err("waiting for dependency fetch: its last run Failed".into())
         );
-        outcome(&mut s, "fetch", "Succeeded");
+        outcome(&mut s, "fetch", RunOutcome::Succeeded);
         assert_eq!(check(&s), Ok(()));
         let mut g = Gates::new(&s);
         g.starting.insert(f);

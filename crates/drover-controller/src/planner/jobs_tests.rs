@@ -103,8 +103,8 @@ fn a_job_runs_once_per_generation_and_its_run_is_recorded() {
     assert_eq!(r[0].finished_at, Some(at(4)));
     assert!(sim.ids("once").is_empty() && sim.s.statuses.is_empty());
     assert_eq!(
-        state(&sim, "once").last_outcome.as_deref(),
-        Some("Succeeded")
+        state(&sim, "once").last_outcome,
+        Some(RunOutcome::Succeeded)
     );
     assert_eq!(runs(&sim, "once").len(), 1, "no second run");
     // A new generation runs again.
@@ -279,8 +279,8 @@ fn the_controller_ends_a_run_past_its_deadline_as_deadline_exceeded() {
     assert_eq!(r[0].outcome, Some(RunOutcome::DeadlineExceeded));
     assert!(sim.ids("slow").is_empty());
     assert_eq!(
-        state(&sim, "slow").last_outcome.as_deref(),
-        Some("DeadlineExceeded")
+        state(&sim, "slow").last_outcome,
+        Some(RunOutcome::DeadlineExceeded)
     );
 
     // The agent's own report wins when it comes first.

@@ -19,6 +19,7 @@ mod jobs;
 mod nodes;
 mod placement;
 mod preempt;
+mod reason;
 mod requests;
 mod runs;
 mod service;
@@ -32,6 +33,7 @@ use drover_api::{Event, EventKind, Instance, InstanceId, Mode, NodeState, RunRec
 use crate::config::ControllerConfig;
 use crate::snapshot::Snapshot;
 use drover_api::records::{DeadLetterRecord, TaskRef, TaskStateRecord};
+pub use reason::Reason;
 
 /// One write the committer turns into etcd compares and operations.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,7 +53,7 @@ pub enum Write {
         /// The assignment's mod revision in the snapshot.
         mod_revision: i64,
         /// Why (becomes the stop request's reason).
-        reason: &'static str,
+        reason: Reason,
     },
     /// Rewrite `assignments/<node>/<id>` with [`Instance::stop`] set (compare: mod revision;
     /// the create revision, which fences the agent's status writes, stays): the agent stops the
@@ -261,7 +263,7 @@ pub fn plan(snapshot: &Snapshot, now: DateTime<Utc>, config: &ControllerConfig) 
             continue;
         }
         for i in instances {
-            removals.push(service::Removal::plain(snapshot, i, "TaskDeleted"));
+            removals.push(service::Removal::plain(snapshot, i, Reason::TaskDeleted));
         }
     }
     for (id, a) in &snapshot.opaque_assignments {
@@ -270,7 +272,7 @@ pub fn plan(snapshot: &Snapshot, now: DateTime<Utc>, config: &ControllerConfig) 
                 id: id.clone(),
                 node: a.node.clone(),
                 mod_revision: a.mod_revision,
-                reason: "TaskDeleted",
+                reason: Reason::TaskDeleted,
                 dead_letter: None,
             });
         }
@@ -370,7 +372,7 @@ fn stop_live_copies(snapshot: &Snapshot, now: DateTime<Utc>, plan: &mut Plan) {
             }
             let mut instance = a.value.clone();
             instance.stop = Some(drover_api::StopRequest {
-                reason: (*reason).to_owned(),
+                reason: reason.to_string(),
                 requested_at: now,
             });
             writes.push(Write::RequestStop {

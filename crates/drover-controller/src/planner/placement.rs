@@ -9,7 +9,7 @@ use drover_api::{EventKind, Instance, InstanceId, Mode, TaskSpec};
 
 use super::jobs::{put_state, RunStart};
 use super::service::{Removal, Want};
-use super::{Plan, Step, TaskStateWrite, Write};
+use super::{Plan, Reason, Step, TaskStateWrite, Write};
 use crate::scheduler::{Capacity, Decision, NodeView, Request, Scheduler, Unavailable};
 use crate::snapshot::Snapshot;
 use drover_api::records::{TaskRef, TaskStateRecord};
@@ -94,7 +94,7 @@ struct TaskOutcome {
     placed: Vec<(InstanceId, String)>,
     pending_reason: Option<String>,
     steps: Vec<Step>,
-    notes: BTreeMap<&'static str, Vec<String>>,
+    notes: BTreeMap<Reason, Vec<String>>,
 }
 
 pub(super) fn place(
@@ -249,8 +249,12 @@ pub(super) fn place(
                     .assignments
                     .get(&r.id)
                     .is_some_and(|a| a.value.stop.is_some());
-                if matches!(r.reason, "Lost" | "Rescheduled" | "Drained") && !asked_before {
-                    let what = if r.reason == "Drained" {
+                if matches!(
+                    r.reason,
+                    Reason::Lost | Reason::Rescheduled | Reason::Drained
+                ) && !asked_before
+                {
+                    let what = if r.reason == Reason::Drained {
                         "removed"
                     } else {
                         "awaiting a node"
@@ -472,10 +476,18 @@ fn finish_task(
     }
     for (why, items) in &out.notes {
         let (reason, text) = match *why {
-            "Lost" => ("InstancesReplaced", "replaced instance(s) of dead nodes"),
-            "Rescheduled" => ("Rescheduled", "rescheduled failed instance(s)"),
-            "Drained" => ("Drained", "moved instance(s) off draining nodes"),
-            _ => continue,
+            Reason::Lost => ("InstancesReplaced", "replaced instance(s) of dead nodes"),
+            Reason::Rescheduled => ("Rescheduled", "rescheduled failed instance(s)"),
+            Reason::Drained => ("Drained", "moved instance(s) off draining nodes"),
+            // No summary event: each of these has its own (or none is useful).
+            Reason::DeadLettered
+            | Reason::Outdated
+            | Reason::ScaledDown
+            | Reason::TaskDeleted
+            | Reason::Preempted
+            | Reason::RunFinished
+            | Reason::Scale
+            | Reason::Other => continue,
         };
         plan.event(
             now,

@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use drover_api::{EventKind, Instance, InstanceId};
 use drover_store::Versioned;
 
-use super::{Plan, Step, Write};
+use super::{Plan, Reason, Step, Write};
 use crate::scheduler::{Capacity, Decision, NodeView, Request, Scheduler};
 use crate::snapshot::Snapshot;
 use drover_api::records::TaskRef;
@@ -163,7 +163,7 @@ pub(super) fn preempt(
                     id: v.id.clone(),
                     node: node.clone(),
                     mod_revision: v.mod_revision,
-                    reason: "Preempted",
+                    reason: Reason::Preempted,
                 }],
             });
             let message = format!(

@@ -11,7 +11,7 @@ use drover_api::{
 };
 use drover_store::Versioned;
 
-use super::{Plan, Step, Write};
+use super::{Plan, Reason, Step, Write};
 use crate::snapshot::Snapshot;
 use drover_api::records::{DeadLetterRecord, TaskRef, TaskStateRecord};
 
@@ -215,7 +215,7 @@ pub(super) fn remove_instances(inst: Option<&RunInstances<'_>>, plan: &mut Plan)
                 id: a.value.id.clone(),
                 node: a.value.node.clone(),
                 mod_revision: a.mod_revision,
-                reason: "RunFinished",
+                reason: Reason::RunFinished,
             }],
         });
     }
@@ -262,7 +262,7 @@ pub(super) fn finish(
         mod_revision: record.mod_revision,
     }];
     let (ns, name) = (task_ref.namespace.as_str(), task_ref.name.as_str());
-    state.state.last_outcome = Some(outcome.to_string());
+    state.state.last_outcome = Some(outcome);
     let code = exit_code.map_or_else(String::new, |c| format!(", exit code {c}"));
     plan.event(
         now,

@@ -8,6 +8,7 @@
 use chrono::{DateTime, TimeDelta, Utc};
 use drover_api::{DeadLetter, EventKind, Instance, InstanceId, Phase, Task};
 
+use super::reason::Reason;
 use super::{Plan, Step, Write};
 use crate::config::ControllerConfig;
 use crate::snapshot::Snapshot;
@@ -19,13 +20,13 @@ pub(super) struct Removal {
     pub(super) id: InstanceId,
     pub(super) node: String,
     pub(super) mod_revision: i64,
-    pub(super) reason: &'static str,
+    pub(super) reason: Reason,
     /// Written in the same step when the instance gave up for good.
     pub(super) dead_letter: Option<DeadLetterRecord>,
 }
 
 impl Removal {
-    pub(super) fn plain(snapshot: &Snapshot, i: &Instance, reason: &'static str) -> Removal {
+    pub(super) fn plain(snapshot: &Snapshot, i: &Instance, reason: Reason) -> Removal {
         Removal {
             id: i.id.clone(),
             node: i.node.clone(),
@@ -50,7 +51,7 @@ pub(super) struct Want {
     /// The removal this replaces: both land in one step.
     pub(super) replaces: Option<InstanceId>,
     /// Why it is wanted: `Lost`, `Rescheduled` or `Scale`.
-    pub(super) why: &'static str,
+    pub(super) why: Reason,
 }
 
 /// Where a task's planning puts its results.
@@ -109,30 +110,30 @@ pub(super) fn plan_service(
     // Classify. `live` count towards `desired`; `moving` (on a draining node, or of an older
     // generation) are replaced, within the budget, before or after they go.
     let mut live: Vec<&Instance> = Vec::new();
-    let mut moving: Vec<(&Instance, &'static str)> = Vec::new();
-    let mut replace: Vec<(&Instance, &'static str)> = Vec::new();
+    let mut moving: Vec<(&Instance, Reason)> = Vec::new();
+    let mut replace: Vec<(&Instance, Reason)> = Vec::new();
     for &i in mine.iter().filter(|i| i.run.is_none()) {
         if let Some(stop) = &i.stop {
             // Already asked to stop: deleted once gone, counted until then.
-            let reason = stop_reason(&stop.reason);
+            let reason = Reason::parse(&stop.reason);
             departing += depart(snapshot, out, i, reason);
             continue;
         }
         if i.generation != generation {
             if snapshot.copy_gone(&i.id, &i.node) {
-                depart(snapshot, out, i, "Outdated");
+                depart(snapshot, out, i, Reason::Outdated);
             } else {
-                moving.push((i, "Outdated"));
+                moving.push((i, Reason::Outdated));
             }
             continue;
         }
         if !snapshot.node_present(&i.node) {
-            replace.push((i, "Lost"));
+            replace.push((i, Reason::Lost));
             continue;
         }
         if phase(snapshot, &i.id) == Some(Phase::Failed) {
             match escalate(snapshot, now, config, task_ref, i, out) {
-                Escalation::Reschedule => replace.push((i, "Rescheduled")),
+                Escalation::Reschedule => replace.push((i, Reason::Rescheduled)),
                 Escalation::Wait => live.push(i),
                 // Its slot is not refilled while the task keeps this generation.
                 Escalation::DeadLettered => desired = desired.saturating_sub(1),
@@ -144,7 +145,7 @@ pub(super) fn plan_service(
             .get(&i.node)
             .is_some_and(|n| n.value.draining);
         if is_draining {
-            moving.push((i, "Drained"));
+            moving.push((i, Reason::Drained));
         } else {
             live.push(i);
         }
@@ -169,7 +170,7 @@ pub(super) fn plan_service(
         live.sort_by_key(|i| (running(snapshot, i), std::cmp::Reverse(i.slot)));
         let excess = live.len() - desired;
         for i in live.drain(..excess) {
-            departing += depart(snapshot, out, i, "ScaledDown");
+            departing += depart(snapshot, out, i, Reason::ScaledDown);
         }
     }
     // The copy budget: every copy that may be live, whatever its generation or fate, counts.
@@ -183,7 +184,7 @@ pub(super) fn plan_service(
     for (i, why) in replace {
         let removal = Removal::plain(snapshot, i, why);
         if deficit > 0 {
-            let (attempt, avoid) = if why == "Rescheduled" {
+            let (attempt, avoid) = if why == Reason::Rescheduled {
                 (i.attempt.saturating_add(1), Some(i.node.clone()))
             } else {
                 (i.attempt, None)
@@ -195,19 +196,19 @@ pub(super) fn plan_service(
     }
     for (id, a) in opaque_lost {
         if deficit > 0 {
-            want(out, 1, None, Some(id.clone()), "Lost");
+            want(out, 1, None, Some(id.clone()), Reason::Lost);
             deficit -= 1;
         }
         out.removals.push(Removal {
             id: id.clone(),
             node: a.node.clone(),
             mod_revision: a.mod_revision,
-            reason: "Lost",
+            reason: Reason::Lost,
             dead_letter: None,
         });
     }
     for _ in 0..deficit {
-        want(out, 1, None, None, "Scale");
+        want(out, 1, None, None, Reason::Scale);
     }
 
     // Moving copies (drain, new generation). With surge room, replacement first: a moving
@@ -241,14 +242,14 @@ pub(super) fn plan_service(
     let stuck = departing == 0 && unschedulable(snapshot, task_ref);
     if (no_room && settled) || stuck {
         if let Some((i, reason)) = moving.first() {
-            depart(snapshot, out, i, reason);
+            depart(snapshot, out, i, *reason);
         }
     }
 }
 
 /// Removes `i` for `reason`; 1 when its copy may still be live (it then departs under a stop
 /// request and keeps its place in the budget), else 0.
-fn depart(snapshot: &Snapshot, out: &mut Out<'_>, i: &Instance, reason: &'static str) -> usize {
+fn depart(snapshot: &Snapshot, out: &mut Out<'_>, i: &Instance, reason: Reason) -> usize {
     out.removals.push(Removal::plain(snapshot, i, reason));
     usize::from(!snapshot.copy_gone(&i.id, &i.node))
 }
@@ -265,19 +266,6 @@ fn unschedulable(snapshot: &Snapshot, task_ref: &TaskRef) -> bool {
 /// Whether this plan wants no new copy of the task (nothing is being placed for it).
 fn wanted_none(out: &Out<'_>, task_ref: &TaskRef) -> bool {
     !out.wants.iter().any(|w| &w.task == task_ref)
-}
-
-/// The removal reason for a stop request's reason (removal reasons are static labels).
-fn stop_reason(reason: &str) -> &'static str {
-    match reason {
-        "Outdated" => "Outdated",
-        "ScaledDown" => "ScaledDown",
-        "Drained" => "Drained",
-        "TaskDeleted" => "TaskDeleted",
-        "Preempted" => "Preempted",
-        "RunFinished" => "RunFinished",
-        _ => "Stopped",
-    }
 }
 
 enum Escalation {
@@ -324,13 +312,13 @@ fn escalate(
             &task_ref.namespace,
             EventKind::Task,
             &task_ref.name,
-            "DeadLettered",
+            Reason::DeadLettered.as_str(),
             format!(
                 "instance {} failed {} time(s) on its last node {} ({last_error}); dead-lettered",
                 i.id, i.attempt, i.node
             ),
         );
-        let mut removal = Removal::plain(snapshot, i, "DeadLettered");
+        let mut removal = Removal::plain(snapshot, i, Reason::DeadLettered);
         removal.dead_letter = Some(letter);
         out.removals.push(removal);
         return Escalation::DeadLettered;

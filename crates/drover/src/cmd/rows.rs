@@ -91,7 +91,8 @@ pub fn task_row(task: &Task, snapshot: &Snapshot, columns: Columns) -> Vec<Strin
             Some(format!(
                 "#{} {}",
                 s.last_run?,
-                s.last_outcome.as_deref().unwrap_or("Running")
+                s.last_outcome
+                    .map_or_else(|| "Running".to_owned(), |o| o.to_string())
             ))
         })
         .unwrap_or_else(|| "-".into());
