@@ -58,6 +58,83 @@ const RUNS: &str = "runs";
 const TRIGGERS: &str = "triggers";
 const REQUESTS: &str = "requests";
 
+/// A Drover key, parsed: which kind it is and the names in it ([`Keys::parse`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Key {
+    /// `tasks/<ns>/<name>`.
+    Task {
+        /// Namespace.
+        namespace: String,
+        /// Task name.
+        name: String,
+    },
+    /// `assignments/<node>/<instance>`.
+    Assignment {
+        /// Node.
+        node: String,
+        /// Instance.
+        instance: InstanceId,
+    },
+    /// `status/<instance>`.
+    Status(InstanceId),
+    /// `nodes/<node>`.
+    Node(String),
+    /// `nodeinfo/<node>`.
+    NodeInfo(String),
+    /// `nodestate/<node>`.
+    NodeState(String),
+    /// `controllers/<id>`.
+    Controller(String),
+    /// `events/<ns>/<id>`.
+    Event {
+        /// Namespace.
+        namespace: String,
+        /// Event id.
+        id: String,
+    },
+    /// `deadletter/<ns>/<instance>`.
+    DeadLetter {
+        /// Namespace.
+        namespace: String,
+        /// Instance.
+        instance: InstanceId,
+    },
+    /// `taskstate/<ns>/<name>`.
+    TaskState {
+        /// Namespace.
+        namespace: String,
+        /// Task name.
+        name: String,
+    },
+    /// `runs/<ns>/<task>/<run>`.
+    Run {
+        /// Namespace.
+        namespace: String,
+        /// Task name.
+        task: String,
+        /// Run number.
+        run: u64,
+    },
+    /// `triggers/<ns>/<task>/<id>`.
+    Trigger {
+        /// Namespace.
+        namespace: String,
+        /// Task name.
+        task: String,
+        /// Request id.
+        id: String,
+    },
+    /// `requests/<ns>/<task>/<id>`.
+    Request {
+        /// Namespace.
+        namespace: String,
+        /// Task name.
+        task: String,
+        /// Request id.
+        id: String,
+    },
+}
+
 /// Builds and parses Drover's etcd keys under one prefix.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Keys {
@@ -384,6 +461,64 @@ impl Keys {
             .then(|| (p[0].to_string(), p[1].to_string(), p[2].to_string()))
     }
 
+    /// Which kind of Drover key `key` is, with its names; `None` for anything a builder here
+    /// could not have produced (election keys included: their ids are etcd's).
+    pub fn parse(&self, key: &str) -> Option<Key> {
+        if let Some((namespace, name)) = self.parse_task_key(key) {
+            return Some(Key::Task { namespace, name });
+        }
+        if let Some((node, instance)) = self.parse_assignment_key(key) {
+            return Some(Key::Assignment { node, instance });
+        }
+        if let Some(id) = self.parse_status_key(key) {
+            return Some(Key::Status(id));
+        }
+        if let Some(node) = self.parse_node_key(key) {
+            return Some(Key::Node(node));
+        }
+        if let Some(node) = self.parse_nodeinfo_key(key) {
+            return Some(Key::NodeInfo(node));
+        }
+        if let Some(node) = self.parse_nodestate_key(key) {
+            return Some(Key::NodeState(node));
+        }
+        if let Some(id) = self.parse_controller_key(key) {
+            return Some(Key::Controller(id));
+        }
+        if let Some((namespace, id)) = self.parse_event_key(key) {
+            return Some(Key::Event { namespace, id });
+        }
+        if let Some((namespace, instance)) = self.parse_deadletter_key(key) {
+            return Some(Key::DeadLetter {
+                namespace,
+                instance,
+            });
+        }
+        if let Some((namespace, name)) = self.parse_taskstate_key(key) {
+            return Some(Key::TaskState { namespace, name });
+        }
+        if let Some((namespace, task, run)) = self.parse_run_key(key) {
+            return Some(Key::Run {
+                namespace,
+                task,
+                run,
+            });
+        }
+        if let Some((namespace, task, id)) = self.parse_trigger_key(key) {
+            return Some(Key::Trigger {
+                namespace,
+                task,
+                id,
+            });
+        }
+        self.parse_request_key(key)
+            .map(|(namespace, task, id)| Key::Request {
+                namespace,
+                task,
+                id,
+            })
+    }
+
     // ---- requests ----
 
     /// `requests/<ns>/<task>/<id>`: an operator's request about a task (`drover enable`,
@@ -412,6 +547,83 @@ mod tests {
 
     fn id() -> InstanceId {
         InstanceId::job("team-a", "my-job", 7, 1).unwrap()
+    }
+
+    #[test]
+    fn parse_names_the_kind_of_every_built_key() {
+        let k = Keys::default();
+        let i = id();
+        let cases = [
+            (
+                k.task("a", "b"),
+                Key::Task {
+                    namespace: "a".into(),
+                    name: "b".into(),
+                },
+            ),
+            (
+                k.assignment("n", &i),
+                Key::Assignment {
+                    node: "n".into(),
+                    instance: i.clone(),
+                },
+            ),
+            (k.status(&i), Key::Status(i.clone())),
+            (k.node("n"), Key::Node("n".into())),
+            (k.nodeinfo("n"), Key::NodeInfo("n".into())),
+            (k.nodestate("n"), Key::NodeState("n".into())),
+            (k.controller("c"), Key::Controller("c".into())),
+            (
+                k.event("a", "e1"),
+                Key::Event {
+                    namespace: "a".into(),
+                    id: "e1".into(),
+                },
+            ),
+            (
+                k.deadletter("team-a", &i),
+                Key::DeadLetter {
+                    namespace: "team-a".into(),
+                    instance: i.clone(),
+                },
+            ),
+            (
+                k.taskstate("a", "b"),
+                Key::TaskState {
+                    namespace: "a".into(),
+                    name: "b".into(),
+                },
+            ),
+            (
+                k.run("a", "b", 3),
+                Key::Run {
+                    namespace: "a".into(),
+                    task: "b".into(),
+                    run: 3,
+                },
+            ),
+            (
+                k.trigger("a", "b", "t"),
+                Key::Trigger {
+                    namespace: "a".into(),
+                    task: "b".into(),
+                    id: "t".into(),
+                },
+            ),
+            (
+                k.request("a", "b", "r"),
+                Key::Request {
+                    namespace: "a".into(),
+                    task: "b".into(),
+                    id: "r".into(),
+                },
+            ),
+        ];
+        for (key, want) in cases {
+            assert_eq!(k.parse(&key), Some(want), "{key}");
+        }
+        assert_eq!(k.parse("/drover/tasks/a"), None);
+        assert_eq!(k.parse("/other/tasks/a/b"), None);
     }
 
     #[test]

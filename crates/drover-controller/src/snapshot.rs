@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use drover_api::{
-    Event, EventKind, Instance, InstanceId, InstanceStatus, Keys, Node, NodeInfo, NodeState,
-    RunRecord, Task, TaskRequest, TriggerRequest,
+    keys::Key, Event, EventKind, Instance, InstanceId, InstanceStatus, Keys, Node, NodeInfo,
+    NodeState, RunRecord, Task, TaskRequest, TriggerRequest,
 };
 use drover_store::Versioned;
 use serde::de::DeserializeOwned;
@@ -162,25 +162,34 @@ impl Snapshot {
                 );
                 // A node or assignment must not vanish because it does not decode: a missing
                 // node means a dead one, a missing assignment a free slot.
-                if let Some(node) = keys.parse_node_key(&key) {
-                    self.nodes.remove(&node);
-                    self.opaque_nodes.insert(node);
-                } else if let Some((node, id)) = keys.parse_assignment_key(&key) {
-                    self.assignments.remove(&id);
-                    self.opaque_assignments
-                        .insert(id, OpaqueAssignment { node, mod_revision });
-                } else if let Some(node) = keys.parse_nodeinfo_key(&key) {
-                    self.nodeinfos.remove(&node);
-                    self.opaque_nodeinfos.insert(node);
-                } else if let Some(node) = keys.parse_nodestate_key(&key) {
-                    self.nodestates.remove(&node);
-                    self.opaque_nodestates.insert(node);
-                } else if let Some((ns, name)) = keys.parse_taskstate_key(&key) {
-                    let task = TaskRef::new(ns, name);
-                    self.taskstates.remove(&task);
-                    self.opaque_taskstates.insert(task);
-                } else if let Some((ns, name)) = keys.parse_task_key(&key) {
-                    self.opaque_tasks.insert(TaskRef::new(ns, name));
+                match keys.parse(&key) {
+                    Some(Key::Node(node)) => {
+                        self.nodes.remove(&node);
+                        self.opaque_nodes.insert(node);
+                    }
+                    Some(Key::Assignment { node, instance }) => {
+                        self.assignments.remove(&instance);
+                        self.opaque_assignments
+                            .insert(instance, OpaqueAssignment { node, mod_revision });
+                    }
+                    Some(Key::NodeInfo(node)) => {
+                        self.nodeinfos.remove(&node);
+                        self.opaque_nodeinfos.insert(node);
+                    }
+                    Some(Key::NodeState(node)) => {
+                        self.nodestates.remove(&node);
+                        self.opaque_nodestates.insert(node);
+                    }
+                    Some(Key::TaskState { namespace, name }) => {
+                        let task = TaskRef::new(namespace, name);
+                        self.taskstates.remove(&task);
+                        self.opaque_taskstates.insert(task);
+                    }
+                    Some(Key::Task { namespace, name }) => {
+                        self.opaque_tasks.insert(TaskRef::new(namespace, name));
+                    }
+                    // Every other kind keeps its previous value.
+                    _ => {}
                 }
             }
         }
@@ -191,18 +200,27 @@ impl Snapshot {
         if self.undecodable.remove(key).is_none() {
             return;
         }
-        if let Some(node) = keys.parse_node_key(key) {
-            self.opaque_nodes.remove(&node);
-        } else if let Some((_, id)) = keys.parse_assignment_key(key) {
-            self.opaque_assignments.remove(&id);
-        } else if let Some(node) = keys.parse_nodeinfo_key(key) {
-            self.opaque_nodeinfos.remove(&node);
-        } else if let Some(node) = keys.parse_nodestate_key(key) {
-            self.opaque_nodestates.remove(&node);
-        } else if let Some((ns, name)) = keys.parse_taskstate_key(key) {
-            self.opaque_taskstates.remove(&TaskRef::new(ns, name));
-        } else if let Some((ns, name)) = keys.parse_task_key(key) {
-            self.opaque_tasks.remove(&TaskRef::new(ns, name));
+        match keys.parse(key) {
+            Some(Key::Node(node)) => {
+                self.opaque_nodes.remove(&node);
+            }
+            Some(Key::Assignment { instance, .. }) => {
+                self.opaque_assignments.remove(&instance);
+            }
+            Some(Key::NodeInfo(node)) => {
+                self.opaque_nodeinfos.remove(&node);
+            }
+            Some(Key::NodeState(node)) => {
+                self.opaque_nodestates.remove(&node);
+            }
+            Some(Key::TaskState { namespace, name }) => {
+                self.opaque_taskstates
+                    .remove(&TaskRef::new(namespace, name));
+            }
+            Some(Key::Task { namespace, name }) => {
+                self.opaque_tasks.remove(&TaskRef::new(namespace, name));
+            }
+            _ => {}
         }
     }
 
@@ -211,48 +229,77 @@ impl Snapshot {
         keys: &Keys,
         raw: Versioned<serde_json::Value>,
     ) -> Result<(), DecodeError> {
-        let key = raw.key.as_str();
-        if let Some((ns, name)) = keys.parse_task_key(key) {
-            self.tasks_changed = true;
-            let task: Versioned<Task> = decode(raw, "Task")?;
-            self.tasks.insert(TaskRef::new(ns, name), task);
-        } else if let Some(node) = keys.parse_node_key(key) {
-            self.nodes.insert(node, decode(raw, "Node")?);
-        } else if let Some(node) = keys.parse_nodeinfo_key(key) {
-            self.nodeinfos.insert(node, decode(raw, "NodeInfo")?);
-        } else if let Some(node) = keys.parse_nodestate_key(key) {
-            self.nodestates.insert(node, decode(raw, "NodeState")?);
-        } else if let Some((node, id)) = keys.parse_assignment_key(key) {
-            let mut a: Versioned<Instance> = decode(raw, "Instance")?;
-            // The key is what the agent watches, so it is the truth about placement.
-            a.value.node = node;
-            a.value.id = id.clone();
-            self.assignments.insert(id, a);
-        } else if let Some(id) = keys.parse_status_key(key) {
-            self.statuses.insert(id, decode(raw, "InstanceStatus")?);
-        } else if let Some((ns, name)) = keys.parse_taskstate_key(key) {
-            self.taskstates
-                .insert(TaskRef::new(ns, name), decode(raw, "TaskState")?);
-        } else if let Some((_, id)) = keys.parse_deadletter_key(key) {
-            self.deadletters.insert(id, decode(raw, "DeadLetter")?);
-        } else if let Some((ns, name, run)) = keys.parse_run_key(key) {
-            let record = decode(raw, "RunRecord")?;
-            self.runs
-                .entry(TaskRef::new(ns, name))
-                .or_default()
-                .insert(run, record);
-        } else if let Some((ns, name, id)) = keys.parse_request_key(key) {
-            let request = decode(raw, "TaskRequest")?;
-            self.requests
-                .entry(TaskRef::new(ns, name))
-                .or_default()
-                .insert(id, request);
-        } else if let Some((ns, name, id)) = keys.parse_trigger_key(key) {
-            let request = decode(raw, "TriggerRequest")?;
-            self.triggers
-                .entry(TaskRef::new(ns, name))
-                .or_default()
-                .insert(id, request);
+        let Some(key) = keys.parse(&raw.key) else {
+            return Ok(());
+        };
+        match key {
+            Key::Task { namespace, name } => {
+                self.tasks_changed = true;
+                let task: Versioned<Task> = decode(raw, "Task")?;
+                self.tasks.insert(TaskRef::new(namespace, name), task);
+            }
+            Key::Node(node) => {
+                self.nodes.insert(node, decode(raw, "Node")?);
+            }
+            Key::NodeInfo(node) => {
+                self.nodeinfos.insert(node, decode(raw, "NodeInfo")?);
+            }
+            Key::NodeState(node) => {
+                self.nodestates.insert(node, decode(raw, "NodeState")?);
+            }
+            Key::Assignment { node, instance } => {
+                let mut a: Versioned<Instance> = decode(raw, "Instance")?;
+                // The key is what the agent watches, so it is the truth about placement.
+                a.value.node = node;
+                a.value.id = instance.clone();
+                self.assignments.insert(instance, a);
+            }
+            Key::Status(id) => {
+                self.statuses.insert(id, decode(raw, "InstanceStatus")?);
+            }
+            Key::TaskState { namespace, name } => {
+                self.taskstates
+                    .insert(TaskRef::new(namespace, name), decode(raw, "TaskState")?);
+            }
+            Key::DeadLetter { instance, .. } => {
+                self.deadletters
+                    .insert(instance, decode(raw, "DeadLetter")?);
+            }
+            Key::Run {
+                namespace,
+                task,
+                run,
+            } => {
+                let record = decode(raw, "RunRecord")?;
+                self.runs
+                    .entry(TaskRef::new(namespace, task))
+                    .or_default()
+                    .insert(run, record);
+            }
+            Key::Request {
+                namespace,
+                task,
+                id,
+            } => {
+                let request = decode(raw, "TaskRequest")?;
+                self.requests
+                    .entry(TaskRef::new(namespace, task))
+                    .or_default()
+                    .insert(id, request);
+            }
+            Key::Trigger {
+                namespace,
+                task,
+                id,
+            } => {
+                let request = decode(raw, "TriggerRequest")?;
+                self.triggers
+                    .entry(TaskRef::new(namespace, task))
+                    .or_default()
+                    .insert(id, request);
+            }
+            // Not planner input.
+            Key::Controller(_) | Key::Event { .. } => {}
         }
         Ok(())
     }
@@ -261,54 +308,58 @@ impl Snapshot {
     pub fn remove(&mut self, keys: &Keys, key: &str, revision: i64) {
         self.revision = self.revision.max(revision);
         self.forget_undecodable(keys, key);
-        if let Some((ns, name)) = keys.parse_task_key(key) {
-            self.tasks_changed = true;
-            self.tasks.remove(&TaskRef::new(ns, name));
-        } else if let Some(node) = keys.parse_node_key(key) {
-            self.nodes.remove(&node);
-        } else if let Some(node) = keys.parse_nodeinfo_key(key) {
-            self.nodeinfos.remove(&node);
-        } else if let Some(node) = keys.parse_nodestate_key(key) {
-            self.nodestates.remove(&node);
-        } else if let Some((node, id)) = keys.parse_assignment_key(key) {
-            // Only if it is the same placement (ids never move between nodes, but be strict).
-            if self
-                .assignments
-                .get(&id)
-                .is_some_and(|a| a.value.node == node)
-            {
-                self.assignments.remove(&id);
+        let Some(parsed) = keys.parse(key) else {
+            return;
+        };
+        match parsed {
+            Key::Task { namespace, name } => {
+                self.tasks_changed = true;
+                self.tasks.remove(&TaskRef::new(namespace, name));
             }
-        } else if let Some(id) = keys.parse_status_key(key) {
-            self.statuses.remove(&id);
-        } else if let Some((ns, name)) = keys.parse_taskstate_key(key) {
-            self.taskstates.remove(&TaskRef::new(ns, name));
-        } else if let Some((_, id)) = keys.parse_deadletter_key(key) {
-            self.deadletters.remove(&id);
-        } else if let Some((ns, name, run)) = keys.parse_run_key(key) {
-            let task = TaskRef::new(ns, name);
-            if let Some(runs) = self.runs.get_mut(&task) {
-                runs.remove(&run);
-                if runs.is_empty() {
-                    self.runs.remove(&task);
+            Key::Node(node) => {
+                self.nodes.remove(&node);
+            }
+            Key::NodeInfo(node) => {
+                self.nodeinfos.remove(&node);
+            }
+            Key::NodeState(node) => {
+                self.nodestates.remove(&node);
+            }
+            Key::Assignment { node, instance } => {
+                // Only if it is the same placement (ids never move between nodes, but be strict).
+                if self
+                    .assignments
+                    .get(&instance)
+                    .is_some_and(|a| a.value.node == node)
+                {
+                    self.assignments.remove(&instance);
                 }
             }
-        } else if let Some((ns, name, id)) = keys.parse_trigger_key(key) {
-            let task = TaskRef::new(ns, name);
-            if let Some(triggers) = self.triggers.get_mut(&task) {
-                triggers.remove(&id);
-                if triggers.is_empty() {
-                    self.triggers.remove(&task);
-                }
+            Key::Status(id) => {
+                self.statuses.remove(&id);
             }
-        } else if let Some((ns, name, id)) = keys.parse_request_key(key) {
-            let task = TaskRef::new(ns, name);
-            if let Some(requests) = self.requests.get_mut(&task) {
-                requests.remove(&id);
-                if requests.is_empty() {
-                    self.requests.remove(&task);
-                }
+            Key::TaskState { namespace, name } => {
+                self.taskstates.remove(&TaskRef::new(namespace, name));
             }
+            Key::DeadLetter { instance, .. } => {
+                self.deadletters.remove(&instance);
+            }
+            Key::Run {
+                namespace,
+                task,
+                run,
+            } => remove_nested(&mut self.runs, TaskRef::new(namespace, task), &run),
+            Key::Trigger {
+                namespace,
+                task,
+                id,
+            } => remove_nested(&mut self.triggers, TaskRef::new(namespace, task), &id),
+            Key::Request {
+                namespace,
+                task,
+                id,
+            } => remove_nested(&mut self.requests, TaskRef::new(namespace, task), &id),
+            Key::Controller(_) | Key::Event { .. } => {}
         }
     }
 
@@ -409,30 +460,36 @@ impl Snapshot {
             if reported.insert(key.clone(), bad.mod_revision) == Some(bad.mod_revision) {
                 continue;
             }
-            let (namespace, kind, name, effect) = if let Some(node) = keys.parse_node_key(key) {
-                let effect = "the node counts as alive but takes no new instances";
-                ("default".to_owned(), EventKind::Node, node, effect)
-            } else if let Some((_, id)) = keys.parse_assignment_key(key) {
-                let effect = "the instance keeps its slot and is not replaced";
-                (
-                    id.namespace().to_owned(),
-                    EventKind::Instance,
-                    id.to_string(),
-                    effect,
-                )
-            } else if keys.parse_nodeinfo_key(key).is_some() {
-                let effect = "the node keeps its instances but takes no new ones";
-                ("default".to_owned(), EventKind::Node, key.clone(), effect)
-            } else if keys.parse_nodestate_key(key).is_some() {
-                let effect =
-                    "the node's death is judged from its lease alone; the record is not rewritten";
-                ("default".to_owned(), EventKind::Node, key.clone(), effect)
-            } else if keys.parse_taskstate_key(key).is_some() {
-                let effect = "the task is held: not planned until its state decodes";
-                ("default".to_owned(), EventKind::Task, key.clone(), effect)
-            } else {
-                let effect = "its last good value, if any, is used";
-                ("default".to_owned(), EventKind::Task, key.clone(), effect)
+            let (namespace, kind, name, effect) = match keys.parse(key) {
+                Some(Key::Node(node)) => {
+                    let effect = "the node counts as alive but takes no new instances";
+                    ("default".to_owned(), EventKind::Node, node, effect)
+                }
+                Some(Key::Assignment { instance, .. }) => {
+                    let effect = "the instance keeps its slot and is not replaced";
+                    (
+                        instance.namespace().to_owned(),
+                        EventKind::Instance,
+                        instance.to_string(),
+                        effect,
+                    )
+                }
+                Some(Key::NodeInfo(_)) => {
+                    let effect = "the node keeps its instances but takes no new ones";
+                    ("default".to_owned(), EventKind::Node, key.clone(), effect)
+                }
+                Some(Key::NodeState(_)) => {
+                    let effect = "the node's death is judged from its lease alone; the record is not rewritten";
+                    ("default".to_owned(), EventKind::Node, key.clone(), effect)
+                }
+                Some(Key::TaskState { .. }) => {
+                    let effect = "the task is held: not planned until its state decodes";
+                    ("default".to_owned(), EventKind::Task, key.clone(), effect)
+                }
+                _ => {
+                    let effect = "its last good value, if any, is used";
+                    ("default".to_owned(), EventKind::Task, key.clone(), effect)
+                }
             };
             events.push(Event {
                 time: now,
@@ -456,6 +513,20 @@ impl Snapshot {
             .values()
             .map(|a| &a.value)
             .filter(move |i| i.node == node)
+    }
+}
+
+/// Removes `inner` from `outer[task]`, dropping the task's entry once empty.
+fn remove_nested<K: Ord, V>(
+    outer: &mut BTreeMap<TaskRef, BTreeMap<K, V>>,
+    task: TaskRef,
+    inner: &K,
+) {
+    if let Some(m) = outer.get_mut(&task) {
+        m.remove(inner);
+        if m.is_empty() {
+            outer.remove(&task);
+        }
     }
 }
 
