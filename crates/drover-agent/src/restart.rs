@@ -46,10 +46,14 @@ pub struct Backoff {
 }
 
 impl Backoff {
-    /// `initial × 2^(restart-1)`, capped at `max`.
+    /// `initial × 2^(restart-1)`, capped at `max` (the runtime's one exponential backoff).
     pub fn delay(&self, restart: u32) -> Duration {
-        let shift = restart.saturating_sub(1).min(20);
-        self.initial.saturating_mul(1 << shift).min(self.max)
+        drover_runtime::BackoffConfig {
+            base: self.initial,
+            max: self.max,
+            jitter: false,
+        }
+        .delay(restart.max(1))
     }
 }
 

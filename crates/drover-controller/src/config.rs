@@ -138,12 +138,13 @@ impl ControllerConfig {
     /// `reschedule_base_delay * 2^attempt`, capped at `reschedule_max_delay`.
     #[must_use]
     pub fn reschedule_delay(&self, attempt: u32) -> Duration {
-        let factor = 1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX);
-        self.reschedule_base_delay
-            .checked_mul(factor)
-            .map_or(self.reschedule_max_delay, |d| {
-                d.min(self.reschedule_max_delay)
-            })
+        // The runtime's one exponential backoff; its first failure waits `base`.
+        drover_runtime::BackoffConfig {
+            base: self.reschedule_base_delay,
+            max: self.reschedule_max_delay,
+            jitter: false,
+        }
+        .delay(attempt.saturating_add(1))
     }
 }
 
