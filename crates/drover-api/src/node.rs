@@ -57,6 +57,11 @@ pub struct NodeInfo {
     /// Last time the node was seen alive.
     #[serde(default)]
     pub last_seen: Option<DateTime<Utc>>,
+    /// Read only, from records of versions before `nodestate/`: when the leader then recorded
+    /// the node dead. The leader seeds the node's state from it once; the next operator write
+    /// drops it.
+    #[serde(default, rename = "deadSince", skip_serializing)]
+    pub legacy_dead_since: Option<DateTime<Utc>>,
 }
 
 impl NodeInfo {

@@ -188,8 +188,31 @@ impl Snapshot {
                     Some(Key::Task { namespace, name }) => {
                         self.opaque_tasks.insert(TaskRef::new(namespace, name));
                     }
-                    // Every other kind keeps its previous value.
-                    _ => {}
+                    // A status that no longer decodes says nothing: the copy may be live
+                    // (never "gone" on a stale terminal phase).
+                    Some(Key::Status(id)) => {
+                        self.statuses.remove(&id);
+                    }
+                    // Requests, triggers and dead letters that no longer decode are void:
+                    // acting on (or deleting by) their stale value would compare a revision
+                    // that is gone, every plan. A voided letter no longer holds its slot.
+                    Some(Key::Request {
+                        namespace,
+                        task,
+                        id,
+                    }) => remove_nested(&mut self.requests, TaskRef::new(namespace, task), &id),
+                    Some(Key::Trigger {
+                        namespace,
+                        task,
+                        id,
+                    }) => remove_nested(&mut self.triggers, TaskRef::new(namespace, task), &id),
+                    Some(Key::DeadLetter { instance, .. }) => {
+                        self.deadletters.remove(&instance);
+                    }
+                    // A run record keeps its last good value: without it the run's live
+                    // instances would look orphaned.
+                    Some(Key::Run { .. }) => {}
+                    Some(Key::Controller(_) | Key::Event { .. }) | None => {}
                 }
             }
         }
@@ -220,7 +243,17 @@ impl Snapshot {
             Some(Key::Task { namespace, name }) => {
                 self.opaque_tasks.remove(&TaskRef::new(namespace, name));
             }
-            _ => {}
+            // Kinds with no opaque set: nothing to forget.
+            Some(
+                Key::Status(_)
+                | Key::Request { .. }
+                | Key::Trigger { .. }
+                | Key::DeadLetter { .. }
+                | Key::Run { .. }
+                | Key::Controller(_)
+                | Key::Event { .. },
+            )
+            | None => {}
         }
     }
 
@@ -544,6 +577,38 @@ mod tests {
             version: 1,
             lease: None,
         }
+    }
+
+    #[test]
+    fn a_request_status_or_letter_that_stops_decoding_is_void_not_stale() {
+        let keys = Keys::new("/t");
+        let mut s = Snapshot::default();
+        let id = InstanceId::service("default", "web", 0).expect("id");
+        let request =
+            serde_json::json!({"action":"enable","requestedAt":"2026-01-01T00:00:00Z","by":"ops"});
+        s.apply(&keys, raw(keys.request("default", "web", "r1"), request, 2))
+            .expect("decodes");
+        let status = serde_json::json!({"id": id.to_string(), "node": "n1", "phase": "Stopped",
+            "generation": 1, "attempt": 1, "updatedAt": "2026-01-01T00:00:00Z"});
+        s.apply(&keys, raw(keys.status(&id), status, 3))
+            .expect("decodes");
+        assert_eq!(s.requests.len(), 1);
+        let bad = serde_json::json!({"action": 7});
+        assert!(s
+            .apply(
+                &keys,
+                raw(keys.request("default", "web", "r1"), bad.clone(), 4)
+            )
+            .is_err());
+        assert!(s.apply(&keys, raw(keys.status(&id), bad, 5)).is_err());
+        assert!(
+            s.requests.is_empty(),
+            "a request that no longer decodes is not acted on"
+        );
+        assert!(
+            !s.statuses.contains_key(&id),
+            "nor is a stale terminal status trusted"
+        );
     }
 
     #[test]

@@ -200,14 +200,31 @@ async fn rebind(addr: SocketAddr) -> TcpListener {
     panic!("proxy cannot listen on {addr} again: {last:?}");
 }
 
-async fn serve(client: TcpStream, target: SocketAddr, mode: watch::Receiver<Mode>) {
-    let Ok(upstream) = TcpStream::connect(target).await else {
-        return;
-    };
+/// The two halves of the client's connection and of a new one to `target` (no Nagle delay).
+pub(crate) struct Halves {
+    pub(crate) client: (OwnedReadHalf, OwnedWriteHalf),
+    pub(crate) upstream: (OwnedReadHalf, OwnedWriteHalf),
+}
+
+/// Connects to `target` for `client`; `None` when the target refuses.
+pub(crate) async fn connect_upstream(client: TcpStream, target: SocketAddr) -> Option<Halves> {
+    let upstream = TcpStream::connect(target).await.ok()?;
     let _ = client.set_nodelay(true);
     let _ = upstream.set_nodelay(true);
-    let (cr, cw) = client.into_split();
-    let (ur, uw) = upstream.into_split();
+    Some(Halves {
+        client: client.into_split(),
+        upstream: upstream.into_split(),
+    })
+}
+
+async fn serve(client: TcpStream, target: SocketAddr, mode: watch::Receiver<Mode>) {
+    let Some(Halves {
+        client: (cr, cw),
+        upstream: (ur, uw),
+    }) = connect_upstream(client, target).await
+    else {
+        return;
+    };
     tokio::join!(pump(cr, uw, mode.clone()), pump(ur, cw, mode));
 }
 

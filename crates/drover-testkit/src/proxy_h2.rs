@@ -11,7 +11,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use super::{pump, Mode};
+use super::{connect_upstream, pump, Halves, Mode};
 
 /// What every HTTP/2 client sends first (RFC 9113 §3.4).
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -81,13 +81,13 @@ pub(super) async fn serve(
     mode: watch::Receiver<Mode>,
     loss: Arc<ReplyLoss>,
 ) {
-    let Ok(upstream) = TcpStream::connect(target).await else {
+    let Some(Halves {
+        client: (cr, cw),
+        upstream: (ur, uw),
+    }) = connect_upstream(client, target).await
+    else {
         return;
     };
-    let _ = client.set_nodelay(true);
-    let _ = upstream.set_nodelay(true);
-    let (cr, cw) = client.into_split();
-    let (ur, uw) = upstream.into_split();
     let conn = Arc::new(Conn::default());
     // Set when the reply is lost, to end the request direction as well.
     let (closed_tx, closed) = watch::channel(false);

@@ -239,3 +239,35 @@ pub fn records(path: &Path) -> Vec<(String, u32, u128)> {
         })
         .collect()
 }
+
+/// A real etcd with what every test talks to it with: the CLI under a fresh prefix, a store
+/// client and the key schema. Dropping it stops etcd.
+pub struct Etcd {
+    /// The server (`kill`/`restart` for outage tests).
+    pub server: drover_testkit::EtcdServer,
+    /// `drover` against it.
+    pub cli: Cli,
+    /// A client of our own, for reading what Drover wrote.
+    pub store: drover_store::Store,
+    /// The key schema under the CLI's prefix.
+    pub keys: drover_api::keys::Keys,
+}
+
+impl Etcd {
+    /// Starts etcd and connects.
+    pub async fn start() -> Etcd {
+        let server = drover_testkit::EtcdServer::start().await;
+        let cli = Cli::new(server.endpoints());
+        let store =
+            drover_store::Store::connect(drover_store::StoreConfig::new(server.endpoints()))
+                .await
+                .expect("store");
+        let keys = drover_api::keys::Keys::new(&cli.prefix);
+        Etcd {
+            server,
+            cli,
+            store,
+            keys,
+        }
+    }
+}

@@ -300,12 +300,12 @@ fn max_live_counts_overlap_from_records() {
 
 #[tokio::test]
 async fn an_agent_restarted_while_etcd_is_down_adopts_its_copies_and_starts_none_twice() {
-    let mut server = EtcdServer::start().await;
-    let cli = Cli::new(server.endpoints());
-    let store = Store::connect(StoreConfig::new(server.endpoints()))
-        .await
-        .expect("store");
-    let keys = Keys::new(&cli.prefix);
+    let common::Etcd {
+        mut server,
+        cli,
+        store,
+        keys,
+    } = common::Etcd::start().await;
     let witness = tempfile::tempdir().expect("tempdir");
     let file = witness.path().join("records");
     let state = tempfile::tempdir().expect("tempdir");
@@ -380,12 +380,12 @@ async fn an_agent_restarted_while_etcd_is_down_adopts_its_copies_and_starts_none
 /// what it adopted. Node `b` stands ready to take them, so "where they were" means something.
 #[tokio::test]
 async fn an_agent_whose_registration_reply_is_lost_keeps_its_node_and_its_copies() {
-    let server = EtcdServer::start().await;
-    let cli = Cli::new(server.endpoints());
-    let store = Store::connect(StoreConfig::new(server.endpoints()))
-        .await
-        .expect("store");
-    let keys = Keys::new(&cli.prefix);
+    let common::Etcd {
+        server,
+        cli,
+        store,
+        keys,
+    } = common::Etcd::start().await;
     let witness = tempfile::tempdir().expect("tempdir");
     let file = witness.path().join("records");
     let states = [

@@ -7,10 +7,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{manifest, Cli, Daemon};
-use drover_api::keys::Keys;
-use drover_store::{Store, StoreConfig};
-use drover_testkit::{wait_for, EtcdServer};
+use common::{manifest, Daemon};
+use drover_testkit::wait_for;
 
 const NODES: usize = 30;
 const REPLICAS: usize = 300;
@@ -24,12 +22,12 @@ fn task_with_env(name: &str, replicas: usize, env_bytes: usize) -> String {
 
 #[tokio::test]
 async fn a_large_spec_with_many_replicas_is_placed_and_does_not_block_others() {
-    let server = EtcdServer::start().await;
-    let cli = Cli::new(server.endpoints());
-    let store = Store::connect(StoreConfig::new(server.endpoints()))
-        .await
-        .expect("store");
-    let keys = Keys::new(&cli.prefix);
+    let common::Etcd {
+        server: _server,
+        cli,
+        store,
+        keys,
+    } = common::Etcd::start().await;
     let _controller = Daemon::start(&cli, &["controller", "--id", "big", "--lease-ttl", "5s"]);
     let _agent = common::hollow_agent(&cli, &store, &keys, NODES).await;
 

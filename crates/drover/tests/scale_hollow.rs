@@ -6,11 +6,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{manifest, Cli, Daemon};
+use common::{manifest, Daemon};
 use drover_api::instance::{InstanceStatus, Phase};
-use drover_api::keys::Keys;
-use drover_store::{Store, StoreConfig};
-use drover_testkit::{wait_for, EtcdServer};
+use drover_testkit::wait_for;
 
 const NODES: usize = 300;
 const TASKS: usize = 3;
@@ -29,12 +27,12 @@ fn rss_kib(pid: u32) -> Option<u64> {
 
 #[tokio::test]
 async fn three_hundred_hollow_nodes_run_three_thousand_instances() {
-    let server = EtcdServer::start().await;
-    let cli = Cli::new(server.endpoints());
-    let store = Store::connect(StoreConfig::new(server.endpoints()))
-        .await
-        .expect("store");
-    let keys = Keys::new(&cli.prefix);
+    let common::Etcd {
+        server: _server,
+        cli,
+        store,
+        keys,
+    } = common::Etcd::start().await;
     let _controller = Daemon::start(&cli, &["controller", "--id", "scale", "--lease-ttl", "5s"]);
     let agent = Daemon::start(
         &cli,

@@ -21,7 +21,20 @@ use drover_api::records::{DeadLetterRecord, TaskRef};
 pub(super) fn trim(snapshot: &Snapshot, plan: &mut Plan) {
     let mut jobs: BTreeMap<TaskRef, Vec<(&InstanceId, &Versioned<DeadLetterRecord>)>> =
         BTreeMap::new();
+    // A letter a pending `drover retry` names is the retry's to consume.
+    let retried: std::collections::BTreeSet<&InstanceId> = snapshot
+        .requests
+        .values()
+        .flat_map(BTreeMap::values)
+        .filter_map(|r| match &r.value.action {
+            drover_api::RequestAction::Retry { instance } => Some(instance),
+            drover_api::RequestAction::Enable => None,
+        })
+        .collect();
     for (id, d) in &snapshot.deadletters {
+        if retried.contains(id) {
+            continue;
+        }
         let task = TaskRef::new(&d.value.letter.namespace, &d.value.letter.task);
         let current = match snapshot.tasks.get(&task) {
             Some(t) => t,

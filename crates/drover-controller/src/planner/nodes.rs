@@ -65,13 +65,20 @@ pub(super) fn plan_nodes(snapshot: &Snapshot, now: DateTime<Utc>, plan: &mut Pla
         .filter(|n| !snapshot.node_present(n) && !recorded.contains(n))
         .collect();
     for name in unrecorded {
-        dead_event(snapshot, now, name, "is not registered", plan);
+        // A death an older leader already recorded (in `nodeinfo`) keeps its time, unannounced.
+        let legacy = snapshot
+            .nodeinfos
+            .get(name)
+            .and_then(|i| i.value.legacy_dead_since);
+        if legacy.is_none() {
+            dead_event(snapshot, now, name, "is not registered", plan);
+        }
         plan.steps.push(Step {
             task: None,
             writes: vec![Write::NodeState {
                 state: NodeState {
                     name: name.to_owned(),
-                    dead_since: Some(now),
+                    dead_since: Some(legacy.unwrap_or(now)),
                 },
                 mod_revision: 0,
             }],

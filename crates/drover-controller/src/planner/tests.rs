@@ -486,3 +486,27 @@ fn an_undecodable_assignment_on_a_dead_node_is_replaced_by_key() {
             if *old == id && node == "n2" && *mod_revision == rev && new.node == "n1"
     )));
 }
+
+#[test]
+fn a_death_recorded_by_an_older_leader_in_nodeinfo_keeps_its_time_unannounced() {
+    let mut sim = Sim::new();
+    sim.node("n1", 4000, &[]);
+    sim.set_info("gone", |i| i.legacy_dead_since = Some(at(-100)));
+    let p = plan(&sim.s, at(1), &sim.config);
+    assert!(
+        p.events.iter().all(|e| e.reason != "NodeDead"),
+        "{:?}",
+        p.events
+    );
+    assert!(p.steps.iter().flat_map(|s| &s.writes).any(|w| matches!(
+        w,
+        Write::NodeState { state, .. } if state.name == "gone" && state.dead_since == Some(at(-100))
+    )));
+    // Written back by an operator, the legacy field is gone.
+    let json = serde_json::to_string(&sim.s.nodeinfos["gone"].value).expect("encodes");
+    assert!(!json.contains("deadSince"), "{json}");
+    let old: drover_api::NodeInfo =
+        serde_json::from_str(r#"{"name":"x","deadSince":"2026-01-01T00:00:00Z"}"#)
+            .expect("decodes");
+    assert!(old.legacy_dead_since.is_some());
+}

@@ -95,10 +95,7 @@ pub async fn enable(global: &Global, args: TaskArgs) -> CliResult {
             )))
         }
     };
-    if !state.is_some_and(|s| s.suspended) {
-        println!("task/{} is enabled (it is not suspended)", args.name);
-        return Ok(());
-    }
+    let was_suspended = state.is_some_and(|s| s.suspended);
     let request = submit(
         &store,
         &keys,
@@ -108,7 +105,14 @@ pub async fn enable(global: &Global, args: TaskArgs) -> CliResult {
     )
     .await?;
     consumed(&store, &request).await?;
-    println!("task/{} enabled", args.name);
+    if was_suspended {
+        println!("task/{} enabled", args.name);
+    } else {
+        println!(
+            "task/{} is enabled (it was not suspended; its failure count is reset)",
+            args.name
+        );
+    }
     Ok(())
 }
 
@@ -119,11 +123,25 @@ pub async fn retry(global: &Global, args: RetryArgs) -> CliResult {
         .map_err(|error| CliError::data(format!("instance \"{}\": {error}", args.instance)))?;
     let (store, keys) = connect(global).await?;
     let key = keys.deadletter(id.namespace(), &id);
-    store
+    let letter = store
         .get::<DeadLetter>(&key)
         .await
         .map_err(|error| store_error("reading the dead letter", error))?
         .ok_or_else(|| CliError::failure(format!("no dead letter for instance \"{id}\"")))?;
+    if letter.value.run.is_some() {
+        let state = store
+            .get::<TaskState>(&keys.taskstate(id.namespace(), id.task()))
+            .await
+            .map_err(|error| store_error("reading task state", error))?;
+        if state.is_some_and(|s| s.value.suspended) {
+            return Err(CliError::failure(format!(
+                "task \"{}\" is suspended by its circuit breaker; `drover enable {}` first, \
+                 then retry",
+                id.task(),
+                id.task()
+            )));
+        }
+    }
     let action = RequestAction::Retry {
         instance: id.clone(),
     };
