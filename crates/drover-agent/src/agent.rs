@@ -8,7 +8,7 @@ use std::sync::Arc;
 use chrono::Utc;
 use drover_api::keys::Keys;
 use drover_api::node::Node;
-use drover_runtime::{Controller, ControllerConfig};
+use drover_runtime::{Reconciler, ReconcilerConfig};
 use drover_store::{LeaseId, Store};
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
@@ -202,9 +202,9 @@ impl Agent {
         // Bounded, so fencing before the first registration is not delayed.
         engine.adopt(&node, started + config.lease_ttl / 4).await;
 
-        let mut cc = ControllerConfig::new("agent");
+        let mut cc = ReconcilerConfig::new("agent");
         cc.concurrency = config.concurrency;
-        let controller = Controller::new(cc, engine.clone(), converge::reconcile)?
+        let controller = Reconciler::new(cc, engine.clone(), converge::reconcile)?
             .with_stream(converge::key_stream(
                 engine.clone(),
                 writer,

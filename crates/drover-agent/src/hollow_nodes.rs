@@ -13,7 +13,7 @@ use chrono::Utc;
 use drover_api::keys::Keys;
 use drover_api::node::{Capacity, Node};
 use drover_api::quantity::{Cpu, Memory};
-use drover_runtime::{Controller, ControllerConfig};
+use drover_runtime::{Reconciler, ReconcilerConfig};
 use drover_store::Store;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
@@ -120,10 +120,10 @@ pub async fn run_hollow(
         Metrics::register(registry),
         kill.clone(),
     ));
-    let mut cc = ControllerConfig::new("hollow-agent");
+    let mut cc = ReconcilerConfig::new("hollow-agent");
     cc.concurrency = config.concurrency;
     let prefix = format!("{}{}-", keys.assignments(), config.base_name);
-    let controller = Controller::new(cc, engine.clone(), converge::reconcile)?
+    let controller = Reconciler::new(cc, engine.clone(), converge::reconcile)?
         .with_stream(converge::key_stream(engine.clone(), writer, prefix))
         .with_metrics(&drover_runtime::Metrics::register(registry));
     let _ = engine.trigger.set(controller.trigger());

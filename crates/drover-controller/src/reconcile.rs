@@ -137,7 +137,7 @@ impl Term {
 
 /// Leads until `cancel` fires or a write is fenced.
 pub(crate) async fn lead(term: Arc<Term>, cancel: CancellationToken) -> Result<(), LeadError> {
-    let mut cfg = drover_runtime::ControllerConfig::new("drover-controller");
+    let mut cfg = drover_runtime::ReconcilerConfig::new("drover-controller");
     cfg.concurrency = 1;
     cfg.shutdown_grace = Duration::from_secs(1);
     // Capped at 1 s, so a commit that failed while etcd was away is retried within a second
@@ -147,7 +147,7 @@ pub(crate) async fn lead(term: Arc<Term>, cancel: CancellationToken) -> Result<(
         max: Duration::from_secs(1),
         jitter: true,
     };
-    let runner = drover_runtime::Controller::new(cfg, term.clone(), reconcile)?
+    let runner = drover_runtime::Reconciler::new(cfg, term.clone(), reconcile)?
         .with_metrics(&term.metrics.runtime);
     let trigger = runner.trigger();
     let stop = cancel.child_token();

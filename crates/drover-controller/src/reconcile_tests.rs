@@ -90,8 +90,8 @@ impl Leader {
             Metrics::default(),
             status,
         );
-        let runner = drover_runtime::Controller::new(
-            drover_runtime::ControllerConfig::new("test"),
+        let runner = drover_runtime::Reconciler::new(
+            drover_runtime::ReconcilerConfig::new("test"),
             term.clone(),
             reconcile,
         )

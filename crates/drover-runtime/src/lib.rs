@@ -2,7 +2,7 @@
 //!
 //! Generic over the key type and independent of etcd, so the controller and the agent share it.
 //! The pieces, in the order a key travels through them:
-//! - [`Controller`] gathers inputs: streams of keys (from watchers) and [`Trigger`] handles.
+//! - [`Reconciler`] gathers inputs: streams of keys (from watchers) and [`Trigger`] handles.
 //! - [`WorkQueue`] merges requests per key (earliest wins) and holds keys that are running.
 //! - The runner spawns at most `concurrency` reconciles, one per key at a time, each in its own
 //!   tracing span, and turns the result into the next schedule: [`Action`] on success,
@@ -11,13 +11,13 @@
 
 pub mod action;
 pub mod backoff;
-pub mod controller;
 pub mod metrics;
 pub mod queue;
+pub mod reconciler;
 mod runner;
 
 pub use action::Action;
 pub use backoff::BackoffConfig;
-pub use controller::{Controller, ControllerConfig, Error, KeyStream, Result, Trigger};
 pub use metrics::Metrics;
 pub use queue::{Reason, WorkQueue};
+pub use reconciler::{Error, KeyStream, Reconciler, ReconcilerConfig, Result, Trigger};

@@ -20,9 +20,9 @@ use tracing::Instrument;
 
 use crate::action::Action;
 use crate::backoff::{BackoffConfig, JitterSource};
-use crate::controller::{ControllerConfig, Error, KeyStream, Result, TriggerRequest};
 use crate::metrics::{ControllerMetrics, Metrics};
 use crate::queue::{Reason, WorkQueue};
+use crate::reconciler::{Error, KeyStream, ReconcilerConfig, Result, TriggerRequest};
 
 /// How many already-ready inputs one wake-up takes before dispatching, so that a burst of
 /// requests merges in the queue without starving the other events.
@@ -47,7 +47,7 @@ enum Event<K, E> {
     Due,
 }
 
-/// The state of a running controller; see [`crate::Controller::run_until`] for its guarantees.
+/// The state of a running controller; see [`crate::Reconciler::run_until`] for its guarantees.
 pub(crate) struct Runner<K, C, F, E> {
     name: &'static str,
     concurrency: usize,
@@ -73,7 +73,7 @@ where
     E: StdError + Send + 'static,
 {
     pub(crate) fn new(
-        config: ControllerConfig,
+        config: ReconcilerConfig,
         ctx: Arc<C>,
         reconcile: F,
         metrics: &Metrics,

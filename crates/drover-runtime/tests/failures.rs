@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{config, secs, start, wait_for, Recorder, Step};
-use drover_runtime::{Action, ControllerConfig, Error, Metrics};
+use drover_runtime::{Action, Error, Metrics, ReconcilerConfig};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::registry::Registry;
 
@@ -50,7 +50,7 @@ async fn triggers_do_not_cut_a_backoff_short() {
             Step::ok(Action::await_change())
         }
     });
-    let cfg = ControllerConfig {
+    let cfg = ReconcilerConfig {
         backoff: drover_runtime::BackoffConfig {
             base: secs(10),
             max: secs(60),
@@ -119,7 +119,7 @@ async fn shutdown_waits_for_in_flight_and_starts_nothing_new() {
 #[tokio::test(start_paused = true)]
 async fn shutdown_aborts_after_the_grace_period() {
     let rec = Recorder::new(|_, _| Step::ok(Action::await_change()).taking(secs(1000)));
-    let cfg = ControllerConfig {
+    let cfg = ReconcilerConfig {
         shutdown_grace: secs(2),
         ..config(2)
     };
@@ -193,11 +193,11 @@ async fn metrics_show_depth_and_in_flight_while_busy() {
 #[test]
 fn invalid_config_is_rejected() {
     let rec = Recorder::new(|_, _| Step::ok(Action::await_change()));
-    let bad = ControllerConfig {
+    let bad = ReconcilerConfig {
         concurrency: 0,
-        ..ControllerConfig::new("x")
+        ..ReconcilerConfig::new("x")
     };
-    let built = drover_runtime::Controller::new(bad, rec, common::reconcile);
+    let built = drover_runtime::Reconciler::new(bad, rec, common::reconcile);
     assert!(matches!(built, Err(Error::ZeroConcurrency { .. })));
 }
 
@@ -205,7 +205,7 @@ fn invalid_config_is_rejected() {
 async fn a_controller_cancelled_before_it_runs_starts_nothing() {
     let rec = Recorder::new(|_, _| Step::ok(Action::await_change()));
     let controller =
-        drover_runtime::Controller::new(config(4), std::sync::Arc::clone(&rec), common::reconcile)
+        drover_runtime::Reconciler::new(config(4), std::sync::Arc::clone(&rec), common::reconcile)
             .unwrap();
     controller.trigger().trigger("a".into(), "test").unwrap();
     let shutdown = tokio_util::sync::CancellationToken::new();

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use drover_runtime::{Action, Controller, ControllerConfig};
+use drover_runtime::{Action, Reconciler, ReconcilerConfig};
 use tokio_util::sync::CancellationToken;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
@@ -95,8 +95,8 @@ async fn reconcile_span_carries_controller_key_and_reason() {
             _ => Ok(Action::await_change()),
         }
     };
-    let controller = Controller::new(
-        ControllerConfig::new("spans"),
+    let controller = Reconciler::new(
+        ReconcilerConfig::new("spans"),
         Arc::clone(&calls),
         reconcile,
     )

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use drover_runtime::{Action, BackoffConfig, Controller, ControllerConfig, Metrics, Trigger};
+use drover_runtime::{Action, BackoffConfig, Metrics, Reconciler, ReconcilerConfig, Trigger};
 use futures::Stream;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -155,8 +155,8 @@ pub async fn reconcile(key: String, rec: Arc<Recorder>) -> Result<Action, TestEr
     step.result
 }
 
-pub fn config(concurrency: usize) -> ControllerConfig {
-    ControllerConfig {
+pub fn config(concurrency: usize) -> ReconcilerConfig {
+    ReconcilerConfig {
         concurrency,
         backoff: BackoffConfig {
             base: Duration::from_secs(1),
@@ -164,7 +164,7 @@ pub fn config(concurrency: usize) -> ControllerConfig {
             jitter: false,
         },
         shutdown_grace: Duration::from_secs(30),
-        ..ControllerConfig::new("test")
+        ..ReconcilerConfig::new("test")
     }
 }
 
@@ -187,12 +187,12 @@ impl Running {
 }
 
 pub fn start(
-    config: ControllerConfig,
+    config: ReconcilerConfig,
     rec: &Arc<Recorder>,
     stream: Option<Box<dyn Stream<Item = String> + Send + Unpin>>,
     metrics: Option<&Metrics>,
 ) -> Running {
-    let mut controller = Controller::new(config, Arc::clone(rec), reconcile).unwrap();
+    let mut controller = Reconciler::new(config, Arc::clone(rec), reconcile).unwrap();
     if let Some(stream) = stream {
         controller = controller.with_stream(stream);
     }

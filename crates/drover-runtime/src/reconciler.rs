@@ -1,7 +1,7 @@
-//! The [`Controller`] builder: configuration, trigger inputs and the [`Trigger`] handle.
+//! The [`Reconciler`] builder: configuration, trigger inputs and the [`Trigger`] handle.
 //!
 //! A controller turns "something about key K may have changed" into calls of an async reconcile
-//! function, with the guarantees listed on [`Controller::run_until`]. The loop itself lives in
+//! function, with the guarantees listed on [`Reconciler::run_until`]. The loop itself lives in
 //! the private `runner` module; this module only gathers its inputs.
 
 use std::future::Future;
@@ -73,9 +73,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// A boxed stream of keys, the shape trigger inputs are stored in.
 pub type KeyStream<K> = BoxStream<'static, K>;
 
-/// Controller settings.
+/// Reconciler settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ControllerConfig {
+pub struct ReconcilerConfig {
     /// Labels tracing spans and metrics (`controller="<name>"`). No default.
     pub name: &'static str,
     /// Most reconciles running at once, across all keys. Default: 8.
@@ -86,7 +86,7 @@ pub struct ControllerConfig {
     pub shutdown_grace: Duration,
 }
 
-impl ControllerConfig {
+impl ReconcilerConfig {
     /// The defaults documented on each field, for a controller called `name`.
     #[must_use]
     pub fn new(name: &'static str) -> Self {
@@ -123,7 +123,7 @@ pub(crate) struct TriggerRequest<K> {
 
 /// A cloneable handle that asks a controller to reconcile a key, from any task or thread.
 ///
-/// Obtained from [`Controller::trigger`]. Calls never block; requests merge in the controller's
+/// Obtained from [`Reconciler::trigger`]. Calls never block; requests merge in the controller's
 /// queue like any other.
 #[derive(Debug)]
 pub struct Trigger<K> {
@@ -165,7 +165,7 @@ impl<K> Trigger<K> {
 ///
 /// ```no_run
 /// use std::{convert::Infallible, sync::Arc, time::Duration};
-/// use drover_runtime::{Action, Controller, ControllerConfig, Metrics};
+/// use drover_runtime::{Action, Reconciler, ReconcilerConfig, Metrics};
 /// use tokio_util::sync::CancellationToken;
 ///
 /// struct Ctx { /* store handles, config, ... */ }
@@ -179,7 +179,7 @@ impl<K> Trigger<K> {
 /// #     -> Result<(), drover_runtime::Error> {
 /// let mut registry = prometheus_client::registry::Registry::default();
 /// let metrics = Metrics::register(&mut registry);
-/// let controller = Controller::new(ControllerConfig::new("tasks"), Arc::new(Ctx {}), reconcile)?
+/// let controller = Reconciler::new(ReconcilerConfig::new("tasks"), Arc::new(Ctx {}), reconcile)?
 ///     .with_stream(changes)
 ///     .with_metrics(&metrics);
 /// let trigger = controller.trigger();
@@ -188,8 +188,8 @@ impl<K> Trigger<K> {
 /// controller.run(shutdown.clone()).await
 /// # }
 /// ```
-pub struct Controller<K, C, F> {
-    config: ControllerConfig,
+pub struct Reconciler<K, C, F> {
+    config: ReconcilerConfig,
     ctx: Arc<C>,
     reconcile: F,
     streams: Vec<KeyStream<K>>,
@@ -198,7 +198,7 @@ pub struct Controller<K, C, F> {
     trigger_rx: mpsc::UnboundedReceiver<TriggerRequest<K>>,
 }
 
-impl<K, C, F, Fut, E> Controller<K, C, F>
+impl<K, C, F, Fut, E> Reconciler<K, C, F>
 where
     K: Clone + Eq + Hash + Display + Send + Sync + 'static,
     C: Send + Sync + 'static,
@@ -208,7 +208,7 @@ where
 {
     /// A controller that calls `reconcile(key, ctx)`; add inputs with [`Self::with_stream`] and
     /// [`Self::trigger`], then [`Self::run`] it.
-    pub fn new(config: ControllerConfig, ctx: Arc<C>, reconcile: F) -> Result<Self> {
+    pub fn new(config: ReconcilerConfig, ctx: Arc<C>, reconcile: F) -> Result<Self> {
         config.validate()?;
         let (trigger_tx, trigger_rx) = mpsc::unbounded_channel();
         Ok(Self {
