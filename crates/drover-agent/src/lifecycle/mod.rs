@@ -7,6 +7,8 @@ mod fencing;
 #[cfg(test)]
 mod race_tests;
 #[cfg(test)]
+mod stop_tests;
+#[cfg(test)]
 pub(crate) mod tests;
 mod timeout;
 

@@ -117,9 +117,14 @@ impl Rig {
     /// Makes the local cache hold the assignment of `id` with `create_revision`, whatever
     /// etcd holds.
     pub(crate) fn cache(&mut self, id: &InstanceId, create_revision: i64) {
+        self.cache_value(instance(id), create_revision);
+    }
+
+    /// Makes the local cache hold `value` as the assignment created at `create_revision`.
+    pub(crate) fn cache_value(&mut self, value: Instance, create_revision: i64) {
         let v = Versioned {
-            key: self.keys.assignment(NODE, id),
-            value: instance(id),
+            key: self.keys.assignment(NODE, &value.id),
+            value,
             create_revision,
             mod_revision: create_revision,
             version: 1,
@@ -139,7 +144,7 @@ impl Rig {
         }
     }
 
-    async fn reconcile(&self, slot: &Slot) {
+    pub(crate) async fn reconcile(&self, slot: &Slot) {
         tokio::time::timeout(LIMIT, self.engine.reconcile(slot))
             .await
             .expect("reconcile in time")
