@@ -115,13 +115,7 @@ async fn an_agent_that_cannot_register_fences_what_it_adopted_within_the_ttl() {
     );
     // Killed means gone or a zombie: the adopted process's parent (the killed first agent)
     // is gone, and whoever inherits it reaps it in its own time.
-    let gone = || {
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
-            stat.rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().next())
-                .is_some_and(|state| state == "Z" || state == "X")
-        })
-    };
+    let gone = || !pid.parse().is_ok_and(drover_testkit::process_alive);
     poll(
         Duration::from_secs(2),
         "the adopted process is gone",

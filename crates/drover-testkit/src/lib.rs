@@ -19,11 +19,13 @@
 mod cluster;
 mod etcd;
 mod ports;
+mod process;
 mod proxy;
 mod wait;
 
 pub use cluster::EtcdCluster;
 pub use etcd::{EtcdServer, EtcdctlError};
 pub use ports::free_port;
+pub use process::process_alive;
 pub use proxy::TcpProxy;
 pub use wait::{init_tracing, unique_prefix, wait_for, TimedOut};

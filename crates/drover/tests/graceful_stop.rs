@@ -21,7 +21,7 @@ use drover_api::instance::{InstanceStatus, Phase};
 use drover_api::keys::Keys;
 use drover_store::{Store, StoreConfig};
 use drover_testkit::TcpProxy;
-use drover_testkit::{wait_for, EtcdServer};
+use drover_testkit::{process_alive as alive, wait_for, EtcdServer};
 
 /// A workload that records its own life and needs 5 s to stop.
 fn witness_command(records: &Path) -> String {
@@ -86,22 +86,6 @@ fn now_nanos() -> u128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos())
-}
-
-/// Whether `pid` is a live process (a zombie has exited).
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            let state = stat
-                .rsplit_once(')')?
-                .1
-                .split_whitespace()
-                .next()?
-                .to_string();
-            Some(state != "Z" && state != "X")
-        })
-        .unwrap_or(false)
 }
 
 /// Polls `pid` every 10 ms until it is gone; returns when that was seen (epoch nanoseconds).

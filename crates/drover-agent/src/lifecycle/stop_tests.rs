@@ -24,20 +24,8 @@ async fn status(rig: &Rig, id: &InstanceId) -> Option<InstanceStatus> {
         .map(|v| v.value)
 }
 
-/// Whether `pid` is a live process (a zombie has exited).
 fn alive(pid: &str) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            let state = stat
-                .rsplit_once(')')?
-                .1
-                .split_whitespace()
-                .next()?
-                .to_owned();
-            Some(state != "Z" && state != "X")
-        })
-        .unwrap_or(false)
+    pid.parse().is_ok_and(drover_testkit::process_alive)
 }
 
 #[tokio::test(flavor = "multi_thread")]
