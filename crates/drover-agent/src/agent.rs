@@ -8,20 +8,19 @@ use std::sync::Arc;
 use chrono::Utc;
 use drover_api::keys::Keys;
 use drover_api::node::Node;
-use drover_runtime::{Reconciler, ReconcilerConfig};
 use drover_store::{LeaseId, Store};
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::AgentConfig;
-use crate::converge::{self, Engine, EngineConfig};
+use crate::converge::{Engine, EngineConfig};
 use crate::drivers::DriverSet;
 use crate::heartbeat::{self, State};
 use crate::local::{Records, StopRecord};
-use crate::metrics::Metrics;
 use crate::ports::PortAllocator;
+use crate::wiring::{Built, Setup, Wired};
 use crate::{grpc, restart};
 
 /// `Result` with this module's [`Error`].
@@ -80,13 +79,8 @@ pub struct Agent {
     handle: AgentHandle,
     config: AgentConfig,
     shutdown: CancellationToken,
-    controller_stop: CancellationToken,
-    heartbeat_stop: CancellationToken,
-    engine: Arc<Engine>,
-    controller: JoinHandle<drover_runtime::Result<()>>,
-    heartbeat: JoinHandle<Option<heartbeat::Registration>>,
+    wired: Wired,
     grpc: JoinHandle<grpc::Result<()>>,
-    _kill: DropGuard,
 }
 
 /// A cloneable view of a running agent: readiness, address, lease, stop records.
@@ -111,7 +105,7 @@ impl AgentHandle {
 
     /// Ready: registered, and the assignment cache has its first listing.
     pub fn is_ready(&self) -> bool {
-        matches!(*self.state.borrow(), State::Registered(_)) && self.engine.desired.is_ready()
+        matches!(*self.state.borrow(), State::Registered(_)) && self.engine.is_listed()
     }
 
     /// The heartbeat's state.
@@ -143,7 +137,7 @@ impl AgentHandle {
 
     /// Every stop this agent recorded (fencing, unassignment, shutdown), oldest first.
     pub fn stop_records(&self) -> Vec<StopRecord> {
-        self.engine.records.list()
+        self.engine.records().list()
     }
 
     /// Instances running now.
@@ -177,43 +171,36 @@ impl Agent {
             address: config.address,
             source,
         })?;
-        let metrics = Metrics::register(registry);
-        let runtime_metrics = drover_runtime::Metrics::register(registry);
-        let kill = CancellationToken::new();
-        let (reader, writer) = drover_store::reflector::store();
         let node: Arc<str> = Arc::from(config.node.as_str());
-        let engine = Arc::new(Engine::new(
+        let built = Built::new(
             store,
             keys.clone(),
-            drivers.clone(),
-            PortAllocator::new(config.port_range.clone()),
-            reader,
-            [node.clone()],
-            Records::new(Some(config.state_dir.clone())),
-            EngineConfig {
-                backoff: restart::Backoff {
-                    initial: config.restart_backoff,
-                    max: config.restart_backoff_max,
+            Setup {
+                drivers: drivers.clone(),
+                ports: PortAllocator::new(config.port_range.clone()),
+                nodes: vec![node.clone()],
+                records: Records::new(Some(config.state_dir.clone())),
+                config: EngineConfig {
+                    backoff: restart::Backoff {
+                        initial: config.restart_backoff,
+                        max: config.restart_backoff_max,
+                    },
                 },
             },
-            metrics,
-            kill.clone(),
-        ));
+            registry,
+        );
         // Bounded, so fencing before the first registration is not delayed.
-        engine.adopt(&node, started + config.lease_ttl / 4).await;
-
-        let mut cc = ReconcilerConfig::new("agent");
-        cc.concurrency = config.concurrency;
-        let controller = Reconciler::new(cc, engine.clone(), converge::reconcile)?
-            .with_stream(converge::key_stream(
-                engine.clone(),
-                writer,
-                keys.node_assignments(&node),
-            ))
-            .with_metrics(&runtime_metrics);
-        let _ = engine.trigger.set(controller.trigger());
-        let controller_stop = kill.child_token();
-        let controller = tokio::spawn(controller.run(controller_stop.clone()));
+        built
+            .engine()
+            .adopt(&node, started + config.lease_ttl / 4)
+            .await;
+        let mut wired = built.run(
+            "agent",
+            config.concurrency,
+            keys.node_assignments(&node),
+            registry,
+        )?;
+        let engine = wired.engine().clone();
 
         let record = Node {
             name: config.node.clone(),
@@ -224,10 +211,7 @@ impl Agent {
             version: config.version.clone(),
             started_at: Utc::now(),
         };
-        let (state_tx, state_rx) = watch::channel(State::Registering);
-        let heartbeat_stop = kill.child_token();
-        let heartbeat = tokio::spawn(heartbeat::maintain(
-            engine.clone(),
+        let state_rx = wired.heartbeat(
             record,
             heartbeat::Settings {
                 ttl: config.lease_ttl,
@@ -235,15 +219,13 @@ impl Agent {
                 started,
                 lease_file: Some(config.state_dir.join("lease")),
             },
-            state_tx,
-            heartbeat_stop.clone(),
-        ));
+        );
         let grpc = tokio::spawn(grpc::serve(
             listener,
             engine.clone(),
             node.clone(),
             config.version.clone(),
-            kill.child_token(),
+            wired.child_token(),
         ));
         tracing::info!(node = %node, %address, drivers = ?drivers.kinds(), "agent started");
         Ok(Agent {
@@ -255,13 +237,8 @@ impl Agent {
             },
             config,
             shutdown,
-            controller_stop,
-            heartbeat_stop,
-            engine,
-            controller,
-            heartbeat,
+            wired,
             grpc,
-            _kill: kill.drop_guard(),
         })
     }
 
@@ -275,13 +252,8 @@ impl Agent {
         let Agent {
             config,
             shutdown,
-            controller_stop,
-            heartbeat_stop,
-            engine,
-            controller,
-            heartbeat,
+            mut wired,
             grpc,
-            _kill,
             ..
         } = self;
         tokio::select! {
@@ -293,29 +265,21 @@ impl Agent {
             }
         }
         tracing::info!(node = %config.node, keep_running = config.keep_running_on_shutdown, "agent shutting down");
-        controller_stop.cancel();
-        let controller_result = controller.await;
+        wired.stop_loop().await;
         // Copies stop first, while the heartbeat still holds the lease; the lease goes last.
         // Revoking first would let the controller start replacements while the old copies are
         // still inside their grace periods: two live copies (promise 6).
         if !config.keep_running_on_shutdown {
-            engine.stop_all(&config.node).await;
+            wired.engine().stop_all(&config.node).await;
         }
-        heartbeat_stop.cancel();
-        let reg = heartbeat.await.ok().flatten();
-        let mut result = Ok(());
+        let regs = wired.stop_heartbeats().await;
         if config.keep_running_on_shutdown {
             tracing::info!("leaving instances running and the lease unrevoked for the next agent");
-        } else if let Some(reg) = reg {
-            let lease = reg.lease;
-            drop(reg);
-            if let Err(e) = engine.store.revoke(lease).await {
-                result = Err(Error::Revoke(e));
-            }
+            return Ok(());
         }
-        if let Ok(Err(e)) = controller_result {
-            tracing::warn!(error = %e, "reconcile loop did not drain");
+        for reg in regs {
+            wired.revoke(reg).await.map_err(Error::Revoke)?;
         }
-        result
+        Ok(())
     }
 }

@@ -62,7 +62,7 @@ impl From<DriverKind> for DriverChoice {
     }
 }
 
-/// Everything `drover agent` can be told. Durations are (de)serialized as milliseconds.
+/// Everything `drover agent` can be told. Durations (de)serialize in the human form (`"250ms"`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AgentConfig {
@@ -73,13 +73,13 @@ pub struct AgentConfig {
     pub address: SocketAddr,
     /// TTL of the node's lease; keep-alives go every TTL/3. Default 10 s, at least 2 s
     /// (etcd raises smaller TTLs to its own minimum).
-    #[serde(with = "millis")]
+    #[serde(with = "drover_api::duration::human")]
     pub lease_ttl: Duration,
     /// Self-fencing margin: every instance is gone by `last acknowledged keep-alive send time +
     /// lease_ttl - margin`, i.e. at least `margin` before the lease can have expired on the
     /// server. Default `None` = max(1 s, lease_ttl / 10). Must be below lease_ttl / 2, because
     /// fencing begins at TTL/2.
-    #[serde(default, with = "opt_millis")]
+    #[serde(default, with = "drover_api::duration::human::option")]
     pub self_fence_margin: Option<Duration>,
     /// Labels for `spec.nodeSelector` (`--label k=v`). Default none.
     #[serde(default)]
@@ -103,10 +103,10 @@ pub struct AgentConfig {
     /// IP that docker publishes ports on. Default `0.0.0.0`.
     pub publish_ip: String,
     /// First delay before a local restart; doubles per restart. Default 1 s.
-    #[serde(with = "millis")]
+    #[serde(with = "drover_api::duration::human")]
     pub restart_backoff: Duration,
     /// Cap of the restart delay. Default 30 s.
-    #[serde(with = "millis")]
+    #[serde(with = "drover_api::duration::human")]
     pub restart_backoff_max: Duration,
     /// Reconciles running at once. Default 16.
     pub concurrency: usize,
@@ -215,37 +215,6 @@ fn parse_meminfo_total(text: &str) -> Option<u64> {
     let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     kib.checked_mul(1024)
-}
-
-mod millis {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        u64::deserialize(d).map(Duration::from_millis)
-    }
-}
-
-mod opt_millis {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-        match d {
-            Some(d) => super::millis::serialize(d, s),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        Option::<u64>::deserialize(d).map(|o| o.map(Duration::from_millis))
-    }
 }
 
 #[cfg(test)]

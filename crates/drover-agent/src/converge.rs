@@ -2,7 +2,7 @@
 //! drover-runtime) until what runs matches what is assigned.
 //!
 //! Per instance (a [`Slot`]), the reconcile reads the assignment from the reflector cache and
-//! the local [`Entry`], then takes one step: start what is assigned and not running (host ports
+//! the local entry, asks the pure `crate::instance::decide` what to do, and carries it out: start what is assigned and not running (host ports
 //! allocated and reported), restart or give up on what exited or turned unhealthy
 //! ([`crate::restart`]), stop and fail a job past its `timeoutSeconds` ([`crate::deadline`]),
 //! stop what is running but no longer assigned, stop (and report terminal) what the controller
@@ -10,27 +10,28 @@
 //! [`crate::status`]).
 //!
 //! Exits and health changes arrive from small helper tasks (an exit waiter and a prober per
-//! run) that set a flag on the entry and trigger the instance's reconcile.
+//! run) that move the entry's state and trigger the instance's reconcile.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use drover_api::instance::{Instance, Phase, PortBinding};
+use drover_api::instance::{Instance, PortBinding};
 use drover_api::keys::Keys;
 use drover_runtime::{Action, Trigger};
 use drover_store::reflector::Reader;
 use drover_store::watcher::{watcher, Event};
 use drover_store::Store;
 use futures::{Stream, StreamExt};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::deadline::Deadline;
 use crate::drivers::DriverSet;
 pub(crate) use crate::fence::{InFlight, NodeFence};
-use crate::local::{Entry, Records, Slot, StopReason};
+use crate::instance::{decide, until_deadline, Desired, Entry, InstanceTable, Step, Wanted};
+use crate::local::{Records, Slot, StopReason};
 use crate::metrics::Metrics;
 use crate::ports::PortAllocator;
 use crate::restart;
@@ -68,45 +69,69 @@ pub(crate) struct EngineConfig {
     pub backoff: restart::Backoff,
 }
 
-/// The shared state of one agent process's convergence (one or many nodes).
-pub(crate) struct Engine {
+/// What an engine is built from.
+pub(crate) struct EngineParts {
+    /// The etcd client.
     pub store: Store,
+    /// The key schema.
     pub keys: Keys,
+    /// The drivers of this agent.
     pub drivers: DriverSet,
+    /// Host ports to hand out.
     pub ports: PortAllocator,
+    /// The assignment cache.
     pub desired: Reader<Instance>,
-    pub table: Mutex<HashMap<Slot, Entry>>,
-    pub nodes: HashMap<Arc<str>, NodeFence>,
-    pub trigger: OnceLock<Trigger<Slot>>,
+    /// The nodes served (one, or many hollow nodes).
+    pub nodes: Vec<Arc<str>>,
+    /// The stop log.
     pub records: Records,
+    /// Settings.
     pub config: EngineConfig,
+    /// The agent's metrics.
     pub metrics: Metrics,
     /// Cancelled when the agent goes away (even by abort): ends every helper task.
     pub kill: CancellationToken,
+}
+
+/// The shared state of one agent process's convergence (one or many nodes).
+pub(crate) struct Engine {
+    store: Store,
+    keys: Keys,
+    drivers: DriverSet,
+    ports: PortAllocator,
+    desired: Reader<Instance>,
+    instances: InstanceTable,
+    nodes: HashMap<Arc<str>, NodeFence>,
+    trigger: OnceLock<Trigger<Slot>>,
+    records: Records,
+    config: EngineConfig,
+    metrics: Metrics,
+    kill: CancellationToken,
     seq: AtomicU64,
 }
 
 impl Engine {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        store: Store,
-        keys: Keys,
-        drivers: DriverSet,
-        ports: PortAllocator,
-        desired: Reader<Instance>,
-        nodes: impl IntoIterator<Item = Arc<str>>,
-        records: Records,
-        config: EngineConfig,
-        metrics: Metrics,
-        kill: CancellationToken,
-    ) -> Self {
+    /// An engine with no entries, every node fenced until it registers.
+    pub fn new(parts: EngineParts) -> Self {
+        let EngineParts {
+            store,
+            keys,
+            drivers,
+            ports,
+            desired,
+            nodes,
+            records,
+            config,
+            metrics,
+            kill,
+        } = parts;
         Engine {
             store,
             keys,
             drivers,
             ports,
             desired,
-            table: Mutex::default(),
+            instances: InstanceTable::default(),
             nodes: nodes
                 .into_iter()
                 .map(|n| (n, NodeFence::default()))
@@ -120,8 +145,59 @@ impl Engine {
         }
     }
 
-    pub fn table(&self) -> MutexGuard<'_, HashMap<Slot, Entry>> {
-        self.table.lock().unwrap_or_else(PoisonError::into_inner)
+    /// The etcd client.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The key schema.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// The drivers.
+    pub fn drivers(&self) -> &DriverSet {
+        &self.drivers
+    }
+
+    /// The host port allocator.
+    pub fn ports(&self) -> &PortAllocator {
+        &self.ports
+    }
+
+    /// The local entries.
+    pub fn instances(&self) -> &InstanceTable {
+        &self.instances
+    }
+
+    /// The stop log.
+    pub fn records(&self) -> &Records {
+        &self.records
+    }
+
+    /// The agent's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The token that ends every helper task.
+    pub fn kill(&self) -> &CancellationToken {
+        &self.kill
+    }
+
+    /// The fencing state of `node`, if this engine serves it.
+    pub fn node(&self, node: &str) -> Option<&NodeFence> {
+        self.nodes.get(node)
+    }
+
+    /// Whether the assignment cache has its first listing.
+    pub fn is_listed(&self) -> bool {
+        self.desired.is_ready()
+    }
+
+    /// Connects the engine to its reconcile loop (once; later calls are ignored).
+    pub fn set_trigger(&self, trigger: Trigger<Slot>) {
+        let _ = self.trigger.set(trigger);
     }
 
     pub fn next_seq(&self) -> u64 {
@@ -147,7 +223,7 @@ impl Engine {
             .iter()
             .filter_map(|v| self.slot_of_key(&v.key))
             .collect();
-        slots.extend(self.table().keys().cloned());
+        slots.extend(self.instances.slots());
         slots.sort_by(|a, b| (&*a.node, &a.id).cmp(&(&*b.node, &b.id)));
         slots.dedup();
         slots.retain(|s| node.is_none_or(|n| *s.node == *n));
@@ -173,229 +249,174 @@ impl Engine {
 
     /// Number of instances running on `node` (all nodes with `None`).
     pub fn running(&self, node: Option<&str>) -> usize {
-        self.table()
-            .iter()
-            .filter(|(s, e)| node.is_none_or(|n| *s.node == *n) && e.is_running())
-            .count()
+        self.instances.running(node)
     }
 
-    /// One reconcile step for `slot`.
+    /// One reconcile step for `slot`: reads the assignment and the local entry, asks
+    /// [`decide`] what to do, carries that out and writes the status.
+    ///
+    /// # Guarantees
+    /// - One copy at a time: a local copy of an earlier placement (another create revision,
+    ///   generation or attempt) is stopped and forgotten before the new one can start, and a
+    ///   start is confirmed against etcd first ([`Self::start`]), so a stale cache never
+    ///   starts what etcd no longer assigns.
+    /// - While its node is fenced (or the agent is going away) nothing is started, stopped or
+    ///   written for the slot; fencing itself stops what runs.
+    /// - A stop request stops the copy within its grace period and reports it terminal only
+    ///   once the driver confirmed it gone; it is never started again.
+    /// - Every status write is fenced on the assignment's create revision; a stale write
+    ///   (the assignment is gone) stops the copy at once.
+    /// - A final status (Succeeded, Failed, Stopped) is written once the copy ended for good
+    ///   and is not followed by a start of the same copy.
+    ///
+    /// # Caveats
+    /// - The runtime never runs it twice at once for a slot, but fencing, shutdown and the
+    ///   exit waiter and prober act on the entry concurrently; each step re-reads the entry
+    ///   under the table lock and acts on what it finds.
+    /// - A failed status write returns an error and the runtime retries with backoff; until
+    ///   then etcd shows the previous status.
+    /// - The restart backoff lives in memory: an agent restart forgets it (an adopted copy
+    ///   keeps its restart count from the previous status only).
     pub async fn reconcile(self: &Arc<Self>, slot: &Slot) -> Result<Action> {
-        if self.is_fenced(&slot.node) || self.kill.is_cancelled() {
-            return Ok(Action::await_change());
-        }
         let key = self.keys.assignment(&slot.node, &slot.id);
-        let Some(desired) = self.desired.get(&key) else {
-            self.stop_and_forget(slot, StopReason::Unassigned).await?;
-            return Ok(Action::await_change());
+        let assigned = self.desired.get(&key);
+        let desired = Desired {
+            node_fenced: self.is_fenced(&slot.node),
+            shutting_down: self.kill.is_cancelled(),
+            assignment: assigned.as_ref().map(|v| Wanted {
+                create_revision: v.create_revision,
+                generation: v.value.generation,
+                attempt: v.value.attempt,
+                stop: v.value.stop.as_ref().map(|s| s.reason.clone()),
+            }),
         };
-        let replace = {
-            let mut table = self.table();
-            match table.get_mut(slot) {
-                Some(e) if e.create_revision == desired.create_revision => false,
-                Some(e)
-                    if e.create_revision == 0
-                        && e.meta.generation == desired.value.generation
-                        && e.meta.attempt == desired.value.attempt =>
-                {
+        loop {
+            let step = self.instances.view(slot, |e| {
+                decide(e, &desired, &self.config.backoff, Instant::now())
+            });
+            let action = match (step, &assigned) {
+                (Step::Hold, _) => return Ok(Action::await_change()),
+                (Step::Forget { reason, again }, _) => {
+                    match (reason, again) {
+                        (StopReason::Fenced, _) => tracing::info!(
+                            "forgetting a copy self-fencing stopped; converging afresh"
+                        ),
+                        (_, true) => tracing::info!(
+                            "assignment changed (new create revision or attempt); replacing the local copy"
+                        ),
+                        (_, false) => {}
+                    }
+                    self.stop_and_forget(slot, reason).await?;
+                    if again {
+                        self.poke(slot.clone(), "replace");
+                    }
+                    return Ok(Action::await_change());
+                }
+                (Step::Track, Some(v)) => {
+                    let kind = self.drivers.kind_for(&v.value.spec);
+                    let entry = Entry::new(Arc::new(v.value.clone()), v.create_revision, kind);
+                    self.instances.insert(slot.clone(), entry);
+                    continue;
+                }
+                (Step::Adopt, Some(v)) => {
                     tracing::info!("adopting the running instance for its assignment");
-                    e.create_revision = desired.create_revision;
-                    e.instance = Some(Arc::new(desired.value.clone()));
-                    false
+                    let instance = Arc::new(v.value.clone());
+                    self.instances
+                        .update(slot, |e| e.adopt(instance, v.create_revision));
+                    continue;
                 }
-                Some(_) => true,
-                None => {
-                    let kind = self.drivers.kind_for(&desired.value.spec);
-                    let entry = Entry::new(
-                        Arc::new(desired.value.clone()),
-                        desired.create_revision,
-                        kind,
-                    );
-                    table.insert(slot.clone(), entry);
-                    false
+                (Step::Track | Step::Adopt, None) => return Ok(Action::await_change()),
+                (Step::StopOnRequest { reason }, _) => {
+                    self.stop_on_request(slot, &reason).await?;
+                    Action::await_change()
                 }
-            }
-        };
-        if replace {
-            tracing::info!(
-                "assignment changed (new create revision or attempt); replacing the local copy"
-            );
-            self.stop_and_forget(slot, StopReason::Unassigned).await?;
-            self.poke(slot.clone(), "replace");
-            return Ok(Action::await_change());
-        }
-        if let Some(stop) = &desired.value.stop {
-            self.stop_on_request(slot, &stop.reason).await?;
+                (step, _) => {
+                    let action = self.carry_out(slot, step).await?;
+                    self.instances
+                        .view(slot, |e| until_deadline(e, action, Instant::now()))
+                }
+            };
             self.publish(slot, &key).await?;
-            return Ok(Action::await_change());
+            return Ok(action);
         }
-        let action = self.step(slot).await?;
-        self.publish(slot, &key).await?;
-        Ok(action)
     }
 
-    /// Moves the entry one step towards its assignment.
-    async fn step(self: &Arc<Self>, slot: &Slot) -> Result<Action> {
-        enum Todo {
-            Nothing,
-            Wait(Duration),
-            Start,
-            Ended(restart::Ended),
-            StopUnhealthy,
-            Probe,
-            Expire(Duration),
-        }
-        let todo = {
-            let table = self.table();
-            let Some(e) = table.get(slot) else {
-                return Ok(Action::await_change());
-            };
-            let wants_probe = e
-                .instance
-                .as_ref()
-                .is_some_and(|i| i.spec.health_check.is_some())
-                && e.kind != drover_api::task::DriverKind::Hollow;
-            let expired = match e.deadline(tokio::time::Instant::now()) {
-                Deadline::Exceeded(limit) => Some(limit),
-                _ => None,
-            };
-            match (&e.run, expired) {
-                _ if e.terminal => Todo::Nothing,
-                // Waiting out a restart's backoff past the deadline: do not start again.
-                (None, Some(limit)) => Todo::Expire(limit),
-                (None, None) => match e.next_start {
-                    Some(at) if at > tokio::time::Instant::now() => {
-                        Todo::Wait(at - tokio::time::Instant::now())
-                    }
-                    _ => Todo::Start,
-                },
-                (Some(run), expired) => match (run.exited, expired) {
-                    (Some(_), _) if run.unhealthy => Todo::Ended(restart::Ended::Unhealthy),
-                    (Some((code, _)), _) => Todo::Ended(restart::Ended::Exited(code)),
-                    (None, Some(limit)) => Todo::Expire(limit),
-                    (None, None) if run.unhealthy => Todo::StopUnhealthy,
-                    (None, None) if wants_probe && !run.probing => Todo::Probe,
-                    (None, None) => Todo::Nothing,
-                },
-            }
-        };
-        let action = match todo {
-            Todo::Nothing => Ok(Action::await_change()),
-            Todo::Wait(d) => Ok(Action::requeue(d)),
-            Todo::Start => {
+    /// Carries out a step that moves the entry towards its assignment.
+    async fn carry_out(self: &Arc<Self>, slot: &Slot, step: Step) -> Result<Action> {
+        match step {
+            Step::Wait(d) => Ok(Action::requeue(d)),
+            Step::Start => {
                 self.start(slot).await?;
                 self.spawn_prober(slot);
                 Ok(Action::await_change())
             }
-            Todo::Probe => {
+            Step::Probe => {
                 self.spawn_prober(slot);
                 Ok(Action::await_change())
             }
-            Todo::StopUnhealthy => {
+            Step::StopUnhealthy => {
                 tracing::info!("health check failed; stopping the instance");
                 self.stop_run(slot).await?;
                 self.poke(slot.clone(), "unhealthy");
                 Ok(Action::await_change())
             }
-            Todo::Ended(ended) => self.after_end(slot, ended).await,
-            Todo::Expire(limit) => self.expire(slot, limit).await,
-        }?;
-        Ok(self.until_deadline(slot, action))
-    }
-
-    /// Decides restart / success / failure after a run ended.
-    async fn after_end(self: &Arc<Self>, slot: &Slot, ended: restart::Ended) -> Result<Action> {
-        let (driver, handle, next) = {
-            let mut table = self.table();
-            let Some(e) = table.get_mut(slot) else {
-                return Ok(Action::await_change());
-            };
-            let Some(spec) = e.instance.as_ref().map(|i| &i.spec) else {
-                return Ok(Action::await_change());
-            };
-            let next = restart::next(
-                spec.restart_policy,
+            Step::Restart {
+                after,
+                restart,
                 ended,
-                e.restart_count,
-                spec.max_restarts,
-                &self.config.backoff,
-            );
-            if let Some((code, finished)) = e.run.as_ref().and_then(|r| r.exited) {
-                e.exit_code = code;
-                e.finished_at = finished.or_else(|| Some(chrono::Utc::now()));
-            }
-            let handle = e.run.as_ref().map(|r| r.handle.clone());
-            let expired = match e.deadline(tokio::time::Instant::now()) {
-                Deadline::Exceeded(limit) => Some(limit),
-                _ => None,
-            };
-            (self.drivers.get(e.kind).cloned(), handle, (next, expired))
-        };
-        let next = match next {
-            // Past the deadline a job is not restarted: it failed for its deadline.
-            (restart::Next::Restart { .. }, Some(limit)) => return self.expire(slot, limit).await,
-            (next, _) => next,
-        };
-        match next {
-            restart::Next::Restart { after, restart } => {
-                tracing::info!(restart, ?after, ?ended, "restarting after backoff");
-                self.metrics.restarts.inc();
-                if let (Some(driver), Some(handle)) = (driver, handle) {
-                    driver.destroy(&handle).await?;
-                }
-                let mut table = self.table();
-                if let Some(e) = table.get_mut(slot) {
-                    e.run = None;
-                    e.restart_count = restart;
-                    e.next_start = Some(tokio::time::Instant::now() + after);
-                    e.phase = Phase::Starting;
-                    e.reason = None;
-                    e.message = Some(format!(
-                        "{}; restart {restart} in {after:?}",
-                        describe(ended)
-                    ));
-                }
-                Ok(Action::requeue(after))
-            }
-            restart::Next::Terminal {
+            } => self.restart(slot, after, restart, ended).await,
+            Step::Finish {
                 phase,
                 reason,
                 message,
             } => {
                 tracing::info!(%phase, ?reason, %message, "instance ended for good");
-                let mut table = self.table();
-                if let Some(e) = table.get_mut(slot) {
-                    e.terminal = true;
-                    e.phase = phase;
-                    e.reason = reason.map(str::to_string);
-                    e.message = Some(message);
-                }
+                self.instances
+                    .update(slot, |e| e.finish(phase, reason, message));
                 Ok(Action::await_change())
             }
+            Step::Expire(limit) => self.expire(slot, limit).await,
+            Step::Idle
+            | Step::Hold
+            | Step::Forget { .. }
+            | Step::Track
+            | Step::Adopt
+            | Step::StopOnRequest { .. } => Ok(Action::await_change()),
         }
+    }
+
+    /// Destroys the ended run and schedules restart number `restart` after `after`.
+    async fn restart(
+        &self,
+        slot: &Slot,
+        after: Duration,
+        restart: u32,
+        ended: restart::Ended,
+    ) -> Result<Action> {
+        tracing::info!(restart, ?after, ?ended, "restarting after backoff");
+        self.metrics.restarts.inc();
+        let run = self.instances.read(slot, |e| {
+            (self.drivers.get(e.kind()).cloned(), e.handle().cloned())
+        });
+        if let Some((Some(driver), Some(handle))) = run {
+            driver.destroy(&handle).await?;
+        }
+        let message = format!("{}; restart {restart} in {after:?}", describe(ended));
+        self.instances.update(slot, |e| {
+            e.restart_after(Instant::now() + after, restart, message);
+        });
+        Ok(Action::requeue(after))
     }
 
     /// Writes the entry's status if it changed since the last write.
     async fn publish(&self, slot: &Slot, key: &str) -> Result<()> {
-        let (status, rev) = {
-            let table = self.table();
-            let Some(e) = table.get(slot) else {
-                return Ok(());
-            };
-            let status = e.status();
-            if e.written.as_ref().is_some_and(|w| status::same(w, &status))
-                || e.create_revision == 0
-            {
-                return Ok(());
-            }
-            (status, e.create_revision)
+        let Some((status, rev)) = self.instances.read(slot, Entry::unwritten).flatten() else {
+            return Ok(());
         };
         match status::write(&self.store, &self.keys, key, rev, &status).await {
             Ok(Written::Ok { .. }) => {
                 self.metrics.status_write("ok");
-                if let Some(e) = self.table().get_mut(slot) {
-                    e.written = Some(status);
-                }
+                self.instances.update(slot, |e| e.written(status));
                 Ok(())
             }
             Ok(Written::Stale) => {
@@ -403,7 +424,7 @@ impl Engine {
                 // The assignment is gone or was placed anew: this copy is no longer ours, and
                 // the cache that still shows it is behind. Stop it now rather than when the
                 // watch catches up.
-                if self.table().get(slot).is_some_and(Entry::is_running) {
+                if self.instances.read(slot, Entry::is_running) == Some(true) {
                     tracing::warn!(
                         create_revision = rev,
                         "status write is stale: the assignment is gone; stopping the instance"
@@ -443,7 +464,7 @@ pub(crate) fn key_stream(
     writer: drover_store::reflector::Writer<Instance>,
     prefix: String,
 ) -> impl Stream<Item = Slot> + Send {
-    let store = engine.store.clone();
+    let store = engine.store().clone();
     drover_store::reflector::reflector(writer, watcher::<Instance>(store, prefix)).flat_map(
         move |item| {
             let slots: Vec<Slot> = match item {

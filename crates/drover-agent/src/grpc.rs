@@ -1,5 +1,5 @@
-//! The agent's gRPC service (`proto/drover/agent/v1/agent.proto`): `Ping` and `Logs`, and
-//! [`logs_client`], the client side `drover logs` uses.
+//! The agent's gRPC service (`proto/drover/agent/v1/agent.proto`): `Ping` and `Logs`. The
+//! client side lives in `drover_proto::client` (re-exported here as [`logs_client`], [`ping`]).
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -9,7 +9,6 @@ use std::time::Duration;
 use drover_api::names::InstanceId;
 use drover_api::node::NodeInfo;
 use drover_proto::agent::v1 as pb;
-use drover_proto::agent::v1::agent_client::AgentClient;
 use drover_proto::agent::v1::agent_server::{Agent, AgentServer};
 use futures::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
@@ -27,23 +26,6 @@ pub enum Error {
     /// Serving failed (the listener broke).
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
-    /// The agent address is not a valid endpoint.
-    #[error("bad agent address {address:?}: {message}")]
-    Address {
-        /// The address given.
-        address: String,
-        /// Why it is unusable.
-        message: String,
-    },
-    /// Connecting to the agent failed.
-    #[error("connecting to agent at {address}: {source}")]
-    Connect {
-        /// The address.
-        address: String,
-        /// The transport error.
-        #[source]
-        source: tonic::transport::Error,
-    },
     /// The agent answered with an error (e.g. `NotFound` for an instance it does not run).
     #[error("agent: {}: {}", .0.code(), .0.message())]
     Status(#[from] Status),
@@ -67,9 +49,9 @@ impl Agent for Service {
         _req: Request<pb::PingRequest>,
     ) -> Result<Response<pb::PingReply>, Status> {
         let running = self.engine.running(Some(&self.node));
-        let key = self.engine.keys.nodeinfo(&self.node);
+        let key = self.engine.keys().nodeinfo(&self.node);
         let draining =
-            tokio::time::timeout(NODEINFO_TIMEOUT, self.engine.store.get::<NodeInfo>(&key))
+            tokio::time::timeout(NODEINFO_TIMEOUT, self.engine.store().get::<NodeInfo>(&key))
                 .await
                 .ok()
                 .and_then(Result::ok)
@@ -98,20 +80,14 @@ impl Agent for Service {
             .instance
             .parse()
             .map_err(|e| Status::invalid_argument(format!("{e}")))?;
-        let found = {
-            let table = self.engine.table();
-            table
-                .iter()
-                .find(|(s, _)| s.id == id && *s.node == *self.node)
-                .and_then(|(_, e)| Some((e.kind, e.run.as_ref()?.handle.clone())))
-        };
+        let found = self.engine.instances().run_of(&self.node, &id);
         let Some((kind, handle)) = found else {
             return Err(Status::not_found(format!(
                 "instance {id} does not run on node {}",
                 self.node
             )));
         };
-        let Some(driver) = self.engine.drivers.get(kind) else {
+        let Some(driver) = self.engine.drivers().get(kind) else {
             return Err(Status::unavailable(format!("no {kind} driver")));
         };
         let tail =
@@ -157,54 +133,7 @@ pub(crate) async fn serve(
     Ok(())
 }
 
-async fn connect(address: &str) -> Result<AgentClient<tonic::transport::Channel>> {
-    let url = if address.contains("://") {
-        address.to_string()
-    } else {
-        format!("http://{address}")
-    };
-    let endpoint = tonic::transport::Endpoint::from_shared(url).map_err(|e| Error::Address {
-        address: address.to_string(),
-        message: e.to_string(),
-    })?;
-    let channel = endpoint
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .map_err(|source| Error::Connect {
-            address: address.to_string(),
-            source,
-        })?;
-    Ok(AgentClient::new(channel))
-}
-
-/// Streams an instance's output from the agent at `address` (`host:port`, as in the node
-/// key): the last `tail` lines (all with `None`), then new lines while `follow`.
-pub async fn logs_client(
-    address: &str,
-    instance: &str,
-    follow: bool,
-    tail: Option<u32>,
-) -> Result<Pin<Box<dyn Stream<Item = Result<String>> + Send>>> {
-    let mut client = connect(address).await?;
-    let stream = client
-        .logs(pb::LogsRequest {
-            instance: instance.to_string(),
-            follow,
-            tail_lines: tail.unwrap_or(0),
-        })
-        .await?
-        .into_inner();
-    Ok(Box::pin(
-        stream.map(|item| item.map(|l| l.line).map_err(Error::from)),
-    ))
-}
-
-/// Pings the agent at `address`.
-pub async fn ping(address: &str) -> Result<pb::PingReply> {
-    let mut client = connect(address).await?;
-    Ok(client.ping(pb::PingRequest {}).await?.into_inner())
-}
+pub use drover_proto::client::{logs as logs_client, ping};
 
 /// The address to advertise for a listener bound to `bound`.
 pub(crate) fn advertised(bound: SocketAddr) -> String {

@@ -256,7 +256,7 @@ pub(crate) async fn maintain(
         let wake = first_fence_at.unwrap_or_else(|| Instant::now() + ttl * 1000);
         let reg = tokio::select! {
             () = shutdown.cancelled() => return unconfirmed.take(),
-            r = register(&engine.store, &engine.keys, &node, ttl, &own, &mut unconfirmed) => r,
+            r = register(engine.store(), engine.keys(), &node, ttl, &own, &mut unconfirmed) => r,
             () = tokio::time::sleep_until(wake) => continue,
         };
         let reg = match reg {
@@ -291,7 +291,7 @@ pub(crate) async fn maintain(
             }
         }
         retry = Duration::from_millis(200);
-        engine.metrics.registrations.inc();
+        engine.metrics().registrations.inc();
         tracing::info!(node = %name, lease = %reg.lease, ?ttl, "registered");
         state.send_replace(State::Registered(reg.lease));
         engine.unfence(&name).await;

@@ -13,20 +13,19 @@ use chrono::Utc;
 use drover_api::keys::Keys;
 use drover_api::node::{Capacity, Node};
 use drover_api::quantity::{Cpu, Memory};
-use drover_runtime::{Reconciler, ReconcilerConfig};
 use drover_store::Store;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::converge::{self, Engine, EngineConfig};
+use crate::converge::EngineConfig;
 use crate::driver::hollow::HollowDriver;
 use crate::drivers::DriverSet;
 use crate::heartbeat::{self, State};
 use crate::local::Records;
-use crate::metrics::Metrics;
 use crate::ports::PortAllocator;
 use crate::restart;
+use crate::wiring::{Built, Setup};
 
 /// `Result` with this module's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -100,65 +99,50 @@ pub async fn run_hollow(
     }
     let started = tokio::time::Instant::now();
     let nodes: Vec<Arc<str>> = names.iter().map(|n| Arc::from(n.as_str())).collect();
-    let kill = CancellationToken::new();
-    let _guard = kill.clone().drop_guard();
-    let (reader, writer) = drover_store::reflector::store();
-    let engine = Arc::new(Engine::new(
+    let built = Built::new(
         store,
         keys.clone(),
-        DriverSet::hollow(HollowDriver::new()),
-        PortAllocator::default(),
-        reader,
-        nodes.clone(),
-        Records::new(None),
-        EngineConfig {
-            backoff: restart::Backoff {
-                initial: Duration::from_secs(1),
-                max: Duration::from_secs(30),
+        Setup {
+            drivers: DriverSet::hollow(HollowDriver::new()),
+            ports: PortAllocator::default(),
+            nodes,
+            records: Records::new(None),
+            config: EngineConfig {
+                backoff: restart::Backoff {
+                    initial: Duration::from_secs(1),
+                    max: Duration::from_secs(30),
+                },
             },
         },
-        Metrics::register(registry),
-        kill.clone(),
-    ));
-    let mut cc = ReconcilerConfig::new("hollow-agent");
-    cc.concurrency = config.concurrency;
+        registry,
+    );
     let prefix = format!("{}{}-", keys.assignments(), config.base_name);
-    let controller = Reconciler::new(cc, engine.clone(), converge::reconcile)?
-        .with_stream(converge::key_stream(engine.clone(), writer, prefix))
-        .with_metrics(&drover_runtime::Metrics::register(registry));
-    let _ = engine.trigger.set(controller.trigger());
-    let controller_stop = kill.child_token();
-    let controller = tokio::spawn(controller.run(controller_stop.clone()));
+    let mut wired = built.run("hollow-agent", config.concurrency, prefix, registry)?;
 
-    let heartbeat_stop = kill.child_token();
     let margin = (config.lease_ttl / 10).max(Duration::from_secs(1));
-    let mut states = Vec::with_capacity(nodes.len());
-    let mut beats = Vec::with_capacity(nodes.len());
-    for name in &names {
-        let (tx, rx) = watch::channel(State::Registering);
-        states.push(rx);
-        let record = Node {
-            name: name.clone(),
-            address: String::new(),
-            capacity: config.capacity,
-            labels: [("drover.dev/hollow".to_string(), "true".to_string())].into(),
-            drivers: vec![drover_api::task::DriverKind::Hollow],
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            started_at: Utc::now(),
-        };
-        beats.push(tokio::spawn(heartbeat::maintain(
-            engine.clone(),
-            record,
-            heartbeat::Settings {
-                ttl: config.lease_ttl,
-                margin,
-                started,
-                lease_file: None,
-            },
-            tx,
-            heartbeat_stop.clone(),
-        )));
-    }
+    let states: Vec<_> = names
+        .iter()
+        .map(|name| {
+            let record = Node {
+                name: name.clone(),
+                address: String::new(),
+                capacity: config.capacity,
+                labels: [("drover.dev/hollow".to_string(), "true".to_string())].into(),
+                drivers: vec![drover_api::task::DriverKind::Hollow],
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                started_at: Utc::now(),
+            };
+            wired.heartbeat(
+                record,
+                heartbeat::Settings {
+                    ttl: config.lease_ttl,
+                    margin,
+                    started,
+                    lease_file: None,
+                },
+            )
+        })
+        .collect();
     let count_ready = || {
         states
             .iter()
@@ -177,24 +161,14 @@ pub async fn run_hollow(
             () = tokio::time::sleep(Duration::from_millis(200)) => {}
         }
     }
-    controller_stop.cancel();
-    let _ = controller.await;
-    heartbeat_stop.cancel();
-    let regs = futures::future::join_all(beats).await;
+    wired.stop_loop().await;
+    let regs = wired.stop_heartbeats().await;
     if config.revoke_on_shutdown {
-        let revokes = regs
-            .into_iter()
-            .filter_map(|r| r.ok().flatten())
-            .map(|reg| {
-                let store = engine.store.clone();
-                async move {
-                    let lease = reg.lease;
-                    drop(reg);
-                    if let Err(e) = store.revoke(lease).await {
-                        tracing::warn!(error = %e, "revoking a hollow node's lease");
-                    }
-                }
-            });
+        let revokes = regs.into_iter().map(|reg| async {
+            if let Err(e) = wired.revoke(reg).await {
+                tracing::warn!(error = %e, "revoking a hollow node's lease");
+            }
+        });
         futures::future::join_all(revokes).await;
     }
     Ok(())

@@ -11,6 +11,7 @@ pub mod fence;
 pub mod grpc;
 pub mod heartbeat;
 pub mod hollow_nodes;
+mod instance;
 mod lifecycle;
 pub mod local;
 pub mod metrics;
@@ -18,6 +19,7 @@ pub mod ports;
 pub mod probe;
 pub mod restart;
 pub mod status;
+mod wiring;
 
 pub use agent::{run, Agent, AgentHandle};
 pub use config::AgentConfig;

@@ -1,9 +1,13 @@
-//! The agent's Prometheus metrics, registered into the caller's registry.
+//! The agent's Prometheus metrics, registered into the caller's registry under [`PREFIX`]
+//! (the binary's registry adds `drover_`, so the families read `drover_agent_restarts_total`).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
+
+/// The sub-registry the agent's families go in, the reconcile loop's included.
+pub const PREFIX: &str = "agent";
 
 /// Label of [`Metrics::status_writes`].
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -26,10 +30,10 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Registers the families under `drover_agent_*`.
+    /// Registers the families under `agent_*` in `registry`.
     pub fn register(registry: &mut Registry) -> Self {
         let m = Metrics::default();
-        let sub = registry.sub_registry_with_prefix("drover_agent");
+        let sub = registry.sub_registry_with_prefix(PREFIX);
         sub.register(
             "restarts",
             "Local restarts of instances",
@@ -55,5 +59,29 @@ impl Metrics {
 
     pub(crate) fn status_write(&self, outcome: &'static str) {
         self.status_writes.get_or_create(&Outcome { outcome }).inc();
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use prometheus_client::encoding::text::encode;
+
+    use super::*;
+
+    #[test]
+    fn families_read_drover_agent_in_the_binarys_registry() {
+        let mut registry = Registry::with_prefix("drover");
+        let m = Metrics::register(&mut registry);
+        m.restarts.inc();
+        m.status_write("ok");
+        let mut text = String::new();
+        encode(&mut text, &registry).unwrap();
+        assert!(text.contains("drover_agent_restarts_total 1"), "{text}");
+        assert!(
+            text.contains(r#"drover_agent_status_writes_total{outcome="ok"} 1"#),
+            "{text}"
+        );
+        assert!(!text.contains("drover_drover"), "{text}");
     }
 }

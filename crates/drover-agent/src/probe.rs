@@ -1,5 +1,5 @@
-//! Health checks: HTTP GET (a tiny HTTP/1.0 client), TCP connect and exec probes, run every
-//! `periodSeconds` after `initialDelaySeconds`, with a `failureThreshold` of consecutive
+//! Health checks: HTTP GET (through [`drover_runtime::http`]), TCP connect and exec probes, run
+//! every `periodSeconds` after `initialDelaySeconds`, with a `failureThreshold` of consecutive
 //! failures before the instance is declared unhealthy.
 //!
 //! Ports in a health check are *container* ports: the probe connects to the host port the
@@ -15,8 +15,8 @@ use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::Docker;
 use drover_api::instance::{Health, PortBinding};
 use drover_api::task::HealthCheck;
+use drover_runtime::http;
 use futures::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// `Result` with this module's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -30,15 +30,30 @@ pub enum Error {
     /// Connecting or talking to the instance failed.
     #[error("probe I/O error: {0}")]
     Io(#[from] std::io::Error),
-    /// The HTTP answer was not 2xx/3xx (or not HTTP at all: status 0).
+    /// The HTTP answer was not 2xx/3xx.
     #[error("HTTP probe answered {0}")]
     HttpStatus(u16),
+    /// The HTTP probe got no usable answer: not HTTP, cut short, or a body over
+    /// [`http::MAX_BODY`].
+    #[error("HTTP probe: {0}")]
+    Http(http::Error),
     /// The exec probe's command exited non-zero (or could not run).
     #[error("exec probe failed: {0}")]
     Exec(String),
     /// The health check has no probe set.
     #[error("health check has no http, tcp or exec probe")]
     NoProbe,
+}
+
+impl From<http::Error> for Error {
+    /// Keeps the probe's own meaning of a timeout and of a failed connect.
+    fn from(error: http::Error) -> Self {
+        match error {
+            http::Error::Timeout(limit) => Error::Timeout(limit),
+            http::Error::Connect(error) => Error::Io(error),
+            other => Error::Http(other),
+        }
+    }
 }
 
 /// Where and how to probe one running instance.
@@ -76,8 +91,10 @@ impl Probe {
     pub async fn once(&self) -> Result<()> {
         let limit = self.timeout();
         let attempt = async {
-            if let Some(http) = &self.check.http {
-                let status = http_get(self.addr(http.port), &http.path).await?;
+            if let Some(probe) = &self.check.http {
+                let status = http::get(self.addr(probe.port), &probe.path, limit)
+                    .await?
+                    .status;
                 return if (200..400).contains(&status) {
                     Ok(())
                 } else {
@@ -165,35 +182,6 @@ impl Tracker {
     }
 }
 
-/// `GET path` over HTTP/1.0 on a fresh connection; returns the status code (0 if the answer
-/// is not HTTP).
-pub async fn http_get(addr: SocketAddr, path: &str) -> Result<u16> {
-    let mut conn = tokio::net::TcpStream::connect(addr).await?;
-    let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nUser-Agent: drover-probe\r\n\r\n");
-    conn.write_all(req.as_bytes()).await?;
-    // The status line fits in the first bytes; HTTP/1.0 closes after the answer anyway.
-    let mut buf = vec![0u8; 256];
-    let mut len = 0;
-    while len < buf.len() {
-        let n = conn.read(&mut buf[len..]).await?;
-        if n == 0 || buf[..len + n].contains(&b'\n') {
-            len += n;
-            break;
-        }
-        len += n;
-    }
-    Ok(parse_status(&buf[..len]))
-}
-
-fn parse_status(head: &[u8]) -> u16 {
-    let text = String::from_utf8_lossy(head);
-    let mut words = text.split_whitespace();
-    match (words.next(), words.next()) {
-        (Some(v), Some(code)) if v.starts_with("HTTP/") => code.parse().unwrap_or(0),
-        _ => 0,
-    }
-}
-
 async fn host_exec(command: &[String]) -> Result<()> {
     let Some((program, args)) = command.split_first() else {
         return Err(Error::Exec("empty command".into()));
@@ -244,6 +232,7 @@ async fn docker_exec(docker: &Docker, container: &str, command: &[String]) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[test]
     fn tracker_counts_consecutive_failures() {
@@ -256,13 +245,6 @@ mod tests {
         assert_eq!(t.record(false), Some(Health::Unhealthy));
     }
 
-    #[test]
-    fn status_line() {
-        assert_eq!(parse_status(b"HTTP/1.1 500 Internal"), 500);
-        assert_eq!(parse_status(b"HTTP/1.0 200 OK\r\n"), 200);
-        assert_eq!(parse_status(b"garbage"), 0);
-    }
-
     #[tokio::test]
     async fn http_tcp_and_exec_probes() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -273,14 +255,14 @@ mod tests {
             while let Ok((mut c, _)) = listener.accept().await {
                 let mut buf = [0u8; 512];
                 let n = c.read(&mut buf).await.unwrap_or(0);
-                let code = if String::from_utf8_lossy(&buf[..n]).contains("/bad") {
-                    500
+                let request = String::from_utf8_lossy(&buf[..n]);
+                let answer = if request.contains("/garbage") {
+                    "SSH-2.0-OpenSSH_9.6\r\n\r\n".to_string()
                 } else {
-                    200
+                    let code = if request.contains("/bad") { 500 } else { 200 };
+                    format!("HTTP/1.0 {code} X\r\n\r\n")
                 };
-                let _ = c
-                    .write_all(format!("HTTP/1.0 {code} X\r\n\r\n").as_bytes())
-                    .await;
+                let _ = c.write_all(answer.as_bytes()).await;
             }
         });
         let check = |json: serde_json::Value| Probe {
@@ -301,6 +283,13 @@ mod tests {
                 .await,
             Err(Error::HttpStatus(500))
         ));
+        let garbage = check(serde_json::json!({"http": {"path": "/garbage", "port": 7}}))
+            .once()
+            .await;
+        assert!(
+            matches!(garbage, Err(Error::Http(http::Error::Protocol(_)))),
+            "{garbage:?}"
+        );
         check(serde_json::json!({"tcp": {"port": 7}}))
             .once()
             .await

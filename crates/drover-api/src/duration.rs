@@ -1,4 +1,5 @@
-//! Human-readable durations (`"30s"`, `"5m"`, `"1h30m"`, `"500ms"`) used by the `every:` field.
+//! Human-readable durations (`"30s"`, `"5m"`, `"1h30m"`, `"500ms"`): the one duration encoding
+//! of manifests (`every:`, timeouts), command-line flags and config structs ([`human`]).
 
 use std::fmt;
 use std::str::FromStr;
@@ -193,6 +194,45 @@ impl<'de> Deserialize<'de> for HumanDuration {
     }
 }
 
+/// Serde for a plain `std::time::Duration` field in the human form (`"250ms"`, `"5s"`): the
+/// one duration encoding every config struct uses (`#[serde(with = "drover_api::duration::human")]`).
+pub mod human {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::HumanDuration;
+
+    /// Writes `d` as its canonical human form (sub-millisecond precision is dropped).
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        HumanDuration::from_std(*d).serialize(s)
+    }
+
+    /// Reads a human duration such as `"30s"`.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        HumanDuration::deserialize(d).map(HumanDuration::as_std)
+    }
+
+    /// The same for an `Option<Duration>` field (`null` or absent is `None`).
+    pub mod option {
+        use std::time::Duration;
+
+        use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+        use super::HumanDuration;
+
+        /// Writes `Some(d)` as its human form, `None` as null.
+        pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+            d.map(HumanDuration::from_std).serialize(s)
+        }
+
+        /// Reads an optional human duration.
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+            Option::<HumanDuration>::deserialize(d).map(|d| d.map(HumanDuration::as_std))
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -261,5 +301,26 @@ mod tests {
             serde_json::from_str::<HumanDuration>("\"2m\"").unwrap(),
             HumanDuration::from_secs(120)
         );
+    }
+
+    #[test]
+    fn config_fields_use_the_human_form() {
+        #[derive(Debug, PartialEq, Serialize, Deserialize)]
+        struct Config {
+            #[serde(with = "human")]
+            every: Duration,
+            #[serde(default, with = "human::option")]
+            margin: Option<Duration>,
+        }
+        let c = Config {
+            every: Duration::from_millis(1500),
+            margin: None,
+        };
+        let json = serde_json::to_string(&c).unwrap();
+        assert_eq!(json, r#"{"every":"1s500ms","margin":null}"#);
+        assert_eq!(serde_json::from_str::<Config>(&json).unwrap(), c);
+        let c: Config = serde_json::from_str(r#"{"every":"5m","margin":"250ms"}"#).unwrap();
+        assert_eq!(c.margin, Some(Duration::from_millis(250)));
+        assert!(serde_json::from_str::<Config>(r#"{"every":"5 parsecs"}"#).is_err());
     }
 }

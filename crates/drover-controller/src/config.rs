@@ -39,34 +39,34 @@ pub struct ControllerConfig {
     pub id: String,
     /// TTL of the election lease. A crashed leader is replaced about this long after its last
     /// keep-alive. Default: 5 s.
-    #[serde(with = "secs")]
+    #[serde(with = "drover_api::duration::human")]
     pub lease_ttl: Duration,
     /// How many times an instance its agent reports `Failed` is moved to a new placement before
     /// it is dead-lettered. Default: 3.
     pub reschedule_limit: u32,
     /// Delay before the first reschedule of a failed instance, counted from its `finished_at`;
     /// doubles with each attempt. Default: 1 s.
-    #[serde(with = "secs")]
+    #[serde(with = "drover_api::duration::human")]
     pub reschedule_base_delay: Duration,
     /// Cap on the reschedule delay. Default: 5 min.
-    #[serde(with = "secs")]
+    #[serde(with = "drover_api::duration::human")]
     pub reschedule_max_delay: Duration,
     /// How long events stay in etcd (their lease TTL). Default: 1 h.
-    #[serde(with = "secs")]
+    #[serde(with = "drover_api::duration::human")]
     pub event_ttl: Duration,
     /// Full re-plan interval even when nothing changed, a safety net. Default: 60 s.
-    #[serde(with = "secs")]
+    #[serde(with = "drover_api::duration::human")]
     pub resync_interval: Duration,
     /// Pause after a failed campaign or a lost leadership before campaigning again. Default: 1 s.
-    #[serde(with = "secs")]
+    #[serde(with = "drover_api::duration::human")]
     pub campaign_backoff: Duration,
     /// How long the leader waits to merge a burst of changes into one plan. Default: 20 ms.
-    #[serde(with = "secs")]
+    #[serde(with = "drover_api::duration::human")]
     pub debounce: Duration,
     /// How long a reconcile waits for the snapshot to reach the revision it must see (this
     /// leader's last write, or past a conflicting change) before failing and backing off.
     /// Default: 10 s.
-    #[serde(with = "secs")]
+    #[serde(with = "drover_api::duration::human")]
     pub sync_wait: Duration,
 }
 
@@ -148,22 +148,6 @@ impl ControllerConfig {
     }
 }
 
-/// Durations as (fractional) seconds in config files: `lease_ttl = 5`.
-mod secs {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_f64(d.as_secs_f64())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let v = f64::deserialize(d)?;
-        Duration::try_from_secs_f64(v).map_err(serde::de::Error::custom)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,9 +199,10 @@ mod tests {
     }
 
     #[test]
-    fn serde_uses_seconds() {
+    fn serde_uses_human_durations() {
         let c: ControllerConfig =
-            serde_json::from_str(r#"{"id":"x","lease_ttl":3,"debounce":0.05}"#).expect("parses");
+            serde_json::from_str(r#"{"id":"x","lease_ttl":"3s","debounce":"50ms"}"#)
+                .expect("parses");
         assert_eq!(c.lease_ttl, Duration::from_secs(3));
         assert_eq!(c.debounce, Duration::from_millis(50));
         assert_eq!(c.reschedule_limit, 3);

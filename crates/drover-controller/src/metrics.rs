@@ -9,7 +9,8 @@
 //! - `controller_plan_duration_seconds`: time spent in the pure planner
 //! - `controller_commits_total{result}`: plan commits by result (`ok`, `conflict`, `fenced`,
 //!   `error`)
-//! - the runtime's `controller_reconciles_total`, `controller_reconcile_duration_seconds`,
+//! - the runtime's reconcile-loop families under this component's name:
+//!   `controller_reconciles_total{reconciler}`, `controller_reconcile_duration_seconds`,
 //!   `controller_queue_depth`, `controller_in_flight`, `controller_requeues_total`
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -60,7 +61,9 @@ impl Metrics {
     /// `drover_runtime::Metrics::register` on the same registry.
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self {
-            runtime: drover_runtime::Metrics::register(registry),
+            runtime: drover_runtime::Metrics::register(
+                registry.sub_registry_with_prefix("controller"),
+            ),
             ..Self::default()
         };
         registry.register(

@@ -2,6 +2,9 @@
 //!
 //! - [`agent::v1`]: the agent service (`Ping`, `Logs`), served by `drover agent` and used by
 //!   `drover logs`.
+//! - [`client`]: the client side of that service, for the CLI and tests.
+
+pub mod client;
 
 /// Services of the node agent.
 pub mod agent {

@@ -8,9 +8,14 @@
 //!   tracing span, and turns the result into the next schedule: [`Action`] on success,
 //!   exponential [`backoff`] on failure.
 //! - [`Metrics`] exports what happens, into a caller-supplied Prometheus registry.
+//!
+//! It also holds the daemons' other shared plumbing: the [`admin`] endpoint (`/metrics`,
+//! `/healthz`, `/readyz`) and Drover's one HTTP client and server, [`http`].
 
 pub mod action;
+pub mod admin;
 pub mod backoff;
+pub mod http;
 pub mod metrics;
 pub mod queue;
 pub mod reconciler;

@@ -1,16 +1,19 @@
-//! Prometheus metrics for controllers, registered into a caller-supplied registry.
+//! Prometheus metrics for reconcile loops, registered into a caller-supplied registry.
 //!
-//! One [`Metrics`] value owns the metric families; every controller in the process shares it and
-//! writes under its own `controller` label. Register once per registry: registering twice would
+//! One [`Metrics`] value owns the metric families; every [`Reconciler`](crate::Reconciler) of one
+//! component shares it and writes under its own `reconciler` label. The families carry no
+//! component name: each component registers them into a sub-registry named for itself, so the
+//! controller's loops export `drover_controller_reconciles_total` and the agent's
+//! `drover_agent_reconciles_total`. Register once per sub-registry: registering twice would
 //! expose each family twice, which Prometheus rejects.
 //!
-//! Families (names as registered; a prefix given by the caller's sub-registry comes first):
-//! - `controller_reconciles_total{controller, result="ok"|"error"}`
-//! - `controller_reconcile_duration_seconds{controller}` (histogram)
-//! - `controller_queue_depth{controller}`: keys waiting, due or not, including held ones
-//! - `controller_in_flight{controller}`: reconciles running now
-//! - `controller_requeues_total{controller, reason="watch"|"trigger"|"requeue"|"backoff"}`: every
-//!   request to (re)schedule a key, before de-duplication
+//! Families (names as registered, after the caller's prefix):
+//! - `reconciles_total{reconciler, result="ok"|"error"}`
+//! - `reconcile_duration_seconds{reconciler}` (histogram)
+//! - `queue_depth{reconciler}`: keys waiting, due or not, including held ones
+//! - `in_flight{reconciler}`: reconciles running now
+//! - `requeues_total{reconciler, reason="watch"|"trigger"|"requeue"|"backoff"}`: every request
+//!   to (re)schedule a key, before de-duplication
 
 use std::time::Duration;
 
@@ -24,36 +27,36 @@ use prometheus_client::registry::Registry;
 use crate::queue::Reason;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ControllerLabels {
-    controller: &'static str,
+struct ReconcilerLabels {
+    reconciler: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
-    controller: &'static str,
+    reconciler: &'static str,
     result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
-    controller: &'static str,
+    reconciler: &'static str,
     reason: &'static str,
 }
 
-type HistogramFamily = Family<ControllerLabels, Histogram, fn() -> Histogram>;
+type HistogramFamily = Family<ReconcilerLabels, Histogram, fn() -> Histogram>;
 
 fn duration_histogram() -> Histogram {
     // 1 ms .. ~33 s: reconciles are etcd round trips, occasionally a Docker call.
     Histogram::new(exponential_buckets(0.001, 2.0, 16))
 }
 
-/// The controller metric families. Cheap to clone: clones share the same families.
+/// The reconcile-loop metric families. Cheap to clone: clones share the same families.
 #[derive(Clone, Debug)]
 pub struct Metrics {
     reconciles: Family<ResultLabels, Counter>,
     duration: HistogramFamily,
-    queue_depth: Family<ControllerLabels, Gauge>,
-    in_flight: Family<ControllerLabels, Gauge>,
+    queue_depth: Family<ReconcilerLabels, Gauge>,
+    in_flight: Family<ReconcilerLabels, Gauge>,
     requeues: Family<ReasonLabels, Counter>,
 }
 
@@ -74,48 +77,48 @@ impl Metrics {
     /// Creates the families and registers them in `registry`.
     ///
     /// # Caveats
-    /// Call it once per registry and share the result (clone it) between controllers.
+    /// Call it once per registry and share the result (clone it) between reconcilers.
     pub fn register(registry: &mut Registry) -> Self {
         let metrics = Self::default();
         registry.register(
-            "controller_reconciles",
-            "Reconciles finished, by controller and result",
+            "reconciles",
+            "Reconciles finished, by reconciler and result",
             metrics.reconciles.clone(),
         );
         registry.register(
-            "controller_reconcile_duration_seconds",
-            "Time spent in one reconcile, by controller",
+            "reconcile_duration_seconds",
+            "Time spent in one reconcile, by reconciler",
             metrics.duration.clone(),
         );
         registry.register(
-            "controller_queue_depth",
-            "Keys waiting to be reconciled, due or not, by controller",
+            "queue_depth",
+            "Keys waiting to be reconciled, due or not, by reconciler",
             metrics.queue_depth.clone(),
         );
         registry.register(
-            "controller_in_flight",
-            "Reconciles running now, by controller",
+            "in_flight",
+            "Reconciles running now, by reconciler",
             metrics.in_flight.clone(),
         );
         registry.register(
-            "controller_requeues",
-            "Requests to schedule a key, before de-duplication, by controller and reason",
+            "requeues",
+            "Requests to schedule a key, before de-duplication, by reconciler and reason",
             metrics.requeues.clone(),
         );
         metrics
     }
 
-    /// The handles one controller writes to, resolved once for its name.
-    pub(crate) fn for_controller(&self, name: &'static str) -> ControllerMetrics {
-        let labels = ControllerLabels { controller: name };
-        ControllerMetrics {
+    /// The handles one reconciler writes to, resolved once for its name.
+    pub(crate) fn for_reconciler(&self, name: &'static str) -> ReconcilerMetrics {
+        let labels = ReconcilerLabels { reconciler: name };
+        ReconcilerMetrics {
             name,
             ok: self.reconciles.get_or_create_owned(&ResultLabels {
-                controller: name,
+                reconciler: name,
                 result: "ok",
             }),
             error: self.reconciles.get_or_create_owned(&ResultLabels {
-                controller: name,
+                reconciler: name,
                 result: "error",
             }),
             duration: self.duration.get_or_create_owned(&labels),
@@ -126,9 +129,9 @@ impl Metrics {
     }
 }
 
-/// Per-controller handles; the runner updates these.
+/// Per-reconciler handles; the runner updates these.
 #[derive(Clone, Debug)]
-pub(crate) struct ControllerMetrics {
+pub(crate) struct ReconcilerMetrics {
     name: &'static str,
     ok: Counter,
     error: Counter,
@@ -138,7 +141,7 @@ pub(crate) struct ControllerMetrics {
     requeues: Family<ReasonLabels, Counter>,
 }
 
-impl ControllerMetrics {
+impl ReconcilerMetrics {
     pub(crate) fn reconciled(&self, ok: bool, took: Duration) {
         if ok { &self.ok } else { &self.error }.inc();
         self.duration.observe(took.as_secs_f64());
@@ -147,7 +150,7 @@ impl ControllerMetrics {
     pub(crate) fn scheduled(&self, reason: Reason) {
         self.requeues
             .get_or_create(&ReasonLabels {
-                controller: self.name,
+                reconciler: self.name,
                 reason: reason.as_str(),
             })
             .inc();
@@ -170,11 +173,11 @@ mod tests {
     use prometheus_client::encoding::text::encode;
 
     #[test]
-    fn registers_families_and_labels_by_controller() {
+    fn registers_families_and_labels_by_reconciler() {
         let mut registry = Registry::default();
         let metrics = Metrics::register(&mut registry);
-        let a = metrics.for_controller("tasks");
-        let b = metrics.for_controller("nodes");
+        let a = metrics.for_reconciler("tasks");
+        let b = metrics.for_reconciler("nodes");
         a.reconciled(true, Duration::from_millis(3));
         a.reconciled(false, Duration::from_millis(3));
         b.reconciled(true, Duration::from_millis(3));
@@ -185,19 +188,16 @@ mod tests {
         let mut text = String::new();
         encode(&mut text, &registry).expect("encoding into a String cannot fail");
         for line in [
-            r#"controller_reconciles_total{controller="tasks",result="ok"} 1"#,
-            r#"controller_reconciles_total{controller="tasks",result="error"} 1"#,
-            r#"controller_reconciles_total{controller="nodes",result="ok"} 1"#,
-            r#"controller_reconcile_duration_seconds_count{controller="tasks"} 2"#,
-            r#"controller_queue_depth{controller="tasks"} 4"#,
-            r#"controller_in_flight{controller="nodes"} 2"#,
-            r#"controller_requeues_total{controller="tasks",reason="backoff"} 1"#,
+            r#"reconciles_total{reconciler="tasks",result="ok"} 1"#,
+            r#"reconciles_total{reconciler="tasks",result="error"} 1"#,
+            r#"reconciles_total{reconciler="nodes",result="ok"} 1"#,
+            r#"reconcile_duration_seconds_count{reconciler="tasks"} 2"#,
+            r#"queue_depth{reconciler="tasks"} 4"#,
+            r#"in_flight{reconciler="nodes"} 2"#,
+            r#"requeues_total{reconciler="tasks",reason="backoff"} 1"#,
         ] {
             assert!(text.contains(line), "missing {line:?} in:\n{text}");
         }
-        assert_eq!(
-            text.matches("# TYPE controller_reconciles counter").count(),
-            1
-        );
+        assert_eq!(text.matches("# TYPE reconciles counter").count(), 1);
     }
 }

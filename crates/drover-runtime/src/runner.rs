@@ -20,7 +20,7 @@ use tracing::Instrument;
 
 use crate::action::Action;
 use crate::backoff::{BackoffConfig, JitterSource};
-use crate::metrics::{ControllerMetrics, Metrics};
+use crate::metrics::{Metrics, ReconcilerMetrics};
 use crate::queue::{Reason, WorkQueue};
 use crate::reconciler::{Error, KeyStream, ReconcilerConfig, Result, TriggerRequest};
 
@@ -61,7 +61,7 @@ pub(crate) struct Runner<K, C, F, E> {
     tasks: JoinSet<Outcome<E>>,
     /// The key and span of each spawned reconcile, by task id.
     running: HashMap<Id, (K, tracing::Span)>,
-    metrics: ControllerMetrics,
+    metrics: ReconcilerMetrics,
 }
 
 impl<K, C, F, Fut, E> Runner<K, C, F, E>
@@ -90,7 +90,7 @@ where
             jitter: JitterSource::default(),
             tasks: JoinSet::new(),
             running: HashMap::new(),
-            metrics: metrics.for_controller(config.name),
+            metrics: metrics.for_reconciler(config.name),
         }
     }
 

@@ -152,13 +152,13 @@ async fn metrics_are_registered_and_count() {
     running.trigger.trigger("good".into(), "test").unwrap();
     running.trigger.trigger("bad".into(), "test").unwrap();
     let expected = [
-        r#"controller_reconciles_total{controller="test",result="ok"} 2"#,
-        r#"controller_reconciles_total{controller="test",result="error"} 1"#,
-        r#"controller_reconcile_duration_seconds_count{controller="test"} 3"#,
-        r#"controller_requeues_total{controller="test",reason="trigger"} 2"#,
-        r#"controller_requeues_total{controller="test",reason="backoff"} 1"#,
-        r#"controller_queue_depth{controller="test"} 0"#,
-        r#"controller_in_flight{controller="test"} 0"#,
+        r#"reconciles_total{reconciler="test",result="ok"} 2"#,
+        r#"reconciles_total{reconciler="test",result="error"} 1"#,
+        r#"reconcile_duration_seconds_count{reconciler="test"} 3"#,
+        r#"requeues_total{reconciler="test",reason="trigger"} 2"#,
+        r#"requeues_total{reconciler="test",reason="backoff"} 1"#,
+        r#"queue_depth{reconciler="test"} 0"#,
+        r#"in_flight{reconciler="test"} 0"#,
     ];
     let mut text = String::new();
     wait_for(secs(30), "metrics to settle", || {
@@ -183,8 +183,8 @@ async fn metrics_show_depth_and_in_flight_while_busy() {
     wait_for(secs(5), "busy gauges", || {
         text.clear();
         encode(&mut text, &registry).unwrap();
-        text.contains(r#"controller_in_flight{controller="test"} 2"#)
-            && text.contains(r#"controller_queue_depth{controller="test"} 3"#)
+        text.contains(r#"in_flight{reconciler="test"} 2"#)
+            && text.contains(r#"queue_depth{reconciler="test"} 3"#)
     })
     .await;
     running.stop().await.unwrap();

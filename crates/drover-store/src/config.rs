@@ -1,5 +1,6 @@
 //! Store configuration: endpoints, timeouts, retry policy, and their documented defaults.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -8,7 +9,7 @@ use crate::error::{Error, Result};
 
 /// How to reach etcd and how hard to try.
 ///
-/// Durations (de)serialize as integer milliseconds.
+/// Durations (de)serialize in the human form (`"250ms"`, `"5s"`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
@@ -16,20 +17,20 @@ pub struct StoreConfig {
     pub endpoints: Vec<String>,
     /// Bound on establishing a connection, and on [`Store::connect`](crate::Store::connect)
     /// as a whole. Default: 3 s.
-    #[serde(with = "millis")]
+    #[serde(with = "drover_api::duration::human")]
     pub connect_timeout: Duration,
     /// Bound on each unary request attempt (get, put, txn, lease grant…). Default: 5 s.
-    #[serde(with = "millis")]
+    #[serde(with = "drover_api::duration::human")]
     pub request_timeout: Duration,
     /// HTTP/2 ping interval on every connection, so a silently dead peer is noticed. Default: 5 s.
-    #[serde(with = "millis")]
+    #[serde(with = "drover_api::duration::human")]
     pub keepalive_interval: Duration,
     /// How long an HTTP/2 ping may go unanswered before the connection is dropped. Default: 3 s.
-    #[serde(with = "millis")]
+    #[serde(with = "drover_api::duration::human")]
     pub keepalive_timeout: Duration,
     /// How long an endpoint that failed in transport is avoided while others are live.
     /// Default: 5 s.
-    #[serde(with = "millis")]
+    #[serde(with = "drover_api::duration::human")]
     pub dead_endpoint_cooldown: Duration,
     /// Keys fetched per range request when listing a prefix. Default: 500.
     pub page_size: usize,
@@ -44,6 +45,10 @@ pub struct StoreConfig {
     pub max_response_bytes: usize,
     /// Retry policy for idempotent calls.
     pub retry: RetryConfig,
+    /// Append one JSON line per write that created a revision (`{"revision":R,"op":"txn"}`)
+    /// to this file: with a watch of the prefix, it tells which process wrote each key. The
+    /// `drover` binary sets it from `DROVER_WRITE_LOG`. Default: none.
+    pub write_log: Option<PathBuf>,
 }
 
 /// etcd's default `--max-request-bytes` (1.5 MiB).
@@ -65,6 +70,7 @@ impl Default for StoreConfig {
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             max_response_bytes: 256 * 1024 * 1024,
             retry: RetryConfig::default(),
+            write_log: None,
         }
     }
 }
@@ -131,10 +137,10 @@ pub struct RetryConfig {
     pub max_attempts: u32,
     /// Upper bound of the first backoff (the actual wait is uniform in `[0, bound]`).
     /// Default: 50 ms.
-    #[serde(with = "millis")]
+    #[serde(with = "drover_api::duration::human")]
     pub initial_backoff: Duration,
     /// The bound doubles per attempt up to this. Default: 1 s.
-    #[serde(with = "millis")]
+    #[serde(with = "drover_api::duration::human")]
     pub max_backoff: Duration,
 }
 
@@ -194,21 +200,6 @@ pub(crate) fn normalize_endpoint(endpoint: &str) -> Result<String> {
     Ok(url)
 }
 
-/// Serde for `Duration` as integer milliseconds.
-mod millis {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        u64::deserialize(d).map(Duration::from_millis)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,8 +242,8 @@ mod tests {
     }
 
     #[test]
-    fn serde_round_trip_in_millis() {
-        let json = r#"{"endpoints":["a:1"],"request_timeout":250,"retry":{"max_attempts":2}}"#;
+    fn serde_round_trip_in_human_durations() {
+        let json = r#"{"endpoints":["a:1"],"request_timeout":"250ms","retry":{"max_attempts":2}}"#;
         let cfg: StoreConfig = serde_json::from_str(json).expect("parse");
         assert_eq!(cfg.request_timeout, Duration::from_millis(250));
         assert_eq!(cfg.retry.max_attempts, 2);

@@ -4,6 +4,7 @@
 //! a value that does not decode, a fenced write), so they share this enum rather than each
 //! wrapping the others.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Store result, defaulting to the store [`enum@Error`].
@@ -15,6 +16,16 @@ pub enum Error {
     /// The [`StoreConfig`](crate::StoreConfig) is unusable; the message says which field.
     #[error("invalid store config: {0}")]
     InvalidConfig(String),
+
+    /// The write log named in the config could not be opened.
+    #[error("opening the write log {path}: {source}")]
+    WriteLog {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 
     /// No endpoint answered while connecting, within the connect timeout.
     #[error("etcd unreachable at {endpoints} (tried for {timeout:?}): {reason}")]

@@ -21,6 +21,7 @@ pub mod reflector;
 mod store;
 mod txn;
 pub mod watcher;
+mod write_log;
 
 pub use config::{RetryConfig, StoreConfig, DEFAULT_MAX_REQUEST_BYTES};
 pub use election::{Election, LeaderInfo, Leadership};

@@ -18,6 +18,7 @@ use crate::config::StoreConfig;
 use crate::error::{Error, Result};
 use crate::lease::LeaseId;
 use crate::pool::{Idempotency, Pool};
+use crate::write_log::{txn_wrote, WriteLog};
 
 /// A value with the etcd metadata that came with it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,6 +109,7 @@ pub struct Store {
 pub(crate) struct Inner {
     pub(crate) cfg: StoreConfig,
     pub(crate) pool: Pool,
+    write_log: Option<WriteLog>,
 }
 
 impl std::fmt::Debug for Store {
@@ -128,6 +130,7 @@ impl Store {
     /// marked dead, so the first calls go to one that did.
     pub async fn connect(cfg: StoreConfig) -> Result<Store> {
         cfg.validate()?;
+        let write_log = cfg.write_log.as_deref().map(WriteLog::open).transpose()?;
         let pool = Pool::new(&cfg).await?;
         let probes = (0..pool.len()).map(|i| {
             let p = pool.at(i);
@@ -161,7 +164,11 @@ impl Store {
             });
         }
         Ok(Store {
-            inner: Arc::new(Inner { cfg, pool }),
+            inner: Arc::new(Inner {
+                cfg,
+                pool,
+                write_log,
+            }),
         })
     }
 
@@ -377,7 +384,9 @@ impl Store {
             )
             .await
             .map_err(|e| lease_error(e, lease))?;
-        Ok(resp.header().map_or(0, |h| h.revision()))
+        let revision = resp.header().map_or(0, |h| h.revision());
+        self.wrote("put", revision);
+        Ok(revision)
     }
 
     /// Writes `value` as JSON unconditionally (see [`put_raw`](Self::put_raw)).
@@ -486,6 +495,9 @@ impl Store {
                 },
             )
             .await?;
+        if resp.deleted() > 0 {
+            self.wrote(op, resp.header().map_or(0, |h| h.revision()));
+        }
         Ok(resp.deleted())
     }
 
@@ -508,7 +520,8 @@ impl Store {
         txn: etcd_client::Txn,
     ) -> Result<etcd_client::TxnResponse> {
         let mut backoff = self.backoff();
-        self.inner
+        let response = self
+            .inner
             .pool
             .call(
                 op,
@@ -520,7 +533,18 @@ impl Store {
                     async move { c.txn(txn).await }
                 },
             )
-            .await
+            .await?;
+        if txn_wrote(&response) {
+            self.wrote(op, response.header().map_or(0, |h| h.revision()));
+        }
+        Ok(response)
+    }
+
+    /// Notes in the write log, if there is one, that this process created `revision`.
+    fn wrote(&self, op: &'static str, revision: i64) {
+        if let Some(log) = &self.inner.write_log {
+            log.record(op, revision);
+        }
     }
 }
 

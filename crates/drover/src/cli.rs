@@ -1,29 +1,12 @@
-//! The command line: global options and the verbs, as clap derive types. Each verb's behaviour
-//! lives in its own module under `cmd/`.
+//! The client verbs' command line: global options and the verbs, as clap derive types. Each
+//! verb's behaviour lives in its own module under `cmd/`.
 
 use std::path::PathBuf;
 
-use std::net::SocketAddr;
-
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use drover_agent::config::DriverChoice;
+use clap::{Args, Subcommand, ValueEnum};
 use drover_api::duration::HumanDuration;
-use drover_api::quantity::{Cpu, Memory};
 
 use crate::output::Format;
-
-/// Drover: a declarative orchestrator for containerized tasks, with etcd as its only state.
-#[derive(Debug, Parser)]
-#[command(name = "drover", version, about, propagate_version = true)]
-pub struct Cli {
-    #[command(flatten)]
-    pub global: Global,
-    /// More log output on stderr (-v info, -vv debug); RUST_LOG overrides it.
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
-    pub verbose: u8,
-    #[command(subcommand)]
-    pub command: Command,
-}
 
 /// Options every verb shares.
 #[derive(Debug, Clone, Args)]
@@ -40,9 +23,14 @@ pub struct Global {
     /// Key prefix under which Drover keeps all its state in etcd.
     #[arg(long, env = "DROVER_PREFIX", default_value = "/drover", global = true)]
     pub prefix: String,
+    /// Append one JSON line per etcd write this process makes (revision, operation) to this
+    /// file: joined with a watch, it tells who wrote each key.
+    #[arg(long, env = "DROVER_WRITE_LOG", value_name = "FILE", global = true)]
+    pub write_log: Option<PathBuf>,
 }
 
-/// The verbs.
+/// The client verbs: everything but the daemons (`controller`, `agent`, `up`), which the
+/// binary adds.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create or update tasks from manifests (all are validated before anything is written).
@@ -53,14 +41,8 @@ pub enum Command {
     Describe(DescribeArgs),
     /// Delete tasks by name or by manifest.
     Delete(DeleteArgs),
-    /// Run a whole local cluster: etcd, a controller and an agent, with the example applied.
-    Up(UpArgs),
     /// Measure Drover's etcd paths against raw etcd baselines on the same etcd.
     Bench(BenchArgs),
-    /// Run a controller replica (leader election, scheduling, node lifecycle).
-    Controller(ControllerArgs),
-    /// Run a node agent (heartbeat, convergence of assigned instances, status).
-    Agent(AgentArgs),
     /// Print an instance's output, through the agent that runs it.
     Logs(LogsArgs),
     /// Mark a node unschedulable.
@@ -92,89 +74,6 @@ pub struct TaskArgs {
 pub struct RetryArgs {
     /// The dead-lettered instance, as `drover get deadletters` names it.
     pub instance: String,
-}
-
-/// `drover controller`.
-#[derive(Debug, Args)]
-pub struct ControllerArgs {
-    /// This replica's id (default: host name and pid).
-    #[arg(long)]
-    pub id: Option<String>,
-    /// TTL of the election lease: a crashed leader is replaced about this long after it died.
-    #[arg(long, default_value = "5s")]
-    pub lease_ttl: HumanDuration,
-    /// Reschedules of a failed instance before it is dead-lettered.
-    #[arg(long, default_value_t = 3)]
-    pub reschedule_limit: u32,
-    /// Serve /metrics, /healthz and /readyz here (e.g. 127.0.0.1:9464).
-    #[arg(long)]
-    pub metrics_addr: Option<SocketAddr>,
-}
-
-/// `drover agent`.
-#[derive(Debug, Args)]
-pub struct AgentArgs {
-    /// The node name (a DNS-1123 label); with --hollow-nodes, the prefix of the node names.
-    #[arg(long)]
-    pub node: Option<String>,
-    /// Which driver runs instances: auto (docker where the daemon answers, else process),
-    /// docker, process or hollow.
-    #[arg(long, value_enum, default_value = "auto")]
-    pub driver: DriverFlag,
-    /// A node label for nodeSelector matching (repeatable).
-    #[arg(long = "label", value_name = "KEY=VALUE")]
-    pub labels: Vec<String>,
-    /// TTL of the node lease; keep-alives go every TTL/3.
-    #[arg(long, default_value = "10s")]
-    pub lease_ttl: HumanDuration,
-    /// Where the gRPC service (Ping, Logs) listens.
-    #[arg(long)]
-    pub address: Option<SocketAddr>,
-    /// CPU the scheduler may place here (default: all cores).
-    #[arg(long)]
-    pub cpu: Option<Cpu>,
-    /// Memory the scheduler may place here (default: MemTotal).
-    #[arg(long)]
-    pub memory: Option<Memory>,
-    /// Where the agent keeps pid files, logs and local records (default .drover/agent/NODE).
-    #[arg(long)]
-    pub state_dir: Option<PathBuf>,
-    /// IP that docker publishes ports on (default 0.0.0.0).
-    #[arg(long)]
-    pub publish_ip: Option<String>,
-    /// On SIGTERM leave instances running and the lease alive, for an agent upgrade.
-    #[arg(long)]
-    pub keep_running: bool,
-    /// Simulate this many nodes with the hollow driver in one process (scale tests).
-    #[arg(long)]
-    pub hollow_nodes: Option<usize>,
-    /// Serve /metrics, /healthz and /readyz here.
-    #[arg(long)]
-    pub metrics_addr: Option<SocketAddr>,
-}
-
-/// `--driver`: which driver an agent runs instances with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum DriverFlag {
-    /// Docker where the daemon answers, plus processes for command-only tasks.
-    Auto,
-    /// Docker (fails at start without a daemon), plus processes for command-only tasks.
-    Docker,
-    /// Host processes only.
-    Process,
-    /// Simulated instances (scale tests).
-    Hollow,
-}
-
-impl From<DriverFlag> for DriverChoice {
-    fn from(flag: DriverFlag) -> Self {
-        match flag {
-            DriverFlag::Auto => DriverChoice::Auto,
-            DriverFlag::Docker => DriverChoice::Docker,
-            DriverFlag::Process => DriverChoice::Process,
-            DriverFlag::Hollow => DriverChoice::Hollow,
-        }
-    }
 }
 
 /// `drover logs`.
@@ -320,19 +219,4 @@ pub struct DeleteArgs {
     /// Namespace of a task named on the command line.
     #[arg(short, long, default_value = "default")]
     pub namespace: String,
-}
-
-/// `drover up`.
-#[derive(Debug, Args)]
-pub struct UpArgs {
-    /// Manifest to apply once the cluster runs. Default: the echo example built into the
-    /// binary (`manifests/examples/echo.yaml`), so `up` works from any directory.
-    #[arg(short = 'f', long = "filename")]
-    pub file: Option<PathBuf>,
-    /// Where the local etcd keeps its data.
-    #[arg(long, default_value = ".drover")]
-    pub state_dir: PathBuf,
-    /// Stop everything after showing the result instead of running until Ctrl-C.
-    #[arg(long)]
-    pub exit: bool,
 }

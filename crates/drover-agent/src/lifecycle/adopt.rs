@@ -3,12 +3,13 @@
 
 use std::sync::Arc;
 
-use drover_api::instance::{InstanceStatus, Phase};
+use drover_api::instance::InstanceStatus;
 use tokio::time::Instant;
 
 use crate::converge::Engine;
 use crate::driver::TaskState;
-use crate::local::{Entry, Run, Slot};
+use crate::instance::{Entry, Exit, Run};
+use crate::local::Slot;
 
 impl Engine {
     /// Adopts what the drivers already run for `node` (after an agent restart): each becomes an
@@ -18,7 +19,7 @@ impl Engine {
     /// etcd unreachable, adoption must not hold up the heartbeat, which fences what was adopted
     /// if it cannot register. An instance adopted without its status has no ports reserved.
     pub(crate) async fn adopt(self: &Arc<Self>, node: &Arc<str>, lookups_until: Instant) {
-        for (kind, driver) in self.drivers.all().to_vec() {
+        for (kind, driver) in self.drivers().all().to_vec() {
             let found = match driver.recover(node).await {
                 Ok(found) => found,
                 Err(e) => {
@@ -32,8 +33,8 @@ impl Engine {
                     id: rec.meta.instance.clone(),
                 };
                 // The previous agent's status has the ports and restart count.
-                let key = self.keys.status(&slot.id);
-                let lookup = self.store.get::<InstanceStatus>(&key);
+                let key = self.keys().status(&slot.id);
+                let lookup = self.store().get::<InstanceStatus>(&key);
                 let prior: Option<InstanceStatus> = tokio::time::timeout_at(lookups_until, lookup)
                     .await
                     .ok()
@@ -41,38 +42,38 @@ impl Engine {
                     .flatten()
                     .map(|v| v.value)
                     .filter(|s| s.node == *node.as_ref());
-                let mut entry = Entry::unmatched(rec.meta.clone(), kind);
-                if let Some(p) = &prior {
+                let prior = prior.map(|p| {
                     let host: Vec<u16> = p.ports.iter().map(|b| b.host_port).collect();
-                    if self.ports.reserve(&slot.id, &host).is_ok() {
-                        entry.ports = p.ports.clone();
-                    }
-                    entry.restart_count = p.restart_count;
-                }
+                    let ports = match self.ports().reserve(&slot.id, &host) {
+                        Ok(()) => p.ports.clone(),
+                        Err(_) => Vec::new(),
+                    };
+                    (ports, p.restart_count)
+                });
                 let exited = match rec.state {
                     TaskState::Running => None,
-                    TaskState::Exited { code, finished_at } => Some((code, finished_at)),
+                    TaskState::Exited { code, finished_at } => Some(Exit {
+                        code,
+                        finished: finished_at,
+                    }),
                     TaskState::NotFound => continue,
                 };
                 let seq = self.next_seq();
-                entry.phase = Phase::Running;
-                entry.started_at = Some(rec.handle.started_at);
                 // Earlier runs are unknown here: the deadline counts from this run's start.
                 let age = (chrono::Utc::now() - rec.handle.started_at)
                     .to_std()
                     .unwrap_or_default();
                 let now = Instant::now();
-                entry.first_started = Some(now.checked_sub(age).unwrap_or(now));
-                entry.run = Some(Run {
-                    handle: rec.handle.clone(),
-                    seq,
+                let entry = Entry::recovered(
+                    rec.meta.clone(),
+                    kind,
+                    Run::new(rec.handle.clone(), seq),
                     exited,
-                    unhealthy: false,
-                    tasks: Vec::new(),
-                    probing: false,
-                });
+                    now.checked_sub(age).unwrap_or(now),
+                    prior,
+                );
                 tracing::info!(instance = %slot.id, driver = %kind, running = exited.is_none(), "recovered");
-                self.table().insert(slot.clone(), entry);
+                self.instances().insert(slot.clone(), entry);
                 if exited.is_none() {
                     self.spawn_waiter(&slot, seq, driver.clone(), rec.handle);
                 }

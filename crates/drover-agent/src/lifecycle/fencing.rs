@@ -5,12 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use drover_api::instance::{reasons, Phase};
 use tokio::time::Instant;
 
+use super::RunOf;
 use crate::converge::Engine;
 use crate::driver::{Driver, Handle, StartRequest};
-use crate::fence;
+use crate::fence::{self, NodeFence};
+use crate::instance::{Entry, State};
 use crate::local::{Slot, StopReason};
 
 /// How long a destroy after a failed or late stop may take while fencing.
@@ -19,7 +20,7 @@ const KILL_CONFIRM: Duration = Duration::from_secs(5);
 impl Engine {
     /// Self-fencing of `node`: see [`crate::fence`] for the rule and its guarantees.
     pub(crate) async fn fence(&self, node: &str, deadline: Instant, expiry: Instant) {
-        let Some(state) = self.nodes.get(node) else {
+        let Some(state) = self.node(node) else {
             return;
         };
         *state
@@ -28,13 +29,8 @@ impl Engine {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(deadline);
         // Wakes starts in flight (see `start_or_fence`).
         state.fenced.send_replace(true);
-        self.metrics.fences.inc();
-        let victims: Vec<Slot> = self
-            .table()
-            .iter()
-            .filter(|(s, e)| *s.node == *node && e.is_running())
-            .map(|(s, _)| s.clone())
-            .collect();
+        self.metrics().fences.inc();
+        let victims = self.instances().slots_where(node, Entry::is_running);
         tracing::error!(
             node,
             instances = victims.len(),
@@ -63,18 +59,20 @@ impl Engine {
 
     /// Stops one instance for fencing, clipping its grace to the deadline.
     pub(super) async fn fence_one(&self, slot: &Slot, fence_times: Option<(Instant, Instant)>) {
-        let deadline = fence_times.map(|(d, _)| d).or_else(|| {
-            self.nodes.get(&slot.node).and_then(|n| {
-                *n.deadline
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-            })
-        });
+        let deadline = fence_times
+            .map(|(d, _)| d)
+            .or_else(|| self.node(&slot.node).and_then(NodeFence::deadline));
         let Some(deadline) = deadline else { return };
-        let Some((driver, handle, own)) = self.run_of(slot) else {
+        let Some(RunOf {
+            driver,
+            handle,
+            grace: own,
+            ..
+        }) = self.run_of(slot)
+        else {
             return;
         };
-        let started = self.table().get(slot).and_then(|e| e.started_at);
+        let started = self.instances().read(slot, Entry::started_at).flatten();
         let began = Utc::now();
         let grace = fence::clip_grace(own, Instant::now(), deadline);
         let stopped = matches!(
@@ -89,14 +87,7 @@ impl Engine {
         if !confirmed {
             tracing::error!(instance = %slot.id, "self-fencing could not confirm the instance stopped");
         }
-        if let Some(e) = self.table().get_mut(slot) {
-            e.fenced = true;
-            e.phase = Phase::Stopped;
-            e.reason = Some(reasons::LEASE_LOST.to_string());
-            if let Some(run) = e.run.as_mut() {
-                run.exited.get_or_insert((None, Some(Utc::now())));
-            }
-        }
+        self.instances().update(slot, Entry::fenced);
         self.record(
             slot,
             StopReason::Fenced,
@@ -130,7 +121,7 @@ impl Engine {
         driver: &Arc<dyn Driver>,
         req: &StartRequest,
     ) -> Option<crate::driver::Result<Handle>> {
-        let Some(state) = self.nodes.get(&slot.node) else {
+        let Some(state) = self.node(&slot.node) else {
             return Some(driver.start(req).await);
         };
         let mut fenced = state.fenced.subscribe();
@@ -185,18 +176,15 @@ impl Engine {
 
     /// After re-registering: forget what fencing stopped and converge `node` afresh.
     pub(crate) async fn unfence(&self, node: &str) {
-        let Some(state) = self.nodes.get(node) else {
+        let Some(state) = self.node(node) else {
             return;
         };
         if !*state.fenced.borrow() {
             return;
         }
-        let fenced: Vec<Slot> = self
-            .table()
-            .iter()
-            .filter(|(s, e)| *s.node == *node && e.fenced)
-            .map(|(s, _)| s.clone())
-            .collect();
+        let fenced = self
+            .instances()
+            .slots_where(node, |e| matches!(e.state(), State::Fenced { .. }));
         for slot in &fenced {
             if let Err(e) = self.stop_and_forget(slot, StopReason::Fenced).await {
                 tracing::warn!(instance = %slot.id, error = %e, "cleaning up a fenced instance");

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use drover_api::instance::{reasons, Health, Phase};
+use drover_api::instance::{Health, Phase};
 use drover_api::task::DriverKind;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -24,7 +24,8 @@ use tracing::Instrument;
 use crate::converge::{bindings, Engine, Error, InFlight, Result};
 use crate::driver::{Driver, Handle, StartRequest, TaskState};
 use crate::fence;
-use crate::local::{Entry, Run, Slot, StopReason, StopRecord};
+use crate::instance::{Entry, Exit};
+use crate::local::{Slot, StopReason, StopRecord};
 use crate::probe::Probe;
 
 impl Engine {
@@ -36,20 +37,13 @@ impl Engine {
     /// assignment cache (after a partition, before the watch caught up) never starts an
     /// instance the controller has meanwhile removed or placed anew.
     pub(crate) async fn start(self: &Arc<Self>, slot: &Slot) -> Result<()> {
-        let (instance, kind, create_revision, first) = {
-            let table = self.table();
-            let Some(e) = table.get(slot) else {
-                return Ok(());
-            };
-            let Some(instance) = e.instance.clone() else {
-                return Ok(());
-            };
-            (
-                instance,
-                e.kind,
-                e.create_revision,
-                e.first_started.is_none(),
-            )
+        let found = self.instances().read(slot, |e| {
+            let instance = e.instance()?.clone();
+            let create_revision = e.create_revision()?;
+            Some((instance, e.kind(), create_revision, e.never_started()))
+        });
+        let Some((instance, kind, create_revision, first)) = found.flatten() else {
+            return Ok(());
         };
         if !self.still_assigned(slot, create_revision).await? {
             tracing::warn!(
@@ -62,7 +56,7 @@ impl Engine {
         if first && self.ended_before(slot, &instance).await? {
             return Ok(());
         }
-        let Some(driver) = self.drivers.get(kind).cloned() else {
+        let Some(driver) = self.drivers().get(kind).cloned() else {
             self.fail(
                 slot,
                 "InvalidSpec",
@@ -70,33 +64,23 @@ impl Engine {
             );
             return Ok(());
         };
-        let host = self.ports.allocate(&slot.id, instance.spec.ports.len())?;
+        let host = self.ports().allocate(&slot.id, instance.spec.ports.len())?;
         let ports = bindings(&instance.spec.ports, &host);
         let req = StartRequest::from_instance(&instance, ports.clone());
         tracing::info!(driver = %kind, ?ports, "starting");
         // Held until the run is in the table and, if fencing began, stopped again.
-        let _in_flight = self
-            .nodes
-            .get(&slot.node)
-            .map(|n| InFlight::new(&n.starting));
+        let _in_flight = self.node(&slot.node).map(|n| InFlight::new(&n.starting));
         let Some(started) = self.start_or_fence(slot, &driver, &req).await else {
-            if let Some(e) = self.table().get_mut(slot) {
-                e.fenced = true;
-                e.phase = Phase::Stopped;
-                e.reason = Some(reasons::LEASE_LOST.to_string());
-            }
+            self.instances().update(slot, Entry::fenced);
             return Ok(());
         };
         let handle = match started {
             Ok(h) => h,
             Err(e) => {
-                self.ports.release(&slot.id);
+                self.ports().release(&slot.id);
                 if e.retryable() {
-                    if let Some(en) = self.table().get_mut(slot) {
-                        en.phase = Phase::Pending;
-                        en.reason = Some(e.reason().to_string());
-                        en.message = Some(e.to_string());
-                    }
+                    self.instances()
+                        .update(slot, |en| en.start_failed(e.reason(), e.to_string()));
                     return Err(e.into());
                 }
                 tracing::warn!(error = %e, reason = e.reason(), "start failed");
@@ -105,28 +89,11 @@ impl Engine {
             }
         };
         let seq = self.next_seq();
-        {
-            let mut table = self.table();
-            let Some(e) = table.get_mut(slot) else {
-                return Ok(());
-            };
-            e.ports = ports;
-            e.phase = Phase::Running;
-            e.reason = None;
-            e.message = None;
-            e.health = Health::Unknown;
-            e.started_at = Some(handle.started_at);
-            e.finished_at = None;
-            e.first_started.get_or_insert_with(Instant::now);
-            e.next_start = None;
-            e.run = Some(Run {
-                handle: handle.clone(),
-                seq,
-                exited: None,
-                unhealthy: false,
-                tasks: Vec::new(),
-                probing: false,
-            });
+        let recorded = self.instances().update(slot, |e| {
+            e.started(handle.clone(), seq, ports, Instant::now());
+        });
+        if recorded.is_none() {
+            return Ok(());
         }
         self.spawn_waiter(slot, seq, driver, handle);
         // A fence that began while we were starting may have missed this run: stop it ourselves.
@@ -140,9 +107,9 @@ impl Engine {
     /// `create_revision`, without a stop request. Absent, re-created (another create revision),
     /// asked to stop, or no longer decodable is `false`: never start what may not be wanted.
     pub(crate) async fn still_assigned(&self, slot: &Slot, create_revision: i64) -> Result<bool> {
-        let key = self.keys.assignment(&slot.node, &slot.id);
+        let key = self.keys().assignment(&slot.node, &slot.id);
         let found = self
-            .store
+            .store()
             .get_raw(&key)
             .await
             .map_err(|source| Error::Confirm { key, source })?;
@@ -159,9 +126,9 @@ impl Engine {
     /// such a status, so starting the copy anew could make two. A copy an agent stopped for
     /// its own sake (`Stopped`: shutdown, fencing) is resumed as before.
     async fn ended_before(&self, slot: &Slot, instance: &drover_api::Instance) -> Result<bool> {
-        let key = self.keys.status(&slot.id);
+        let key = self.keys().status(&slot.id);
         let found = self
-            .store
+            .store()
             .get_raw(&key)
             .await
             .map_err(|source| Error::Confirm { key, source })?;
@@ -176,16 +143,7 @@ impl Engine {
             return Ok(false);
         };
         tracing::info!(phase = %status.phase, "not starting: an earlier agent reported this copy ended");
-        if let Some(e) = self.table().get_mut(slot) {
-            e.terminal = true;
-            e.phase = status.phase;
-            e.reason = status.reason;
-            e.message = status.message;
-            e.exit_code = status.exit_code;
-            e.started_at = status.started_at;
-            e.finished_at = status.finished_at;
-            e.restart_count = status.restart_count;
-        }
+        self.instances().update(slot, |e| e.ended_before(status));
         Ok(true)
     }
 
@@ -199,52 +157,20 @@ impl Engine {
     /// controller deletes the assignment and lets a replacement start — is never written for a
     /// copy that may still run. Nothing is restarted afterwards.
     pub(crate) async fn stop_on_request(&self, slot: &Slot, reason: &str) -> Result<()> {
-        let (running, terminal, started, exited_before) = match self.table().get(slot) {
-            Some(e) => (
-                e.is_running(),
-                e.terminal,
-                e.started_at,
-                e.run.as_ref().and_then(|r| r.exited).map(|(code, _)| code),
-            ),
-            None => return Ok(()),
-        };
-        if terminal && !running {
+        let found = self
+            .instances()
+            .read(slot, |e| (e.is_running(), e.started_at(), e.state().exit()));
+        let Some((running, started, exited_before)) = found else {
             return Ok(());
-        }
+        };
         let began = Utc::now();
         if running {
             tracing::info!(reason, "stopping on the controller's request");
             self.stop_run(slot).await?;
         }
-        {
-            let mut table = self.table();
-            let Some(e) = table.get_mut(slot) else {
-                return Ok(());
-            };
-            if let Some((code, finished)) = e.run.as_ref().and_then(|r| r.exited) {
-                e.exit_code = code;
-                e.finished_at = finished.or_else(|| Some(Utc::now()));
-            }
-            e.next_start = None;
-            e.terminal = true;
-            // A job copy that had exited on its own before the request keeps its outcome.
-            match exited_before.filter(|_| slot.id.run().is_some() && !e.phase.is_terminal()) {
-                Some(Some(0)) => {
-                    e.phase = Phase::Succeeded;
-                    e.reason = None;
-                }
-                Some(_) => {
-                    e.phase = Phase::Failed;
-                    e.reason = Some(reasons::ERROR.to_string());
-                }
-                None => {}
-            }
-            if !e.phase.is_terminal() {
-                e.phase = Phase::Stopped;
-                e.reason = Some(reason.to_string());
-                e.message = Some(format!("stopped on the controller's request ({reason})"));
-            }
-        }
+        let job = slot.id.run().is_some();
+        self.instances()
+            .update(slot, |e| e.stopped_on_request(reason, job, exited_before));
         if running {
             self.record(slot, StopReason::Requested, started, began, None, true)
                 .await;
@@ -253,12 +179,7 @@ impl Engine {
     }
 
     fn fail(&self, slot: &Slot, reason: &str, message: String) {
-        if let Some(e) = self.table().get_mut(slot) {
-            e.terminal = true;
-            e.phase = Phase::Failed;
-            e.reason = Some(reason.to_string());
-            e.message = Some(message);
-        }
+        self.instances().update(slot, |e| e.fail(reason, message));
     }
 
     fn spawn_waiter(
@@ -269,7 +190,7 @@ impl Engine {
         handle: Handle,
     ) {
         let engine = self.clone();
-        let kill = self.kill.clone();
+        let kill = self.kill().clone();
         let s = slot.clone();
         let task = tokio::spawn(
             async move {
@@ -282,15 +203,11 @@ impl Engine {
                     TaskState::NotFound | TaskState::Running => (None, None),
                 };
                 tracing::info!(?code, "instance exited");
-                if let Some(e) = engine.table().get_mut(&s) {
-                    if let Some(run) = e
-                        .run
-                        .as_mut()
-                        .filter(|r| r.seq == seq && r.exited.is_none())
-                    {
-                        run.exited = Some((code, finished.or_else(|| Some(Utc::now()))));
-                    }
-                }
+                let exit = Exit {
+                    code,
+                    finished: finished.or_else(|| Some(Utc::now())),
+                };
+                engine.instances().update(&s, |e| e.exited(seq, exit));
                 engine.poke(s, "exited");
             }
             .in_current_span(),
@@ -299,53 +216,41 @@ impl Engine {
     }
 
     pub(crate) fn spawn_prober(self: &Arc<Self>, slot: &Slot) {
-        let (seq, probe) = {
-            let table = self.table();
-            let Some(e) = table.get(slot) else { return };
-            let (Some(run), Some(check)) = (
-                e.run.as_ref().filter(|r| !r.probing && r.exited.is_none()),
-                e.instance
-                    .as_ref()
-                    .and_then(|i| i.spec.health_check.clone()),
-            ) else {
-                return;
-            };
-            if e.kind == DriverKind::Hollow {
-                return;
+        let found = self.instances().read(slot, |e| {
+            let run = e.state().unprobed()?;
+            let check = e.instance()?.spec.health_check.clone()?;
+            if e.kind() == DriverKind::Hollow {
+                return None;
             }
-            let docker = match e.kind {
+            let docker = match e.kind() {
                 DriverKind::Docker => self
-                    .drivers
+                    .drivers()
                     .docker_client()
-                    .map(|d| (d, run.handle.id.clone())),
+                    .map(|d| (d, run.handle().id.clone())),
                 _ => None,
             };
-            (
-                run.seq,
+            Some((
+                run.seq(),
                 Probe {
                     check,
-                    ports: e.ports.clone(),
+                    ports: e.ports().to_vec(),
                     docker,
                 },
-            )
+            ))
+        });
+        let Some((seq, probe)) = found.flatten() else {
+            return;
         };
         let engine = self.clone();
-        let kill = self.kill.clone();
+        let kill = self.kill().clone();
         let s = slot.clone();
         let task = tokio::spawn(
             async move {
                 let report = |health: Health, message: Option<String>| {
                     tracing::info!(?health, ?message, "health changed");
-                    if let Some(e) = engine.table().get_mut(&s) {
-                        let Some(run) = e.run.as_mut().filter(|r| r.seq == seq) else {
-                            return;
-                        };
-                        run.unhealthy = health == Health::Unhealthy;
-                        e.health = health;
-                        if health == Health::Unhealthy {
-                            e.message = message;
-                        }
-                    }
+                    engine
+                        .instances()
+                        .update(&s, |e| e.health(seq, health, message));
                     engine.poke(s.clone(), "health");
                 };
                 tokio::select! {
@@ -359,23 +264,30 @@ impl Engine {
     }
 
     fn attach(&self, slot: &Slot, seq: u64, task: tokio::task::AbortHandle, probing: bool) {
-        let mut table = self.table();
-        match table
-            .get_mut(slot)
-            .and_then(|e| e.run.as_mut())
-            .filter(|r| r.seq == seq)
-        {
-            Some(run) => {
-                run.tasks.push(task);
-                run.probing |= probing;
-            }
-            None => task.abort(),
+        let mut task = Some(task);
+        let orphan = self
+            .instances()
+            .update(slot, |e| {
+                task.take().and_then(|t| e.attach(seq, t, probing))
+            })
+            .flatten();
+        // The entry's run refused the helper, or the entry is gone (forgotten while the helper
+        // was being spawned): either way nothing owns the task, so it must not outlive us.
+        // Dropping an `AbortHandle` does not stop its task.
+        for task in orphan.into_iter().chain(task) {
+            task.abort();
         }
     }
 
     /// Stops the current run with the spec's grace period and records its exit.
     pub(crate) async fn stop_run(&self, slot: &Slot) -> Result<()> {
-        let Some((driver, handle, grace)) = self.run_of(slot) else {
+        let Some(RunOf {
+            driver,
+            handle,
+            grace,
+            seq,
+        }) = self.run_of(slot)
+        else {
             return Ok(());
         };
         driver.stop(&handle, grace).await?;
@@ -384,31 +296,43 @@ impl Engine {
             TaskState::Exited { code, finished_at } => (code, finished_at),
             _ => (None, None),
         };
-        if let Some(run) = self.table().get_mut(slot).and_then(|e| e.run.as_mut()) {
-            if run.handle.id == handle.id && run.exited.is_none() {
-                run.exited = Some((code, finished.or_else(|| Some(Utc::now()))));
-            }
-        }
+        let exit = Exit {
+            code,
+            finished: finished.or_else(|| Some(Utc::now())),
+        };
+        self.instances().update(slot, |e| e.exited(seq, exit));
         Ok(())
     }
 
-    fn run_of(&self, slot: &Slot) -> Option<(Arc<dyn Driver>, Handle, Duration)> {
-        let table = self.table();
-        let e = table.get(slot)?;
-        let run = e.run.as_ref()?;
-        Some((
-            self.drivers.get(e.kind)?.clone(),
-            run.handle.clone(),
-            e.grace(),
-        ))
+    /// The driver, handle, grace period and number of the entry's current or last run.
+    fn run_of(&self, slot: &Slot) -> Option<RunOf> {
+        self.instances()
+            .read(slot, |e| {
+                let run = e.state().run()?;
+                Some(RunOf {
+                    driver: self.drivers().get(e.kind())?.clone(),
+                    handle: run.handle().clone(),
+                    grace: e.grace(),
+                    seq: run.seq(),
+                })
+            })
+            .flatten()
     }
 
     /// Stops (grace period), removes the runtime object, frees the ports and forgets the entry.
     pub(crate) async fn stop_and_forget(&self, slot: &Slot, reason: StopReason) -> Result<()> {
         let began = Utc::now();
-        let running = self.table().get(slot).is_some_and(Entry::is_running);
-        let started = self.table().get(slot).and_then(|e| e.started_at);
-        if let Some((driver, handle, grace)) = self.run_of(slot) {
+        let (running, started) = self
+            .instances()
+            .read(slot, |e| (e.is_running(), e.started_at()))
+            .unwrap_or((false, None));
+        if let Some(RunOf {
+            driver,
+            handle,
+            grace,
+            ..
+        }) = self.run_of(slot)
+        {
             if running {
                 tracing::info!(?reason, ?grace, "stopping");
             }
@@ -418,10 +342,10 @@ impl Engine {
         if reason == StopReason::Shutdown {
             self.publish_shutdown(slot, !running).await;
         }
-        if self.table().remove(slot).is_none() {
+        if self.instances().remove(slot).is_none() {
             return Ok(());
         }
-        self.ports.release(&slot.id);
+        self.ports().release(&slot.id);
         if running {
             self.record(slot, reason, started, began, None, true).await;
         }
@@ -433,39 +357,16 @@ impl Engine {
     /// had already exited on its own (`ended_before`) and that the stopped reconcile loop did not
     /// record, its real outcome, so finished work is not retried as if it had been cut short.
     async fn publish_shutdown(&self, slot: &Slot, ended_before: bool) {
-        let final_status = self.table().get_mut(slot).and_then(|e| {
-            if e.phase.is_terminal() || e.create_revision == 0 {
-                return None;
-            }
-            let exit = e.run.as_ref().and_then(|r| r.exited).map(|(code, _)| code);
-            match exit {
-                Some(code) if ended_before && slot.id.run().is_some() => {
-                    e.exit_code = code;
-                    if code == Some(0) {
-                        e.phase = Phase::Succeeded;
-                        e.reason = None;
-                    } else {
-                        e.phase = Phase::Failed;
-                        e.reason = Some(reasons::ERROR.to_string());
-                    }
-                    e.message = Some("exited before the agent shut down".into());
-                }
-                _ => {
-                    e.phase = Phase::Stopped;
-                    e.reason = Some(reasons::AGENT_SHUTDOWN.to_string());
-                    e.message = Some("the agent shut down and stopped the instance".into());
-                    if let Some(run) = e.run.as_mut() {
-                        run.exited.get_or_insert((None, Some(Utc::now())));
-                    }
-                }
-            }
-            Some((e.status(), e.create_revision))
-        });
+        let job = slot.id.run().is_some();
+        let final_status = self
+            .instances()
+            .update(slot, |e| e.shutdown_status(ended_before, job))
+            .flatten();
         let Some((status, rev)) = final_status else {
             return;
         };
-        let key = self.keys.assignment(&slot.node, &slot.id);
-        if let Err(e) = crate::status::write(&self.store, &self.keys, &key, rev, &status).await {
+        let key = self.keys().assignment(&slot.node, &slot.id);
+        if let Err(e) = crate::status::write(self.store(), self.keys(), &key, rev, &status).await {
             tracing::warn!(error = %e, "cannot publish the final status on shutdown");
         }
     }
@@ -490,7 +391,7 @@ impl Engine {
             lease_expiry_earliest: fence.map(|(_, x)| fence::wall_clock(x)),
             confirmed,
         };
-        if let Err(e) = self.records.add(rec).await {
+        if let Err(e) = self.records().add(rec).await {
             tracing::warn!(error = %e, "cannot record the stop");
         }
     }
@@ -508,12 +409,7 @@ impl Engine {
     /// A status write that fails (etcd unreachable) is logged and dropped; the node's lease
     /// then ends on its own and the controller treats the copy as lost, as after a crash.
     pub(crate) async fn stop_all(&self, node: &str) {
-        let slots: Vec<Slot> = self
-            .table()
-            .keys()
-            .filter(|s| *s.node == *node)
-            .cloned()
-            .collect();
+        let slots = self.instances().slots_where(node, |_| true);
         let stops = slots.iter().map(|slot| {
             let span = tracing::info_span!("shutdown", instance = %slot.id);
             async move {
@@ -525,6 +421,15 @@ impl Engine {
         });
         futures::future::join_all(stops).await;
     }
+}
+
+/// What stopping or destroying a run needs.
+struct RunOf {
+    driver: Arc<dyn Driver>,
+    handle: Handle,
+    grace: Duration,
+    /// The run's number, so its exit is not recorded on a later run.
+    seq: u64,
 }
 
 /// Waits for the run to end, riding out transient driver errors.

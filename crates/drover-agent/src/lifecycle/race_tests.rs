@@ -138,7 +138,7 @@ async fn start_held(gated: &Gated, id: &InstanceId) -> (Rig, tokio::task::JoinHa
 }
 
 fn fenced_stops(rig: &Rig, id: &InstanceId) -> usize {
-    let recs = rig.engine.records.list();
+    let recs = rig.engine.records().list();
     recs.iter()
         .filter(|r| r.instance == *id && r.reason == StopReason::Fenced)
         .count()
@@ -192,11 +192,35 @@ async fn a_start_outlasting_the_fencing_deadline_is_cancelled_and_what_it_made_d
         fenced_stops(&rig, &id),
         1,
         "{:?}",
-        rig.engine.records.list()
+        rig.engine.records().list()
     );
     assert_eq!(rig.engine.running(None), 0);
     tokio::time::timeout(LIMIT, reconcile)
         .await
         .expect("reconcile ends")
         .expect("reconcile task");
+}
+
+/// A helper task (prober, timeout watcher) spawned for a run whose entry is forgotten before
+/// the handle is attached must not be left running: nothing else would ever abort it.
+#[tokio::test]
+async fn a_helper_attached_to_a_forgotten_entry_is_aborted() {
+    let rig = super::tests::rig().await;
+    let slot = crate::local::Slot {
+        node: Arc::from(super::tests::NODE),
+        id: "default.gone.0".parse().expect("id"),
+    };
+    let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        // Holds `tx` until aborted: the receiver sees the channel close only then.
+        let _tx = tx;
+        std::future::pending::<()>().await;
+    });
+    rig.engine.attach(&slot, 1, task.abort_handle(), true);
+    let closed = tokio::time::timeout(super::tests::LIMIT, &mut rx).await;
+    assert!(
+        matches!(closed, Ok(Err(_))),
+        "the orphaned helper must be aborted: {closed:?}"
+    );
+    assert!(task.await.expect_err("aborted").is_cancelled());
 }

@@ -38,13 +38,7 @@ async fn a_stop_request_stops_the_copy_and_reports_it_while_the_assignment_stays
     let slot = Rig::slot(&id);
     rig.reconcile(&slot).await;
     assert_eq!(rig.engine.running(None), 1, "started");
-    let pid = rig.engine.table()[&slot]
-        .run
-        .as_ref()
-        .expect("a run")
-        .handle
-        .id
-        .clone();
+    let pid = rig.pid(&slot);
     // The leader rewrites the assignment with a stop request (same create revision).
     let asked = stop(instance(&id), "Drained");
     rig.store
@@ -61,7 +55,7 @@ async fn a_stop_request_stops_the_copy_and_reports_it_while_the_assignment_stays
     rig.reconcile(&slot).await;
     assert_eq!(rig.engine.running(None), 0);
     assert!(
-        rig.engine.table().contains_key(&slot),
+        rig.engine.instances().contains(&slot),
         "kept until unassigned"
     );
 }
@@ -84,11 +78,7 @@ async fn a_job_copy_that_exited_before_its_stop_request_keeps_its_outcome() {
     rig.reconcile(&slot).await;
     // Wait for the exit waiter to see the exit, without letting the reconcile judge it.
     tokio::time::timeout(super::tests::LIMIT, async {
-        while rig.engine.table()[&slot]
-            .run
-            .as_ref()
-            .is_none_or(|r| r.exited.is_none())
-        {
+        while rig.engine.instances().read(&slot, |e| e.state().exit()) == Some(None) {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     })

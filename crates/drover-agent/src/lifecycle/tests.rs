@@ -14,7 +14,7 @@ use drover_testkit::EtcdServer;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::DriverChoice;
-use crate::converge::{Engine, EngineConfig};
+use crate::converge::{Engine, EngineConfig, EngineParts};
 use crate::drivers::DriverSet;
 use crate::local::{Records, Slot, StopReason};
 use crate::metrics::Metrics;
@@ -58,23 +58,23 @@ pub(crate) async fn rig_with(drivers: Option<DriverSet>) -> Rig {
     };
     let (reader, writer) = drover_store::reflector::store();
     let mut registry = prometheus_client::registry::Registry::default();
-    let engine = Arc::new(Engine::new(
-        store.clone(),
-        keys.clone(),
+    let engine = Arc::new(Engine::new(EngineParts {
+        store: store.clone(),
+        keys: keys.clone(),
         drivers,
-        PortAllocator::default(),
-        reader,
-        [Arc::from(NODE)],
-        Records::new(None),
-        EngineConfig {
+        ports: PortAllocator::default(),
+        desired: reader,
+        nodes: vec![Arc::from(NODE)],
+        records: Records::new(None),
+        config: EngineConfig {
             backoff: restart::Backoff {
                 initial: Duration::from_millis(200),
                 max: Duration::from_secs(1),
             },
         },
-        Metrics::register(&mut registry),
-        CancellationToken::new(),
-    ));
+        metrics: Metrics::register(&mut registry),
+        kill: CancellationToken::new(),
+    }));
     Rig {
         _etcd: etcd,
         _dir: dir,
@@ -144,6 +144,15 @@ impl Rig {
         }
     }
 
+    /// The driver's id of the slot's current run (its pid under the process driver).
+    pub(crate) fn pid(&self, slot: &Slot) -> String {
+        self.engine
+            .instances()
+            .read(slot, |e| e.handle().map(|h| h.id.clone()))
+            .flatten()
+            .expect("a run")
+    }
+
     pub(crate) async fn reconcile(&self, slot: &Slot) {
         tokio::time::timeout(LIMIT, self.engine.reconcile(slot))
             .await
@@ -166,7 +175,7 @@ async fn a_stale_cache_does_not_start_what_etcd_no_longer_assigns() {
     rig.cache(&id, rev);
     rig.reconcile(&Rig::slot(&id)).await;
     assert_eq!(rig.engine.running(None), 0, "nothing started");
-    assert!(rig.engine.table().is_empty(), "the entry is forgotten");
+    assert!(rig.engine.instances().is_empty(), "the entry is forgotten");
 
     // Deleted and re-created for a new placement: another create revision, also not ours.
     let newer = rig.assign(&id).await;
@@ -185,23 +194,19 @@ async fn a_stale_status_write_stops_the_instance_at_once() {
     let slot = Rig::slot(&id);
     rig.reconcile(&slot).await;
     assert_eq!(rig.engine.running(None), 1, "started");
-    let pid = {
-        let table = rig.engine.table();
-        let run = table.get(&slot).and_then(|e| e.run.as_ref());
-        run.expect("a run").handle.id.clone()
-    };
+    let pid = rig.pid(&slot);
     // The assignment goes away in etcd only; then the status changes and is written.
     rig.store
         .delete(&rig.keys.assignment(NODE, &id))
         .await
         .expect("delete");
-    if let Some(e) = rig.engine.table().get_mut(&slot) {
-        e.message = Some("something to report".into());
-    }
+    rig.engine
+        .instances()
+        .update(&slot, |e| e.set_message("something to report"));
     rig.reconcile(&slot).await;
     assert_eq!(rig.engine.running(None), 0, "stopped");
-    assert!(rig.engine.table().is_empty(), "the entry is forgotten");
-    let recs = rig.engine.records.list();
+    assert!(rig.engine.instances().is_empty(), "the entry is forgotten");
+    let recs = rig.engine.records().list();
     assert!(
         recs.iter()
             .any(|r| r.instance == id && r.reason == StopReason::Unassigned),

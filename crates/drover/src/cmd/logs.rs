@@ -46,7 +46,7 @@ pub async fn run(global: &Global, args: LogsArgs) -> CliResult {
             ))
         })?;
     let mut lines =
-        drover_agent::logs_client(&node.value.address, &id.to_string(), args.follow, args.tail)
+        drover_proto::client::logs(&node.value.address, &id.to_string(), args.follow, args.tail)
             .await
             .map_err(|error| {
                 CliError::failure(format!(

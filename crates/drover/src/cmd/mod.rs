@@ -1,52 +1,44 @@
 //! One module per verb; `run` dispatches to them. Shared here: connecting to etcd with a clear
 //! error for people when it cannot be reached.
 
-mod agent;
-mod apply;
+pub mod apply;
 mod bench;
 mod bench_failover;
-mod controller;
-mod daemon;
 mod delete;
 mod describe;
-mod get;
+pub mod get;
 mod get_jobs;
 mod jobs;
 mod logs;
 mod node;
 mod node_admin;
 mod rows;
-mod snapshot;
-mod up;
+pub mod snapshot;
 
 use drover_api::keys::Keys;
 use drover_store::{Store, StoreConfig};
 
-use crate::cli::{BenchKind, Cli, Command, Global};
+use crate::cli::{BenchKind, Command, Global};
 use crate::exit::{CliError, CliResult, UNAVAILABLE};
 
-/// Runs the verb the command line names.
-pub async fn run(cli: Cli) -> CliResult {
-    let global = cli.global;
-    match cli.command {
-        Command::Apply(args) => apply::run(&global, args).await,
-        Command::Get(args) => get::run(&global, args).await,
-        Command::Describe(args) => describe::run(&global, args).await,
-        Command::Delete(args) => delete::run(&global, args).await,
-        Command::Up(args) => up::run(&global, args).await,
+/// Runs the client verb the command line names.
+pub async fn run(global: &Global, command: Command) -> CliResult {
+    match command {
+        Command::Apply(args) => apply::run(global, args).await,
+        Command::Get(args) => get::run(global, args).await,
+        Command::Describe(args) => describe::run(global, args).await,
+        Command::Delete(args) => delete::run(global, args).await,
         Command::Bench(args) => match args.what {
-            BenchKind::Store => bench::run(&global, args).await,
-            BenchKind::Failover => bench_failover::run(&global, args).await,
+            BenchKind::Store => bench::run(global, args).await,
+            BenchKind::Failover => bench_failover::run(global, args).await,
         },
-        Command::Controller(args) => controller::run(&global, args).await,
-        Command::Agent(args) => agent::run(&global, args).await,
-        Command::Logs(args) => logs::run(&global, args).await,
-        Command::Cordon(args) => node::cordon(&global, args, true).await,
-        Command::Uncordon(args) => node::cordon(&global, args, false).await,
-        Command::Drain(args) => node::drain(&global, args).await,
-        Command::Trigger(args) => jobs::trigger(&global, args).await,
-        Command::Enable(args) => jobs::enable(&global, args).await,
-        Command::Retry(args) => jobs::retry(&global, args).await,
+        Command::Logs(args) => logs::run(global, args).await,
+        Command::Cordon(args) => node::cordon(global, args, true).await,
+        Command::Uncordon(args) => node::cordon(global, args, false).await,
+        Command::Drain(args) => node::drain(global, args).await,
+        Command::Trigger(args) => jobs::trigger(global, args).await,
+        Command::Enable(args) => jobs::enable(global, args).await,
+        Command::Retry(args) => jobs::retry(global, args).await,
     }
 }
 
@@ -55,18 +47,20 @@ pub async fn run(cli: Cli) -> CliResult {
 /// An unreachable etcd is reported in one line naming the endpoints and how to start one,
 /// with exit code 69 (`EX_UNAVAILABLE`).
 pub async fn connect(global: &Global) -> CliResult<(Store, Keys)> {
-    let config = StoreConfig::new(global.etcd.iter().map(String::as_str));
+    let mut config = StoreConfig::new(global.etcd.iter().map(String::as_str));
+    config.write_log.clone_from(&global.write_log);
     config
         .validate()
         .map_err(|error| CliError::usage(format!("--etcd: {error}")))?;
-    let store = Store::connect(config).await.map_err(|error| {
-        CliError::new(
+    let store = Store::connect(config).await.map_err(|error| match error {
+        drover_store::Error::WriteLog { .. } => CliError::usage(format!("--write-log: {error}")),
+        error => CliError::new(
             UNAVAILABLE,
             format!(
                 "{error}\nhint: start a local etcd with `hack/etcd.sh start`, or point --etcd \
                  (or DROVER_ETCD) at a running one"
             ),
-        )
+        ),
     })?;
     Ok((store, Keys::new(&global.prefix)))
 }

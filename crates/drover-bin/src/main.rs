@@ -1,12 +1,10 @@
 //! The `drover` binary: parses the command line, sets up logging, runs one verb and turns its
-//! outcome into an exit code. Everything else lives in `cmd/` (one module per verb).
+//! outcome into an exit code. The client verbs live in `drover-cli`; the daemons in `cmd/`.
 
-mod admin;
 mod cli;
 mod cmd;
-mod exit;
-mod input;
-mod output;
+
+use drover_cli::exit;
 
 use clap::Parser;
 
@@ -16,10 +14,7 @@ async fn main() {
         Ok(cli) => cli,
         Err(error) => exit_on_parse_error(error),
     };
-    let daemon = matches!(
-        cli.command,
-        cli::Command::Controller(_) | cli::Command::Agent(_)
-    );
+    let daemon = matches!(cli.command, cli::Verb::Controller(_) | cli::Verb::Agent(_));
     init_tracing(cli.verbose, daemon);
     let code = match cmd::run(cli).await {
         Ok(()) => 0,

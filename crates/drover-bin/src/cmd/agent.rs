@@ -6,10 +6,11 @@ use drover_agent::{Agent, AgentConfig, HollowConfig};
 use drover_api::node::Capacity;
 use prometheus_client::registry::Registry;
 
-use super::connect;
 use super::daemon::{readiness, serve_admin, shutdown_on_signals};
-use crate::cli::{AgentArgs, DriverFlag, Global};
-use crate::exit::{CliError, CliResult};
+use crate::cli::{AgentArgs, DriverFlag};
+use drover_cli::cli::Global;
+use drover_cli::cmd::connect;
+use drover_cli::exit::{CliError, CliResult};
 
 pub async fn run(global: &Global, args: AgentArgs) -> CliResult {
     if let Some(count) = args.hollow_nodes {

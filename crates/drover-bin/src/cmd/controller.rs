@@ -5,10 +5,11 @@
 use drover_controller::{Controller, ControllerConfig, Metrics};
 use prometheus_client::registry::Registry;
 
-use super::connect;
 use super::daemon::{readiness, serve_admin, shutdown_on_signals};
-use crate::cli::{ControllerArgs, Global};
-use crate::exit::{CliError, CliResult};
+use crate::cli::ControllerArgs;
+use drover_cli::cli::Global;
+use drover_cli::cmd::connect;
+use drover_cli::exit::{CliError, CliResult};
 
 pub async fn run(global: &Global, args: ControllerArgs) -> CliResult {
     let mut config = match args.id {

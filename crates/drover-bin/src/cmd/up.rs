@@ -4,6 +4,7 @@
 //! process; applies the example manifest, waits until its instances run, lists them, and sends
 //! the echo request to the first published port.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
@@ -14,17 +15,16 @@ use drover_api::task::Task;
 use drover_controller::{Controller, ControllerConfig};
 use drover_store::Store;
 use prometheus_client::registry::Registry;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
-use super::snapshot::Snapshot;
-use super::{connect, get};
-use crate::cli::{GetArgs, Global, Resource, UpArgs};
-use crate::exit::{CliError, CliResult, UNAVAILABLE};
-use crate::input::Source;
-use crate::output::Format;
+use crate::cli::UpArgs;
+use drover_cli::cli::{GetArgs, Global, Resource};
+use drover_cli::cmd::snapshot::Snapshot;
+use drover_cli::cmd::{connect, get};
+use drover_cli::exit::{CliError, CliResult, UNAVAILABLE};
+use drover_cli::input::Source;
+use drover_cli::output::Format;
 
 /// How long `up` waits, on the way out, for the agent to stop its instances (each within its
 /// own grace period) and for the controller to resign. A bound, not a sleep: `up` goes on as
@@ -68,7 +68,7 @@ impl Running {
 pub async fn run(global: &Global, args: UpArgs) -> CliResult {
     // Bad input is refused before anything is started.
     let sources = match &args.file {
-        Some(path) => crate::input::read_sources(std::slice::from_ref(path))?,
+        Some(path) => drover_cli::input::read_sources(std::slice::from_ref(path))?,
         None => vec![(EXAMPLE_NAME.to_string(), EXAMPLE.to_string())],
     };
     let tasks = drover_api::manifest::parse_many(&sources)
@@ -190,7 +190,7 @@ async fn bring_up(
         .map_err(|_| CliError::failure("the local agent did not register in time"))?;
     eprintln!("controller and agent \"{UP_NODE}\" are running");
 
-    super::apply::apply_sources(global, sources, false).await?;
+    drover_cli::cmd::apply::apply_sources(global, sources, false).await?;
     let ports = wait_running(&store, &keys, tasks, &handle).await?;
     get::run(global, list(Resource::Instances)).await?;
     if let Some(port) = ports.first() {
@@ -257,28 +257,17 @@ async fn wait_running(
 
 /// POSTs the echo body to the published port and returns the reply's body.
 async fn echo(port: u16) -> CliResult<String> {
-    let fail =
-        |error: std::io::Error| CliError::failure(format!("echo request to port {port}: {error}"));
-    let mut stream = TcpStream::connect(("127.0.0.1", port))
-        .await
-        .map_err(fail)?;
-    let request = format!(
-        "POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{ECHO_BODY}",
-        ECHO_BODY.len()
-    );
-    stream.write_all(request.as_bytes()).await.map_err(fail)?;
-    let mut response = String::new();
-    tokio::time::timeout(
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let reply = drover_runtime::http::post(
+        addr,
+        "/",
+        "application/json",
+        ECHO_BODY,
         Duration::from_secs(10),
-        stream.read_to_string(&mut response),
     )
     .await
-    .map_err(|_| CliError::failure(format!("echo request to port {port} timed out")))?
-    .map_err(fail)?;
-    Ok(response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or(response))
+    .map_err(|error| CliError::failure(format!("echo request to port {port}: {error}")))?;
+    Ok(String::from_utf8_lossy(&reply.body).into_owned())
 }
 
 fn list(resource: Resource) -> GetArgs {

@@ -9,8 +9,8 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::{self, Readiness};
-use crate::exit::{CliError, CliResult};
+use drover_cli::exit::{CliError, CliResult};
+use drover_runtime::admin::{self, Readiness};
 
 /// A token cancelled on the first SIGTERM or SIGINT.
 pub fn shutdown_on_signals() -> CliResult<CancellationToken> {

@@ -1,0 +1,135 @@
+//! The binary's command line: the client verbs of `drover-cli` plus the daemons (`up`,
+//! `controller`, `agent`), as clap derive types.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use drover_agent::config::DriverChoice;
+use drover_api::duration::HumanDuration;
+use drover_api::quantity::{Cpu, Memory};
+use drover_cli::cli::{Command, Global};
+
+/// Drover: a declarative orchestrator for containerized tasks, with etcd as its only state.
+#[derive(Debug, Parser)]
+#[command(name = "drover", version, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    /// More log output on stderr (-v info, -vv debug); RUST_LOG overrides it.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Verb,
+}
+
+/// The verbs: the client verbs of `drover-cli`, and the daemons.
+#[derive(Debug, Subcommand)]
+pub enum Verb {
+    #[command(flatten)]
+    Client(Command),
+    /// Run a whole local cluster: etcd, a controller and an agent, with the example applied.
+    Up(UpArgs),
+    /// Run a controller replica (leader election, scheduling, node lifecycle).
+    Controller(ControllerArgs),
+    /// Run a node agent (heartbeat, convergence of assigned instances, status).
+    Agent(AgentArgs),
+}
+
+/// `drover controller`.
+#[derive(Debug, Args)]
+pub struct ControllerArgs {
+    /// This replica's id (default: host name and pid).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// TTL of the election lease: a crashed leader is replaced about this long after it died.
+    #[arg(long, default_value = "5s")]
+    pub lease_ttl: HumanDuration,
+    /// Reschedules of a failed instance before it is dead-lettered.
+    #[arg(long, default_value_t = 3)]
+    pub reschedule_limit: u32,
+    /// Serve /metrics, /healthz and /readyz here (e.g. 127.0.0.1:9464).
+    #[arg(long)]
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+/// `drover agent`.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// The node name (a DNS-1123 label); with --hollow-nodes, the prefix of the node names.
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Which driver runs instances: auto (docker where the daemon answers, else process),
+    /// docker, process or hollow.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub driver: DriverFlag,
+    /// A node label for nodeSelector matching (repeatable).
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// TTL of the node lease; keep-alives go every TTL/3.
+    #[arg(long, default_value = "10s")]
+    pub lease_ttl: HumanDuration,
+    /// Where the gRPC service (Ping, Logs) listens.
+    #[arg(long)]
+    pub address: Option<SocketAddr>,
+    /// CPU the scheduler may place here (default: all cores).
+    #[arg(long)]
+    pub cpu: Option<Cpu>,
+    /// Memory the scheduler may place here (default: MemTotal).
+    #[arg(long)]
+    pub memory: Option<Memory>,
+    /// Where the agent keeps pid files, logs and local records (default .drover/agent/NODE).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// IP that docker publishes ports on (default 0.0.0.0).
+    #[arg(long)]
+    pub publish_ip: Option<String>,
+    /// On SIGTERM leave instances running and the lease alive, for an agent upgrade.
+    #[arg(long)]
+    pub keep_running: bool,
+    /// Simulate this many nodes with the hollow driver in one process (scale tests).
+    #[arg(long)]
+    pub hollow_nodes: Option<usize>,
+    /// Serve /metrics, /healthz and /readyz here.
+    #[arg(long)]
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+/// `--driver`: which driver an agent runs instances with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DriverFlag {
+    /// Docker where the daemon answers, plus processes for command-only tasks.
+    Auto,
+    /// Docker (fails at start without a daemon), plus processes for command-only tasks.
+    Docker,
+    /// Host processes only.
+    Process,
+    /// Simulated instances (scale tests).
+    Hollow,
+}
+
+impl From<DriverFlag> for DriverChoice {
+    fn from(flag: DriverFlag) -> Self {
+        match flag {
+            DriverFlag::Auto => DriverChoice::Auto,
+            DriverFlag::Docker => DriverChoice::Docker,
+            DriverFlag::Process => DriverChoice::Process,
+            DriverFlag::Hollow => DriverChoice::Hollow,
+        }
+    }
+}
+
+/// `drover up`.
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Manifest to apply once the cluster runs. Default: the echo example built into the
+    /// binary (`manifests/examples/echo.yaml`), so `up` works from any directory.
+    #[arg(short = 'f', long = "filename")]
+    pub file: Option<PathBuf>,
+    /// Where the local etcd keeps its data.
+    #[arg(long, default_value = ".drover")]
+    pub state_dir: PathBuf,
+    /// Stop everything after showing the result instead of running until Ctrl-C.
+    #[arg(long)]
+    pub exit: bool,
+}

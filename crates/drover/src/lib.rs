@@ -1,0 +1,9 @@
+//! The drover CLI's client verbs: command-line types, one module per verb, input and output.
+//! They read and write etcd in `drover-api` terms (requests, triggers, tasks) and reach agents
+//! through their gRPC service; the daemons themselves live in the `drover` binary crate.
+
+pub mod cli;
+pub mod cmd;
+pub mod exit;
+pub mod input;
+pub mod output;
