@@ -4,6 +4,8 @@
 //! files is the caller's job, so every parser takes `(source_name, text)`.
 //!
 //! - [`keys`]: the whole etcd key schema, documented in one table.
+//! - [`decode`]: the one decoder of the values under those keys, for every reader.
+//! - [`view`]: the read verbs' [`view::ClusterView`], built and kept current through it.
 //! - [`task`]: the Task resource and its semantic validation.
 //! - [`manifest`]: multi-document YAML manifests → validated tasks, or every problem found.
 //! - [`names`], [`quantity`], [`duration`], [`schedule`]: the value types tasks are made of.
@@ -11,6 +13,7 @@
 //!   the controller and the agents write.
 
 pub mod deadletter;
+pub mod decode;
 pub mod duration;
 pub mod event;
 mod field_index;
@@ -26,6 +29,7 @@ pub mod run;
 pub mod schedule;
 pub mod task;
 pub mod taskstate;
+pub mod view;
 
 pub use deadletter::DeadLetter;
 pub use duration::HumanDuration;

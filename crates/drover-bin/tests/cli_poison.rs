@@ -139,3 +139,72 @@ async fn every_read_verb_shows_invalid_keys_and_apply_keeps_working() {
         .expect("exists");
     assert_eq!(bad.value.spec.replicas, 2);
 }
+
+/// `get -w` keeps its view current from the watch: a value another client writes while it
+/// watches (garbage, then a good one, then a deletion) is shown as it comes, Invalid first.
+#[tokio::test]
+async fn get_watch_shows_a_foreign_value_as_invalid_then_as_it_heals() {
+    let server = EtcdServer::start().await;
+    let cli = Cli::new(server.endpoints());
+    let keys = Keys::new(&cli.prefix);
+    let store = Store::connect(StoreConfig::new(server.endpoints()))
+        .await
+        .expect("store");
+    let id = InstanceId::service("default", "web", 0).expect("id");
+    let running = |id: &str| {
+        serde_json::json!({
+            "id": id, "node": "n1", "phase": "Running", "generation": 1, "attempt": 0,
+            "updatedAt": "2026-01-01T00:00:00Z"
+        })
+    };
+    let other = InstanceId::service("default", "other", 0).expect("id");
+    store
+        .put(&keys.status(&other), &running("default.other.0"), None)
+        .await
+        .expect("put");
+    let mut child = cli.spawn(&["get", "instances", "-w"]);
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(
+        child.stdout.take().expect("stdout"),
+    ));
+    // The listing (header and one row) shows the watch is established.
+    assert!(next_line(&mut lines).await.starts_with("NAME"));
+    assert!(next_line(&mut lines).await.starts_with("default.other.0"));
+
+    let status = keys.status(&id);
+    store
+        .put_raw(&status, b"\x00not json".to_vec(), None)
+        .await
+        .expect("put");
+    let line = next_line(&mut lines).await;
+    assert!(
+        line.contains("default.web.0") && line.contains("Invalid"),
+        "{line}"
+    );
+
+    store
+        .put(&status, &running("default.web.0"), None)
+        .await
+        .expect("put");
+    let line = next_line(&mut lines).await;
+    assert!(
+        line.contains("default.web.0") && line.contains("Running"),
+        "{line}"
+    );
+
+    store.delete(&status).await.expect("delete");
+    assert_eq!(
+        next_line(&mut lines).await,
+        "instance/default.web.0 deleted"
+    );
+    child.start_kill().expect("kill");
+}
+
+async fn next_line(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+) -> String {
+    tokio::time::timeout(std::time::Duration::from_secs(10), lines.next_line())
+        .await
+        .expect("a line within 10 s")
+        .expect("read")
+        .expect("stdout open")
+}

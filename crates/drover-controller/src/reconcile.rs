@@ -14,7 +14,7 @@ use chrono::Utc;
 use drover_api::Keys;
 use drover_runtime::{Action, BackoffConfig, Trigger};
 use drover_store::watcher::Event as WatchEvent;
-use drover_store::{Fence, Store};
+use drover_store::{Fence, Relisting, Sink, Store, Versioned};
 use futures::{FutureExt, StreamExt};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -27,7 +27,7 @@ use crate::events::EventWriter;
 use crate::leader::ControllerStatus;
 use crate::metrics::Metrics;
 use crate::planner;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{DecodeError, Snapshot};
 
 /// Why a reconcile failed (the runtime retries it with backoff).
 #[derive(Debug, thiserror::Error)]
@@ -78,11 +78,9 @@ impl fmt::Display for Cluster {
     }
 }
 
-#[derive(Default)]
 struct Cache {
-    snapshot: Snapshot,
-    staging: Option<Snapshot>,
-    synced: bool,
+    /// The snapshot, kept equal to etcd by the watch (a re-list swapped in whole).
+    relist: Relisting<Snapshot>,
     /// When the first change not yet planned for arrived.
     dirty_since: Option<Instant>,
     /// Undecodable keys already reported as events, with the mod revision reported.
@@ -125,7 +123,11 @@ impl Term {
             fence,
             metrics,
             status,
-            cache: Mutex::new(Cache::default()),
+            cache: Mutex::new(Cache {
+                relist: Relisting::new(Snapshot::default()),
+                dirty_since: None,
+                reported: BTreeMap::new(),
+            }),
             revision: watch::channel(0).0,
             min_revision: AtomicI64::new(0),
             refused_rounds: AtomicU32::new(0),
@@ -196,7 +198,10 @@ async fn watch_cache(term: Arc<Term>, trigger: Trigger<Cluster>, stop: Cancellat
                 apply(&term.keys, &mut cache, item);
             }
             cache.dirty_since.get_or_insert_with(Instant::now);
-            cache.synced.then_some(cache.snapshot.revision)
+            cache
+                .relist
+                .is_listed()
+                .then_some(cache.relist.live().revision)
         };
         if let Some(rev) = published {
             term.revision.send_replace(rev);
@@ -215,41 +220,47 @@ fn apply(
     cache: &mut Cache,
     item: drover_store::Result<WatchEvent<serde_json::Value>>,
 ) {
-    let result = match item {
-        Err(error) => {
-            tracing::warn!(%error, "watch error");
-            return;
-        }
-        Ok(WatchEvent::Init) => {
-            cache.staging = Some(Snapshot::default());
-            Ok(())
-        }
-        Ok(WatchEvent::InitApply(v)) => cache
-            .staging
-            .get_or_insert_with(Snapshot::default)
-            .apply(keys, v),
-        Ok(WatchEvent::InitDone { revision }) => {
-            let mut s = cache.staging.take().unwrap_or_default();
-            s.revision = revision;
-            cache.snapshot = s;
-            cache.synced = true;
-            Ok(())
-        }
-        Ok(WatchEvent::Apply(v)) => cache.snapshot.apply(keys, v),
-        Ok(WatchEvent::Delete {
-            key, mod_revision, ..
-        }) => {
-            cache.snapshot.remove(keys, &key, mod_revision);
-            Ok(())
-        }
-    };
-    if let Err(error) = result {
-        tracing::warn!(
-            key = %error.key,
-            %error,
-            "a value does not decode: kept as undecodable (nodes stay alive, assignments keep their slots)"
-        );
+    if let Err(error) = cache.relist.feed(keys, item) {
+        tracing::warn!(%error, "watch error");
     }
+}
+
+/// The leader's snapshot is what its watch of the whole prefix keeps current.
+impl Sink for Snapshot {
+    type Value = serde_json::Value;
+    type Context = Keys;
+
+    fn fresh(&self, _: &Keys) -> Self {
+        Snapshot::default()
+    }
+
+    fn apply(&mut self, keys: &Keys, item: Versioned<serde_json::Value>) {
+        if let Err(error) = Snapshot::apply(self, keys, item) {
+            warn_undecodable(&error);
+        }
+    }
+
+    fn delete(&mut self, keys: &Keys, key: &str, revision: i64) {
+        self.remove(keys, key, revision);
+    }
+
+    fn not_json(&mut self, keys: &Keys, key: &str, revision: i64, error: serde_json::Error) {
+        if let Some(error) = self.apply_not_json(keys, key, revision, error) {
+            warn_undecodable(&error);
+        }
+    }
+
+    fn listed(&mut self, _: &Keys, revision: i64) {
+        self.revision = revision;
+    }
+}
+
+fn warn_undecodable(error: &DecodeError) {
+    tracing::warn!(
+        key = %error.key,
+        %error,
+        "a value does not decode: kept as undecodable (nodes stay alive, assignments keep their slots)"
+    );
 }
 
 /// One plan-and-commit round over the whole cluster.
@@ -270,12 +281,14 @@ async fn reconcile(_key: Cluster, term: Arc<Term>) -> Result<Action, ReconcileEr
     let (snapshot, dirty_since, undecodable) = {
         let mut cache = term.cache.lock().unwrap_or_else(PoisonError::into_inner);
         let cache = &mut *cache;
-        cache.snapshot.revalidate();
-        let undecodable = cache
-            .snapshot
-            .undecodable_events(&term.keys, &mut cache.reported, now);
+        cache.relist.live_mut().revalidate();
+        let undecodable =
+            cache
+                .relist
+                .live()
+                .undecodable_events(&term.keys, &mut cache.reported, now);
         (
-            cache.snapshot.clone(),
+            cache.relist.live().clone(),
             cache.dirty_since.take(),
             undecodable,
         )

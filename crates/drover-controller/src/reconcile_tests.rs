@@ -143,7 +143,8 @@ async fn a_conflict_under_foreign_writes_replans_without_waiting_for_the_global_
         .cache
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
-        .snapshot
+        .relist
+        .live()
         .clone();
 
     // Someone changes a key the plan compares (the task's state) ...
@@ -172,11 +173,11 @@ async fn a_conflict_under_foreign_writes_replans_without_waiting_for_the_global_
 
     // The leader planned before the change reached its snapshot: its commit conflicts.
     let fresh = std::mem::replace(
-        &mut term
-            .cache
+        term.cache
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .snapshot,
+            .relist
+            .live_mut(),
         stale,
     );
     let first = within("reconcile", reconcile(Cluster, term.clone()))
@@ -190,10 +191,12 @@ async fn a_conflict_under_foreign_writes_replans_without_waiting_for_the_global_
         store_assignments(&store, &keys).await.is_empty(),
         "the conflicting plan wrote nothing"
     );
-    term.cache
+    *term
+        .cache
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
-        .snapshot = fresh;
+        .relist
+        .live_mut() = fresh;
 
     // The next reconcile plans at once (the old rule waited for the global revision, which
     // nothing under this prefix reaches, until `sync_wait` ran out).

@@ -7,27 +7,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
+use drover_api::decode::{decode_parsed, Record};
 use drover_api::{
     keys::Key, Event, EventKind, Instance, InstanceId, InstanceStatus, Keys, Node, NodeInfo,
     NodeState, RunRecord, Task, TaskRequest, TriggerRequest,
 };
 use drover_store::Versioned;
-use serde::de::DeserializeOwned;
 
 use drover_api::records::{DeadLetterRecord, TaskRef, TaskStateRecord};
 
-/// A value under the prefix that does not decode as its key says it should.
-#[derive(Debug, thiserror::Error)]
-#[error("{key}: does not decode as {kind}: {source}")]
-pub struct DecodeError {
-    /// The key.
-    pub key: String,
-    /// What it should have held.
-    pub kind: &'static str,
-    /// The JSON error.
-    #[source]
-    pub source: serde_json::Error,
-}
+pub use drover_api::decode::DecodeError;
 
 /// A key under the prefix whose value does not decode (kept so it still counts, see
 /// [`Snapshot::undecodable`]).
@@ -107,31 +96,6 @@ pub struct Snapshot {
     pub tasks_changed: bool,
 }
 
-fn decode<T: DeserializeOwned>(
-    raw: Versioned<serde_json::Value>,
-    kind: &'static str,
-) -> Result<Versioned<T>, DecodeError> {
-    let key = raw.key.clone();
-    let Versioned {
-        key: k,
-        value,
-        create_revision,
-        mod_revision,
-        version,
-        lease,
-    } = raw;
-    let value =
-        serde_json::from_value(value).map_err(|source| DecodeError { key, kind, source })?;
-    Ok(Versioned {
-        key: k,
-        value,
-        create_revision,
-        mod_revision,
-        version,
-        lease,
-    })
-}
-
 impl Snapshot {
     /// Records a created or changed key. Keys the planner does not read are ignored.
     ///
@@ -151,72 +115,95 @@ impl Snapshot {
         let result = self.apply_decoded(keys, raw);
         match &result {
             Ok(()) => self.forget_undecodable(keys, &key),
-            Err(e) => {
-                self.undecodable.insert(
-                    key.clone(),
-                    Undecodable {
-                        kind: e.kind,
-                        error: e.source.to_string(),
-                        mod_revision,
-                    },
-                );
-                // A node or assignment must not vanish because it does not decode: a missing
-                // node means a dead one, a missing assignment a free slot.
-                match keys.parse(&key) {
-                    Some(Key::Node(node)) => {
-                        self.nodes.remove(&node);
-                        self.opaque_nodes.insert(node);
-                    }
-                    Some(Key::Assignment { node, instance }) => {
-                        self.assignments.remove(&instance);
-                        self.opaque_assignments
-                            .insert(instance, OpaqueAssignment { node, mod_revision });
-                    }
-                    Some(Key::NodeInfo(node)) => {
-                        self.nodeinfos.remove(&node);
-                        self.opaque_nodeinfos.insert(node);
-                    }
-                    Some(Key::NodeState(node)) => {
-                        self.nodestates.remove(&node);
-                        self.opaque_nodestates.insert(node);
-                    }
-                    Some(Key::TaskState { namespace, name }) => {
-                        let task = TaskRef::new(namespace, name);
-                        self.taskstates.remove(&task);
-                        self.opaque_taskstates.insert(task);
-                    }
-                    Some(Key::Task { namespace, name }) => {
-                        self.opaque_tasks.insert(TaskRef::new(namespace, name));
-                    }
-                    // A status that no longer decodes says nothing: the copy may be live
-                    // (never "gone" on a stale terminal phase).
-                    Some(Key::Status(id)) => {
-                        self.statuses.remove(&id);
-                    }
-                    // Requests, triggers and dead letters that no longer decode are void:
-                    // acting on (or deleting by) their stale value would compare a revision
-                    // that is gone, every plan. A voided letter no longer holds its slot.
-                    Some(Key::Request {
-                        namespace,
-                        task,
-                        id,
-                    }) => remove_nested(&mut self.requests, TaskRef::new(namespace, task), &id),
-                    Some(Key::Trigger {
-                        namespace,
-                        task,
-                        id,
-                    }) => remove_nested(&mut self.triggers, TaskRef::new(namespace, task), &id),
-                    Some(Key::DeadLetter { instance, .. }) => {
-                        self.deadletters.remove(&instance);
-                    }
-                    // A run record keeps its last good value: without it the run's live
-                    // instances would look orphaned.
-                    Some(Key::Run { .. }) => {}
-                    Some(Key::Controller(_) | Key::Event { .. }) | None => {}
-                }
-            }
+            Err(e) => self.record_undecodable(keys, &key, mod_revision, e),
         }
         result
+    }
+
+    /// Records a key whose bytes are not JSON at all (the watch reports those as errors): the
+    /// same as a value of the wrong shape, so a live node still counts. Keys outside the
+    /// schema are ignored.
+    pub fn apply_not_json(
+        &mut self,
+        keys: &Keys,
+        key: &str,
+        mod_revision: i64,
+        source: serde_json::Error,
+    ) -> Option<DecodeError> {
+        let kind = drover_api::decode::kind_of(&keys.parse(key)?);
+        self.revision = self.revision.max(mod_revision);
+        let error = DecodeError {
+            key: key.to_string(),
+            kind,
+            source,
+        };
+        self.record_undecodable(keys, key, mod_revision, &error);
+        Some(error)
+    }
+
+    fn record_undecodable(&mut self, keys: &Keys, key: &str, mod_revision: i64, e: &DecodeError) {
+        self.undecodable.insert(
+            key.to_string(),
+            Undecodable {
+                kind: e.kind,
+                error: e.source.to_string(),
+                mod_revision,
+            },
+        );
+        // A node or assignment must not vanish because it does not decode: a missing
+        // node means a dead one, a missing assignment a free slot.
+        match keys.parse(key) {
+            Some(Key::Node(node)) => {
+                self.nodes.remove(&node);
+                self.opaque_nodes.insert(node);
+            }
+            Some(Key::Assignment { node, instance }) => {
+                self.assignments.remove(&instance);
+                self.opaque_assignments
+                    .insert(instance, OpaqueAssignment { node, mod_revision });
+            }
+            Some(Key::NodeInfo(node)) => {
+                self.nodeinfos.remove(&node);
+                self.opaque_nodeinfos.insert(node);
+            }
+            Some(Key::NodeState(node)) => {
+                self.nodestates.remove(&node);
+                self.opaque_nodestates.insert(node);
+            }
+            Some(Key::TaskState { namespace, name }) => {
+                let task = TaskRef::new(namespace, name);
+                self.taskstates.remove(&task);
+                self.opaque_taskstates.insert(task);
+            }
+            Some(Key::Task { namespace, name }) => {
+                self.opaque_tasks.insert(TaskRef::new(namespace, name));
+            }
+            // A status that no longer decodes says nothing: the copy may be live
+            // (never "gone" on a stale terminal phase).
+            Some(Key::Status(id)) => {
+                self.statuses.remove(&id);
+            }
+            // Requests, triggers and dead letters that no longer decode are void:
+            // acting on (or deleting by) their stale value would compare a revision
+            // that is gone, every plan. A voided letter no longer holds its slot.
+            Some(Key::Request {
+                namespace,
+                task,
+                id,
+            }) => remove_nested(&mut self.requests, TaskRef::new(namespace, task), &id),
+            Some(Key::Trigger {
+                namespace,
+                task,
+                id,
+            }) => remove_nested(&mut self.triggers, TaskRef::new(namespace, task), &id),
+            Some(Key::DeadLetter { instance, .. }) => {
+                self.deadletters.remove(&instance);
+            }
+            // A run record keeps its last good value: without it the run's live
+            // instances would look orphaned.
+            Some(Key::Run { .. }) => {}
+            Some(Key::Controller(_) | Key::Event { .. }) | None => {}
+        }
     }
 
     fn forget_undecodable(&mut self, keys: &Keys, key: &str) {
@@ -260,79 +247,60 @@ impl Snapshot {
     fn apply_decoded(
         &mut self,
         keys: &Keys,
-        raw: Versioned<serde_json::Value>,
+        mut raw: Versioned<serde_json::Value>,
     ) -> Result<(), DecodeError> {
-        let Some(key) = keys.parse(&raw.key) else {
-            return Ok(());
-        };
-        match key {
-            Key::Task { namespace, name } => {
-                self.tasks_changed = true;
-                let task: Versioned<Task> = decode(raw, "Task")?;
-                self.tasks.insert(TaskRef::new(namespace, name), task);
-            }
-            Key::Node(node) => {
-                self.nodes.insert(node, decode(raw, "Node")?);
-            }
-            Key::NodeInfo(node) => {
-                self.nodeinfos.insert(node, decode(raw, "NodeInfo")?);
-            }
-            Key::NodeState(node) => {
-                self.nodestates.insert(node, decode(raw, "NodeState")?);
-            }
-            Key::Assignment { node, instance } => {
-                let mut a: Versioned<Instance> = decode(raw, "Instance")?;
-                // The key is what the agent watches, so it is the truth about placement.
-                a.value.node = node;
-                a.value.id = instance.clone();
-                self.assignments.insert(instance, a);
-            }
-            Key::Status(id) => {
-                self.statuses.insert(id, decode(raw, "InstanceStatus")?);
-            }
-            Key::TaskState { namespace, name } => {
-                self.taskstates
-                    .insert(TaskRef::new(namespace, name), decode(raw, "TaskState")?);
-            }
-            Key::DeadLetter { instance, .. } => {
-                self.deadletters
-                    .insert(instance, decode(raw, "DeadLetter")?);
-            }
-            Key::Run {
-                namespace,
-                task,
-                run,
-            } => {
-                let record = decode(raw, "RunRecord")?;
-                self.runs
-                    .entry(TaskRef::new(namespace, task))
-                    .or_default()
-                    .insert(run, record);
-            }
-            Key::Request {
-                namespace,
-                task,
-                id,
-            } => {
-                let request = decode(raw, "TaskRequest")?;
-                self.requests
-                    .entry(TaskRef::new(namespace, task))
-                    .or_default()
-                    .insert(id, request);
-            }
-            Key::Trigger {
-                namespace,
-                task,
-                id,
-            } => {
-                let request = decode(raw, "TriggerRequest")?;
-                self.triggers
-                    .entry(TaskRef::new(namespace, task))
-                    .or_default()
-                    .insert(id, request);
-            }
+        let key = match keys.parse(&raw.key) {
             // Not planner input.
-            Key::Controller(_) | Key::Event { .. } => {}
+            Some(Key::Controller(_) | Key::Event { .. }) | None => return Ok(()),
+            Some(key) => key,
+        };
+        let value = std::mem::take(&mut raw.value);
+        match decode_parsed(key, &raw.key, value)? {
+            Record::Task(task, value) => {
+                self.tasks_changed = true;
+                self.tasks.insert(task, raw.map(|_| value));
+            }
+            Record::Node(node, value) => {
+                self.nodes.insert(node, raw.map(|_| value));
+            }
+            Record::NodeInfo(node, value) => {
+                self.nodeinfos.insert(node, raw.map(|_| value));
+            }
+            Record::NodeState(node, value) => {
+                self.nodestates.insert(node, raw.map(|_| value));
+            }
+            Record::Assignment(value) => {
+                self.assignments
+                    .insert(value.id.clone(), raw.map(|_| value));
+            }
+            Record::Status(id, value) => {
+                self.statuses.insert(id, raw.map(|_| value));
+            }
+            Record::TaskState(task, value) => {
+                self.taskstates.insert(task, raw.map(|_| value));
+            }
+            Record::DeadLetter(instance, value) => {
+                self.deadletters.insert(instance, raw.map(|_| value));
+            }
+            Record::Run(task, run, value) => {
+                self.runs
+                    .entry(task)
+                    .or_default()
+                    .insert(run, raw.map(|_| value));
+            }
+            Record::Request(task, id, value) => {
+                self.requests
+                    .entry(task)
+                    .or_default()
+                    .insert(id, raw.map(|_| value));
+            }
+            Record::Trigger(task, id, value) => {
+                self.triggers
+                    .entry(task)
+                    .or_default()
+                    .insert(id, raw.map(|_| value));
+            }
+            Record::Controller(..) | Record::Event(_) => {}
         }
         Ok(())
     }

@@ -282,3 +282,67 @@ async fn a_new_leader_keeps_the_instances_of_a_task_whose_value_does_not_decode(
     );
     second.stop().await;
 }
+
+/// A live node's key rewritten by another client with bytes that are not JSON at all: a leader
+/// that lists the cluster afresh (after a leader change) must still count the node alive and
+/// leave its instances where they are, exactly as for JSON of the wrong shape.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_key_that_is_not_json_keeps_its_instances_across_a_leader_change() {
+    let env = Env::start().await;
+    let agent = FakeAgent::start(&env, Duration::ZERO);
+    env.node(&agent, "n1", 4000, &[], NODE_TTL).await;
+    let first = env.replica("c1").await;
+    env.apply("web", service(2, 100)).await;
+    let placed = eventually("2 web instances on n1", T, || async {
+        let a = env.assignments().await;
+        let web: BTreeSet<InstanceId> = a
+            .into_values()
+            .filter(|i| i.task == "web" && i.node == "n1")
+            .map(|i| i.id)
+            .collect();
+        (web.len() == 2).then_some(web)
+    })
+    .await;
+
+    within(
+        "put poison",
+        env.store
+            .put_raw(&env.keys.node("n1"), b"\x00\x01 not json".to_vec(), None),
+    )
+    .await
+    .expect("put");
+    first.crash();
+    let _second = env.replica("c2").await;
+    // The new leader has listed and planned once a task applied now is placed.
+    env.node(&agent, "n2", 4000, &[], NODE_TTL).await;
+    env.apply("after", service(1, 100)).await;
+    eventually("the new leader places a new task", T, || async {
+        let a = env.assignments().await;
+        a.values().any(|i| i.task == "after").then_some(())
+    })
+    .await;
+    // It read the node key as undecodable (alive, unschedulable), and said so.
+    eventually("an Undecodable event for the node key", T, || async {
+        let events: Vec<drover_api::Event> = env.decodable(&env.keys.events()).await;
+        events
+            .iter()
+            .any(|e| e.reason == "Undecodable" && e.name == "n1")
+            .then_some(())
+    })
+    .await;
+    assert!(
+        within("nodestate", env.store.get_raw(&env.keys.nodestate("n1")))
+            .await
+            .expect("get")
+            .is_none(),
+        "n1 is never recorded dead"
+    );
+    let a = env.assignments().await;
+    for id in &placed {
+        assert_eq!(
+            a.get(id).map(|i| i.node.as_str()),
+            Some("n1"),
+            "{id} stays on its live node"
+        );
+    }
+}

@@ -67,6 +67,7 @@ pub(crate) fn raw_versioned(kv: KeyValue) -> Result<Versioned<Vec<u8>>> {
 pub(crate) fn decode<T: DeserializeOwned>(raw: Versioned<Vec<u8>>) -> Result<Versioned<T>> {
     let value = serde_json::from_slice(&raw.value).map_err(|source| Error::Decode {
         key: raw.key.clone(),
+        mod_revision: raw.mod_revision,
         source,
     })?;
     Ok(raw.map(|_| value))

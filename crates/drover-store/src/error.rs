@@ -85,6 +85,8 @@ pub enum Error {
     Decode {
         /// The key holding the value.
         key: String,
+        /// The revision that wrote the value.
+        mod_revision: i64,
         /// The JSON error, with line and column.
         #[source]
         source: serde_json::Error,

@@ -8,7 +8,8 @@
 //!   `delete*`, [`Txn`] commits with an optional [`Fence`], leases ([`Store::keep_alive`]).
 //!   Idempotent calls retry with backoff over the live endpoints; txns are sent at most once.
 //! - [`Election`]: campaign, [`Leadership`] with its [`Fence`], `leader`/`observe`.
-//! - [`watcher()`]: list + watch as a state machine; [`reflector`] keeps a local cache of it.
+//! - [`watcher()`]: list + watch as a state machine; [`reflector`] keeps a local cache of it, and
+//!   [`Relisting`] keeps any [`Sink`] current from it (a re-list swapped in whole).
 
 mod backoff;
 mod codec;
@@ -18,6 +19,7 @@ mod error;
 pub mod lease;
 mod pool;
 pub mod reflector;
+pub mod sink;
 mod store;
 mod txn;
 pub mod watcher;
@@ -27,6 +29,7 @@ pub use config::{RetryConfig, StoreConfig, DEFAULT_MAX_REQUEST_BYTES};
 pub use election::{Election, LeaderInfo, Leadership};
 pub use error::{Error, Result};
 pub use lease::{KeepAlive, LeaseId, LeaseLost, LeaseMonitor};
+pub use sink::{Fed, Relisting, Sink};
 pub use store::{Checked, CreateOutcome, InvalidValue, Listing, Store, Versioned};
 pub use txn::{ChunkOutcome, Cmp, Fence, Op, PutLease, Txn, TxnOutcome};
 pub use watcher::{watcher, Event, WatchEvents};

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::UpArgs;
 use drover_cli::cli::{GetArgs, Global, Resource};
-use drover_cli::cmd::snapshot::Snapshot;
+use drover_cli::cmd::snapshot;
 use drover_cli::cmd::{connect, get};
 use drover_cli::exit::{CliError, CliResult, UNAVAILABLE};
 use drover_cli::input::Source;
@@ -220,7 +220,7 @@ async fn wait_running(
     let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
     let desired: usize = tasks.iter().map(|t| t.spec.replicas as usize).sum();
     loop {
-        let snapshot = Snapshot::read(store, keys).await?;
+        let snapshot = snapshot::read(store, keys).await?;
         let mut ports = Vec::new();
         let mut all = true;
         let mut problems = Vec::new();
@@ -255,19 +255,32 @@ async fn wait_running(
     }
 }
 
-/// POSTs the echo body to the published port and returns the reply's body.
+/// How long `up` keeps sending the echo request while the workload, already Running, may not
+/// listen yet (Docker's proxy accepts on the published port and closes the connection until
+/// the server inside answers).
+const ECHO_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// POSTs the echo body to the published port and returns the reply's body, retrying while the
+/// connection is refused or closed without an answer, for at most [`ECHO_TIMEOUT`].
 async fn echo(port: u16) -> CliResult<String> {
+    use drover_runtime::http::{self, Error};
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let reply = drover_runtime::http::post(
-        addr,
-        "/",
-        "application/json",
-        ECHO_BODY,
-        Duration::from_secs(10),
-    )
-    .await
-    .map_err(|error| CliError::failure(format!("echo request to port {port}: {error}")))?;
-    Ok(String::from_utf8_lossy(&reply.body).into_owned())
+    let deadline = tokio::time::Instant::now() + ECHO_TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let sent = http::post(addr, "/", "application/json", ECHO_BODY, left).await;
+        match sent {
+            Ok(reply) => return Ok(String::from_utf8_lossy(&reply.body).into_owned()),
+            Err(Error::Connect(_) | Error::Protocol(_)) if !left.is_zero() => {
+                tokio::time::sleep(Duration::from_millis(200).min(left)).await;
+            }
+            Err(error) => {
+                return Err(CliError::failure(format!(
+                    "echo request to port {port}: {error}"
+                )))
+            }
+        }
+    }
 }
 
 fn list(resource: Resource) -> GetArgs {

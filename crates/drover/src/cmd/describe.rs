@@ -13,14 +13,14 @@ use drover_api::taskstate::TaskState;
 
 use super::connect;
 use super::rows::{self, Columns};
-use super::snapshot::{list_valid, InvalidEntry, InvalidKind, Snapshot};
+use super::snapshot::{self, list_valid, ClusterView, InvalidEntry, InvalidKind};
 use crate::cli::{DescribeArgs, Global};
 use crate::exit::{CliError, CliResult};
 use crate::output::{age, pairs, Table};
 
 pub async fn run(global: &Global, args: DescribeArgs) -> CliResult {
     let (store, keys) = connect(global).await?;
-    let snapshot = Snapshot::read(&store, &keys).await?;
+    let snapshot = snapshot::read(&store, &keys).await?;
     let ns = args.namespace.as_str();
     let Some(task) = snapshot.tasks.get(&(ns.to_string(), args.name.clone())) else {
         let key = keys.task(ns, &args.name);
@@ -113,7 +113,7 @@ fn is_about(event: &Event, task: &str) -> bool {
 fn render(
     task: &Task,
     state: Option<&TaskState>,
-    snapshot: &Snapshot,
+    snapshot: &ClusterView,
     dead_letters: &[DeadLetter],
     events: &[Event],
 ) -> String {

@@ -1,7 +1,9 @@
 //! `drover get tasks|instances|nodes [NAME] [-o table|wide|json|yaml] [-w]`.
 //!
-//! Lists from one snapshot; with `-w` it then follows the relevant etcd prefixes through the
-//! store's watcher and prints a row (or a `deleted` line) for every change.
+//! Tasks, instances and nodes are listed from one [`ClusterView`] (one listing of the prefix at
+//! one revision); with `-w` that listing is the watch's own and every later change updates the
+//! view and prints a row (or a `deleted` line), without re-listing. Controllers, runs and dead
+//! letters are listed and followed by their own prefix.
 
 use std::io::Write;
 
@@ -11,13 +13,13 @@ use drover_api::keys::Keys;
 use drover_api::records::ControllerInfo;
 use drover_api::run::RunRecord;
 use drover_api::task::Task;
-use drover_store::{watcher, Event, Store};
+use drover_store::{watcher, Event, Fed, Relisting, Sink, Store, Versioned, WatchEvents};
 use futures::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
 
 use super::get_jobs;
 use super::rows::{self, Columns};
-use super::snapshot::{list_valid, InvalidEntry, InvalidKind, Snapshot};
+use super::snapshot::{self, list_valid, ClusterView, InvalidEntry, InvalidKind};
 use super::{connect, store_error};
 use crate::cli::{GetArgs, Global, Resource};
 use crate::exit::{CliError, CliResult};
@@ -25,7 +27,24 @@ use crate::output::{to_json, to_yaml, Format, Table};
 
 pub async fn run(global: &Global, args: GetArgs) -> CliResult {
     let (store, keys) = connect(global).await?;
-    let snapshot = Snapshot::read(&store, &keys).await?;
+    // Tasks, instances and nodes come from the cluster view: one listing at one revision, and
+    // with -w that listing is the watch's own, so every later change is seen exactly once.
+    let from_view = matches!(
+        args.resource,
+        Resource::Tasks | Resource::Instances | Resource::Nodes
+    );
+    let mut events = None;
+    let snapshot = match (from_view, args.watch) {
+        (false, _) => ClusterView::default(),
+        (true, false) => snapshot::read(&store, &keys).await?,
+        (true, true) => {
+            let mut stream = watcher::<serde_json::Value>(store.clone(), keys.all());
+            let relist = listed_view(&mut stream, &keys).await?;
+            let view = relist.live().0.clone();
+            events = Some((stream, relist));
+            view
+        }
+    };
     let columns = Columns {
         namespace: args.all_namespaces,
         wide: args.output == Format::Wide,
@@ -72,8 +91,94 @@ pub async fn run(global: &Global, args: GetArgs) -> CliResult {
     );
     print_now(&text);
     report_invalid(&invalid, args.output);
-    if args.watch {
-        follow(&store, &keys, &args, columns).await?;
+    match events {
+        Some((events, relist)) => {
+            follow_view(&store, &keys, events, relist, &args, columns).await?;
+        }
+        None if args.watch => follow(&store, &keys, &args, columns).await?,
+        None => {}
+    }
+    Ok(())
+}
+
+/// The CLI's view as the watch of the whole prefix keeps it current.
+struct Watched(ClusterView);
+
+impl Sink for Watched {
+    type Value = serde_json::Value;
+    type Context = Keys;
+
+    fn fresh(&self, _: &Keys) -> Self {
+        Watched(ClusterView::default())
+    }
+
+    fn apply(&mut self, keys: &Keys, item: Versioned<serde_json::Value>) {
+        self.0
+            .apply(keys, &item.key, Ok(item.value), item.mod_revision);
+    }
+
+    fn delete(&mut self, keys: &Keys, key: &str, revision: i64) {
+        self.0.remove(keys, key, revision);
+    }
+
+    fn not_json(&mut self, keys: &Keys, key: &str, revision: i64, error: serde_json::Error) {
+        self.0.apply(keys, key, Err(error.to_string()), revision);
+    }
+
+    fn listed(&mut self, keys: &Keys, revision: i64) {
+        self.0.revision = revision;
+        self.0.settle(keys);
+    }
+}
+
+/// Consumes the watch up to its first listing; returns the view it built.
+async fn listed_view(
+    events: &mut WatchEvents<serde_json::Value>,
+    keys: &Keys,
+) -> CliResult<Relisting<Watched>> {
+    let mut relist = Relisting::new(Watched(ClusterView::default()));
+    while let Some(item) = events.next().await {
+        let fed = relist
+            .feed(keys, item)
+            .map_err(|error| store_error("watching", error))?;
+        if fed == Fed::Listed {
+            return Ok(relist);
+        }
+    }
+    Err(CliError::failure(
+        "the watch ended before its first listing",
+    ))
+}
+
+/// Follows the watch after the first listing: each change updates the view (no re-listing)
+/// and prints the rows of the objects it touched. A re-list (after a compaction) is built
+/// aside and swapped in whole.
+async fn follow_view(
+    store: &Store,
+    keys: &Keys,
+    mut events: WatchEvents<serde_json::Value>,
+    mut relist: Relisting<Watched>,
+    args: &GetArgs,
+    columns: Columns,
+) -> CliResult {
+    while let Some(item) = events.next().await {
+        let fed = relist
+            .feed(keys, item)
+            .map_err(|error| store_error("watching", error))?;
+        let Fed::Changed { key, deleted } = fed else {
+            continue;
+        };
+        if !ClusterView::holds(keys, &key) {
+            continue;
+        }
+        relist.live_mut().0.settle(keys);
+        let change = if deleted {
+            Change::Deleted(key)
+        } else {
+            Change::Applied(key)
+        };
+        let text = watch_lines(store, &relist.live().0, keys, &change, args, columns).await?;
+        print_now(&text);
     }
     Ok(())
 }
@@ -129,7 +234,7 @@ fn not_found(args: &GetArgs, kind: &str, count: usize) -> CliResult {
     }
 }
 
-fn list_tasks(snapshot: &Snapshot, args: &GetArgs, columns: Columns) -> CliResult<String> {
+fn list_tasks(snapshot: &ClusterView, args: &GetArgs, columns: Columns) -> CliResult<String> {
     let tasks: Vec<&Task> = snapshot
         .tasks
         .values()
@@ -146,14 +251,14 @@ fn list_tasks(snapshot: &Snapshot, args: &GetArgs, columns: Columns) -> CliResul
     render(args.output, &tasks, table)
 }
 
-fn list_instances(snapshot: &Snapshot, args: &GetArgs, columns: Columns) -> CliResult<String> {
+fn list_instances(snapshot: &ClusterView, args: &GetArgs, columns: Columns) -> CliResult<String> {
     let now = Utc::now();
     let views: Vec<_> = snapshot
         .instances
         .values()
         .filter(|view| {
-            let (namespace, task) = view.task().unwrap_or(("", ""));
-            let id = view.id().map(ToString::to_string).unwrap_or_default();
+            let (namespace, task) = view.task();
+            let id = view.id.to_string();
             (args.all_namespaces || namespace == args.namespace)
                 && args
                     .name
@@ -172,7 +277,7 @@ fn list_instances(snapshot: &Snapshot, args: &GetArgs, columns: Columns) -> CliR
     render(args.output, &views, table)
 }
 
-fn list_nodes(snapshot: &Snapshot, args: &GetArgs, columns: Columns) -> CliResult<String> {
+fn list_nodes(snapshot: &ClusterView, args: &GetArgs, columns: Columns) -> CliResult<String> {
     let now = Utc::now();
     let views: Vec<_> = snapshot
         .nodes
@@ -242,28 +347,21 @@ fn print_now(text: &str) {
     let _ = out.flush();
 }
 
-/// Follows changes after the first listing. Each change re-reads the snapshot (so rows show
-/// joined, current data) and prints the rows of the objects the change touched.
+/// Follows controllers, runs or dead letters after the first listing: each change prints the
+/// row of the key it touched, read back from etcd.
 async fn follow(store: &Store, keys: &Keys, args: &GetArgs, columns: Columns) -> CliResult {
-    let prefixes = match args.resource {
-        Resource::Tasks => vec![keys.tasks(), keys.statuses(), keys.taskstates()],
-        Resource::Instances => vec![keys.assignments(), keys.statuses()],
-        Resource::Nodes => vec![keys.nodes(), keys.nodeinfos()],
-        Resource::Controllers => vec![keys.controllers()],
-        Resource::Runs => {
-            vec![keys.runs_of(&args.namespace, args.name.as_deref().unwrap_or_default())]
-        }
-        Resource::Deadletters => vec![keys.deadletters()],
+    let prefix = match args.resource {
+        Resource::Controllers => keys.controllers(),
+        Resource::Runs => keys.runs_of(&args.namespace, args.name.as_deref().unwrap_or_default()),
+        Resource::Deadletters => keys.deadletters(),
+        // The view's kinds follow the watch in `follow_view`.
+        Resource::Tasks | Resource::Instances | Resource::Nodes => return Ok(()),
     };
-    let mut changes = futures::stream::select_all(
-        prefixes
-            .into_iter()
-            .map(|prefix| changed_keys::<serde_json::Value>(store.clone(), prefix).boxed()),
-    );
+    let mut changes = changed_keys::<serde_json::Value>(store.clone(), prefix).boxed();
+    let nothing = ClusterView::default();
     while let Some(change) = changes.next().await {
         let key = change.map_err(|error| store_error("watching", error))?;
-        let snapshot = Snapshot::read(store, keys).await?;
-        let text = watch_lines(store, &snapshot, keys, &key, args, columns).await?;
+        let text = watch_lines(store, &nothing, keys, &key, args, columns).await?;
         print_now(&text);
     }
     Ok(())
@@ -294,7 +392,7 @@ enum Change {
 /// The lines to print for one change, in the listing's format.
 async fn watch_lines(
     store: &Store,
-    snapshot: &Snapshot,
+    snapshot: &ClusterView,
     keys: &Keys,
     change: &Change,
     args: &GetArgs,

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use drover_api::records::ControllerInfo;
 use drover_api::task::Task;
 
-use super::snapshot::{InstanceView, NodeView, Snapshot};
+use super::snapshot::{ClusterView, InstanceView, NodeView};
 use crate::cli::Resource;
 use crate::output::{age, pairs, Table};
 
@@ -73,7 +73,7 @@ pub fn task_table(columns: Columns) -> Table {
 }
 
 /// One task's row.
-pub fn task_row(task: &Task, snapshot: &Snapshot, columns: Columns) -> Vec<String> {
+pub fn task_row(task: &Task, snapshot: &ClusterView, columns: Columns) -> Vec<String> {
     let meta = &task.metadata;
     let running = snapshot
         .instances_of(&meta.namespace, &meta.name)
@@ -153,8 +153,8 @@ pub fn instance_table(columns: Columns) -> Table {
 
 /// One instance's row.
 pub fn instance_row(view: &InstanceView, columns: Columns, now: DateTime<Utc>) -> Vec<String> {
-    let id = view.id().map(ToString::to_string).unwrap_or_default();
-    let (namespace, task) = view.task().unwrap_or(("", ""));
+    let id = view.id.to_string();
+    let (namespace, task) = view.task();
     let node = view
         .assignment
         .as_ref()
@@ -233,7 +233,7 @@ pub fn node_table(columns: Columns) -> Table {
 /// One node's row: CPU and memory as requested/capacity.
 pub fn node_row(
     view: &NodeView,
-    snapshot: &Snapshot,
+    snapshot: &ClusterView,
     columns: Columns,
     now: DateTime<Utc>,
 ) -> Vec<String> {

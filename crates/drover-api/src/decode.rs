@@ -1,0 +1,205 @@
+//! The one decoder of the values under Drover's prefix. Every reader (the leader's snapshot, the
+//! CLI's view of the cluster) turns a key and its JSON into a typed [`Record`] here, so a value
+//! means the same to all of them and one that does not decode is the same error everywhere.
+
+use serde::de::DeserializeOwned;
+
+use crate::event::Event;
+use crate::instance::{Instance, InstanceStatus};
+use crate::keys::{Key, Keys};
+use crate::names::InstanceId;
+use crate::node::{Node, NodeInfo, NodeState};
+use crate::records::{ControllerInfo, DeadLetterRecord, TaskRef, TaskStateRecord};
+use crate::request::TaskRequest;
+use crate::run::{RunRecord, TriggerRequest};
+use crate::task::Task;
+
+/// A value under the prefix that does not decode as its key says it should.
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: does not decode as {kind}: {source}")]
+pub struct DecodeError {
+    /// The key.
+    pub key: String,
+    /// What it should have held (`Task`, `Instance`, ...).
+    pub kind: &'static str,
+    /// The JSON error.
+    #[source]
+    pub source: serde_json::Error,
+}
+
+/// A decoded value, with the identity its key gives it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    /// `tasks/<ns>/<name>`.
+    Task(TaskRef, Task),
+    /// `assignments/<node>/<instance>`: `node` and `id` of the value are the key's (the key is
+    /// what the agent watches, so it is the truth about placement).
+    Assignment(Instance),
+    /// `status/<instance>`.
+    Status(InstanceId, InstanceStatus),
+    /// `nodes/<node>`.
+    Node(String, Node),
+    /// `nodeinfo/<node>`.
+    NodeInfo(String, NodeInfo),
+    /// `nodestate/<node>`.
+    NodeState(String, NodeState),
+    /// `taskstate/<ns>/<name>`.
+    TaskState(TaskRef, TaskStateRecord),
+    /// `deadletter/<ns>/<instance>`.
+    DeadLetter(InstanceId, DeadLetterRecord),
+    /// `runs/<ns>/<task>/<run>`.
+    Run(TaskRef, u64, RunRecord),
+    /// `triggers/<ns>/<task>/<id>`.
+    Trigger(TaskRef, String, TriggerRequest),
+    /// `requests/<ns>/<task>/<id>`.
+    Request(TaskRef, String, TaskRequest),
+    /// `controllers/<id>`.
+    Controller(String, ControllerInfo),
+    /// `events/<ns>/<id>`.
+    Event(Event),
+}
+
+/// What a key of this kind holds, as errors and `Invalid` rows name it.
+pub fn kind_of(key: &Key) -> &'static str {
+    match key {
+        Key::Task { .. } => "Task",
+        Key::Assignment { .. } => "Instance",
+        Key::Status(_) => "InstanceStatus",
+        Key::Node(_) => "Node",
+        Key::NodeInfo(_) => "NodeInfo",
+        Key::NodeState(_) => "NodeState",
+        Key::TaskState { .. } => "TaskState",
+        Key::DeadLetter { .. } => "DeadLetter",
+        Key::Run { .. } => "RunRecord",
+        Key::Trigger { .. } => "TriggerRequest",
+        Key::Request { .. } => "TaskRequest",
+        Key::Controller(_) => "ControllerInfo",
+        Key::Event { .. } => "Event",
+    }
+}
+
+/// Decodes the value of `key`. `None` for a key outside the schema (an election key, a key
+/// of a kind this version does not know): readers ignore those.
+pub fn decode(
+    keys: &Keys,
+    key: &str,
+    value: serde_json::Value,
+) -> Option<Result<Record, DecodeError>> {
+    Some(decode_parsed(keys.parse(key)?, key, value))
+}
+
+/// [`decode`] for a key the caller has parsed already (`raw` is its text, for errors).
+pub fn decode_parsed(key: Key, raw: &str, value: serde_json::Value) -> Result<Record, DecodeError> {
+    let kind = kind_of(&key);
+    record(key, value).map_err(|source| DecodeError {
+        key: raw.to_string(),
+        kind,
+        source,
+    })
+}
+
+/// Decodes raw bytes (JSON) of `key`, as read from etcd: see [`decode`].
+pub fn decode_bytes(keys: &Keys, key: &str, bytes: &[u8]) -> Option<Result<Record, DecodeError>> {
+    let parsed = keys.parse(key)?;
+    let kind = kind_of(&parsed);
+    let value = match serde_json::from_slice(bytes) {
+        Ok(value) => value,
+        Err(source) => {
+            return Some(Err(DecodeError {
+                key: key.to_string(),
+                kind,
+                source,
+            }))
+        }
+    };
+    decode(keys, key, value)
+}
+
+fn record(key: Key, value: serde_json::Value) -> Result<Record, serde_json::Error> {
+    fn from<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, serde_json::Error> {
+        serde_json::from_value(value)
+    }
+    Ok(match key {
+        Key::Task { namespace, name } => Record::Task(TaskRef::new(namespace, name), from(value)?),
+        Key::Assignment { node, instance } => {
+            let mut assignment: Instance = from(value)?;
+            assignment.node = node;
+            assignment.id = instance;
+            Record::Assignment(assignment)
+        }
+        Key::Status(id) => Record::Status(id, from(value)?),
+        Key::Node(node) => Record::Node(node, from(value)?),
+        Key::NodeInfo(node) => Record::NodeInfo(node, from(value)?),
+        Key::NodeState(node) => Record::NodeState(node, from(value)?),
+        Key::TaskState { namespace, name } => {
+            Record::TaskState(TaskRef::new(namespace, name), from(value)?)
+        }
+        Key::DeadLetter { instance, .. } => Record::DeadLetter(instance, from(value)?),
+        Key::Run {
+            namespace,
+            task,
+            run,
+        } => Record::Run(TaskRef::new(namespace, task), run, from(value)?),
+        Key::Trigger {
+            namespace,
+            task,
+            id,
+        } => Record::Trigger(TaskRef::new(namespace, task), id, from(value)?),
+        Key::Request {
+            namespace,
+            task,
+            id,
+        } => Record::Request(TaskRef::new(namespace, task), id, from(value)?),
+        Key::Controller(id) => Record::Controller(id, from(value)?),
+        Key::Event { .. } => Record::Event(from(value)?),
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_assignment_takes_node_and_id_from_its_key() {
+        let keys = Keys::new("/p");
+        let id: InstanceId = "default.web.0".parse().unwrap();
+        let written = serde_json::json!({
+            "id": "default.web.1", "namespace": "default", "task": "web", "slot": 0,
+            "node": "elsewhere", "generation": 1, "attempt": 0,
+            "spec": {"command": ["true"]}, "assignedAt": "2026-01-01T00:00:00Z"
+        });
+        let record = decode(&keys, &keys.assignment("n1", &id), written)
+            .unwrap()
+            .unwrap();
+        let Record::Assignment(a) = record else {
+            panic!("{record:?}")
+        };
+        assert_eq!((a.node.as_str(), &a.id), ("n1", &id));
+    }
+
+    #[test]
+    fn a_foreign_value_is_an_error_naming_key_and_kind() {
+        let keys = Keys::new("/p");
+        let key = keys.node("n1");
+        let error = decode_bytes(&keys, &key, b"not json").unwrap().unwrap_err();
+        assert_eq!(error.kind, "Node");
+        assert!(
+            error
+                .to_string()
+                .starts_with("/p/nodes/n1: does not decode as Node"),
+            "{error}"
+        );
+        let error = decode(&keys, &key, serde_json::json!({"name": 7}))
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(error.key, key);
+    }
+
+    #[test]
+    fn keys_outside_the_schema_are_not_decoded() {
+        let keys = Keys::new("/p");
+        assert!(decode_bytes(&keys, "/p/leader/694d", b"x").is_none());
+        assert!(decode_bytes(&keys, "/elsewhere/tasks/a/b", b"{}").is_none());
+    }
+}

@@ -1,0 +1,443 @@
+//! [`ClusterView`]: the cluster as people look at it — tasks with their controller-owned state,
+//! instances (assignment joined with status), nodes (registration joined with the durable
+//! record) and every key whose value is Invalid. Built from one listing of the whole prefix at
+//! one revision and kept current from the watch of that prefix, through the one decoder
+//! ([`crate::decode`]). Pure: the caller does the I/O.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::decode::{decode_parsed, Record};
+use crate::instance::{Instance, InstanceStatus, Phase};
+use crate::keys::{Key, Keys};
+use crate::names::InstanceId;
+use crate::node::{Node, NodeInfo};
+use crate::task::Task;
+use crate::taskstate::TaskState;
+
+/// What an invalid key should have held, for grouping in the read verbs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum InvalidKind {
+    /// `tasks/`
+    Task,
+    /// `assignments/`
+    Assignment,
+    /// `status/`
+    Status,
+    /// `nodes/`
+    Node,
+    /// `nodeinfo/`
+    NodeRecord,
+    /// `taskstate/`
+    TaskState,
+    /// `deadletter/`
+    DeadLetter,
+    /// `runs/`
+    Run,
+    /// `events/`
+    Event,
+    /// `controllers/`
+    Controller,
+}
+
+/// A key whose value does not decode (or, for a task, breaks apply's rules): shown as
+/// `Invalid` with the error, never used.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InvalidEntry {
+    /// What it should have held.
+    pub kind: InvalidKind,
+    /// The key.
+    pub key: String,
+    /// Why it does not decode.
+    pub error: String,
+}
+
+/// An instance as people see it: the assignment joined with the status its agent reported.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceView {
+    /// The instance, as its keys name it (also when neither half decodes).
+    pub id: InstanceId,
+    /// The assignment; `None` when only a status is left (being cleaned up).
+    pub assignment: Option<Instance>,
+    /// The last status the agent reported, if any yet.
+    pub status: Option<InstanceStatus>,
+    /// Set when its assignment or status key holds a value that does not decode: the error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub invalid: Option<String>,
+}
+
+impl InstanceView {
+    /// Namespace and task name.
+    pub fn task(&self) -> (&str, &str) {
+        (self.id.namespace(), self.id.task())
+    }
+
+    /// Whether the agent reports it Running.
+    pub fn is_running(&self) -> bool {
+        self.status
+            .as_ref()
+            .is_some_and(|s| s.phase == Phase::Running)
+    }
+
+    /// The STATUS column: the reason when one is set, else the phase, `Pending` before the agent
+    /// has reported.
+    pub fn display_status(&self) -> String {
+        if self.invalid.is_some() {
+            return "Invalid".to_string();
+        }
+        match &self.status {
+            Some(status) => status.display_status(),
+            None => "Pending".to_string(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.assignment.is_none() && self.status.is_none() && self.invalid.is_none()
+    }
+}
+
+/// A node as people see it: the live registration (if its lease holds) and the durable record.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeView {
+    /// The node's name.
+    pub name: String,
+    /// The lease-bound registration; `None` when the node is dead or gone.
+    pub node: Option<Node>,
+    /// The durable record, if one was written.
+    pub info: Option<NodeInfo>,
+}
+
+impl NodeView {
+    /// The STATUS column, kubectl style.
+    pub fn display_status(&self) -> String {
+        let info = self.info.clone().unwrap_or_default();
+        let base = if self.node.is_some() {
+            "Ready"
+        } else {
+            "NotReady"
+        };
+        if info.draining {
+            format!("{base},Draining")
+        } else if info.cordoned {
+            format!("{base},SchedulingDisabled")
+        } else {
+            base.to_string()
+        }
+    }
+}
+
+/// Everything the read verbs show, at one revision.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClusterView {
+    /// The etcd revision the view reflects.
+    pub revision: i64,
+    /// Tasks by (namespace, name).
+    pub tasks: BTreeMap<(String, String), Task>,
+    /// Instances by id (string form, so they sort by task then slot).
+    pub instances: BTreeMap<String, InstanceView>,
+    /// Nodes by name.
+    pub nodes: BTreeMap<String, NodeView>,
+    /// Controller-owned task state (runs, circuit breaker) by (namespace, name).
+    pub states: BTreeMap<(String, String), TaskState>,
+    /// Keys whose values are Invalid, sorted by key. Current after [`ClusterView::settle`].
+    pub invalid: Vec<InvalidEntry>,
+    /// Undecodable values by key.
+    undecodable: BTreeMap<String, InvalidEntry>,
+}
+
+/// The kinds the view holds; the others (runs, events, ...) are read by the verbs that show them.
+fn held(key: &Key) -> Option<InvalidKind> {
+    match key {
+        Key::Task { .. } => Some(InvalidKind::Task),
+        Key::Assignment { .. } => Some(InvalidKind::Assignment),
+        Key::Status(_) => Some(InvalidKind::Status),
+        Key::Node(_) => Some(InvalidKind::Node),
+        Key::NodeInfo(_) => Some(InvalidKind::NodeRecord),
+        Key::TaskState { .. } => Some(InvalidKind::TaskState),
+        Key::NodeState(_)
+        | Key::DeadLetter { .. }
+        | Key::Run { .. }
+        | Key::Trigger { .. }
+        | Key::Request { .. }
+        | Key::Controller(_)
+        | Key::Event { .. } => None,
+    }
+}
+
+impl ClusterView {
+    /// Whether the view holds keys of `key`'s kind (changes of others leave it as it is).
+    pub fn holds(keys: &Keys, key: &str) -> bool {
+        keys.parse(key).as_ref().and_then(held).is_some()
+    }
+
+    /// Records a created or changed key. `value` is its JSON, or why it is not JSON. Returns
+    /// whether the view holds keys of this kind.
+    ///
+    /// # Caveats
+    ///
+    /// Call [`ClusterView::settle`] after a batch of changes: it recomputes
+    /// [`ClusterView::invalid`], which depends on every task (a `dependsOn` cycle).
+    pub fn apply(
+        &mut self,
+        keys: &Keys,
+        key: &str,
+        value: Result<serde_json::Value, String>,
+        revision: i64,
+    ) -> bool {
+        let Some(parsed) = keys.parse(key) else {
+            return false;
+        };
+        let Some(kind) = held(&parsed) else {
+            return false;
+        };
+        self.revision = self.revision.max(revision);
+        // A new value replaces the old one whole: what was there goes first.
+        self.forget(&parsed);
+        let decoded =
+            value.and_then(|v| decode_parsed(parsed, key, v).map_err(|e| e.source.to_string()));
+        let record = match decoded {
+            Ok(record) => record,
+            Err(error) => {
+                self.undecodable.insert(
+                    key.to_string(),
+                    InvalidEntry {
+                        kind,
+                        key: key.to_string(),
+                        error,
+                    },
+                );
+                return true;
+            }
+        };
+        self.undecodable.remove(key);
+        match record {
+            Record::Task(task, value) => {
+                self.tasks.insert((task.namespace, task.name), value);
+            }
+            Record::Assignment(value) => {
+                let id = value.id.clone();
+                self.instance(&id).assignment = Some(value);
+            }
+            Record::Status(id, value) => self.instance(&id).status = Some(value),
+            Record::Node(name, value) => self.node(&name).node = Some(value),
+            Record::NodeInfo(name, value) => self.node(&name).info = Some(value),
+            Record::TaskState(task, value) => {
+                self.states.insert((task.namespace, task.name), value.state);
+            }
+            Record::NodeState(..)
+            | Record::DeadLetter(..)
+            | Record::Run(..)
+            | Record::Trigger(..)
+            | Record::Request(..)
+            | Record::Controller(..)
+            | Record::Event(_) => {}
+        }
+        true
+    }
+
+    /// Records a deleted key. Returns whether the view holds keys of this kind.
+    pub fn remove(&mut self, keys: &Keys, key: &str, revision: i64) -> bool {
+        let Some(parsed) = keys.parse(key) else {
+            return false;
+        };
+        if held(&parsed).is_none() {
+            return false;
+        }
+        self.revision = self.revision.max(revision);
+        self.undecodable.remove(key);
+        self.forget(&parsed);
+        true
+    }
+
+    /// Recomputes [`ClusterView::invalid`]: undecodable values, and tasks that decode but
+    /// break apply's rules (written by another client), by the same rules the controller holds
+    /// them with.
+    pub fn settle(&mut self, keys: &Keys) {
+        // An instance whose assignment or status does not decode still shows, as Invalid.
+        for view in self.instances.values_mut() {
+            view.invalid = None;
+        }
+        let broken: Vec<(InstanceId, String)> = self
+            .undecodable
+            .values()
+            .filter_map(|entry| {
+                let id = keys.parse(&entry.key).as_ref().and_then(instance_of)?;
+                Some((id, entry.error.clone()))
+            })
+            .collect();
+        for (id, error) in broken {
+            self.instance(&id).invalid = Some(error);
+        }
+        self.instances.retain(|_, view| !view.is_empty());
+        let mut invalid: Vec<InvalidEntry> = self.undecodable.values().cloned().collect();
+        let named: Vec<((String, String), &Task)> = self
+            .tasks
+            .iter()
+            .map(|(name, task)| (name.clone(), task))
+            .collect();
+        for ((ns, name), reason) in crate::manifest::validate_stored(&named) {
+            invalid.push(InvalidEntry {
+                kind: InvalidKind::Task,
+                key: keys.task(&ns, &name),
+                error: reason,
+            });
+        }
+        invalid.sort_by(|a, b| a.key.cmp(&b.key));
+        self.invalid = invalid;
+    }
+
+    /// Drops what `key` contributed.
+    fn forget(&mut self, key: &Key) {
+        match key {
+            Key::Task { namespace, name } => {
+                self.tasks.remove(&(namespace.clone(), name.clone()));
+            }
+            Key::TaskState { namespace, name } => {
+                self.states.remove(&(namespace.clone(), name.clone()));
+            }
+            // An instance left empty goes in `settle`, once Invalid halves are known.
+            Key::Assignment { instance, .. } => {
+                if let Some(view) = self.instances.get_mut(&instance.to_string()) {
+                    view.assignment = None;
+                }
+            }
+            Key::Status(id) => {
+                if let Some(view) = self.instances.get_mut(&id.to_string()) {
+                    view.status = None;
+                }
+            }
+            Key::Node(name) => self.change_node(name, |v| v.node = None),
+            Key::NodeInfo(name) => self.change_node(name, |v| v.info = None),
+            Key::NodeState(_)
+            | Key::DeadLetter { .. }
+            | Key::Run { .. }
+            | Key::Trigger { .. }
+            | Key::Request { .. }
+            | Key::Controller(_)
+            | Key::Event { .. } => {}
+        }
+    }
+
+    fn change_node(&mut self, name: &str, change: impl FnOnce(&mut NodeView)) {
+        if let Some(view) = self.nodes.get_mut(name) {
+            change(view);
+            if view.node.is_none() && view.info.is_none() {
+                self.nodes.remove(name);
+            }
+        }
+    }
+
+    /// The view of instance `id`, created empty on first use.
+    fn instance(&mut self, id: &InstanceId) -> &mut InstanceView {
+        self.instances
+            .entry(id.to_string())
+            .or_insert_with(|| InstanceView {
+                id: id.clone(),
+                assignment: None,
+                status: None,
+                invalid: None,
+            })
+    }
+
+    /// The view of node `name`, created empty on first use.
+    fn node(&mut self, name: &str) -> &mut NodeView {
+        self.nodes
+            .entry(name.to_string())
+            .or_insert_with(|| NodeView {
+                name: name.to_string(),
+                node: None,
+                info: None,
+            })
+    }
+
+    /// The instances of one task.
+    pub fn instances_of<'a>(
+        &'a self,
+        namespace: &'a str,
+        task: &'a str,
+    ) -> impl Iterator<Item = &'a InstanceView> + 'a {
+        self.instances
+            .values()
+            .filter(move |view| view.task() == (namespace, task))
+    }
+
+    /// Instances assigned to one node.
+    pub fn instances_on<'a>(
+        &'a self,
+        node: &'a str,
+    ) -> impl Iterator<Item = &'a InstanceView> + 'a {
+        self.instances
+            .values()
+            .filter(move |view| view.assignment.as_ref().is_some_and(|a| a.node == node))
+    }
+}
+
+/// The instance a key of an instance's half names.
+fn instance_of(key: &Key) -> Option<InstanceId> {
+    match key {
+        Key::Assignment { instance, .. } => Some(instance.clone()),
+        Key::Status(id) => Some(id.clone()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn assignment(id: &str, node: &str) -> serde_json::Value {
+        let (ns, rest) = id.split_once('.').unwrap();
+        let task = rest.split('.').next().unwrap();
+        serde_json::json!({
+            "id": id, "namespace": ns, "task": task, "slot": 0, "node": node,
+            "generation": 1, "attempt": 0, "spec": {"command": ["true"]},
+            "assignedAt": "2026-01-01T00:00:00Z"
+        })
+    }
+
+    #[test]
+    fn an_instance_is_joined_replaced_and_forgotten_key_by_key() {
+        let keys = Keys::new("/p");
+        let id: InstanceId = "default.web.0".parse().unwrap();
+        let mut view = ClusterView::default();
+        let a = keys.assignment("n1", &id);
+        assert!(view.apply(&keys, &a, Ok(assignment("default.web.0", "n1")), 5));
+        assert_eq!(view.instances["default.web.0"].display_status(), "Pending");
+        assert_eq!(view.instances_on("n1").count(), 1);
+
+        // A foreign value under the status key makes the instance Invalid; a good one heals it.
+        let s = keys.status(&id);
+        view.apply(&keys, &s, Err("not JSON".into()), 6);
+        // A later change of the other half keeps the instance Invalid.
+        view.apply(&keys, &a, Ok(assignment("default.web.0", "n1")), 7);
+        view.settle(&keys);
+        assert_eq!(view.instances["default.web.0"].display_status(), "Invalid");
+        assert_eq!(view.invalid.len(), 1);
+        assert_eq!(view.invalid[0].kind, InvalidKind::Status);
+        view.remove(&keys, &s, 7);
+        view.settle(&keys);
+        assert!(view.invalid.is_empty());
+        assert!(view.instances["default.web.0"].invalid.is_none());
+        assert_eq!(view.instances["default.web.0"].display_status(), "Pending");
+
+        view.remove(&keys, &a, 8);
+        view.settle(&keys);
+        assert!(view.instances.is_empty(), "nothing left of it");
+        assert_eq!(view.revision, 8);
+    }
+
+    #[test]
+    fn kinds_the_view_does_not_hold_are_ignored() {
+        let keys = Keys::new("/p");
+        let mut view = ClusterView::default();
+        assert!(!view.apply(&keys, "/p/events/default/x", Err("junk".into()), 3));
+        assert!(!view.apply(&keys, "/p/leader/1", Ok(serde_json::json!(1)), 3));
+        view.settle(&keys);
+        assert_eq!(view, ClusterView::default());
+    }
+}
