@@ -109,11 +109,18 @@ pub struct NodeView {
     pub node: Option<Node>,
     /// The durable record, if one was written.
     pub info: Option<NodeInfo>,
+    /// Set when its registration or record holds a value that does not decode: the error. The
+    /// node is not read as absent (the leader counts it alive).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub invalid: Option<String>,
 }
 
 impl NodeView {
     /// The STATUS column, kubectl style.
     pub fn display_status(&self) -> String {
+        if self.invalid.is_some() {
+            return "Invalid".to_string();
+        }
         let info = self.info.clone().unwrap_or_default();
         let base = if self.node.is_some() {
             "Ready"
@@ -146,7 +153,36 @@ pub struct ClusterView {
     /// Keys whose values are Invalid, sorted by key. Current after [`ClusterView::settle`].
     pub invalid: Vec<InvalidEntry>,
     /// Undecodable values by key.
-    undecodable: BTreeMap<String, InvalidEntry>,
+    undecodable: BTreeMap<String, Undecodable>,
+    /// Tasks that decode but break apply's rules, as of the last [`ClusterView::settle`].
+    invalid_tasks: Vec<InvalidEntry>,
+    /// Whether a task key changed since the last [`ClusterView::settle`].
+    tasks_changed: bool,
+}
+
+/// An undecodable value, and the instance or node whose view it marks Invalid.
+#[derive(Debug, Clone, PartialEq)]
+struct Undecodable {
+    entry: InvalidEntry,
+    object: Option<Object>,
+}
+
+/// The instance or node a key contributes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Object {
+    Instance(InstanceId),
+    Node(String),
+}
+
+impl Object {
+    fn of(key: &Key) -> Option<Object> {
+        match key {
+            Key::Assignment { instance, .. } => Some(Object::Instance(instance.clone())),
+            Key::Status(id) => Some(Object::Instance(id.clone())),
+            Key::Node(name) | Key::NodeInfo(name) => Some(Object::Node(name.clone())),
+            _ => None,
+        }
+    }
 }
 
 /// The kinds the view holds; the others (runs, events, ...) are read by the verbs that show them.
@@ -179,8 +215,9 @@ impl ClusterView {
     ///
     /// # Caveats
     ///
-    /// Call [`ClusterView::settle`] after a batch of changes: it recomputes
-    /// [`ClusterView::invalid`], which depends on every task (a `dependsOn` cycle).
+    /// Call [`ClusterView::settle`] after a batch of changes: it brings
+    /// [`ClusterView::invalid`] up to date (whether a task breaks apply's rules depends on
+    /// every task: a `dependsOn` cycle).
     pub fn apply(
         &mut self,
         keys: &Keys,
@@ -195,8 +232,10 @@ impl ClusterView {
             return false;
         };
         self.revision = self.revision.max(revision);
+        self.tasks_changed |= kind == InvalidKind::Task;
         // A new value replaces the old one whole: what was there goes first.
         self.forget(&parsed);
+        let object = Object::of(&parsed);
         let decoded =
             value.and_then(|v| decode_parsed(parsed, key, v).map_err(|e| e.source.to_string()));
         let record = match decoded {
@@ -204,12 +243,16 @@ impl ClusterView {
             Err(error) => {
                 self.undecodable.insert(
                     key.to_string(),
-                    InvalidEntry {
-                        kind,
-                        key: key.to_string(),
-                        error,
+                    Undecodable {
+                        entry: InvalidEntry {
+                            kind,
+                            key: key.to_string(),
+                            error,
+                        },
+                        object: object.clone(),
                     },
                 );
+                self.refresh(object);
                 return true;
             }
         };
@@ -236,6 +279,7 @@ impl ClusterView {
             | Record::Controller(..)
             | Record::Event(_) => {}
         }
+        self.refresh(object);
         true
     }
 
@@ -244,50 +288,49 @@ impl ClusterView {
         let Some(parsed) = keys.parse(key) else {
             return false;
         };
-        if held(&parsed).is_none() {
+        let Some(kind) = held(&parsed) else {
             return false;
-        }
+        };
         self.revision = self.revision.max(revision);
+        self.tasks_changed |= kind == InvalidKind::Task;
         self.undecodable.remove(key);
         self.forget(&parsed);
+        self.refresh(Object::of(&parsed));
         true
     }
 
-    /// Recomputes [`ClusterView::invalid`]: undecodable values, and tasks that decode but
-    /// break apply's rules (written by another client), by the same rules the controller holds
-    /// them with.
+    /// Brings [`ClusterView::invalid`] up to date: undecodable values, and tasks that decode
+    /// but break apply's rules (written by another client), by the same rules the controller
+    /// holds them with. The rules are re-checked only when a task changed.
     pub fn settle(&mut self, keys: &Keys) {
-        // An instance whose assignment or status does not decode still shows, as Invalid.
-        for view in self.instances.values_mut() {
-            view.invalid = None;
+        if std::mem::take(&mut self.tasks_changed) {
+            let named: Vec<((String, String), &Task)> = self
+                .tasks
+                .iter()
+                .map(|(name, task)| (name.clone(), task))
+                .collect();
+            self.invalid_tasks = crate::manifest::validate_stored(&named)
+                .into_iter()
+                .map(|((ns, name), reason)| InvalidEntry {
+                    kind: InvalidKind::Task,
+                    key: keys.task(&ns, &name),
+                    error: reason,
+                })
+                .collect();
         }
-        let broken: Vec<(InstanceId, String)> = self
+        let mut invalid: Vec<InvalidEntry> = self
             .undecodable
             .values()
-            .filter_map(|entry| {
-                let id = keys.parse(&entry.key).as_ref().and_then(instance_of)?;
-                Some((id, entry.error.clone()))
-            })
+            .map(|bad| bad.entry.clone())
             .collect();
-        for (id, error) in broken {
-            self.instance(&id).invalid = Some(error);
-        }
-        self.instances.retain(|_, view| !view.is_empty());
-        let mut invalid: Vec<InvalidEntry> = self.undecodable.values().cloned().collect();
-        let named: Vec<((String, String), &Task)> = self
-            .tasks
-            .iter()
-            .map(|(name, task)| (name.clone(), task))
-            .collect();
-        for ((ns, name), reason) in crate::manifest::validate_stored(&named) {
-            invalid.push(InvalidEntry {
-                kind: InvalidKind::Task,
-                key: keys.task(&ns, &name),
-                error: reason,
-            });
-        }
+        invalid.extend(self.invalid_tasks.iter().cloned());
         invalid.sort_by(|a, b| a.key.cmp(&b.key));
         self.invalid = invalid;
+    }
+
+    /// The Invalid entry of `key`, if its value is Invalid (after [`ClusterView::settle`]).
+    pub fn invalid_entry(&self, key: &str) -> Option<&InvalidEntry> {
+        self.invalid.iter().find(|entry| entry.key == key)
     }
 
     /// Drops what `key` contributed.
@@ -299,10 +342,13 @@ impl ClusterView {
             Key::TaskState { namespace, name } => {
                 self.states.remove(&(namespace.clone(), name.clone()));
             }
-            // An instance left empty goes in `settle`, once Invalid halves are known.
-            Key::Assignment { instance, .. } => {
+            // Only the assignment of the key's own node: a foreign key naming the instance
+            // under another node says nothing about the real one.
+            Key::Assignment { node, instance } => {
                 if let Some(view) = self.instances.get_mut(&instance.to_string()) {
-                    view.assignment = None;
+                    if view.assignment.as_ref().is_some_and(|a| &a.node == node) {
+                        view.assignment = None;
+                    }
                 }
             }
             Key::Status(id) => {
@@ -310,8 +356,16 @@ impl ClusterView {
                     view.status = None;
                 }
             }
-            Key::Node(name) => self.change_node(name, |v| v.node = None),
-            Key::NodeInfo(name) => self.change_node(name, |v| v.info = None),
+            Key::Node(name) => {
+                if let Some(view) = self.nodes.get_mut(name) {
+                    view.node = None;
+                }
+            }
+            Key::NodeInfo(name) => {
+                if let Some(view) = self.nodes.get_mut(name) {
+                    view.info = None;
+                }
+            }
             Key::NodeState(_)
             | Key::DeadLetter { .. }
             | Key::Run { .. }
@@ -322,12 +376,41 @@ impl ClusterView {
         }
     }
 
-    fn change_node(&mut self, name: &str, change: impl FnOnce(&mut NodeView)) {
-        if let Some(view) = self.nodes.get_mut(name) {
-            change(view);
-            if view.node.is_none() && view.info.is_none() {
-                self.nodes.remove(name);
-            }
+    /// Recomputes one instance's or node's Invalid mark from its keys, and drops its view when
+    /// nothing is left of it.
+    fn refresh(&mut self, object: Option<Object>) {
+        let Some(object) = object else {
+            return;
+        };
+        let error = self
+            .undecodable
+            .values()
+            .find(|bad| bad.object.as_ref() == Some(&object))
+            .map(|bad| bad.entry.error.clone());
+        match object {
+            Object::Instance(id) => match error {
+                Some(error) => self.instance(&id).invalid = Some(error),
+                None => {
+                    let name = id.to_string();
+                    if let Some(view) = self.instances.get_mut(&name) {
+                        view.invalid = None;
+                        if view.is_empty() {
+                            self.instances.remove(&name);
+                        }
+                    }
+                }
+            },
+            Object::Node(name) => match error {
+                Some(error) => self.node(&name).invalid = Some(error),
+                None => {
+                    if let Some(view) = self.nodes.get_mut(&name) {
+                        view.invalid = None;
+                        if view.node.is_none() && view.info.is_none() {
+                            self.nodes.remove(&name);
+                        }
+                    }
+                }
+            },
         }
     }
 
@@ -351,6 +434,7 @@ impl ClusterView {
                 name: name.to_string(),
                 node: None,
                 info: None,
+                invalid: None,
             })
     }
 
@@ -373,15 +457,6 @@ impl ClusterView {
         self.instances
             .values()
             .filter(move |view| view.assignment.as_ref().is_some_and(|a| a.node == node))
-    }
-}
-
-/// The instance a key of an instance's half names.
-fn instance_of(key: &Key) -> Option<InstanceId> {
-    match key {
-        Key::Assignment { instance, .. } => Some(instance.clone()),
-        Key::Status(id) => Some(id.clone()),
-        _ => None,
     }
 }
 
@@ -439,5 +514,43 @@ mod tests {
         assert!(!view.apply(&keys, "/p/leader/1", Ok(serde_json::json!(1)), 3));
         view.settle(&keys);
         assert_eq!(view, ClusterView::default());
+    }
+
+    #[test]
+    fn a_node_whose_registration_does_not_decode_is_invalid_not_gone() {
+        let keys = Keys::new("/p");
+        let mut view = ClusterView::default();
+        let key = keys.node("n1");
+        view.apply(&keys, &key, Err("not JSON".into()), 3);
+        view.settle(&keys);
+        assert_eq!(view.nodes["n1"].display_status(), "Invalid");
+        assert_eq!(
+            view.invalid_entry(&key).map(|e| e.kind),
+            Some(InvalidKind::Node)
+        );
+        view.remove(&keys, &key, 4);
+        view.settle(&keys);
+        assert!(view.nodes.is_empty());
+        assert!(view.invalid.is_empty());
+    }
+
+    #[test]
+    fn deleting_an_assignment_under_another_node_leaves_the_real_one() {
+        let keys = Keys::new("/p");
+        let id: InstanceId = "default.web.0".parse().unwrap();
+        let mut view = ClusterView::default();
+        view.apply(
+            &keys,
+            &keys.assignment("n1", &id),
+            Ok(assignment("default.web.0", "n1")),
+            2,
+        );
+        let foreign = keys.assignment("n9", &id);
+        view.apply(&keys, &foreign, Err("junk".into()), 3);
+        view.remove(&keys, &foreign, 4);
+        view.settle(&keys);
+        let kept = view.instances["default.web.0"].assignment.as_ref();
+        assert_eq!(kept.map(|a| a.node.as_str()), Some("n1"));
+        assert!(view.instances["default.web.0"].invalid.is_none());
     }
 }

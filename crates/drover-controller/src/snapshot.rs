@@ -122,7 +122,7 @@ impl Snapshot {
 
     /// Records a key whose bytes are not JSON at all (the watch reports those as errors): the
     /// same as a value of the wrong shape, so a live node still counts. Keys outside the
-    /// schema are ignored.
+    /// schema, and kinds the planner does not read, are ignored (the revision still moves).
     pub fn apply_not_json(
         &mut self,
         keys: &Keys,
@@ -130,8 +130,13 @@ impl Snapshot {
         mod_revision: i64,
         source: serde_json::Error,
     ) -> Option<DecodeError> {
-        let kind = drover_api::decode::kind_of(&keys.parse(key)?);
+        // The revision moves for every key, read or not, as it does for JSON values.
         self.revision = self.revision.max(mod_revision);
+        let kind = match keys.parse(key)? {
+            // Not planner input, whatever the bytes.
+            Key::Controller(_) | Key::Event { .. } => return None,
+            key => drover_api::decode::kind_of(&key),
+        };
         let error = DecodeError {
             key: key.to_string(),
             kind,

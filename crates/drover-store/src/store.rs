@@ -189,9 +189,10 @@ impl Store {
     pub(crate) async fn range(
         &self,
         op: &'static str,
-        key: &str,
+        key: impl AsRef<[u8]>,
         opts: GetOptions,
     ) -> Result<GetResponse> {
+        let key = key.as_ref();
         let mut backoff = self.backoff();
         let limit = self.inner.cfg.max_response_bytes;
         self.inner
@@ -203,7 +204,7 @@ impl Store {
                 &mut backoff,
                 |c| {
                     let opts = opts.clone();
-                    let key = key.to_owned();
+                    let key = key.to_vec();
                     // A page of large values can exceed gRPC's 4 MiB default decode limit.
                     let mut kv = c.kv_client().max_decoding_message_size(limit);
                     async move { kv.get(key, Some(opts)).await }
@@ -250,7 +251,7 @@ impl Store {
     async fn list_raw_once(&self, prefix: &str) -> Result<Listing<Vec<u8>>> {
         let mut items = Vec::new();
         let mut revision = 0;
-        let mut from = prefix.to_owned();
+        let mut from = prefix.as_bytes().to_vec();
         loop {
             let page = self.list_page(prefix, &from, revision).await?;
             revision = page.revision;
@@ -264,7 +265,7 @@ impl Store {
 
     /// One page of a prefix listing starting at key `from` (inclusive), at `revision`
     /// (0 = current). `next` is where the next page starts, if there is one.
-    pub(crate) async fn list_page(&self, prefix: &str, from: &str, revision: i64) -> Result<Page> {
+    pub(crate) async fn list_page(&self, prefix: &str, from: &[u8], revision: i64) -> Result<Page> {
         let limit = i64::try_from(self.inner.cfg.page_size).unwrap_or(i64::MAX);
         let opts = GetOptions::new()
             .with_range(prefix_end(prefix))
@@ -277,15 +278,18 @@ impl Store {
         let rev = resp.header().map_or(revision, |h| h.revision());
         let rev = if revision > 0 { revision } else { rev };
         let more = resp.more();
-        let items = resp
-            .take_kvs()
-            .into_iter()
-            .map(raw_versioned)
-            .collect::<Result<Vec<_>>>()?;
-        let next = match items.last() {
-            Some(last) if more => Some(format!("{}\0", last.key)),
+        let kvs = resp.take_kvs();
+        // The next page starts just after the last key of this one, by its bytes: a key that
+        // is not UTF-8 is skipped below, but paging must still move past it.
+        let next = match kvs.last() {
+            Some(last) if more => {
+                let mut key = last.key().to_vec();
+                key.push(0);
+                Some(key)
+            }
             _ => None,
         };
+        let items = kvs.into_iter().filter_map(utf8_or_skip).collect();
         Ok(Page {
             revision: rev,
             items,
@@ -552,5 +556,19 @@ impl Store {
 pub(crate) struct Page {
     pub revision: i64,
     pub items: Vec<Versioned<Vec<u8>>>,
-    pub next: Option<String>,
+    /// The key the next page starts at, as bytes.
+    pub next: Option<Vec<u8>>,
+}
+
+/// A key Drover can name: keys that are not UTF-8 (only a foreign client writes those) are
+/// outside every schema, so a listing or a watch passes over them, with a warning, instead of
+/// failing for all the keys around them.
+pub(crate) fn utf8_or_skip(kv: etcd_client::KeyValue) -> Option<Versioned<Vec<u8>>> {
+    match raw_versioned(kv) {
+        Ok(item) => Some(item),
+        Err(error) => {
+            tracing::warn!(%error, "skipping a key that is not UTF-8");
+            None
+        }
+    }
 }

@@ -46,7 +46,7 @@ enum State {
     /// Listing page by page at one revision (0 until the first page fixed it).
     InitListing {
         revision: i64,
-        from: String,
+        from: Vec<u8>,
         buffer: VecDeque<Versioned<Vec<u8>>>,
         done: bool,
     },
@@ -110,7 +110,7 @@ async fn step<T: DeserializeOwned>(ctx: &mut Ctx, mut state: State) -> (Result<E
             State::Empty => {
                 let next = State::InitListing {
                     revision: 0,
-                    from: ctx.prefix.clone(),
+                    from: ctx.prefix.clone().into_bytes(),
                     buffer: VecDeque::new(),
                     done: false,
                 };
@@ -187,6 +187,20 @@ async fn step<T: DeserializeOwned>(ctx: &mut Ctx, mut state: State) -> (Result<E
                 mut pending,
             } => {
                 if let Some(ev) = pending.pop_front() {
+                    // A key that is not UTF-8 is outside every schema: passed over, like in
+                    // a listing, instead of surfacing as an error for the whole watch.
+                    if ev
+                        .kv()
+                        .is_some_and(|kv| std::str::from_utf8(kv.key()).is_err())
+                    {
+                        tracing::warn!(prefix = %ctx.prefix, "skipping a change of a key that is not UTF-8");
+                        state = State::Watching {
+                            conn,
+                            revision,
+                            pending,
+                        };
+                        continue;
+                    }
                     let item = convert(&ev);
                     let next = State::Watching {
                         conn,

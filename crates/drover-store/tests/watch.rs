@@ -291,3 +291,67 @@ async fn cluster_member_loss_keeps_reads_writes_and_watches_working() {
     let want = fresh(&store, &p).await;
     pump_until_equal(&mut events, &reader, &want).await;
 }
+
+/// Keys that are not UTF-8 (only a foreign client writes them) are passed over by listings,
+/// page boundaries included, and by the watch: the keys around them are still read.
+#[tokio::test]
+async fn keys_that_are_not_utf8_are_passed_over_by_lists_and_watches() {
+    let etcd = within("etcd", EtcdServer::start()).await;
+    let store = within(
+        "connect",
+        Store::connect(drover_store::StoreConfig {
+            page_size: 1,
+            ..common::config(etcd.endpoints())
+        }),
+    )
+    .await
+    .expect("connect");
+    let mut raw = within(
+        "raw client",
+        etcd_client::Client::connect(etcd.endpoints(), None),
+    )
+    .await
+    .expect("raw client");
+    let p = unique_prefix();
+    let bad = |suffix: u8| {
+        let mut key = format!("{p}/b").into_bytes();
+        key.extend([0xff, suffix]);
+        key
+    };
+    within("put a", store.put(&format!("{p}/a"), &1u64, None))
+        .await
+        .expect("put");
+    for suffix in 0..3 {
+        within("put bad", raw.put(bad(suffix), "1", None))
+            .await
+            .expect("put bad");
+    }
+    within("put c", store.put(&format!("{p}/c"), &3u64, None))
+        .await
+        .expect("put");
+
+    let listed = within("list", store.list_raw(&p)).await.expect("list");
+    let keys: Vec<&str> = listed.items.iter().map(|i| i.key.as_str()).collect();
+    assert_eq!(keys, vec![format!("{p}/a"), format!("{p}/c")]);
+
+    let mut events = watcher::<u64>(store.clone(), p.clone());
+    let mut listed = 0;
+    loop {
+        match within("init", events.next()).await.expect("event") {
+            Ok(Event::InitApply(_)) => listed += 1,
+            Ok(Event::InitDone { .. }) => break,
+            other => assert!(matches!(other, Ok(Event::Init)), "{other:?}"),
+        }
+    }
+    assert_eq!(listed, 2);
+    within("put bad", raw.put(bad(9), "1", None))
+        .await
+        .expect("put bad");
+    within("put d", store.put(&format!("{p}/d"), &4u64, None))
+        .await
+        .expect("put");
+    match within("next", events.next()).await.expect("event") {
+        Ok(Event::Apply(item)) => assert_eq!(item.key, format!("{p}/d")),
+        other => panic!("the change after the bad key, not {other:?}"),
+    }
+}

@@ -165,13 +165,39 @@ async fn follow_view(
         let fed = relist
             .feed(keys, item)
             .map_err(|error| store_error("watching", error))?;
-        let Fed::Changed { key, deleted } = fed else {
-            continue;
+        let (key, deleted) = match fed {
+            Fed::Changed { key, deleted } => (key, deleted),
+            // A re-list (the watch's revision was compacted): what changed meanwhile is not
+            // known change by change, so the whole table is printed again, as it is now.
+            Fed::Listed => {
+                let view = &relist.live().0;
+                let table = match args.resource {
+                    Resource::Tasks => list_tasks(view, args, columns)?,
+                    Resource::Instances => list_instances(view, args, columns)?,
+                    _ => list_nodes(view, args, columns)?,
+                };
+                print_now(&table);
+                continue;
+            }
+            Fed::Nothing => continue,
         };
         if !ClusterView::holds(keys, &key) {
             continue;
         }
         relist.live_mut().0.settle(keys);
+        // A task whose value is Invalid has no row to print: say so, as the listing does.
+        let invalid_task = relist
+            .live()
+            .0
+            .invalid_entry(&key)
+            .filter(|entry| matches!(entry.kind, InvalidKind::Task | InvalidKind::TaskState))
+            .cloned();
+        if let Some(entry) = invalid_task {
+            if args.resource == Resource::Tasks {
+                report_invalid_line(&entry, args.output);
+            }
+            continue;
+        }
         let change = if deleted {
             Change::Deleted(key)
         } else {
@@ -181,6 +207,19 @@ async fn follow_view(
         print_now(&text);
     }
     Ok(())
+}
+
+/// One key that became Invalid while watching: a row of the listing's Invalid table, or a
+/// warning on stderr for `-o json|yaml`.
+fn report_invalid_line(entry: &InvalidEntry, format: Format) {
+    match format {
+        Format::Table | Format::Wide => {
+            print_now(&format!("{}   Invalid   {}\n", entry.key, entry.error));
+        }
+        Format::Json | Format::Yaml => {
+            eprintln!("warning: {}: Invalid: {}", entry.key, entry.error);
+        }
+    }
 }
 
 /// Keys whose values do not decode are listed, never fatal: after the table as `Invalid` rows
