@@ -16,28 +16,11 @@ RUSTFLAGS='-C target-feature=+crt-static' cargo build --quiet --release --target
 bin="target/$target/release/echo-server"
 # DROVER_ECHO_IMAGE names another tag (tests use it to leave the real one alone).
 image="${DROVER_ECHO_IMAGE:-drover/echo-server:latest}"
-sum="$(sha256sum "$bin" | cut -d' ' -f1)"
-current="$(docker image inspect "$image" \
-  --format '{{index .Config.Labels "dev.drover.binary-sha256"}}' 2>/dev/null || true)"
-if [ "$current" = "$sum" ]; then
-  log "$image is up to date"
-  exit 0
-fi
-# Re-importing under the same tag would leave the old image behind as a dangling <none>; it is
-# removed below once the new one carries the tag (unless a container still uses it).
-old_id="$(docker image inspect "$image" --format '{{.Id}}' 2>/dev/null || true)"
 stage="$(mktemp -d)"
 trap 'rm -rf "$stage"' EXIT
 cp "$bin" "$stage/echo-server"
-log "importing $image"
-tar -C "$stage" -c echo-server | docker import \
+import_image "$image" "$stage" \
   --change 'ENTRYPOINT ["/echo-server"]' \
   --change 'ENV PORT=7777' \
   --change 'EXPOSE 7777' \
-  --change 'LABEL dev.drover.test-workload=echo-server' \
-  --change "LABEL dev.drover.binary-sha256=$sum" \
-  - "$image" >/dev/null
-if [ -n "$old_id" ] && [ "$old_id" != "$(docker image inspect "$image" --format '{{.Id}}')" ]; then
-  docker image rm "$old_id" >/dev/null 2>&1 ||
-    log "the previous $image ($old_id) is still used by a container; left in place"
-fi
+  --change 'LABEL dev.drover.test-workload=echo-server'

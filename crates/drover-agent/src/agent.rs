@@ -185,6 +185,7 @@ impl Agent {
                         initial: config.restart_backoff,
                         max: config.restart_backoff_max,
                     },
+                    unsafe_keep_copies_when_fenced: config.unsafe_keep_copies_when_fenced,
                 },
             },
             registry,

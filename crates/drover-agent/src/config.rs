@@ -98,6 +98,10 @@ pub struct AgentConfig {
     /// started within the TTL adopts them. Default false.
     #[serde(default)]
     pub keep_running_on_shutdown: bool,
+    /// Test only: a cut-off agent keeps its copies running instead of fencing them, so the
+    /// fault suite can show its checker finds the overlap that follows. Default false.
+    #[serde(default)]
+    pub unsafe_keep_copies_when_fenced: bool,
     /// Host ports handed out for `spec.ports`. Default `20000..=32000`.
     pub port_range: RangeInclusive<u16>,
     /// IP that docker publishes ports on. Default `0.0.0.0`.
@@ -128,6 +132,7 @@ impl AgentConfig {
             capacity: None,
             driver: DriverChoice::Auto,
             keep_running_on_shutdown: false,
+            unsafe_keep_copies_when_fenced: false,
             port_range: crate::ports::DEFAULT_RANGE,
             publish_ip: "0.0.0.0".into(),
             restart_backoff: Duration::from_secs(1),

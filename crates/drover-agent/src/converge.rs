@@ -67,6 +67,9 @@ pub enum Error {
 #[derive(Debug, Clone)]
 pub(crate) struct EngineConfig {
     pub backoff: restart::Backoff,
+    /// Test only (the fault suite's checker must be able to fail): a fenced node keeps its
+    /// running copies instead of stopping them. Never set in production.
+    pub unsafe_keep_copies_when_fenced: bool,
 }
 
 /// What an engine is built from.
@@ -178,6 +181,11 @@ impl Engine {
     /// The agent's metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// Whether the test-only switch that keeps copies running on a fenced node is set.
+    pub(crate) fn unsafe_keeps_copies_when_fenced(&self) -> bool {
+        self.config.unsafe_keep_copies_when_fenced
     }
 
     /// The token that ends every helper task.

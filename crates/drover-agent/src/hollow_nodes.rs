@@ -112,6 +112,7 @@ pub async fn run_hollow(
                     initial: Duration::from_secs(1),
                     max: Duration::from_secs(30),
                 },
+                unsafe_keep_copies_when_fenced: false,
             },
         },
         registry,

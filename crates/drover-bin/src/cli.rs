@@ -87,6 +87,10 @@ pub struct AgentArgs {
     /// On SIGTERM leave instances running and the lease alive, for an agent upgrade.
     #[arg(long)]
     pub keep_running: bool,
+    /// Test only: keep copies running when the node fences itself (the fault suite shows its
+    /// checker then finds overlap). Breaks the one-copy promise; never use it in production.
+    #[arg(long, hide = true)]
+    pub unsafe_keep_copies_when_fenced: bool,
     /// Simulate this many nodes with the hollow driver in one process (scale tests).
     #[arg(long)]
     pub hollow_nodes: Option<usize>,

@@ -158,7 +158,7 @@ fn build_images_replaces_an_outdated_image_without_leaving_it_dangling() {
     let import = StdCommand::new("bash")
         .arg("-c")
         .arg(format!(
-            "tar -c -T /dev/null | docker import --change 'LABEL dev.drover.binary-sha256=old' - {image}"
+            "tar -c -T /dev/null | docker import --change 'LABEL dev.drover.content-sha256=old' - {image}"
         ))
         .output()
         .expect("docker import");

@@ -127,20 +127,29 @@ fn bound_at(timeline: &[Desired], t: i64) -> Desired {
         })
 }
 
-/// Judges one service task's copies against its desired timeline, up to `end_ms`.
-pub fn judge_service(copies: &[&Copy], timeline: &[Desired], end_ms: i64) -> ServiceVerdict {
-    // Events: +1 at a copy's first report, -1 just after its last; bound changes in between.
+/// Judges one service task's copies against its desired timeline, up to `end_ms`. Copies
+/// report every `period_ms`: for gaps a copy counts as live until one period after its last
+/// report (it was not missing before that); for overlaps only up to its last report, so both
+/// findings stay lower bounds.
+pub fn judge_service(
+    copies: &[&Copy],
+    timeline: &[Desired],
+    period_ms: i64,
+    end_ms: i64,
+) -> ServiceVerdict {
+    // Events: a copy's first report, just after its last (and a period later); bound changes.
     let mut points: BTreeSet<i64> = timeline.iter().map(|d| d.from_ms).collect();
     for c in copies {
         points.insert(c.first_ms);
         points.insert(c.last_ms + 1);
+        points.insert(c.last_ms + period_ms + 1);
     }
     points.insert(end_ms);
-    let live_at = |t: i64| {
+    let count = |t: i64, slack: i64| {
         u32::try_from(
             copies
                 .iter()
-                .filter(|c| c.first_ms <= t && t <= c.last_ms)
+                .filter(|c| c.first_ms <= t && t <= c.last_ms + slack)
                 .count(),
         )
         .unwrap_or(u32::MAX)
@@ -152,7 +161,8 @@ pub fn judge_service(copies: &[&Copy], timeline: &[Desired], end_ms: i64) -> Ser
     let points: Vec<i64> = points.into_iter().filter(|t| *t <= end_ms).collect();
     for (i, &t) in points.iter().enumerate() {
         let next = points.get(i + 1).copied().unwrap_or(end_ms);
-        let live = live_at(t);
+        let live = count(t, 0);
+        let present = count(t, period_ms);
         let bound = bound_at(timeline, t);
         // Overlap: opened only by a start above the bound, closed when the count is back.
         match &mut overlap {
@@ -175,17 +185,17 @@ pub fn judge_service(copies: &[&Copy], timeline: &[Desired], end_ms: i64) -> Ser
             None => {}
         }
         match &mut gap {
-            Some(g) if live < bound.desired => g.live = g.live.min(live),
+            Some(g) if present < bound.desired => g.live = g.live.min(present),
             Some(g) => {
                 g.to_ms = t;
                 verdict.gaps.push(*g);
                 gap = None;
             }
-            None if live < bound.desired => {
+            None if present < bound.desired => {
                 gap = Some(Interval {
                     from_ms: t,
                     to_ms: next,
-                    live,
+                    live: present,
                     bound: bound.desired,
                 });
             }
@@ -303,7 +313,7 @@ mod tests {
         let (copies, skipped) = copies(&records);
         assert_eq!((copies.len(), skipped), (2, 0));
         let refs: Vec<&Copy> = copies.iter().collect();
-        let v = judge_service(&refs, &steady(1, 1), 4000);
+        let v = judge_service(&refs, &steady(1, 1), 100, 4000);
         assert_eq!(v.overlaps.len(), 1, "{v:?}");
         assert_eq!((v.overlaps[0].from_ms, v.overlaps[0].to_ms), (1500, 2001));
         assert_eq!(v.overlaps[0].live, 2);
@@ -316,11 +326,24 @@ mod tests {
         records.extend(alive(3000, 4000, "default.web.0", "b", 20));
         let (copies, _) = copies(&records);
         let refs: Vec<&Copy> = copies.iter().collect();
-        let v = judge_service(&refs, &steady(1, 1), 4000);
+        let v = judge_service(&refs, &steady(1, 1), 100, 4000);
         assert!(v.overlaps.is_empty(), "{v:?}");
         assert_eq!(v.gaps.len(), 1, "{v:?}");
-        assert_eq!((v.gaps[0].from_ms, v.gaps[0].to_ms), (2001, 3000));
-        assert_eq!(v.gaps[0].millis(), 999);
+        // Missing from one period after its last report until the replacement's first.
+        assert_eq!((v.gaps[0].from_ms, v.gaps[0].to_ms), (2101, 3000));
+        assert_eq!(v.gaps[0].millis(), 899);
+    }
+
+    #[test]
+    fn reports_a_period_apart_leave_no_gap_at_the_end() {
+        // Two copies reporting out of phase; the judgement ends at the later one's last report.
+        let mut records = alive(0, 1000, "default.web.0", "a", 1);
+        records.extend(alive(50, 1050, "default.web.1", "b", 2));
+        let (copies, _) = copies(&records);
+        let refs: Vec<&Copy> = copies.iter().collect();
+        let v = judge_service(&refs, &steady(2, 2), 100, 1050);
+        assert_eq!(v.gaps.len(), 1, "only the start: {v:?}");
+        assert_eq!((v.gaps[0].from_ms, v.gaps[0].to_ms), (0, 50));
     }
 
     #[test]
@@ -344,7 +367,7 @@ mod tests {
                 allowed: 1,
             },
         ];
-        let v = judge_service(&refs, &timeline, 3000);
+        let v = judge_service(&refs, &timeline, 100, 3000);
         assert!(v.overlaps.is_empty(), "{v:?}");
         assert!(v.gaps.is_empty(), "{v:?}");
     }

@@ -30,6 +30,13 @@ impl Engine {
         // Wakes starts in flight (see `start_or_fence`).
         state.fenced.send_replace(true);
         self.metrics().fences.inc();
+        if self.unsafe_keeps_copies_when_fenced() {
+            tracing::error!(
+                node,
+                "SELF-FENCING DISABLED (test-only switch): copies keep running past the lease"
+            );
+            return;
+        }
         let victims = self.instances().slots_where(node, Entry::is_running);
         tracing::error!(
             node,

@@ -71,6 +71,7 @@ pub(crate) async fn rig_with(drivers: Option<DriverSet>) -> Rig {
                 initial: Duration::from_millis(200),
                 max: Duration::from_secs(1),
             },
+            unsafe_keep_copies_when_fenced: false,
         },
         metrics: Metrics::register(&mut registry),
         kill: CancellationToken::new(),

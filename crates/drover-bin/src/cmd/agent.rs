@@ -57,6 +57,7 @@ fn config(args: &AgentArgs) -> CliResult<AgentConfig> {
     config.lease_ttl = args.lease_ttl.as_std();
     config.driver = args.driver.into();
     config.keep_running_on_shutdown = args.keep_running;
+    config.unsafe_keep_copies_when_fenced = args.unsafe_keep_copies_when_fenced;
     if let Some(dir) = &args.state_dir {
         config.state_dir = dir.clone();
     }
