@@ -8,9 +8,10 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{apply_steady, gaps_after, judge, live, now_ms, until, REPLICAS};
-use drover_faults::cluster::{Cluster, AGENT_TTL};
-use drover_witness::checker;
+use common::{
+    apply_steady, assert_safe_and_prompt, gaps_after, judge, live, now_ms, until, REPLICAS,
+};
+use drover_faults::cluster::Cluster;
 
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "fault suite: needs the drover/fault-host image; run with hack/faults.sh"]
@@ -32,20 +33,10 @@ async fn a_killed_agent_host_is_replaced_within_the_lease_and_never_doubled() {
 
     let verdict = judge(&cluster, applied);
     let gaps = gaps_after(&verdict, killed);
-    eprintln!(
-        "agent host killed: {on_victim} copies on {victim}; overlaps {:?}; replacement gaps {gaps:?} ms (p99 {:?}); lease {AGENT_TTL:?}",
-        verdict.overlaps,
-        checker::quantile(&gaps, 0.99)
-    );
-    assert!(
-        verdict.overlaps.is_empty(),
-        "overlap: {:?}",
-        verdict.overlaps
-    );
     assert!(!gaps.is_empty(), "the killed host's copies left a gap");
-    let bound = i64::try_from((AGENT_TTL + Duration::from_secs(2)).as_millis()).unwrap_or(i64::MAX);
-    assert!(
-        gaps.iter().all(|g| *g <= bound),
-        "replacement gaps {gaps:?} ms over lease TTL + 2 s"
+    assert_safe_and_prompt(
+        &format!("agent host killed ({on_victim} copies on {victim})"),
+        &verdict,
+        &gaps,
     );
 }

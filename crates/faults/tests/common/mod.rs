@@ -87,3 +87,24 @@ pub fn gaps_after(verdict: &ServiceVerdict, fault_ms: i64) -> Vec<i64> {
         .map(checker::Interval::millis)
         .collect()
 }
+
+/// Prints the scenario's figures and asserts its promises: no overlap, and every replacement
+/// gap within the agent lease TTL plus 2 s.
+pub fn assert_safe_and_prompt(scenario: &str, verdict: &ServiceVerdict, gaps: &[i64]) {
+    use drover_faults::cluster::AGENT_TTL;
+    eprintln!(
+        "{scenario}: overlaps {:?}; replacement gaps {gaps:?} ms (p99 {:?}); lease {AGENT_TTL:?}",
+        verdict.overlaps,
+        checker::quantile(gaps, 0.99)
+    );
+    assert!(
+        verdict.overlaps.is_empty(),
+        "overlap: {:?}",
+        verdict.overlaps
+    );
+    let bound = i64::try_from((AGENT_TTL + Duration::from_secs(2)).as_millis()).unwrap_or(i64::MAX);
+    assert!(
+        gaps.iter().all(|g| *g <= bound),
+        "replacement gaps {gaps:?} ms over lease TTL + 2 s"
+    );
+}
