@@ -370,7 +370,40 @@ impl Cluster {
         Ok(())
     }
 
-    /// Cuts host `name` off the network (from etcd, the controllers and the witness).
+    /// Sends `signal` (`TERM`, ...) to host `name`'s main process.
+    pub async fn signal(&self, name: &str, signal: &str) -> Result<()> {
+        docker(&["kill", "--signal", signal, &self.container(name)]).await?;
+        Ok(())
+    }
+
+    /// Freezes host `name` (`docker pause`): its processes stop, its sockets stay open.
+    pub async fn pause(&self, name: &str) -> Result<()> {
+        docker(&["pause", &self.container(name)]).await?;
+        Ok(())
+    }
+
+    /// Resumes a paused host.
+    pub async fn unpause(&self, name: &str) -> Result<()> {
+        docker(&["unpause", &self.container(name)]).await?;
+        Ok(())
+    }
+
+    /// The controller replica that leads now (`c1`..`c3`), as its record in etcd says.
+    pub async fn leader(&self) -> Result<Option<String>> {
+        let store = self.store().await?;
+        let controllers = store
+            .list::<drover_api::records::ControllerInfo>(&self.keys().controllers())
+            .await
+            .map_err(|e| Error::NotUp(format!("listing controllers: {e}")))?;
+        Ok(controllers
+            .items
+            .into_iter()
+            .find(|c| c.value.leader)
+            .map(|c| c.value.id))
+    }
+
+    /// Cuts host `name` off the cluster network (from etcd and the controllers; an agent's
+    /// copies still reach the witness on theirs).
     pub async fn disconnect(&self, name: &str) -> Result<()> {
         docker(&["network", "disconnect", &self.run, &self.container(name)]).await?;
         Ok(())
