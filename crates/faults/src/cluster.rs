@@ -16,8 +16,10 @@ use crate::docker::{self, docker, LABEL};
 
 /// The image every host runs.
 pub const IMAGE: &str = "drover/fault-host:latest";
-/// The agents' lease TTL: a cut-off agent stops its copies before this runs out.
-pub const AGENT_TTL: Duration = Duration::from_secs(4);
+/// The agents' lease TTL: a cut-off agent stops its copies before this runs out. The agent's
+/// default: it fences at half of it, which must outlast an etcd leader election (lease
+/// renewals wait for a leader); at 4 s, killing the etcd leader made agents fence.
+pub const AGENT_TTL: Duration = Duration::from_secs(10);
 /// The controllers' election lease TTL.
 pub const CONTROLLER_TTL: Duration = Duration::from_secs(3);
 /// Where the witness listens, on its host.
@@ -448,9 +450,19 @@ impl Cluster {
 
     /// The last lines host `name` logged.
     pub async fn logs(&self, name: &str) -> String {
-        docker(&["logs", "--tail", "40", &self.container(name)])
-            .await
-            .unwrap_or_else(|e| e.to_string())
+        // The hosts log to stderr, which `docker logs` hands back on its own stderr.
+        let output = tokio::process::Command::new("docker")
+            .args(["logs", "--tail", "60", &self.container(name)])
+            .output()
+            .await;
+        match output {
+            Ok(o) => format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(e) => e.to_string(),
+        }
     }
 }
 
