@@ -271,3 +271,20 @@ impl Etcd {
         }
     }
 }
+
+/// The dead letter of `task`, if the leader wrote one (undecodable letters are skipped).
+pub async fn dead_letter_of(
+    store: &drover_store::Store,
+    keys: &drover_api::keys::Keys,
+    task: &str,
+) -> Option<drover_api::deadletter::DeadLetter> {
+    let letters = store
+        .list::<drover_api::deadletter::DeadLetter>(&keys.deadletters())
+        .await
+        .ok()?;
+    letters
+        .items
+        .into_iter()
+        .map(|i| i.value)
+        .find(|d| d.task == task)
+}

@@ -7,7 +7,6 @@ mod common;
 use std::time::Duration;
 
 use common::{manifest, Cli, Daemon};
-use drover_api::deadletter::DeadLetter;
 use drover_api::keys::Keys;
 use drover_api::run::{RunOutcome, RunRecord};
 use drover_api::taskstate::TaskState;
@@ -355,22 +354,9 @@ async fn a_job_that_exhausts_its_retries_is_dead_lettered_and_retry_runs_it_agai
     cluster
         .apply(&job("flaky", "exit 3", "  maxRetries: 1\n"))
         .await;
-    let letter = wait_for(
-        Duration::from_secs(60),
-        Duration::from_millis(200),
-        || async {
-            let letters = cluster
-                .store
-                .list::<DeadLetter>(&cluster.keys.deadletters())
-                .await
-                .ok()?;
-            letters
-                .items
-                .into_iter()
-                .map(|i| i.value)
-                .find(|d| d.task == "flaky")
-        },
-    )
+    let letter = wait_for(Duration::from_secs(60), Duration::from_millis(200), || {
+        common::dead_letter_of(&cluster.store, &cluster.keys, "flaky")
+    })
     .await
     .expect("a dead letter");
     assert_eq!(letter.exit_code, Some(3));

@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{manifest, Cli, Daemon};
-use drover_api::deadletter::DeadLetter;
 use drover_api::instance::Instance;
 use drover_api::keys::Keys;
 use drover_api::taskstate::TaskState;
@@ -330,17 +329,8 @@ async fn every_key_has_one_writer_across_a_scenario_of_every_verb() {
     s.verb(&["enable", "broken"]).await;
 
     let letter = s
-        .until("flaky is dead-lettered", || async {
-            let letters = s
-                .store
-                .list::<DeadLetter>(&s.keys.deadletters())
-                .await
-                .ok()?;
-            letters
-                .items
-                .into_iter()
-                .map(|i| i.value)
-                .find(|d| d.task == "flaky")
+        .until("flaky is dead-lettered", || {
+            common::dead_letter_of(&s.store, &s.keys, "flaky")
         })
         .await;
     s.verb(&["retry", &letter.instance.to_string()]).await;
