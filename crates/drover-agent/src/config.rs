@@ -71,7 +71,7 @@ pub struct AgentConfig {
     /// Where the gRPC service (`Ping`, `Logs`) listens. Default `127.0.0.1:0`: a free port,
     /// and the bound address is what the node key advertises.
     pub address: SocketAddr,
-    /// TTL of the node's lease; keep-alives go every TTL/3. Default 10 s, at least 2 s
+    /// TTL of the node's lease; keep-alives go every TTL/6. Default 10 s, at least 2 s
     /// (etcd raises smaller TTLs to its own minimum).
     #[serde(with = "drover_api::duration::human")]
     pub lease_ttl: Duration,

@@ -10,7 +10,9 @@
 //!
 //! # Guarantees
 //! - Fencing begins once no keep-alive sent in the last TTL/2 was acknowledged (with pings every
-//!   TTL/3, that is one or two missed pings), or at once when etcd says the lease is gone.
+//!   TTL/6 and each unanswered one retried on the next member after TTL/12, a silent member
+//!   costs about TTL/12 and an etcd election its own length), or at once when etcd says the
+//!   lease is gone.
 //! - Every instance's grace period is clipped so that SIGTERM, the clipped grace, and the
 //!   SIGKILL reserve all fit before `deadline = sent + ttl - margin`; an instance still running
 //!   at the deadline is killed and removed.

@@ -1,4 +1,4 @@
-//! Registration and heartbeat: the node key bound to a lease kept alive every TTL/3 (and
+//! Registration and heartbeat: the node key bound to a lease kept alive every TTL/6 (and
 //! claimed only when no other agent holds the node name), fencing when keep-alives stop being
 //! acknowledged or the first registration is late, and re-registration with a new lease once
 //! etcd answers again.

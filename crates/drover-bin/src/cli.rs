@@ -66,7 +66,7 @@ pub struct AgentArgs {
     /// A node label for nodeSelector matching (repeatable).
     #[arg(long = "label", value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
-    /// TTL of the node lease; keep-alives go every TTL/3.
+    /// TTL of the node lease; keep-alives go every TTL/6.
     #[arg(long, default_value = "10s")]
     pub lease_ttl: HumanDuration,
     /// Where the gRPC service (Ping, Logs) listens.

@@ -102,7 +102,7 @@ impl Store {
         }
     }
 
-    /// Keeps lease `id` (granted with `ttl`) alive by pinging every `ttl / 3` from a background
+    /// Keeps lease `id` (granted with `ttl`) alive by pinging every `ttl / 6` from a background
     /// task, after one first acknowledged ping.
     ///
     /// # Guarantees
@@ -110,10 +110,14 @@ impl Store {
     /// - Returns only after a first ping was acknowledged, so
     ///   [`last_ack_sent_at`](KeepAlive::last_ack_sent_at) is real from the start; a lease that
     ///   is already gone is [`Error::LeaseNotFound`].
+    /// - A ping unanswered within `ttl / 12` (the answer wait) is given up and the next ping
+    ///   goes to the next endpoint at once, without marking the silent one dead (during an etcd
+    ///   election every member is silent for a while, and all are fine afterwards). With a
+    ///   quorum reachable, a silent or killed member therefore costs about one answer wait, and
+    ///   an etcd election its own length: well inside the `ttl / 2` after which an agent fences.
     /// - [`KeepAlive::lost`] resolves when etcd says the lease is gone (within one ping
     ///   interval of a revoke, plus a round trip), or when no ping was acknowledged before
     ///   `last_ack_sent_at + ttl`. Once lost, it stays lost and the loop ends.
-    /// - Transport failures switch endpoints and retry until that deadline.
     ///
     /// # Caveats
     ///
@@ -121,28 +125,30 @@ impl Store {
     /// receives the ping, after it was sent), so fencing decisions should count from
     /// `last_ack_sent_at`, not from when the reply arrived. Pass the TTL the lease was granted
     /// with; etcd may have raised a small one, which only makes the deadline conservative.
+    /// An endpoint slower than the answer wait is treated as silent: the loop moves on to the
+    /// next, which costs a stream, not the lease.
     pub async fn keep_alive(&self, id: LeaseId, ttl: Duration) -> Result<KeepAlive> {
-        let interval = (ttl / 3).max(Duration::from_millis(100));
-        // Try the live endpoints in turn until one acknowledges, within the request timeout.
+        let cadence = Cadence::for_ttl(ttl);
+        // Try the endpoints in turn until one acknowledges, within the request timeout.
         let give_up = Instant::now() + self.request_timeout();
         let mut backoff = self.backoff();
+        let mut endpoint = self.inner.pool.pick().index;
         let (sent, conn) = loop {
             let sent = Instant::now();
-            let attempt = tokio::time::timeout_at(give_up, self.open_keeper(id)).await;
-            match attempt {
-                Ok(Ok(conn)) => break (sent, conn),
-                Ok(Err(e @ Error::Unavailable { .. })) => match backoff.next_wait() {
-                    Some(wait) if Instant::now() + wait < give_up => tokio::time::sleep(wait).await,
-                    _ => return Err(e),
-                },
-                Ok(Err(e)) => return Err(e),
-                Err(_) => {
-                    return Err(Error::Unavailable {
-                        op: "lease_keep_alive",
-                        endpoint: self.inner.pool.pick().url,
-                        reason: format!("no answer within {:?}", self.request_timeout()),
-                    })
+            let wait = cadence
+                .answer_wait
+                .min(give_up.saturating_duration_since(sent));
+            match self.open_keeper(id, endpoint, wait).await {
+                Ok(conn) => break (sent, conn),
+                Err(e @ Error::Unavailable { .. }) => {
+                    endpoint = self.inner.pool.next_after(endpoint);
+                    let pause = backoff.next_wait_forever().min(cadence.answer_wait);
+                    if Instant::now() + pause >= give_up {
+                        return Err(e);
+                    }
+                    tokio::time::sleep(pause).await;
                 }
+                Err(e) => return Err(e),
             }
         };
         let shared = Arc::new(Shared {
@@ -153,15 +159,15 @@ impl Store {
             self.clone(),
             id,
             ttl,
-            interval,
-            Some(conn),
+            cadence,
+            conn,
             shared.clone(),
             lost_tx,
         ));
         Ok(KeepAlive {
             id,
             ttl,
-            interval,
+            interval: cadence.interval,
             monitor: LeaseMonitor {
                 shared,
                 lost: lost_rx,
@@ -170,34 +176,63 @@ impl Store {
         })
     }
 
-    /// Opens a keep-alive stream on a live endpoint; etcd-client sends a first ping and waits
-    /// for its answer.
-    async fn open_keeper(&self, id: LeaseId) -> Result<(LeaseKeeper, LeaseKeepAliveStream)> {
-        let p = self.inner.pool.pick();
+    /// Opens a keep-alive stream on endpoint `index`; etcd-client sends a first ping, whose
+    /// answer must arrive within `wait`.
+    async fn open_keeper(&self, id: LeaseId, index: usize, wait: Duration) -> Result<Keeper> {
+        let p = self.inner.pool.at(index);
         let mut client = p.client.clone();
-        match client.lease_keep_alive(id.0).await {
-            Ok(conn) => {
+        let unavailable = |reason: String| Error::Unavailable {
+            op: "lease_keep_alive",
+            endpoint: p.url.clone(),
+            reason,
+        };
+        match tokio::time::timeout(wait, client.lease_keep_alive(id.0)).await {
+            Ok(Ok((keeper, stream))) => {
                 self.inner.pool.mark_alive(p.index);
-                Ok(conn)
+                Ok(Keeper {
+                    endpoint: p.index,
+                    keeper,
+                    stream,
+                })
             }
-            Err(e) => match classify(&e) {
+            Ok(Err(e)) => match classify(&e) {
                 Class::LeaseNotFound => Err(Error::LeaseNotFound { id: id.0 }),
                 Class::EndpointDown => {
                     self.inner.pool.mark_dead(p.index, &e.to_string()).await;
-                    Err(Error::Unavailable {
-                        op: "lease_keep_alive",
-                        endpoint: p.url,
-                        reason: e.to_string(),
-                    })
+                    Err(unavailable(e.to_string()))
                 }
-                _ => Err(Error::Unavailable {
-                    op: "lease_keep_alive",
-                    endpoint: p.url,
-                    reason: e.to_string(),
-                }),
+                _ => Err(unavailable(e.to_string())),
             },
+            // Silent, not failed: an election looks the same from here.
+            Err(_) => Err(unavailable(format!("no keep-alive answer within {wait:?}"))),
         }
     }
+}
+
+/// When the keep-alive loop pings and how long it waits for an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Cadence {
+    /// Between acknowledged pings: `ttl / 6`, at least 100 ms.
+    interval: Duration,
+    /// How long one ping may go unanswered before the next endpoint is tried: `ttl / 12`, at
+    /// least 50 ms.
+    answer_wait: Duration,
+}
+
+impl Cadence {
+    fn for_ttl(ttl: Duration) -> Cadence {
+        Cadence {
+            interval: (ttl / 6).max(Duration::from_millis(100)),
+            answer_wait: (ttl / 12).max(Duration::from_millis(50)),
+        }
+    }
+}
+
+/// An open keep-alive stream and the endpoint it runs through.
+struct Keeper {
+    endpoint: usize,
+    keeper: LeaseKeeper,
+    stream: LeaseKeepAliveStream,
 }
 
 struct Shared {
@@ -244,7 +279,7 @@ impl KeepAlive {
         self.ttl
     }
 
-    /// Time between pings (`ttl / 3`).
+    /// Time between acknowledged pings (`ttl / 6`).
     pub fn interval(&self) -> Duration {
         self.interval
     }
@@ -341,13 +376,15 @@ async fn keep_alive_loop(
     store: Store,
     id: LeaseId,
     ttl: Duration,
-    interval: Duration,
-    mut conn: Option<(LeaseKeeper, LeaseKeepAliveStream)>,
+    cadence: Cadence,
+    conn: Keeper,
     shared: Arc<Shared>,
     lost: watch::Sender<Option<LeaseLost>>,
 ) {
     let mut backoff = store.backoff();
-    let mut next_ping = Instant::now() + interval;
+    let mut endpoint = conn.endpoint;
+    let mut conn = Some(conn);
+    let mut next_ping = Instant::now() + cadence.interval;
     loop {
         let deadline = shared.last() + ttl;
         if Instant::now() >= deadline {
@@ -356,32 +393,29 @@ async fn keep_alive_loop(
             return;
         }
         tokio::time::sleep_until(next_ping.min(deadline)).await;
-        if Instant::now() >= deadline {
+        let sent = Instant::now();
+        if sent >= deadline {
             continue;
         }
-        let sent = Instant::now();
+        // Never wait past the lease deadline, so a hung answer cannot delay reporting the loss.
+        let wait = cadence.answer_wait.min(deadline - sent);
         let outcome = match conn.as_mut() {
-            Some((keeper, stream)) => {
-                let wait = store.request_timeout().min(deadline - sent);
-                ping(keeper, stream, wait).await
-            }
-            // Opening sends a ping and waits for its answer; bounded by the lease deadline so
-            // a hung connection attempt cannot delay reporting the loss.
-            None => match tokio::time::timeout_at(deadline, store.open_keeper(id)).await {
-                Ok(Ok(c)) => {
-                    conn = Some(c);
+            Some(k) => ping(&mut k.keeper, &mut k.stream, wait).await,
+            // Opening sends a ping and waits for its answer.
+            None => match store.open_keeper(id, endpoint, wait).await {
+                Ok(k) => {
+                    conn = Some(k);
                     Ping::Acked
                 }
-                Ok(Err(Error::LeaseNotFound { .. })) => Ping::NotFound,
-                Ok(Err(e)) => Ping::Failed(e.to_string()),
-                Err(_) => Ping::Failed("reconnecting timed out at the lease deadline".into()),
+                Err(Error::LeaseNotFound { .. }) => Ping::NotFound,
+                Err(e) => Ping::Failed(e.to_string()),
             },
         };
         match outcome {
             Ping::Acked => {
                 shared.acked(sent);
                 backoff.reset();
-                next_ping = sent + interval;
+                next_ping = sent + cadence.interval;
             }
             Ping::NotFound => {
                 tracing::warn!(lease = %id, "lease not found on keep-alive; lease lost");
@@ -389,9 +423,14 @@ async fn keep_alive_loop(
                 return;
             }
             Ping::Failed(reason) => {
-                tracing::debug!(lease = %id, %reason, "keep-alive failed; reconnecting");
+                let from = store.inner.pool.at(endpoint).url;
+                endpoint = store.inner.pool.next_after(endpoint);
+                tracing::debug!(
+                    lease = %id, %from, to = %store.inner.pool.at(endpoint).url, %reason,
+                    "keep-alive failed; trying the next endpoint"
+                );
                 conn = None;
-                next_ping = Instant::now() + backoff.next_wait_forever().min(interval);
+                next_ping = Instant::now() + backoff.next_wait_forever().min(cadence.answer_wait);
             }
         }
     }
@@ -414,5 +453,22 @@ async fn ping(keeper: &mut LeaseKeeper, stream: &mut LeaseKeepAliveStream, wait:
         Ok(Ok(None)) => Ping::Failed("keep-alive stream closed".into()),
         Ok(Err(e)) => Ping::Failed(e.to_string()),
         Err(_) => Ping::Failed(format!("no keep-alive answer within {wait:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cadence_leaves_several_answer_waits_before_an_agent_fences() {
+        for secs in [2u64, 3, 4, 10, 30, 120] {
+            let ttl = Duration::from_secs(secs);
+            let c = Cadence::for_ttl(ttl);
+            // From the last acknowledged send: the next ping, then at least four more tries
+            // (one per endpoint of a 3-member cluster, and one more) before TTL/2.
+            assert!(c.interval + 4 * c.answer_wait <= ttl / 2, "{ttl:?}: {c:?}");
+            assert!(c.answer_wait < c.interval, "{ttl:?}: {c:?}");
+        }
     }
 }

@@ -125,6 +125,21 @@ impl Pool {
         self.at(soonest.map_or(start, |(i, _)| i))
     }
 
+    /// The index of the endpoint to try after `index`: the next one in order that is not in
+    /// its cool-down, or simply the next one when all are.
+    pub(crate) fn next_after(&self, index: usize) -> usize {
+        let n = self.endpoints.len();
+        let now = Instant::now();
+        (1..=n)
+            .map(|k| (index + k) % n)
+            .find(|&i| {
+                lock(&self.endpoints[i].state)
+                    .dead_until
+                    .is_none_or(|t| t <= now)
+            })
+            .unwrap_or((index + 1) % n)
+    }
+
     /// Marks endpoint `index` dead for the cool-down, replaces its client (so the next use
     /// dials afresh) and moves the preference to the next endpoint.
     pub(crate) async fn mark_dead(&self, index: usize, reason: &str) {
