@@ -1,6 +1,7 @@
 //! From the witness's records to findings, with no knowledge of Drover's own records.
 //!
-//! A *copy* is one process of one instance (instance, host, pid), live from its first report to
+//! A *copy* is one process of one instance (instance, host, pid and the random copy token it
+//! drew at start, since a restarted host reuses pids), live from its first report to
 //! its last. Report intervals make every finding a lower bound: copies whose reports overlap
 //! certainly ran at once; an overlap shorter than the report period can be missed, never
 //! invented.
@@ -10,8 +11,9 @@
 //!   replacement that started before the copy it replaces had ended. Copies that keep running
 //!   while a scale-down or deletion stops them are not overlaps: nothing new started. A **gap**
 //!   is an interval with fewer live copies than desired.
-//! - Jobs: a run is **doubled** when two copies report it done, **overlapping** when two of its
-//!   copies are live at once, and **lost** when it was expected but no copy reported it done.
+//! - Jobs: a unit of work (a run, with the retries that followed it) is **doubled** when two
+//!   copies report it done, **overlapping** when two of its copies are live at once, and
+//!   **lost** when it was expected but no copy reported it done.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -28,6 +30,8 @@ pub struct Copy {
     pub host: String,
     /// Its pid there.
     pub pid: u32,
+    /// The token it drew at start.
+    pub copy: u64,
     /// Its first report.
     pub first_ms: i64,
     /// Its last report.
@@ -46,7 +50,7 @@ impl Copy {
 /// The copies in `records`, sorted by first report. Records whose instance is not a Drover
 /// instance id are skipped (and counted in the second value), never guessed at.
 pub fn copies(records: &[Received]) -> (Vec<Copy>, usize) {
-    let mut by_process: BTreeMap<(String, String, u32), Copy> = BTreeMap::new();
+    let mut by_process: BTreeMap<(String, String, u32, u64), Copy> = BTreeMap::new();
     let mut skipped = 0;
     for r in records {
         let d = &r.datagram;
@@ -55,11 +59,12 @@ pub fn copies(records: &[Received]) -> (Vec<Copy>, usize) {
             continue;
         };
         let copy = by_process
-            .entry((d.instance.clone(), d.host.clone(), d.pid))
+            .entry((d.instance.clone(), d.host.clone(), d.pid, d.copy))
             .or_insert_with(|| Copy {
                 instance,
                 host: d.host.clone(),
                 pid: d.pid,
+                copy: d.copy,
                 first_ms: r.at_ms,
                 last_ms: r.at_ms,
                 done: false,
@@ -216,44 +221,59 @@ pub fn judge_service(
     verdict
 }
 
-/// A job task's findings, by run instance (`namespace.task.run.slot`).
+/// One unit of a job's work: the run instances (`namespace.task.run.slot`) that together must
+/// do it once — a run and the retries that followed it. Named by its first instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Work {
+    /// The run instances, first the original run's.
+    pub instances: Vec<String>,
+}
+
+impl Work {
+    /// One run, no retries.
+    pub fn run(instance: impl Into<String>) -> Work {
+        Work {
+            instances: vec![instance.into()],
+        }
+    }
+
+    fn name(&self) -> String {
+        self.instances.first().cloned().unwrap_or_default()
+    }
+}
+
+/// A job task's findings, by unit of work (its first run instance).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct JobVerdict {
-    /// Runs two or more copies reported done.
+    /// Work two or more copies reported done.
     pub doubled: Vec<String>,
-    /// Runs with two copies live at once.
+    /// Work with two copies live at once (of one run, or of a run and its retry).
     pub overlapping: Vec<String>,
-    /// Runs expected but never reported done.
+    /// Work no copy reported done.
     pub lost: Vec<String>,
 }
 
-/// Judges job copies: each run instance must be done exactly once, one copy at a time, and
-/// every run in `expected` must be done.
-pub fn judge_jobs(copies: &[&Copy], expected: &[String]) -> JobVerdict {
-    let mut by_run: BTreeMap<String, Vec<&Copy>> = BTreeMap::new();
-    for c in copies {
-        by_run.entry(c.instance.to_string()).or_default().push(c);
-    }
+/// Judges job copies against the units of work that must have been done: each exactly once
+/// (one copy reporting done, over the run and its retries), one copy at a time.
+pub fn judge_jobs(copies: &[&Copy], work: &[Work]) -> JobVerdict {
     let mut verdict = JobVerdict::default();
-    for (run, copies) in &by_run {
-        if copies.iter().filter(|c| c.done).count() > 1 {
-            verdict.doubled.push(run.clone());
+    for unit in work {
+        let mine: Vec<&&Copy> = copies
+            .iter()
+            .filter(|c| unit.instances.contains(&c.instance.to_string()))
+            .collect();
+        match mine.iter().filter(|c| c.done).count() {
+            0 => verdict.lost.push(unit.name()),
+            1 => {}
+            _ => verdict.doubled.push(unit.name()),
         }
-        let overlapping = copies.iter().enumerate().any(|(i, a)| {
-            copies[i + 1..]
+        let overlapping = mine.iter().enumerate().any(|(i, a)| {
+            mine[i + 1..]
                 .iter()
                 .any(|b| a.first_ms <= b.last_ms && b.first_ms <= a.last_ms)
         });
         if overlapping {
-            verdict.overlapping.push(run.clone());
-        }
-    }
-    for run in expected {
-        let done = by_run
-            .get(run)
-            .is_some_and(|copies| copies.iter().any(|c| c.done));
-        if !done {
-            verdict.lost.push(run.clone());
+            verdict.overlapping.push(unit.name());
         }
     }
     verdict
@@ -284,6 +304,7 @@ mod tests {
                 instance: instance.into(),
                 host: host.into(),
                 pid,
+                copy: u64::from(pid),
                 seq: 0,
             },
         }
@@ -335,6 +356,24 @@ mod tests {
     }
 
     #[test]
+    fn a_restarted_host_reusing_a_pid_runs_a_new_copy() {
+        // The host restarts with a fresh pid namespace: the new copy gets pid 11 again.
+        let mut records = alive(0, 2000, "default.web.0", "a", 11);
+        let mut again = alive(3000, 4000, "default.web.0", "a", 11);
+        for r in &mut again {
+            r.datagram.copy = 0xbeef;
+        }
+        records.extend(again);
+        let (copies, _) = copies(&records);
+        assert_eq!(copies.len(), 2, "{copies:?}");
+        assert_eq!((copies[1].first_ms, copies[1].copy), (3000, 0xbeef));
+        let refs: Vec<&Copy> = copies.iter().collect();
+        let v = judge_service(&refs, &steady(1, 1), 100, 4000);
+        assert_eq!(v.gaps.len(), 1, "{v:?}");
+        assert_eq!((v.gaps[0].from_ms, v.gaps[0].to_ms), (2101, 3000));
+    }
+
+    #[test]
     fn reports_a_period_apart_leave_no_gap_at_the_end() {
         // Two copies reporting out of phase; the judgement ends at the later one's last report.
         let mut records = alive(0, 1000, "default.web.0", "a", 1);
@@ -383,15 +422,41 @@ mod tests {
         let (copies, skipped) = copies(&records);
         assert_eq!(skipped, 1);
         let refs: Vec<&Copy> = copies.iter().collect();
-        let expected = vec![
-            "default.batch.r1.0".to_string(),
-            "default.batch.r2.0".to_string(),
-            "default.batch.r3.0".to_string(),
+        let work = vec![
+            Work::run("default.batch.r1.0"),
+            Work::run("default.batch.r2.0"),
+            Work::run("default.batch.r3.0"),
         ];
-        let v = judge_jobs(&refs, &expected);
+        let v = judge_jobs(&refs, &work);
         assert_eq!(v.doubled, vec!["default.batch.r1.0"]);
         assert_eq!(v.overlapping, vec!["default.batch.r1.0"]);
         assert_eq!(v.lost, vec!["default.batch.r2.0", "default.batch.r3.0"]);
+    }
+
+    #[test]
+    fn a_retry_completes_its_run_and_must_not_overlap_it() {
+        // Run 1's node died mid-work; its retry, run 2, did the work.
+        let mut records = alive(0, 500, "default.batch.r1.0", "a", 1);
+        records.extend(alive(2000, 2500, "default.batch.r2.0", "b", 2));
+        records.push(rec(2600, Kind::Done, "default.batch.r2.0", "b", 2));
+        // Run 3's retry, run 4, started while run 3's copy was still live, and both finished.
+        records.extend(alive(3000, 3500, "default.batch.r3.0", "a", 3));
+        records.push(rec(3600, Kind::Done, "default.batch.r3.0", "a", 3));
+        records.extend(alive(3400, 3700, "default.batch.r4.0", "b", 4));
+        records.push(rec(3800, Kind::Done, "default.batch.r4.0", "b", 4));
+        let (copies, _) = copies(&records);
+        let refs: Vec<&Copy> = copies.iter().collect();
+        let retried = |a: &str, b: &str| Work {
+            instances: vec![a.to_string(), b.to_string()],
+        };
+        let work = vec![
+            retried("default.batch.r1.0", "default.batch.r2.0"),
+            retried("default.batch.r3.0", "default.batch.r4.0"),
+        ];
+        let v = judge_jobs(&refs, &work);
+        assert!(v.lost.is_empty(), "{v:?}");
+        assert_eq!(v.doubled, vec!["default.batch.r3.0"]);
+        assert_eq!(v.overlapping, vec!["default.batch.r3.0"]);
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The witness's wire format: one UDP datagram per report, plain text so a capture is
-//! readable: `v1 <kind> <instance> <host> <pid> <seq>`. The service records each as a JSON
+//! readable: `v2 <kind> <instance> <host> <pid> <copy> <seq>`. The service records each as a JSON
 //! [`Received`] line stamped with its own clock.
 
 use std::fmt;
@@ -25,8 +25,12 @@ pub struct Datagram {
     pub instance: String,
     /// The host (node) it runs on (`DROVER_NODE`).
     pub host: String,
-    /// Its process id on that host: two copies of one instance differ in host or pid.
+    /// Its process id on that host.
     pub pid: u32,
+    /// Drawn at random when the copy starts (16 hex digits on the wire): a host restarted
+    /// with a fresh pid namespace hands out the same pids again, so host and pid alone do not
+    /// tell two copies of one instance apart.
+    pub copy: u64,
     /// Counts up from 0 per copy.
     pub seq: u64,
 }
@@ -34,16 +38,16 @@ pub struct Datagram {
 /// Why a datagram was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {
-    /// Not `v1` followed by five fields.
-    #[error("not a v1 witness datagram (expected `v1 KIND INSTANCE HOST PID SEQ`): {0:?}")]
+    /// Not `v2` followed by six fields.
+    #[error("not a v2 witness datagram (expected `v2 KIND INSTANCE HOST PID COPY SEQ`): {0:?}")]
     Shape(String),
     /// The kind is neither `alive` nor `done`.
     #[error("unknown kind {0:?} (expected alive or done)")]
     Kind(String),
-    /// The pid or the sequence number is not a number.
+    /// The pid, the copy or the sequence number is not a number.
     #[error("{field} is not a number: {text:?}")]
     Number {
-        /// `pid` or `seq`.
+        /// `pid`, `copy` or `seq`.
         field: &'static str,
         /// What was there.
         text: String,
@@ -58,8 +62,8 @@ impl fmt::Display for Datagram {
         };
         write!(
             f,
-            "v1 {kind} {} {} {} {}",
-            self.instance, self.host, self.pid, self.seq
+            "v2 {kind} {} {} {} {:016x} {}",
+            self.instance, self.host, self.pid, self.copy, self.seq
         )
     }
 }
@@ -68,10 +72,10 @@ impl Datagram {
     /// Parses a datagram's text.
     pub fn parse(text: &str) -> Result<Datagram, ParseError> {
         let fields: Vec<&str> = text.split_ascii_whitespace().collect();
-        let [version, kind, instance, host, pid, seq] = fields[..] else {
+        let [version, kind, instance, host, pid, copy, seq] = fields[..] else {
             return Err(ParseError::Shape(text.to_string()));
         };
-        if version != "v1" {
+        if version != "v2" {
             return Err(ParseError::Shape(text.to_string()));
         }
         let kind = match kind {
@@ -89,11 +93,16 @@ impl Datagram {
             field: "pid",
             text: pid.to_string(),
         })?;
+        let copy = u64::from_str_radix(copy, 16).map_err(|_| ParseError::Number {
+            field: "copy",
+            text: copy.to_string(),
+        })?;
         Ok(Datagram {
             kind,
             instance: instance.to_string(),
             host: host.to_string(),
             pid,
+            copy,
             seq: number("seq", seq)?,
         })
     }
@@ -122,20 +131,33 @@ mod tests {
             instance: "default.batch.r3.0".into(),
             host: "agent-2".into(),
             pid: 41,
+            copy: 0x00c0_ffee_0000_0001,
             seq: 17,
         };
+        assert_eq!(
+            d.to_string(),
+            "v2 done default.batch.r3.0 agent-2 41 00c0ffee00000001 17"
+        );
         assert_eq!(Datagram::parse(&d.to_string()).unwrap(), d);
         assert!(matches!(
-            Datagram::parse("v2 alive a b 1 2"),
+            Datagram::parse("v1 alive a b 1 2"),
             Err(ParseError::Shape(_))
         ));
         assert!(matches!(
-            Datagram::parse("v1 dead a b 1 2"),
+            Datagram::parse("v3 alive a b 1 ff 2"),
+            Err(ParseError::Shape(_))
+        ));
+        assert!(matches!(
+            Datagram::parse("v2 dead a b 1 ff 2"),
             Err(ParseError::Kind(_))
         ));
         assert!(matches!(
-            Datagram::parse("v1 alive a b x 2"),
+            Datagram::parse("v2 alive a b x ff 2"),
             Err(ParseError::Number { field: "pid", .. })
+        ));
+        assert!(matches!(
+            Datagram::parse("v2 alive a b 1 zz 2"),
+            Err(ParseError::Number { field: "copy", .. })
         ));
         assert!(Datagram::parse("").is_err());
     }
@@ -144,12 +166,12 @@ mod tests {
     fn a_received_line_is_flat_json() {
         let r = Received {
             at_ms: 5,
-            datagram: Datagram::parse("v1 alive default.web.0 h 1 0").unwrap(),
+            datagram: Datagram::parse("v2 alive default.web.0 h 1 a 0").unwrap(),
         };
         let line = serde_json::to_string(&r).unwrap();
         assert_eq!(
             line,
-            r#"{"at_ms":5,"kind":"alive","instance":"default.web.0","host":"h","pid":1,"seq":0}"#
+            r#"{"at_ms":5,"kind":"alive","instance":"default.web.0","host":"h","pid":1,"copy":10,"seq":0}"#
         );
         assert_eq!(serde_json::from_str::<Received>(&line).unwrap(), r);
     }

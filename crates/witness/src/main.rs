@@ -103,6 +103,7 @@ async fn report(to: SocketAddr, every: Duration, work: Option<Duration>) -> std:
     let instance = var("DROVER_INSTANCE");
     let host = var("DROVER_NODE");
     let pid = std::process::id();
+    let copy: u64 = rand::random();
     let bind: SocketAddr = if to.is_ipv4() {
         ([0, 0, 0, 0], 0).into()
     } else {
@@ -119,6 +120,7 @@ async fn report(to: SocketAddr, every: Duration, work: Option<Duration>) -> std:
             instance: instance.clone(),
             host: host.clone(),
             pid,
+            copy,
             seq,
         };
         datagram.to_string()
