@@ -1,6 +1,11 @@
 //! A cluster of real hosts: each host a container of `drover/fault-host` with its own address
-//! on a private network — the witness service, 3 etcd members, 3 controller replicas and the
-//! agents (process driver) — built by `hack/fault-images.sh`. Dropping the [`Cluster`] removes
+//! on a private network — the witness service, 3 etcd members, 3 controller replicas, the
+//! agents (process driver) and the operator's `cli` host — built by `hack/fault-images.sh`.
+//!
+//! Three networks, so each fault cuts exactly one path: the cluster network (etcd, controllers,
+//! agents, cli: what `disconnect` cuts), the witness network (agents and the witness, so a
+//! cut-off agent's copies still report) and the control network (controllers and agents, so a
+//! controller cut off from etcd still reaches the agents). Dropping the [`Cluster`] removes
 //! every container, the network and the records; [`Cluster::start`] first removes what an
 //! interrupted earlier run left.
 
@@ -12,6 +17,7 @@ use drover_api::node::Node;
 use drover_store::{Store, StoreConfig};
 use drover_witness::datagram::Received;
 
+use crate::cli::{self, Cli};
 use crate::docker::{self, docker, LABEL};
 
 /// The image every host runs.
@@ -22,8 +28,12 @@ pub const IMAGE: &str = "drover/fault-host:latest";
 pub const AGENT_TTL: Duration = Duration::from_secs(10);
 /// The controllers' election lease TTL.
 pub const CONTROLLER_TTL: Duration = Duration::from_secs(3);
+/// Where the witness writes its records, on its host.
+const WITNESS_RECORDS: &str = "/tmp/witness.jsonl";
 /// Where the witness listens, on its host.
 const WITNESS_PORT: u16 = 7700;
+/// The cli host's address octet.
+const CLI_OCTET: u8 = 9;
 /// Key prefix of the cluster's state.
 pub const PREFIX: &str = "/drover";
 
@@ -45,6 +55,12 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A command on the cli host failed.
+    #[error(transparent)]
+    Cli(#[from] cli::Error),
+    /// A host name this cluster does not have.
+    #[error("no host {0} in this cluster")]
+    NoHost(String),
     /// The cluster did not come up in time.
     #[error("the cluster did not come up: {0}")]
     NotUp(String),
@@ -79,7 +95,7 @@ impl Cluster {
         // What an interrupted run left behind goes first.
         docker::remove_labelled(None).await?;
         let run = format!("faults-{:06x}", rand::random::<u32>() & 0xff_ffff);
-        let octet = 16 + rand::random::<u8>() % 200;
+        let octet = free_octet().await?;
         let net = format!("10.213.{octet}");
         let records = std::env::temp_dir().join(&run);
         std::fs::create_dir_all(&records).map_err(|source| Error::Records {
@@ -93,13 +109,15 @@ impl Cluster {
             records,
         };
         let label = format!("{LABEL}={run}");
-        // Two networks: the cluster's (etcd, controllers, agents: what faults cut) and the
-        // witness's (agents and the witness only), so a cut-off agent's copies still report.
         for (name, subnet) in [
             (run.clone(), format!("{net}.0/24")),
             (
                 cluster.witness_net(),
                 format!("{}.0/24", cluster.witness_prefix()),
+            ),
+            (
+                cluster.control_net(),
+                format!("{}.0/24", cluster.control_prefix()),
             ),
         ] {
             docker(&[
@@ -120,7 +138,7 @@ impl Cluster {
                     "--listen",
                     &format!("0.0.0.0:{WITNESS_PORT}"),
                     "--out",
-                    "/records/witness.jsonl",
+                    WITNESS_RECORDS,
                 ],
             )
             .await?;
@@ -153,10 +171,34 @@ impl Cluster {
                         &peers.join(","),
                         "--initial-cluster-state",
                         "new",
+                        // The members ping their clients every second and drop those that do
+                        // not answer, so a client cut off for a few seconds comes back to a
+                        // closed connection and must watch anew (with etcd's defaults, two
+                        // hours, the stalled stream would simply resume).
+                        "--grpc-keepalive-interval",
+                        "1s",
+                        "--grpc-keepalive-timeout",
+                        "1s",
                     ],
                 )
                 .await?;
         }
+        // The operator's seat: an idle process keeps the host up for `docker exec`.
+        cluster
+            .host(
+                "cli",
+                CLI_OCTET,
+                &[],
+                &[
+                    "/witness",
+                    "serve",
+                    "--listen",
+                    "127.0.0.1:7701",
+                    "--out",
+                    "/tmp/idle.jsonl",
+                ],
+            )
+            .await?;
         let etcd = cluster.endpoints().join(",");
         let controller_ttl = format!("{}s", CONTROLLER_TTL.as_secs());
         for i in 1..=3u8 {
@@ -176,6 +218,14 @@ impl Cluster {
                         "--lease-ttl",
                         &controller_ttl,
                     ],
+                )
+                .await?;
+            cluster
+                .attach(
+                    &cluster.control_net(),
+                    &cluster.control_prefix(),
+                    &id,
+                    20 + i,
                 )
                 .await?;
         }
@@ -208,19 +258,40 @@ impl Cluster {
                     .collect::<Vec<_>>(),
                 )
                 .await?;
-            let witness_ip = format!("{}.{octet}", cluster.witness_prefix());
-            docker(&[
-                "network",
-                "connect",
-                "--ip",
-                &witness_ip,
-                &cluster.witness_net(),
-                &cluster.container(name),
-            ])
-            .await?;
+            cluster
+                .attach(
+                    &cluster.witness_net(),
+                    &cluster.witness_prefix(),
+                    name,
+                    octet,
+                )
+                .await?;
+            cluster
+                .attach(
+                    &cluster.control_net(),
+                    &cluster.control_prefix(),
+                    name,
+                    octet,
+                )
+                .await?;
         }
         cluster.wait_up().await?;
         Ok(cluster)
+    }
+
+    /// Connects host `name` to `network` at `<prefix>.<octet>`.
+    async fn attach(&self, network: &str, prefix: &str, name: &str, octet: u8) -> Result<()> {
+        let ip = format!("{prefix}.{octet}");
+        docker(&[
+            "network",
+            "connect",
+            "--ip",
+            &ip,
+            network,
+            &self.container(name),
+        ])
+        .await?;
+        Ok(())
     }
 
     /// Runs `cmd` in a new host container `name` at `<net>.<octet>` on the cluster network.
@@ -242,14 +313,12 @@ impl Cluster {
         let container = self.container(name);
         let ip = format!("{prefix}.{octet}");
         let label = format!("{LABEL}={}", self.run);
-        // Every host sees the run's directory: the witness writes its records there, and the
-        // test hands manifests to the CLI through it.
-        let mount = format!("{}:/records", self.records.display());
+        // No bind mounts: the docker CLI may run in a container of its own (hack/fresh-machine.sh)
+        // whose paths the engine cannot see. Records come out by `docker cp`, manifests go in
+        // on standard input.
         let mut args = vec![
             "run",
             "-d",
-            "-v",
-            &mount,
             "--name",
             &container,
             "--hostname",
@@ -296,10 +365,46 @@ impl Cluster {
         format!("10.214.{octet}")
     }
 
-    /// The address octet of agent `name` (`a1` is .31) on both networks.
-    pub fn agent_octet(&self, name: &str) -> Option<u8> {
-        let i = self.agents.iter().position(|a| a == name)?;
-        31u8.checked_add(u8::try_from(i).ok()?)
+    /// The control network's name.
+    fn control_net(&self) -> String {
+        format!("{}-c", self.run)
+    }
+
+    /// The control network's first three octets (the cluster's third octet, under 10.215).
+    fn control_prefix(&self) -> String {
+        let octet = self.net.rsplit('.').next().unwrap_or("0");
+        format!("10.215.{octet}")
+    }
+
+    /// The address octet of host `name` on every network it is on: the cli host .9, etcd
+    /// members `e1`.. .11.., controllers `c1`.. .21.., agents `a1`.. .31...
+    pub fn octet(&self, name: &str) -> Result<u8> {
+        let numbered = |prefix: char, base: u8, count: usize| {
+            let i: u8 = name.strip_prefix(prefix)?.parse().ok()?;
+            (1..=count).contains(&usize::from(i)).then(|| base + i)
+        };
+        let octet = match name {
+            "cli" => Some(CLI_OCTET),
+            _ => numbered('e', 10, 3)
+                .or_else(|| numbered('c', 20, 3))
+                .or_else(|| numbered('a', 30, self.agents.len())),
+        };
+        octet.ok_or_else(|| Error::NoHost(name.to_string()))
+    }
+
+    /// The operator's seat (see [`crate::cli`]).
+    pub fn cli(&self) -> Cli {
+        Cli::new(self.container("cli"), self.endpoints())
+    }
+
+    /// The etcd member (`e1`..`e3`) that leads the raft group now, if one answers as leader.
+    pub async fn etcd_leader(&self) -> Result<Option<String>> {
+        let statuses = self.cli().member_statuses().await?;
+        let endpoints = self.endpoints();
+        Ok(statuses.iter().find(|s| s.leader).and_then(|s| {
+            let i = endpoints.iter().position(|e| *e == s.endpoint)?;
+            Some(format!("e{}", i + 1))
+        }))
     }
 
     /// A store client of the cluster's etcd, from the test's own host.
@@ -351,14 +456,35 @@ impl Cluster {
         Ok(())
     }
 
-    /// Everything the witness recorded so far.
+    /// Everything the witness recorded so far (copied out of its host with `docker cp`; the
+    /// copy is kept in the run's local directory until the cluster is dropped).
     pub fn records(&self) -> Result<Vec<Received>> {
         let path = self.records.join("witness.jsonl");
-        let text = match std::fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(source) => return Err(Error::Records { path, source }),
-        };
+        let from = format!("{}:{WITNESS_RECORDS}", self.container("witness"));
+        // Blocking: callers poll from synchronous closures; one copy takes milliseconds.
+        let copied = std::process::Command::new("docker")
+            .args(["cp", "-q", &from])
+            .arg(&path)
+            .output()
+            .map_err(|source| Error::Records {
+                path: path.clone(),
+                source,
+            })?;
+        if !copied.status.success() {
+            let stderr = String::from_utf8_lossy(&copied.stderr);
+            // Before the first report the witness has not created its file yet.
+            if stderr.contains("Could not find the file") || stderr.contains("No such") {
+                return Ok(Vec::new());
+            }
+            return Err(Error::Records {
+                path,
+                source: std::io::Error::other(format!("docker cp {from}: {}", stderr.trim())),
+            });
+        }
+        let text = std::fs::read_to_string(&path).map_err(|source| Error::Records {
+            path: path.clone(),
+            source,
+        })?;
         // A torn last line (being written) is skipped, not an error.
         Ok(text
             .lines()
@@ -369,6 +495,12 @@ impl Cluster {
     /// `docker kill` host `name`: the host dies with every process on it.
     pub async fn kill(&self, name: &str) -> Result<()> {
         docker(&["kill", &self.container(name)]).await?;
+        Ok(())
+    }
+
+    /// Boots a killed host again, with its disk (state dirs, etcd data) as it was.
+    pub async fn boot(&self, name: &str) -> Result<()> {
+        docker(&["start", &self.container(name)]).await?;
         Ok(())
     }
 
@@ -412,8 +544,8 @@ impl Cluster {
     }
 
     /// Reconnects host `name` at its address.
-    pub async fn reconnect(&self, name: &str, octet: u8) -> Result<()> {
-        let ip = format!("{}.{octet}", self.net);
+    pub async fn reconnect(&self, name: &str) -> Result<()> {
+        let ip = format!("{}.{}", self.net, self.octet(name)?);
         docker(&[
             "network",
             "connect",
@@ -426,26 +558,33 @@ impl Cluster {
         Ok(())
     }
 
-    /// Runs `drover ARGS` against the cluster, on controller host `c1`; returns its stdout.
+    /// Runs `drover ARGS` against the cluster on the cli host; returns its stdout.
     pub async fn drover(&self, args: &[&str]) -> Result<String> {
-        let etcd = self.endpoints().join(",");
-        let container = self.container("c1");
-        let mut all = vec![
-            "exec",
-            container.as_str(),
-            "/drover",
-            "--etcd",
-            etcd.as_str(),
-        ];
-        all.extend_from_slice(args);
-        Ok(docker(&all).await?)
+        Ok(self.cli().drover(args).await?)
     }
 
-    /// Writes `text` into the run's directory as `name`; returns its path inside every host.
-    pub fn file(&self, name: &str, text: &str) -> Result<String> {
-        let path = self.records.join(name);
-        std::fs::write(&path, text).map_err(|source| Error::Records { path, source })?;
-        Ok(format!("/records/{name}"))
+    /// `drover apply` of the manifest `text`, handed over on standard input.
+    pub async fn apply(&self, text: &str) -> Result<String> {
+        Ok(self.cli().apply(text).await?)
+    }
+
+    /// How many lines host `name` logged (since it was created) that contain `needle`.
+    pub async fn log_lines_with(&self, name: &str, needle: &str) -> usize {
+        let output = tokio::process::Command::new("docker")
+            .args(["logs", &self.container(name)])
+            .output()
+            .await;
+        output.map_or(0, |o| {
+            [o.stdout, o.stderr]
+                .iter()
+                .map(|bytes| {
+                    String::from_utf8_lossy(bytes)
+                        .lines()
+                        .filter(|l| l.contains(needle))
+                        .count()
+                })
+                .sum()
+        })
     }
 
     /// The last lines host `name` logged.
@@ -466,6 +605,31 @@ impl Cluster {
     }
 }
 
+/// A third octet `o` such that none of 10.213.o, 10.214.o and 10.215.o is a subnet of an
+/// existing network (one an interrupted run left behind, say), picked at random.
+async fn free_octet() -> Result<u8> {
+    let ids = docker(&["network", "ls", "-q"]).await?;
+    let mut args = vec![
+        "network",
+        "inspect",
+        "--format",
+        "{{range .IPAM.Config}}{{.Subnet}} {{end}}",
+    ];
+    args.extend(ids.split_whitespace());
+    let used = docker(&args).await?;
+    let taken = |o: u8| {
+        (213..=215).any(|b| {
+            used.split_whitespace()
+                .any(|s| s == format!("10.{b}.{o}.0/24"))
+        })
+    };
+    let start = u16::from(rand::random::<u8>() % 200);
+    (0..200u16)
+        .filter_map(|k| u8::try_from(16 + (start + k) % 200).ok())
+        .find(|o| !taken(*o))
+        .ok_or_else(|| Error::NotUp("no free 10.213-215.X.0/24 subnets".into()))
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         // Drop cannot await: the docker CLI is run synchronously, bounded by docker itself.
@@ -483,7 +647,13 @@ impl Drop for Cluster {
                 .output();
         }
         let _ = std::process::Command::new("docker")
-            .args(["network", "rm", &self.run, &self.witness_net()])
+            .args([
+                "network",
+                "rm",
+                &self.run,
+                &self.witness_net(),
+                &self.control_net(),
+            ])
             .output();
         let _ = std::fs::remove_dir_all(&self.records);
     }

@@ -5,53 +5,34 @@
 
 mod common;
 
-use std::collections::BTreeSet;
-use std::time::Duration;
-
-use common::{
-    apply_steady, assert_safe_and_prompt, gaps_after, judge, live, now_ms, until, REPLICAS,
-};
+use common::scenario::{rounds, Promise, Scenario};
+use common::{agents_registered, host_of_a_copy, moved_off};
 use drover_faults::cluster::Cluster;
-
-/// Waits until REPLICAS copies report, none of them on `gone`.
-async fn moved_off(cluster: &Cluster, gone: &str) {
-    until("every copy off the host", Duration::from_secs(90), || {
-        let copies = live(cluster, now_ms(), 500);
-        let hosts: BTreeSet<&str> = copies.iter().map(|c| c.host.as_str()).collect();
-        (copies.len() == REPLICAS as usize && !hosts.contains(gone)).then_some(())
-    })
-    .await;
-}
 
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "fault suite: needs the drover/fault-host image; run with hack/faults.sh"]
 async fn a_stopped_agent_and_a_drained_node_hand_over_without_overlap() {
     let cluster = Cluster::start(3).await.expect("cluster up");
-    let applied = apply_steady(&cluster).await;
+    let mut scenario = Scenario::begin(&cluster, "3 agent stopped (SIGTERM), node drained").await;
+    for _ in 0..rounds() {
+        let stopped = host_of_a_copy(&cluster);
+        scenario.fault();
+        cluster.signal(&stopped, "TERM").await.expect("SIGTERM");
+        moved_off(&cluster, &stopped).await;
+        cluster.boot(&stopped).await.expect("boot");
+        agents_registered(&cluster).await;
 
-    let stopped = live(&cluster, now_ms(), 500)[0].host.clone();
-    let first_fault = now_ms();
-    cluster.signal(&stopped, "TERM").await.expect("SIGTERM");
-    moved_off(&cluster, &stopped).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-
-    let drained = live(&cluster, now_ms(), 500)
-        .into_iter()
-        .map(|c| c.host)
-        .find(|h| *h != stopped)
-        .expect("a host still running a copy");
-    cluster
-        .drover(&["drain", &drained, "--timeout", "60s"])
-        .await
-        .expect("drain");
-    moved_off(&cluster, &drained).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-
-    let verdict = judge(&cluster, applied);
-    let gaps = gaps_after(&verdict, first_fault);
-    assert_safe_and_prompt(
-        &format!("agent {stopped} stopped (SIGTERM), node {drained} drained"),
-        &verdict,
-        &gaps,
-    );
+        let drained = host_of_a_copy(&cluster);
+        scenario.fault();
+        cluster
+            .drover(&["drain", &drained, "--timeout", "60s"])
+            .await
+            .expect("drain");
+        moved_off(&cluster, &drained).await;
+        cluster
+            .drover(&["uncordon", &drained])
+            .await
+            .expect("uncordon");
+    }
+    scenario.finish(Promise::Replaced).await;
 }

@@ -10,9 +10,8 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{
-    apply_steady, assert_safe_and_prompt, gaps_after, judge, live, now_ms, until, REPLICAS,
-};
+use common::scenario::{rounds, Promise, Scenario};
+use common::{apply_steady, gaps_after, host_of_a_copy, judge, live, now_ms, until, REPLICAS};
 use drover_faults::cluster::Cluster;
 use drover_witness::checker::ServiceVerdict;
 
@@ -21,7 +20,6 @@ use drover_witness::checker::ServiceVerdict;
 async fn partition(cluster: &Cluster) -> (ServiceVerdict, Vec<i64>, String) {
     let applied = apply_steady(cluster).await;
     let victim = live(cluster, now_ms(), 500)[0].host.clone();
-    let octet = cluster.agent_octet(&victim).expect("an agent");
     let cut = now_ms();
     cluster.disconnect(&victim).await.expect("disconnect");
     until(
@@ -35,7 +33,7 @@ async fn partition(cluster: &Cluster) -> (ServiceVerdict, Vec<i64>, String) {
     )
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    cluster.reconnect(&victim, octet).await.expect("reconnect");
+    cluster.reconnect(&victim).await.expect("reconnect");
     // Converged: exactly REPLICAS copies report, whatever host they are on.
     until("the cluster converges", Duration::from_secs(60), || {
         let copies = live(cluster, now_ms(), 500);
@@ -53,8 +51,17 @@ async fn partition(cluster: &Cluster) -> (ServiceVerdict, Vec<i64>, String) {
 #[ignore = "fault suite: needs the drover/fault-host image; run with hack/faults.sh"]
 async fn a_cut_off_agent_stops_its_copies_before_any_replacement_starts() {
     let cluster = Cluster::start(3).await.expect("cluster up");
-    let (verdict, gaps, victim) = partition(&cluster).await;
-    assert_safe_and_prompt(&format!("agent host cut off ({victim})"), &verdict, &gaps);
+    let mut scenario = Scenario::begin(&cluster, "2 agent host cut off").await;
+    for _ in 0..rounds() {
+        let victim = host_of_a_copy(&cluster);
+        scenario.fault();
+        cluster.disconnect(&victim).await.expect("disconnect");
+        common::moved_off(&cluster, &victim).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        cluster.reconnect(&victim).await.expect("reconnect");
+        common::agents_registered(&cluster).await;
+    }
+    scenario.finish(Promise::Replaced).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

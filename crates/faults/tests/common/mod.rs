@@ -1,5 +1,9 @@
-//! What the fault scenarios share: a witness-reporting service task, and reading its copies.
+//! What the fault scenarios share: a witness-reporting service task, reading its copies, the
+//! steady load ([`load`]) and each scenario's frame ([`scenario`]).
 #![allow(dead_code)]
+
+pub mod load;
+pub mod scenario;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -28,16 +32,23 @@ pub fn live(cluster: &Cluster, at: i64, window: i64) -> Vec<Copy> {
 }
 
 /// Polls `check` every 200 ms until it answers, failing with `what` after `within`.
-pub async fn until<T>(what: &str, within: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+pub async fn until<T>(what: &str, within: Duration, check: impl FnMut() -> Option<T>) -> T {
+    match until_or_none(within, check).await {
+        Some(v) => v,
+        None => panic!("{what} within {within:?}"),
+    }
+}
+
+/// Polls `check` every 200 ms until it answers; `None` after `within`.
+pub async fn until_or_none<T>(within: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = tokio::time::Instant::now() + within;
     loop {
         if let Some(v) = check() {
-            return v;
+            return Some(v);
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what} within {within:?}"
-        );
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -45,16 +56,9 @@ pub async fn until<T>(what: &str, within: Duration, mut check: impl FnMut() -> O
 /// Applies task `w` (REPLICAS copies of the witness workload) and waits until all report and
 /// two seconds of steady state passed; returns when it was applied.
 pub async fn apply_steady(cluster: &Cluster) -> i64 {
-    let manifest = format!(
-        "apiVersion: drover.dev/v1\nkind: Task\nmetadata:\n  name: w\nspec:\n  command: [/witness, report, --to, \"{}\"]\n  replicas: {REPLICAS}\n  terminationGracePeriodSeconds: 2\n  resources: {{cpu: 10m, memory: 1Mi}}\n",
-        cluster.witness()
-    );
-    let path = cluster.file("w.yaml", &manifest).expect("manifest");
+    let manifest = load::service("w", REPLICAS, &cluster.witness());
     let applied = now_ms();
-    cluster
-        .drover(&["apply", "-f", &path])
-        .await
-        .expect("apply");
+    cluster.apply(&manifest).await.expect("apply");
     until("3 live copies", Duration::from_secs(60), || {
         (live(cluster, now_ms(), 500).len() == REPLICAS as usize).then_some(())
     })
@@ -88,23 +92,83 @@ pub fn gaps_after(verdict: &ServiceVerdict, fault_ms: i64) -> Vec<i64> {
         .collect()
 }
 
-/// Prints the scenario's figures and asserts its promises: no overlap, and every replacement
-/// gap within the agent lease TTL plus 2 s.
-pub fn assert_safe_and_prompt(scenario: &str, verdict: &ServiceVerdict, gaps: &[i64]) {
-    use drover_faults::cluster::AGENT_TTL;
-    eprintln!(
-        "{scenario}: overlaps {:?}; replacement gaps {gaps:?} ms (p99 {:?}); lease {AGENT_TTL:?}",
-        verdict.overlaps,
-        checker::quantile(gaps, 0.99)
-    );
-    assert!(
-        verdict.overlaps.is_empty(),
-        "overlap: {:?}",
-        verdict.overlaps
-    );
-    let bound = i64::try_from((AGENT_TTL + Duration::from_secs(2)).as_millis()).unwrap_or(i64::MAX);
-    assert!(
-        gaps.iter().all(|g| *g <= bound),
-        "replacement gaps {gaps:?} ms over lease TTL + 2 s"
-    );
+/// Waits until REPLICAS copies of `w` report, none of them on `host`.
+pub async fn moved_off(cluster: &Cluster, host: &str) {
+    until(
+        &format!("every copy of w off {host}"),
+        Duration::from_secs(90),
+        || {
+            let copies = live(cluster, now_ms(), 500);
+            let on_host = copies.iter().any(|c| c.host == host);
+            (copies.len() == REPLICAS as usize && !on_host).then_some(())
+        },
+    )
+    .await;
+}
+
+/// A host running a copy of `w` now.
+pub fn host_of_a_copy(cluster: &Cluster) -> String {
+    live(cluster, now_ms(), 500)
+        .first()
+        .map(|c| c.host.clone())
+        .expect("a live copy of w")
+}
+
+/// Waits until a controller other than `old` leads; returns it.
+pub async fn new_leader(cluster: &Cluster, old: &str) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(Some(leader)) = cluster.leader().await {
+            if leader != old {
+                return leader;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a controller other than {old} leads within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until all three etcd members answer and one of them leads; returns the leader.
+pub async fn etcd_whole(cluster: &Cluster) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(statuses) = cluster.cli().member_statuses().await {
+            if statuses.len() == 3 {
+                if let Ok(Some(leader)) = cluster.etcd_leader().await {
+                    return leader;
+                }
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "all etcd members answer within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Waits until every agent is registered again (after a host came back).
+pub async fn agents_registered(cluster: &Cluster) {
+    let want = cluster.agents.len();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(store) = cluster.store().await {
+            if let Ok(nodes) = store
+                .list::<drover_api::node::Node>(&cluster.keys().nodes())
+                .await
+            {
+                if nodes.items.len() == want {
+                    return;
+                }
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{want} agents registered within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }

@@ -1,0 +1,72 @@
+//! Scenario 7 of the fault suite: etcd compacted to its newest revision while an agent and the
+//! leader are cut off, with the load changing tasks meanwhile. The members drop the cut-off
+//! connections (they ping their clients every second), so once back on the network both must
+//! watch anew from a revision that no longer exists: each must relist rather than miss what
+//! changed. The agent is cut off for less than TTL/2, so it keeps its copies; the leader for
+//! less than its lease, so it may keep leading — on its relisted view. Then the leader is
+//! killed, so a standby's fresh view plans too.
+
+mod common;
+
+use std::time::Duration;
+
+use common::new_leader;
+use common::scenario::{rounds, Promise, Scenario};
+use drover_faults::cluster::Cluster;
+
+/// What the store's watcher logs when its revision was compacted away.
+const RELISTED: &str = "compacted; re-listing";
+/// What a controller logs when it stops leading.
+const STEPPED_DOWN: &str = "stepping down";
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "fault suite: needs the drover/fault-host image; run with hack/faults.sh"]
+async fn a_compaction_while_cut_off_is_relisted_not_missed() {
+    let cluster = Cluster::start(3).await.expect("cluster up");
+    let mut scenario = Scenario::begin(&cluster, "7 compaction while cut off").await;
+    for round in 0..rounds() {
+        let leader = cluster.leader().await.expect("leader").expect("one leads");
+        let agent = &cluster.agents[round % cluster.agents.len()];
+        let before = (
+            cluster.log_lines_with(agent, RELISTED).await,
+            cluster.log_lines_with(&leader, RELISTED).await,
+            cluster.log_lines_with(&leader, STEPPED_DOWN).await,
+        );
+        scenario.fault();
+        cluster.disconnect(agent).await.expect("disconnect agent");
+        cluster
+            .disconnect(&leader)
+            .await
+            .expect("disconnect leader");
+        // The load changes tasks in the meantime; then the history is compacted away.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let revision = cluster.cli().compact_all().await.expect("compact");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        cluster.reconnect(&leader).await.expect("reconnect leader");
+        cluster.reconnect(agent).await.expect("reconnect agent");
+        tokio::time::sleep(Duration::from_secs(3)).await;
+
+        // The path under test was taken: the watches met the compaction and relisted.
+        let agent_relisted = cluster.log_lines_with(agent, RELISTED).await;
+        assert!(
+            agent_relisted > before.0,
+            "agent {agent} did not relist after the compaction to {revision}"
+        );
+        let leader_relisted = cluster.log_lines_with(&leader, RELISTED).await > before.1;
+        let stepped_down = cluster.log_lines_with(&leader, STEPPED_DOWN).await > before.2;
+        eprintln!(
+            "compacted to {revision}: agent {agent} relisted; leader {leader} relisted: \
+             {leader_relisted}, stepped down: {stepped_down}"
+        );
+        assert!(
+            leader_relisted || stepped_down,
+            "leader {leader} kept leading after the compaction without relisting"
+        );
+
+        let now = cluster.leader().await.expect("leader").expect("one leads");
+        cluster.kill(&now).await.expect("kill the leader");
+        new_leader(&cluster, &now).await;
+        cluster.boot(&now).await.expect("boot");
+    }
+    scenario.finish(Promise::Undisturbed).await;
+}
