@@ -171,14 +171,15 @@ impl Cluster {
                         &peers.join(","),
                         "--initial-cluster-state",
                         "new",
-                        // The members ping their clients every second and drop those that do
-                        // not answer, so a client cut off for a few seconds comes back to a
-                        // closed connection and must watch anew (with etcd's defaults, two
-                        // hours, the stalled stream would simply resume).
+                        // The members ping a silent client after half a second and drop it
+                        // when it does not answer, so a client cut off for a couple of
+                        // seconds comes back to a closed connection and must watch anew
+                        // (with etcd's defaults, two hours, the stalled stream would simply
+                        // resume).
                         "--grpc-keepalive-interval",
-                        "1s",
+                        "500ms",
                         "--grpc-keepalive-timeout",
-                        "1s",
+                        "500ms",
                     ],
                 )
                 .await?;

@@ -1,6 +1,6 @@
 //! Scenario 7 of the fault suite: etcd compacted to its newest revision while an agent and the
-//! leader are cut off, with the load changing tasks meanwhile. The members drop the cut-off
-//! connections (they ping their clients every second), so once back on the network both must
+//! leader are cut off, with a task applied and the load changing tasks meanwhile. The members
+//! drop the cut-off connections (they ping silent clients), so once back on the network both must
 //! watch anew from a revision that no longer exists: each must relist rather than miss what
 //! changed. The agent is cut off for less than TTL/2, so it keeps its copies; the leader for
 //! less than its lease, so it may keep leading — on its relisted view. Then the leader is
@@ -10,6 +10,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::load::service;
 use common::new_leader;
 use common::scenario::{rounds, Promise, Scenario};
 use drover_faults::cluster::Cluster;
@@ -38,10 +39,15 @@ async fn a_compaction_while_cut_off_is_relisted_not_missed() {
             .disconnect(&leader)
             .await
             .expect("disconnect leader");
-        // The load changes tasks in the meantime; then the history is compacted away.
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        // Two changes meanwhile (besides the load), so the revision each watch resumes from
+        // (one past the last it saw) lies below the compaction (etcd keeps the compacted
+        // revision itself); then the history is compacted away.
+        for marker in ["a", "b"] {
+            let task = service(&format!("marker-{round}{marker}"), 0, &cluster.witness());
+            cluster.apply(&task).await.expect("apply a marker task");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
         let revision = cluster.cli().compact_all().await.expect("compact");
-        tokio::time::sleep(Duration::from_millis(500)).await;
         cluster.reconnect(&leader).await.expect("reconnect leader");
         cluster.reconnect(agent).await.expect("reconnect agent");
         tokio::time::sleep(Duration::from_secs(3)).await;
