@@ -112,7 +112,9 @@ impl Store {
     ///   is already gone is [`Error::LeaseNotFound`].
     /// - A ping unanswered within `ttl / 12` (the answer wait) is given up and the next ping
     ///   goes to the next endpoint at once, without marking the silent one dead (during an etcd
-    ///   election every member is silent for a while, and all are fine afterwards). With a
+    ///   election every member is silent for a while, and all are fine afterwards). Failures
+    ///   move through the endpoints strictly in turn, ignoring the pool's cool-down marks, so
+    ///   every member is tried again within one round. With a
     ///   quorum reachable, a silent or killed member therefore costs about one answer wait, and
     ///   an etcd election its own length: well inside the `ttl / 2` after which an agent fences.
     /// - [`KeepAlive::lost`] resolves when etcd says the lease is gone (within one ping
@@ -141,7 +143,7 @@ impl Store {
             match self.open_keeper(id, endpoint, wait).await {
                 Ok(conn) => break (sent, conn),
                 Err(e @ Error::Unavailable { .. }) => {
-                    endpoint = self.inner.pool.next_after(endpoint);
+                    endpoint = self.inner.pool.after(endpoint);
                     let pause = backoff.next_wait_forever().min(cadence.answer_wait);
                     if Instant::now() + pause >= give_up {
                         return Err(e);
@@ -424,7 +426,7 @@ async fn keep_alive_loop(
             }
             Ping::Failed(reason) => {
                 let from = store.inner.pool.at(endpoint).url;
-                endpoint = store.inner.pool.next_after(endpoint);
+                endpoint = store.inner.pool.after(endpoint);
                 tracing::debug!(
                     lease = %id, %from, to = %store.inner.pool.at(endpoint).url, %reason,
                     "keep-alive failed; trying the next endpoint"

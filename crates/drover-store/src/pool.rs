@@ -125,19 +125,11 @@ impl Pool {
         self.at(soonest.map_or(start, |(i, _)| i))
     }
 
-    /// The index of the endpoint to try after `index`: the next one in order that is not in
-    /// its cool-down, or simply the next one when all are.
-    pub(crate) fn next_after(&self, index: usize) -> usize {
-        let n = self.endpoints.len();
-        let now = Instant::now();
-        (1..=n)
-            .map(|k| (index + k) % n)
-            .find(|&i| {
-                lock(&self.endpoints[i].state)
-                    .dead_until
-                    .is_none_or(|t| t <= now)
-            })
-            .unwrap_or((index + 1) % n)
+    /// The endpoint after `index`, in order and whatever its health: a keep-alive loop that
+    /// follows the cool-down marks can be stranded on the one member it found silent while
+    /// the others are marked for answering "no leader" during an election.
+    pub(crate) fn after(&self, index: usize) -> usize {
+        (index + 1) % self.endpoints.len()
     }
 
     /// Marks endpoint `index` dead for the cool-down, replaces its client (so the next use

@@ -117,3 +117,45 @@ async fn killing_the_etcd_leader_the_keeper_talks_to_does_not_delay_acks_past_ha
         ttl / 2
     );
 }
+
+#[tokio::test]
+async fn a_silent_member_and_an_election_among_the_others_do_not_strand_the_keeper() {
+    let mut cluster = within("etcd cluster", EtcdCluster::start(3)).await;
+    let leader = leader_index(&cluster).await;
+    let follower = (leader + 1) % 3;
+    let other = (leader + 2) % 3;
+    let proxies = [
+        TcpProxy::start(cluster.member(follower).client_addr()).await,
+        TcpProxy::start(cluster.member(leader).client_addr()).await,
+        TcpProxy::start(cluster.member(other).client_addr()).await,
+    ];
+    // The keeper starts on the follower's proxy.
+    let store = connect_with_production_timeouts(proxies.iter().map(TcpProxy::url).collect()).await;
+    let ttl = Duration::from_secs(10);
+    let lease = within("grant", store.grant(ttl)).await.expect("grant");
+    let ka = within("keep_alive", store.keep_alive(lease, ttl))
+        .await
+        .expect("keep_alive");
+    let before = ka.last_ack_sent_at();
+    within("next ack", async {
+        while ka.last_ack_sent_at() == before {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+
+    // The keeper's member goes silent to clients (it stays in the cluster), and the leader
+    // dies: the one member left that answers says "no leader" until the two elect.
+    proxies[0].blackhole();
+    cluster.kill_member(leader);
+    let worst = oldest_ack_age(&ka, ttl).await;
+    eprintln!(
+        "oldest acknowledged send: {worst:?} (fencing begins at {:?})",
+        ttl / 2
+    );
+    assert!(
+        worst < ttl / 2,
+        "the last acknowledged send grew {worst:?} old; the agent fences at {:?}",
+        ttl / 2
+    );
+}

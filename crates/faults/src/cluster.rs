@@ -569,23 +569,44 @@ impl Cluster {
         Ok(self.cli().apply(text).await?)
     }
 
-    /// How many lines host `name` logged (since it was created) that contain `needle`.
-    pub async fn log_lines_with(&self, name: &str, needle: &str) -> usize {
+    /// Every line host `name` logged since it was created (ANSI colours removed).
+    async fn all_log_lines(&self, name: &str) -> Vec<String> {
         let output = tokio::process::Command::new("docker")
             .args(["logs", &self.container(name)])
             .output()
             .await;
-        output.map_or(0, |o| {
-            [o.stdout, o.stderr]
-                .iter()
-                .map(|bytes| {
-                    String::from_utf8_lossy(bytes)
-                        .lines()
-                        .filter(|l| l.contains(needle))
-                        .count()
-                })
-                .sum()
-        })
+        output.map_or_else(
+            |_| Vec::new(),
+            |o| {
+                [o.stdout, o.stderr]
+                    .iter()
+                    .flat_map(|bytes| {
+                        String::from_utf8_lossy(bytes)
+                            .lines()
+                            .map(strip_colours)
+                            .collect::<Vec<_>>()
+                    })
+                    .collect()
+            },
+        )
+    }
+
+    /// How many lines host `name` logged (since it was created) that contain `needle`.
+    pub async fn log_lines_with(&self, name: &str, needle: &str) -> usize {
+        self.all_log_lines(name)
+            .await
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// The lines host `name` logged at WARN or ERROR.
+    pub async fn warnings(&self, name: &str) -> Vec<String> {
+        self.all_log_lines(name)
+            .await
+            .into_iter()
+            .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+            .collect()
     }
 
     /// The last lines host `name` logged.
@@ -604,6 +625,24 @@ impl Cluster {
             Err(e) => e.to_string(),
         }
     }
+}
+
+/// `line` without its ANSI colour escapes (`ESC [ ... m`).
+fn strip_colours(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// A third octet `o` such that none of 10.213.o, 10.214.o and 10.215.o is a subnet of an

@@ -116,10 +116,14 @@ impl<'a> Scenario<'a> {
         for failure in &log.failed {
             eprintln!("{}: load command failed: {failure}", self.name);
         }
+        let mut broken = figures.broken(promise);
         if let Err(why) = converged {
-            panic!("{}: the cluster did not converge: {why}", self.name);
+            broken.push(format!("the cluster did not converge: {why}"));
         }
-        figures.assert(promise);
+        if !broken.is_empty() {
+            eprintln!("{}", warnings(self.cluster).await);
+            panic!("{}: {}", self.name, broken.join("; "));
+        }
         figures
     }
 }
@@ -206,45 +210,60 @@ impl Figures {
         }
     }
 
-    fn assert(&self, promise: Promise) {
-        let scenario = &self.scenario;
-        assert!(
-            self.overlaps.is_empty(),
-            "{scenario}: overlap: {:?}",
-            self.overlaps
-        );
+    /// Every promise the figures break, worded for the failure message.
+    fn broken(&self, promise: Promise) -> Vec<String> {
+        let mut broken = Vec::new();
+        if !self.overlaps.is_empty() {
+            broken.push(format!("overlap: {:?}", self.overlaps));
+        }
         let jobs = &self.jobs;
-        assert!(
-            jobs.lost.is_empty() && jobs.doubled.is_empty() && jobs.overlapping.is_empty(),
-            "{scenario}: job runs lost {:?}, doubled {:?}, overlapping {:?}",
-            jobs.lost,
-            jobs.doubled,
-            jobs.overlapping
-        );
-        assert!(
-            jobs.stuck.is_empty(),
-            "{scenario}: runs stuck: {:?}",
-            jobs.stuck
-        );
-        assert!(jobs.runs > 0, "{scenario}: the job ran no run to judge");
+        if !(jobs.lost.is_empty() && jobs.doubled.is_empty() && jobs.overlapping.is_empty()) {
+            broken.push(format!(
+                "job work lost {:?}, doubled {:?}, overlapping {:?}",
+                jobs.lost, jobs.doubled, jobs.overlapping
+            ));
+        }
+        if !jobs.stuck.is_empty() {
+            broken.push(format!("runs stuck: {:?}", jobs.stuck));
+        }
+        if jobs.runs == 0 {
+            broken.push("the job ran no run to judge".into());
+        }
         match promise {
-            Promise::Undisturbed => assert!(
-                self.gaps.is_empty(),
-                "{scenario}: copies of w went missing: {:?} ms",
-                self.gaps
-            ),
+            Promise::Undisturbed if !self.gaps.is_empty() => {
+                broken.push(format!("copies of w went missing: {:?} ms", self.gaps));
+            }
             Promise::Replaced => {
                 let bound =
                     i64::try_from((AGENT_TTL + Duration::from_secs(2)).as_millis()).unwrap_or(0);
-                assert!(
-                    self.gaps.iter().all(|g| *g <= bound),
-                    "{scenario}: replacement gaps {:?} ms over lease TTL + 2 s",
-                    self.gaps
-                );
+                if self.gaps.iter().any(|g| *g > bound) {
+                    broken.push(format!(
+                        "replacement gaps {:?} ms over lease TTL + 2 s",
+                        self.gaps
+                    ));
+                }
             }
-            Promise::SafeOnly => {}
+            Promise::Undisturbed | Promise::SafeOnly => {}
+        }
+        broken
+    }
+}
+
+/// What the hosts warned about, for a failure's message: the lines of the agents and the
+/// controllers at WARN or ERROR.
+async fn warnings(cluster: &Cluster) -> String {
+    let mut out = String::new();
+    let hosts = cluster
+        .agents
+        .iter()
+        .map(String::as_str)
+        .chain(["c1", "c2", "c3"]);
+    for host in hosts {
+        for line in cluster.warnings(host).await {
+            out.push_str(&format!("{host}: {line}\n"));
         }
     }
+    out
 }
 
 /// Overlaps of the churn tasks, each judged against the timeline the load kept.
