@@ -180,6 +180,12 @@ impl Cluster {
                         "500ms",
                         "--grpc-keepalive-timeout",
                         "500ms",
+                        // A member cut off into a minority keeps campaigning and raising its
+                        // term; without pre-vote its return deposes the majority's leader and
+                        // etcd had no leader for over 3 s (all members "no leader"), longer
+                        // than an agent can go without a renewal. Pre-vote is etcd's default
+                        // from 3.5 on, and what a production deployment runs.
+                        "--pre-vote",
                     ],
                 )
                 .await?;
