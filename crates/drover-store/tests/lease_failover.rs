@@ -33,20 +33,16 @@ async fn oldest_ack_age(ka: &KeepAlive, window: Duration) -> Duration {
     worst
 }
 
-#[tokio::test]
-async fn a_silent_member_does_not_delay_acks_past_half_the_ttl() {
-    let etcd = within("etcd", EtcdServer::start()).await;
-    let proxy = TcpProxy::start(etcd.client_addr()).await;
-    // The proxy is the preferred endpoint; the direct URL reaches the same member.
-    let store = connect_with_production_timeouts(vec![proxy.url(), etcd.client_url()]).await;
-    let ttl = Duration::from_secs(6);
+/// A lease of `ttl` granted and kept alive through `store`.
+async fn kept_alive(store: &Store, ttl: Duration) -> KeepAlive {
     let lease = within("grant", store.grant(ttl)).await.expect("grant");
-    let ka = within("keep_alive", store.keep_alive(lease, ttl))
+    within("keep_alive", store.keep_alive(lease, ttl))
         .await
-        .expect("keep_alive");
+        .expect("keep_alive")
+}
 
-    // Right after an acknowledgement, the preferred endpoint goes silent: connections stay
-    // open and nothing comes back (a host gone from the network, not a refused connection).
+/// Waits for the next acknowledgement, so a fault injected now starts right after one.
+async fn next_ack(ka: &KeepAlive) {
     let before = ka.last_ack_sent_at();
     within("next ack", async {
         while ka.last_ack_sent_at() == before {
@@ -54,18 +50,35 @@ async fn a_silent_member_does_not_delay_acks_past_half_the_ttl() {
         }
     })
     .await;
+}
+
+/// Asserts that over `window` the last acknowledged send never grew TTL/2 old (when the agent
+/// would fence).
+async fn assert_acks_stay_young(ka: &KeepAlive, window: Duration) {
+    let fences_at = ka.ttl() / 2;
+    let worst = oldest_ack_age(ka, window).await;
+    eprintln!("oldest acknowledged send: {worst:?} (fencing begins at {fences_at:?})");
+    assert!(
+        worst < fences_at,
+        "the last acknowledged send grew {worst:?} old; the agent fences at {fences_at:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_silent_member_does_not_delay_acks_past_half_the_ttl() {
+    let etcd = within("etcd", EtcdServer::start()).await;
+    let proxy = TcpProxy::start(etcd.client_addr()).await;
+    // The proxy is the preferred endpoint; the direct URL reaches the same member.
+    let store = connect_with_production_timeouts(vec![proxy.url(), etcd.client_url()]).await;
+    let ttl = Duration::from_secs(6);
+    let ka = kept_alive(&store, ttl).await;
+
+    // Right after an acknowledgement, the preferred endpoint goes silent: connections stay
+    // open and nothing comes back (a host gone from the network, not a refused connection).
+    next_ack(&ka).await;
     proxy.blackhole();
 
-    let worst = oldest_ack_age(&ka, 2 * ttl).await;
-    eprintln!(
-        "oldest acknowledged send: {worst:?} (fencing begins at {:?})",
-        ttl / 2
-    );
-    assert!(
-        worst < ttl / 2,
-        "the last acknowledged send grew {worst:?} old; the agent fences at {:?}",
-        ttl / 2
-    );
+    assert_acks_stay_young(&ka, 2 * ttl).await;
 }
 
 /// The members' view of who leads: the index of the leader among `cluster`'s members.
@@ -100,22 +113,10 @@ async fn killing_the_etcd_leader_the_keeper_talks_to_does_not_delay_acks_past_ha
     // The agent's default TTL: an etcd election (1–2 s of election timeout, then a vote) must
     // fit before TTL/2 together with the ping interval.
     let ttl = Duration::from_secs(10);
-    let lease = within("grant", store.grant(ttl)).await.expect("grant");
-    let ka = within("keep_alive", store.keep_alive(lease, ttl))
-        .await
-        .expect("keep_alive");
+    let ka = kept_alive(&store, ttl).await;
 
     cluster.kill_member(leader);
-    let worst = oldest_ack_age(&ka, ttl).await;
-    eprintln!(
-        "oldest acknowledged send: {worst:?} (fencing begins at {:?})",
-        ttl / 2
-    );
-    assert!(
-        worst < ttl / 2,
-        "the last acknowledged send grew {worst:?} old; the agent fences at {:?}",
-        ttl / 2
-    );
+    assert_acks_stay_young(&ka, ttl).await;
 }
 
 #[tokio::test]
@@ -132,30 +133,12 @@ async fn a_silent_member_and_an_election_among_the_others_do_not_strand_the_keep
     // The keeper starts on the follower's proxy.
     let store = connect_with_production_timeouts(proxies.iter().map(TcpProxy::url).collect()).await;
     let ttl = Duration::from_secs(10);
-    let lease = within("grant", store.grant(ttl)).await.expect("grant");
-    let ka = within("keep_alive", store.keep_alive(lease, ttl))
-        .await
-        .expect("keep_alive");
-    let before = ka.last_ack_sent_at();
-    within("next ack", async {
-        while ka.last_ack_sent_at() == before {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
+    let ka = kept_alive(&store, ttl).await;
+    next_ack(&ka).await;
 
     // The keeper's member goes silent to clients (it stays in the cluster), and the leader
     // dies: the one member left that answers says "no leader" until the two elect.
     proxies[0].blackhole();
     cluster.kill_member(leader);
-    let worst = oldest_ack_age(&ka, ttl).await;
-    eprintln!(
-        "oldest acknowledged send: {worst:?} (fencing begins at {:?})",
-        ttl / 2
-    );
-    assert!(
-        worst < ttl / 2,
-        "the last acknowledged send grew {worst:?} old; the agent fences at {:?}",
-        ttl / 2
-    );
+    assert_acks_stay_young(&ka, ttl).await;
 }

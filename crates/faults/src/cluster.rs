@@ -599,11 +599,16 @@ impl Cluster {
 
     /// How many lines host `name` logged (since it was created) that contain `needle`.
     pub async fn log_lines_with(&self, name: &str, needle: &str) -> usize {
+        self.lines_with(name, needle).await.len()
+    }
+
+    /// The lines host `name` logged (since it was created) that contain `needle`.
+    pub async fn lines_with(&self, name: &str, needle: &str) -> Vec<String> {
         self.all_log_lines(name)
             .await
-            .iter()
+            .into_iter()
             .filter(|l| l.contains(needle))
-            .count()
+            .collect()
     }
 
     /// The lines host `name` logged at WARN or ERROR.

@@ -22,6 +22,10 @@ const RELIST_WITHIN: Duration = Duration::from_secs(15);
 /// What a controller logs when it stops leading.
 const STEPPED_DOWN: &str = "stepping down";
 
+fn chrono_now() -> String {
+    chrono::Utc::now().format("%H:%M:%S%.3f").to_string()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "fault suite: needs the drover/fault-host image; run with hack/faults.sh"]
 async fn a_compaction_while_cut_off_is_relisted_not_missed() {
@@ -35,23 +39,31 @@ async fn a_compaction_while_cut_off_is_relisted_not_missed() {
             cluster.log_lines_with(&leader, RELISTED).await,
             cluster.log_lines_with(&leader, STEPPED_DOWN).await,
         );
+        eprintln!(
+            "round {round}: cutting {agent} and {leader} off at {}",
+            chrono_now()
+        );
         scenario.fault();
         cluster.disconnect(agent).await.expect("disconnect agent");
         cluster
             .disconnect(&leader)
             .await
             .expect("disconnect leader");
-        // Two changes meanwhile (besides the load), so the revision each watch resumes from
-        // (one past the last it saw) lies below the compaction (etcd keeps the compacted
-        // revision itself); then the history is compacted away.
+        // Once the members have dropped the silent connections (they ping after 500 ms and
+        // wait 500 ms more), two changes (besides the load) that neither can have received
+        // before, so the revision each watch resumes from (one past the last it saw) lies
+        // below the compaction (etcd keeps the compacted revision itself). Changes made
+        // before the drop would still reach them over the old connection once it is back.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
         for marker in ["a", "b"] {
             let task = service(&format!("marker-{round}{marker}"), 0, &cluster.witness());
             cluster.apply(&task).await.expect("apply a marker task");
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
         let revision = cluster.cli().compact_all().await.expect("compact");
+        eprintln!("round {round}: compacted to {revision} at {}", chrono_now());
         cluster.reconnect(&leader).await.expect("reconnect leader");
         cluster.reconnect(agent).await.expect("reconnect agent");
+        eprintln!("round {round}: both back at {}", chrono_now());
         // The path under test was taken: the watches met the compaction and relisted. A
         // client learns that the member dropped its connection only when it next sends on it
         // (at the latest its HTTP/2 keep-alive, 5 s + 3 s), so this can take a while.
@@ -75,6 +87,11 @@ async fn a_compaction_while_cut_off_is_relisted_not_missed() {
             agent_relisted,
             "agent {agent} did not relist within {RELIST_WITHIN:?} of the compaction"
         );
+        if !(leader_relisted || stepped_down) {
+            for line in cluster.lines_with(&leader, "drover_store::watcher").await {
+                eprintln!("{leader}: {line}");
+            }
+        }
         assert!(
             leader_relisted || stepped_down,
             "leader {leader} kept leading for {RELIST_WITHIN:?} after the compaction without \
