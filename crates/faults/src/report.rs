@@ -16,8 +16,8 @@ pub struct BadLine {
 /// The markdown table of `jsonl`'s figures, in the order the scenarios ran.
 pub fn table(jsonl: &str) -> Result<String, BadLine> {
     let mut out = String::from(
-        "| scenario | faults | overlaps (longest) | gaps | gap p50 / p99 (× lease TTL) | job runs | lost / doubled / stuck | converged after | load commands (failed) |\n\
-         |---|---|---|---|---|---|---|---|---|\n",
+        "| scenario | faults | overlaps (longest) | gaps | gap p50 / p99 (× lease TTL) | job runs | lost / doubled / stuck | failed / redone | converged after | load commands (failed) |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
     );
     for (i, text) in jsonl
         .lines()
@@ -52,7 +52,7 @@ pub fn table(jsonl: &str) -> Result<String, BadLine> {
         let converged =
             int("convergedMs")?.map_or_else(|| "**stuck**".to_string(), |ms| format!("{ms} ms"));
         out.push_str(&format!(
-            "| {scenario} | {} | {} ({} ms) | {} | {} / {} | {} | {} / {} / {} | {converged} | {} ({}) |\n",
+            "| {scenario} | {} | {} ({} ms) | {} | {} / {} | {} | {} / {} / {} | {} / {} | {converged} | {} ({}) |\n",
             need("rounds")?,
             need("overlaps")?,
             need("longestOverlapMs")?,
@@ -63,6 +63,8 @@ pub fn table(jsonl: &str) -> Result<String, BadLine> {
             need("runsLost")?,
             need("runsDoubled")?,
             need("stuckRuns")?,
+            need("runsFailed")?,
+            need("runsRedone")?,
             need("commands")?,
             need("commandsFailed")?,
         ));
@@ -75,14 +77,14 @@ pub fn table(jsonl: &str) -> Result<String, BadLine> {
 mod tests {
     use super::*;
 
-    const LINE: &str = r#"{"commands":5,"commandsFailed":1,"convergedMs":78,"gapP50Ms":9443,"gapP99Ms":10000,"gaps":2,"jobRuns":3,"leaseTtlMs":10000,"longestOverlapMs":0,"overlaps":0,"rounds":1,"runsDoubled":0,"runsLost":0,"scenario":"1 agent host killed","stuckRuns":0}"#;
+    const LINE: &str = r#"{"commands":5,"commandsFailed":1,"convergedMs":78,"gapP50Ms":9443,"gapP99Ms":10000,"gaps":2,"jobRuns":3,"leaseTtlMs":10000,"longestOverlapMs":0,"overlaps":0,"rounds":1,"runsDoubled":0,"runsFailed":0,"runsLost":0,"runsRedone":1,"scenario":"1 agent host killed","stuckRuns":0}"#;
 
     #[test]
     fn a_row_per_line_with_gaps_against_the_ttl() {
         let t = table(&format!("{LINE}\n\n{LINE}\n")).unwrap();
         assert_eq!(t.lines().count(), 4);
         assert!(
-            t.contains("| 1 agent host killed | 1 | 0 (0 ms) | 2 | 9443 ms (0.94) / 10000 ms (1.00) | 3 | 0 / 0 / 0 | 78 ms | 5 (1) |"),
+            t.contains("| 1 agent host killed | 1 | 0 (0 ms) | 2 | 9443 ms (0.94) / 10000 ms (1.00) | 3 | 0 / 0 / 0 | 0 / 1 | 78 ms | 5 (1) |"),
             "{t}"
         );
     }
