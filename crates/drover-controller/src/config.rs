@@ -68,6 +68,12 @@ pub struct ControllerConfig {
     /// Default: 10 s.
     #[serde(with = "drover_api::duration::human")]
     pub sync_wait: Duration,
+    /// Test hook: every plan first keeps its thread busy this long, so a test can show that a
+    /// planner slower than the election TTL does not cost the leader its lease. Zero (the
+    /// default) outside such tests; not part of the configuration format.
+    #[doc(hidden)]
+    #[serde(skip)]
+    pub slow_plan_for_tests: Duration,
 }
 
 impl Default for ControllerConfig {
@@ -89,6 +95,7 @@ impl Default for ControllerConfig {
             campaign_backoff: Duration::from_secs(1),
             debounce: Duration::from_millis(20),
             sync_wait: Duration::from_secs(10),
+            slow_plan_for_tests: Duration::ZERO,
         }
     }
 }

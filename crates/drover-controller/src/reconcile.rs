@@ -43,6 +43,9 @@ pub enum ReconcileError {
     /// Committing the plan failed.
     #[error(transparent)]
     Commit(#[from] CommitError),
+    /// The planner's thread panicked or was cancelled.
+    #[error("the planner failed: {0}")]
+    Planner(String),
 }
 
 impl ReconcileError {
@@ -50,7 +53,7 @@ impl ReconcileError {
     #[must_use]
     pub fn retryable(&self) -> bool {
         match self {
-            ReconcileError::NotSynced { .. } => true,
+            ReconcileError::NotSynced { .. } | ReconcileError::Planner(_) => true,
             ReconcileError::Commit(e) => e.retryable(),
         }
     }
@@ -78,13 +81,31 @@ impl fmt::Display for Cluster {
     }
 }
 
-struct Cache {
-    /// The snapshot, kept equal to etcd by the watch (a re-list swapped in whole).
-    relist: Relisting<Snapshot>,
+/// What the watch hands the planner: items not yet applied to the snapshot. The watch task
+/// only queues (a short lock, no decoding); the planner applies them on its blocking thread,
+/// so a large burst never keeps the async reactor busy.
+struct Feed {
+    /// Watch items received and not yet applied, in order.
+    queued: Vec<drover_store::Result<WatchEvent<serde_json::Value>>>,
     /// When the first change not yet planned for arrived.
     dirty_since: Option<Instant>,
+}
+
+/// What only the planner touches, on its blocking thread (one plan at a time).
+struct PlannerState {
+    /// The snapshot, kept equal to etcd by the watch's items (a re-list swapped in whole).
+    relist: Relisting<Snapshot>,
     /// Undecodable keys already reported as events, with the mod revision reported.
     reported: BTreeMap<String, i64>,
+}
+
+/// What one plan produced, handed back from the planner's thread.
+struct Planned {
+    plan: planner::Plan,
+    /// The revision of the snapshot it was made from.
+    revision: i64,
+    /// Events about undecodable keys not reported before.
+    undecodable: Vec<drover_api::Event>,
 }
 
 /// Everything one term of leadership shares.
@@ -95,8 +116,10 @@ pub(crate) struct Term {
     pub(crate) fence: Fence,
     pub(crate) metrics: Metrics,
     pub(crate) status: watch::Sender<ControllerStatus>,
-    cache: Mutex<Cache>,
-    /// The snapshot's revision once synced (0 before).
+    feed: Mutex<Feed>,
+    planner: Arc<Mutex<PlannerState>>,
+    /// The revision of everything the watch has queued, once a first listing is complete
+    /// (0 before): the snapshot reaches it as soon as the planner applies the queue.
     revision: watch::Sender<i64>,
     /// The revision the snapshot must reach before the next plan (this leader's last write).
     min_revision: AtomicI64,
@@ -123,11 +146,14 @@ impl Term {
             fence,
             metrics,
             status,
-            cache: Mutex::new(Cache {
-                relist: Relisting::new(Snapshot::default()),
+            feed: Mutex::new(Feed {
+                queued: Vec::new(),
                 dirty_since: None,
-                reported: BTreeMap::new(),
             }),
+            planner: Arc::new(Mutex::new(PlannerState {
+                relist: Relisting::new(Snapshot::default()),
+                reported: BTreeMap::new(),
+            })),
             revision: watch::channel(0).0,
             min_revision: AtomicI64::new(0),
             refused_rounds: AtomicU32::new(0),
@@ -174,40 +200,42 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
-/// Keeps the snapshot equal to etcd, publishing it only at revision boundaries.
+/// Queues the watch's items for the planner, publishing the revision they reach only at
+/// revision boundaries, and triggers a plan when one of them can change it.
 async fn watch_cache(term: Arc<Term>, trigger: Trigger<Cluster>, stop: CancellationToken) {
     let mut stream = pin!(drover_store::watcher::<serde_json::Value>(
         term.store.clone(),
         term.keys.all()
     ));
+    let mut seen = Seen::default();
     loop {
         let first = tokio::select! {
             () = stop.cancelled() => return,
             item = stream.next() => item,
         };
         let Some(first) = first else { return };
-        // Everything already buffered belongs to the same watch response, so the snapshot is
+        // Everything already buffered belongs to the same watch response, so the revision is
         // published only between whole revisions (never half a transaction).
         let mut batch = vec![first];
         while let Some(Some(item)) = stream.next().now_or_never() {
             batch.push(item);
         }
-        let published = {
-            let mut cache = term.cache.lock().unwrap_or_else(PoisonError::into_inner);
-            for item in batch {
-                apply(&term.keys, &mut cache, item);
+        let relevant = batch
+            .iter()
+            .fold(false, |any, item| seen.track(&term.keys, item) || any);
+        {
+            let mut feed = term.feed.lock().unwrap_or_else(PoisonError::into_inner);
+            feed.queued.extend(batch);
+            if relevant {
+                feed.dirty_since.get_or_insert_with(Instant::now);
             }
-            cache.dirty_since.get_or_insert_with(Instant::now);
-            cache
-                .relist
-                .is_listed()
-                .then_some(cache.relist.live().revision)
-        };
-        if let Some(rev) = published {
+        }
+        if let Some(rev) = seen.published() {
             term.revision.send_replace(rev);
-            if trigger
-                .trigger_after(Cluster, term.config.debounce, "watch")
-                .is_err()
+            if relevant
+                && trigger
+                    .trigger_after(Cluster, term.config.debounce, "watch")
+                    .is_err()
             {
                 return;
             }
@@ -215,12 +243,61 @@ async fn watch_cache(term: Arc<Term>, trigger: Trigger<Cluster>, stop: Cancellat
     }
 }
 
+/// What the watch task knows of the items it queued: whether a first listing completed, and
+/// the revision the snapshot will have once they are applied (the rules of
+/// [`Relisting`] and [`Snapshot`]: a listing counts at its `InitDone`, every later change
+/// moves the revision, whatever its key).
+#[derive(Debug, Default)]
+struct Seen {
+    listed: bool,
+    listing: bool,
+    revision: i64,
+}
+
+impl Seen {
+    /// Takes in one item; true when it can change a plan.
+    fn track(
+        &mut self,
+        keys: &Keys,
+        item: &drover_store::Result<WatchEvent<serde_json::Value>>,
+    ) -> bool {
+        let (key, revision) = match item {
+            Ok(WatchEvent::Init) => {
+                self.listing = true;
+                return false;
+            }
+            Ok(WatchEvent::InitApply(_)) => return false,
+            Ok(WatchEvent::InitDone { revision }) => {
+                self.listing = false;
+                self.listed = true;
+                self.revision = *revision;
+                return true;
+            }
+            Ok(WatchEvent::Apply(item)) => (item.key.as_str(), item.mod_revision),
+            Ok(WatchEvent::Delete {
+                key, mod_revision, ..
+            }) => (key.as_str(), *mod_revision),
+            Err(drover_store::Error::Decode {
+                key, mod_revision, ..
+            }) if !self.listing => (key.as_str(), *mod_revision),
+            Err(_) => return false,
+        };
+        self.revision = self.revision.max(revision);
+        crate::snapshot::plans_from(keys, key)
+    }
+
+    /// The revision to publish, once listed.
+    fn published(&self) -> Option<i64> {
+        self.listed.then_some(self.revision)
+    }
+}
+
 fn apply(
     keys: &Keys,
-    cache: &mut Cache,
+    relist: &mut Relisting<Snapshot>,
     item: drover_store::Result<WatchEvent<serde_json::Value>>,
 ) {
-    if let Err(error) = cache.relist.feed(keys, item) {
+    if let Err(error) = relist.feed(keys, item) {
         tracing::warn!(%error, "watch error");
     }
 }
@@ -278,20 +355,26 @@ async fn reconcile(_key: Cluster, term: Arc<Term>) -> Result<Action, ReconcileEr
         });
     }
     let now = Utc::now();
-    let (snapshot, dirty_since, undecodable) = {
-        let mut cache = term.cache.lock().unwrap_or_else(PoisonError::into_inner);
-        let cache = &mut *cache;
-        cache.relist.live_mut().revalidate();
-        let undecodable =
-            cache
-                .relist
-                .live()
-                .undecodable_events(&term.keys, &mut cache.reported, now);
-        (
-            cache.relist.live().clone(),
-            cache.dirty_since.take(),
-            undecodable,
-        )
+    let dirty_since = term
+        .feed
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .dirty_since
+        .take();
+    let planned = {
+        let term = term.clone();
+        tokio::task::spawn_blocking(move || plan_now(&term, now)).await
+    };
+    let Planned {
+        plan,
+        revision: snapshot_revision,
+        undecodable,
+    } = match planned {
+        Ok(planned) => planned,
+        Err(error) => {
+            restore_dirty(&term, dirty_since);
+            return Err(ReconcileError::Planner(error.to_string()));
+        }
     };
     if !undecodable.is_empty() {
         let mut events = term.events.lock().await;
@@ -299,11 +382,6 @@ async fn reconcile(_key: Cluster, term: Arc<Term>) -> Result<Action, ReconcileEr
             tracing::warn!(%error, count = undecodable.len(), "could not record events");
         }
     }
-    let started = Instant::now();
-    let plan = planner::plan(&snapshot, now, &term.config);
-    term.metrics
-        .plan_duration
-        .observe(started.elapsed().as_secs_f64());
     term.metrics
         .pending
         .set(i64::try_from(plan.pending).unwrap_or(i64::MAX));
@@ -345,7 +423,7 @@ async fn reconcile(_key: Cluster, term: Arc<Term>) -> Result<Action, ReconcileEr
                     }
                 }
                 tracing::info!(
-                    revision = snapshot.revision,
+                    revision = snapshot_revision,
                     steps = plan.steps.len(),
                     placed = plan.placed,
                     pending = plan.pending,
@@ -362,7 +440,7 @@ async fn reconcile(_key: Cluster, term: Arc<Term>) -> Result<Action, ReconcileEr
                 // `snapshot.revision`; our own transactions that landed must be seen too.
                 // (drover-store's watcher requests no progress notifications, which would
                 // otherwise let the snapshot follow the global revision.)
-                let want = conflict_wait_target(snapshot.revision, landed);
+                let want = conflict_wait_target(snapshot_revision, landed);
                 term.min_revision.fetch_max(want, Ordering::SeqCst);
                 tracing::debug!(revision, "plan conflicted with a newer change; re-planning");
                 restore_dirty(&term, dirty_since);
@@ -414,6 +492,50 @@ async fn reconcile(_key: Cluster, term: Arc<Term>) -> Result<Action, ReconcileEr
     Ok(Action::requeue(after))
 }
 
+/// Applies what the watch queued to the snapshot and plans from it: CPU-bound, so it runs on
+/// a blocking thread, never on the reactor that keeps the election lease alive.
+fn plan_now(term: &Term, now: chrono::DateTime<Utc>) -> Planned {
+    let mut state = term.planner.lock().unwrap_or_else(PoisonError::into_inner);
+    let state = &mut *state;
+    apply_queued(term, state);
+    let snapshot = state.relist.live_mut();
+    snapshot.revalidate();
+    let undecodable = snapshot.undecodable_events(&term.keys, &mut state.reported, now);
+    let started = Instant::now();
+    busy_for(term.config.slow_plan_for_tests);
+    let plan = planner::plan(snapshot, now, &term.config);
+    term.metrics
+        .plan_duration
+        .observe(started.elapsed().as_secs_f64());
+    Planned {
+        plan,
+        revision: snapshot.revision,
+        undecodable,
+    }
+}
+
+/// Applies every item the watch queued to the snapshot, in order.
+fn apply_queued(term: &Term, state: &mut PlannerState) {
+    let queued = std::mem::take(
+        &mut term
+            .feed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .queued,
+    );
+    for item in queued {
+        apply(&term.keys, &mut state.relist, item);
+    }
+}
+
+/// Keeps this thread busy for `d` (the slow-planner test hook; zero returns at once).
+fn busy_for(d: Duration) {
+    let until = std::time::Instant::now() + d;
+    while std::time::Instant::now() < until {
+        std::hint::spin_loop();
+    }
+}
+
 /// How soon a plan some of whose steps etcd refused is made again.
 const REJECTED_REPLAN: Duration = Duration::from_secs(1);
 
@@ -425,8 +547,8 @@ fn conflict_wait_target(snapshot_revision: i64, landed: i64) -> i64 {
 
 fn restore_dirty(term: &Term, since: Option<Instant>) {
     if let Some(since) = since {
-        let mut cache = term.cache.lock().unwrap_or_else(PoisonError::into_inner);
-        cache.dirty_since = Some(cache.dirty_since.map_or(since, |d| d.min(since)));
+        let mut feed = term.feed.lock().unwrap_or_else(PoisonError::into_inner);
+        feed.dirty_since = Some(feed.dirty_since.map_or(since, |d| d.min(since)));
     }
 }
 

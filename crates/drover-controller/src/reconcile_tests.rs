@@ -139,13 +139,11 @@ async fn a_conflict_under_foreign_writes_replans_without_waiting_for_the_global_
         leader.other.clone(),
     );
     let (config, mut rx) = (leader.config.clone(), leader.rx.clone());
-    let stale = term
-        .cache
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .relist
-        .live()
-        .clone();
+    let stale = {
+        let mut state = term.planner.lock().unwrap_or_else(PoisonError::into_inner);
+        apply_queued(&term, &mut state);
+        state.relist.live().clone()
+    };
 
     // Someone changes a key the plan compares (the task's state) ...
     let state = TaskStateRecord {
@@ -172,14 +170,11 @@ async fn a_conflict_under_foreign_writes_replans_without_waiting_for_the_global_
         .expect("watch");
 
     // The leader planned before the change reached its snapshot: its commit conflicts.
-    let fresh = std::mem::replace(
-        term.cache
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .relist
-            .live_mut(),
-        stale,
-    );
+    let fresh = {
+        let mut state = term.planner.lock().unwrap_or_else(PoisonError::into_inner);
+        apply_queued(&term, &mut state);
+        std::mem::replace(state.relist.live_mut(), stale)
+    };
     let first = within("reconcile", reconcile(Cluster, term.clone()))
         .await
         .expect("a conflict is not an error");
@@ -192,7 +187,7 @@ async fn a_conflict_under_foreign_writes_replans_without_waiting_for_the_global_
         "the conflicting plan wrote nothing"
     );
     *term
-        .cache
+        .planner
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .relist
@@ -305,4 +300,69 @@ async fn a_lost_commit_reply_under_foreign_writes_does_not_stall_the_leader() {
     );
     foreign.abort();
     leader.stop.cancel();
+}
+
+/// Only changes the planner reads trigger a plan: the leader's own events, controller
+/// advertisements, election keys and keys outside the schema do not; the revision moves with
+/// all of them, and a listing counts only once complete.
+#[test]
+fn only_keys_the_planner_reads_trigger_a_plan_but_every_key_moves_the_revision() {
+    let keys = Keys::new("/p");
+    let put = |key: String, rev: i64| -> drover_store::Result<WatchEvent<serde_json::Value>> {
+        Ok(WatchEvent::Apply(Versioned {
+            key,
+            value: serde_json::json!({}),
+            create_revision: rev,
+            mod_revision: rev,
+            version: 1,
+            lease: None,
+        }))
+    };
+    let mut seen = Seen::default();
+    assert!(!seen.track(&keys, &Ok(WatchEvent::Init)));
+    let listed = Ok(WatchEvent::InitApply(Versioned {
+        key: keys.task("default", "web"),
+        value: serde_json::json!({}),
+        create_revision: 3,
+        mod_revision: 3,
+        version: 1,
+        lease: None,
+    }));
+    assert!(
+        !seen.track(&keys, &listed),
+        "a listing counts once complete"
+    );
+    assert_eq!(seen.published(), None, "not listed yet");
+    assert!(seen.track(&keys, &Ok(WatchEvent::InitDone { revision: 5 })));
+    assert_eq!(seen.published(), Some(5));
+
+    for (key, rev) in [
+        (format!("{}default/e1", keys.events()), 6),
+        (format!("{}c1", keys.controllers()), 7),
+        (format!("{}1234", keys.election_prefix()), 8),
+        ("/p/nonsense/x".to_string(), 9),
+    ] {
+        assert!(
+            !seen.track(&keys, &put(key.clone(), rev)),
+            "{key} triggered"
+        );
+        assert_eq!(seen.published(), Some(rev), "{key} moves the revision");
+    }
+    for (key, rev) in [
+        (keys.task("default", "web"), 10),
+        (keys.node("n1"), 11),
+        (keys.nodeinfo("n1"), 12),
+    ] {
+        assert!(
+            seen.track(&keys, &put(key.clone(), rev)),
+            "{key} did not trigger"
+        );
+    }
+    let deleted = Ok(WatchEvent::Delete {
+        key: keys.node("n1"),
+        mod_revision: 13,
+        prev: None,
+    });
+    assert!(seen.track(&keys, &deleted));
+    assert_eq!(seen.published(), Some(13));
 }

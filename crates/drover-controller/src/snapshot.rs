@@ -96,6 +96,17 @@ pub struct Snapshot {
     pub tasks_changed: bool,
 }
 
+/// Whether the planner reads `key`: a change to any other key (events, controller
+/// advertisements, election keys, keys outside the schema) cannot change a plan, so it need not
+/// trigger one.
+#[must_use]
+pub fn plans_from(keys: &Keys, key: &str) -> bool {
+    !matches!(
+        keys.parse(key),
+        Some(Key::Controller(_) | Key::Event { .. }) | None
+    )
+}
+
 impl Snapshot {
     /// Records a created or changed key. Keys the planner does not read are ignored.
     ///

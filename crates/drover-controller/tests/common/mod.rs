@@ -84,11 +84,22 @@ impl Env {
 
     /// Starts a controller replica on `store` (e.g. connected through a proxy).
     pub fn replica_with(&self, id: &str, store: Store) -> Replica {
+        self.replica_configured(store, Self::config(id))
+    }
+
+    /// The test replicas' configuration: TTL, short reschedule and campaign delays.
+    pub fn config(id: &str) -> ControllerConfig {
         let mut config = ControllerConfig::new(id);
         config.lease_ttl = TTL;
         config.reschedule_base_delay = Duration::from_millis(200);
         config.reschedule_max_delay = Duration::from_secs(1);
         config.campaign_backoff = Duration::from_millis(200);
+        config
+    }
+
+    /// Starts a controller replica on `store` with `config`.
+    pub fn replica_configured(&self, store: Store, config: ControllerConfig) -> Replica {
+        let id = config.id.clone();
         let controller =
             Controller::with_metrics(store, self.keys.clone(), config, Metrics::default())
                 .expect("valid config");
@@ -96,7 +107,7 @@ impl Env {
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(controller.run(shutdown.clone()));
         Replica {
-            id: id.into(),
+            id,
             status,
             shutdown,
             handle,
