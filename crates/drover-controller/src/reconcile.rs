@@ -220,9 +220,11 @@ async fn watch_cache(term: Arc<Term>, trigger: Trigger<Cluster>, stop: Cancellat
         while let Some(Some(item)) = stream.next().now_or_never() {
             batch.push(item);
         }
-        let relevant = batch
-            .iter()
-            .fold(false, |any, item| seen.track(&term.keys, item) || any);
+        // Every item is tracked (no short-circuit): each one moves the revision.
+        let mut relevant = false;
+        for item in &batch {
+            relevant |= seen.track(&term.keys, item);
+        }
         {
             let mut feed = term.feed.lock().unwrap_or_else(PoisonError::into_inner);
             feed.queued.extend(batch);
