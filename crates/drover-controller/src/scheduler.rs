@@ -13,7 +13,8 @@
 //! - **Pick**: requests are placed in priority order (higher first, then by name), each placement
 //!   updating the allocations the next one sees.
 
-use std::collections::BTreeMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
 use std::fmt;
 
 /// CPU (millicores) and memory (bytes): a node's capacity, its allocation, or a request.
@@ -270,6 +271,14 @@ impl Scheduler {
     ///
     /// Everything [`Scheduler::place`] guarantees, and: a request is only considered after every
     /// request of higher priority, so when capacity runs short the lower priorities go without.
+    /// The decisions are exactly those of calling [`Scheduler::place`] for each request in that
+    /// order (a property test holds the two equal); they are only cheaper to reach.
+    ///
+    /// # Cost
+    ///
+    /// Consecutive requests of one placement class (the replicas of one task: same task,
+    /// demand, driver and selector) share one pass over the nodes and a heap of the nodes that
+    /// fit, so placing `k` replicas on `n` nodes costs `O(n + k log n)` instead of `O(k n)`.
     pub fn schedule_all(&mut self, requests: &[Request]) -> Vec<Decision> {
         let mut order: Vec<usize> = (0..requests.len()).collect();
         order.sort_by(|&a, &b| {
@@ -280,11 +289,100 @@ impl Scheduler {
                 .then(a.cmp(&b))
         });
         let mut out: Vec<Option<Decision>> = vec![None; requests.len()];
-        for i in order {
-            out[i] = Some(self.place(&requests[i]));
+        let mut rest = order.as_slice();
+        while let Some(&first) = rest.first() {
+            let len = rest
+                .iter()
+                .take_while(|&&i| same_class(&requests[first], &requests[i]))
+                .count();
+            let (run, after) = rest.split_at(len);
+            for (i, decision) in run.iter().zip(self.place_run(requests, run)) {
+                out[*i] = Some(decision);
+            }
+            rest = after;
         }
         out.into_iter().flatten().collect()
     }
+
+    /// Places requests of one placement class, in the given order, with one heap of the nodes
+    /// that fit: only the chosen node's score changes with each placement.
+    fn place_run(&mut self, requests: &[Request], run: &[usize]) -> Vec<Decision> {
+        let Some(&first) = run.first() else {
+            return Vec::new();
+        };
+        let class = &requests[first];
+        let key = |node: &NodeView| {
+            Reverse((
+                node.task_counts.get(&class.task).copied().unwrap_or(0),
+                allocation_ppm(node.allocated.saturating_add(class.demand), node.capacity),
+                node.name.clone(),
+            ))
+        };
+        let mut heap: BinaryHeap<Reverse<(u32, u64, String)>> = self
+            .nodes
+            .values()
+            .filter(|node| Self::reject(node, class).is_none())
+            .map(key)
+            .collect();
+        // Once nothing fits, nothing in this run changes the nodes any more: every later
+        // request of the run is refused for the same reasons.
+        let mut refused: Option<Unschedulable> = None;
+        let mut out = Vec::with_capacity(run.len());
+        for &i in run {
+            let req = &requests[i];
+            let Some(Reverse(best)) = heap.pop() else {
+                let why = refused.get_or_insert_with(|| self.unschedulable(class));
+                out.push(Decision::Unschedulable(why.clone()));
+                continue;
+            };
+            // The node to avoid scores last: take the next best if there is one.
+            let chosen = if req.avoid_node.as_deref() == Some(best.2.as_str()) {
+                match heap.pop() {
+                    Some(Reverse(next)) => {
+                        heap.push(Reverse(best));
+                        next
+                    }
+                    None => best,
+                }
+            } else {
+                best
+            };
+            let name = chosen.2;
+            if let Some(node) = self.nodes.get_mut(&name) {
+                node.allocated = node.allocated.saturating_add(req.demand);
+                *node.task_counts.entry(req.task.clone()).or_default() += 1;
+                if Self::reject(node, class).is_none() {
+                    heap.push(key(node));
+                }
+            }
+            out.push(Decision::Placed(name));
+        }
+        out
+    }
+
+    /// Why no node can take `req`: every node's first failing filter, counted.
+    fn unschedulable(&self, req: &Request) -> Unschedulable {
+        let mut rejections: BTreeMap<Rejection, usize> = BTreeMap::new();
+        for node in self.nodes.values() {
+            if let Some(why) = Self::reject(node, req) {
+                *rejections.entry(why).or_default() += 1;
+            }
+        }
+        Unschedulable {
+            nodes: self.nodes.len(),
+            rejections,
+        }
+    }
+}
+
+/// Whether two requests are filtered and scored alike on every node (they may differ in the
+/// node they avoid, which the run handles per request, and in their names and priorities,
+/// which only order them).
+fn same_class(a: &Request, b: &Request) -> bool {
+    a.task == b.task
+        && a.demand == b.demand
+        && a.driver == b.driver
+        && a.node_selector == b.node_selector
 }
 
 /// Mean of the CPU and memory allocation ratios, in parts per million (a resource with zero

@@ -75,6 +75,18 @@ pub(super) fn preempt(
     removed: &BTreeSet<&InstanceId>,
     plan: &mut Plan,
 ) {
+    let preempts = |(decision, (task, _)): (&Decision, &(TaskRef, String))| {
+        matches!(decision, Decision::Unschedulable(_))
+            && snapshot
+                .tasks
+                .get(task)
+                .is_some_and(|t| t.value.spec.preemption)
+    };
+    // The views and indexes below cost O(nodes + assignments): built only when some request
+    // could evict.
+    if !decisions.iter().zip(req_tasks).any(preempts) {
+        return;
+    }
     let mut views: BTreeMap<String, NodeView> = scheduler.nodes().clone();
     let mut by_node: BTreeMap<&str, Vec<&Versioned<Instance>>> = BTreeMap::new();
     for a in snapshot.assignments.values() {
