@@ -2,6 +2,7 @@
 //! fence, each within etcd's operation limit.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use drover_api::Keys;
 use drover_store::{Cmp, Fence, Op, Store, Txn};
@@ -242,7 +243,44 @@ fn write_parts(keys: &Keys, w: &Write) -> Result<(Vec<Cmp>, Vec<Op>), CommitErro
 }
 
 /// Commits `plan` as fenced transactions of at most `max_ops` compares and operations each,
-/// and at most `max_bytes` (etcd's `--max-request-bytes`) each, less headroom.
+/// and at most `max_bytes` (etcd's `--max-request-bytes`) each, less headroom, one at a time:
+/// [`commit_pipelined`] with one lane.
+pub async fn commit(
+    store: &Store,
+    keys: &Keys,
+    fence: &Fence,
+    plan: &Plan,
+    max_ops: usize,
+    max_bytes: usize,
+) -> Result<Committed, CommitError> {
+    commit_pipelined(store, keys, fence, plan, Limits::new(max_ops, max_bytes, 1)).await
+}
+
+/// The limits of one commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Compares, and operations, per transaction (etcd's `--max-txn-ops`).
+    pub max_ops: usize,
+    /// Bytes per request (etcd's `--max-request-bytes`).
+    pub max_bytes: usize,
+    /// Transactions in flight at once (at least 1).
+    pub lanes: usize,
+}
+
+impl Limits {
+    /// The limits, with `lanes` raised to at least 1.
+    #[must_use]
+    pub fn new(max_ops: usize, max_bytes: usize, lanes: usize) -> Self {
+        Limits {
+            max_ops,
+            max_bytes,
+            lanes: lanes.max(1),
+        }
+    }
+}
+
+/// Commits `plan` as fenced transactions within `limits`, up to `limits.lanes` of them in
+/// flight at once.
 ///
 /// # Guarantees
 ///
@@ -253,12 +291,15 @@ fn write_parts(keys: &Keys, w: &Write) -> Result<(Vec<Cmp>, Vec<Op>), CommitErro
 /// - A transaction that creates instances of a task also writes that task's state, comparing
 ///   its mod revision (chained from one transaction to the next), so a plan made from a stale
 ///   snapshot cannot create a second set of instances.
-/// - Transactions are sent in plan order. A transaction that etcd refuses (a failed compare,
-///   or a request it will not take, such as one over its size limit) is sent again step by
-///   step: a step that fails alone is reported in [`Committed::rejected`] and skipped, and the
-///   rest of the plan still lands. So one poisoned key or one oversized step stalls only
-///   itself, never the cluster.
-/// - It stops at the first transport error or fence failure.
+/// - Steps are dealt to lanes, every step of one task to the same lane (so that chain holds);
+///   each lane sends its transactions in plan order, one at a time, and the lanes run at once.
+///   Steps of different lanes are independent: each carries every compare it relies on.
+/// - A transaction that etcd refuses (a failed compare, or a request it will not take, such as
+///   one over its size limit) is sent again step by step: a step that fails alone is reported
+///   in [`Committed::rejected`] and skipped, and the rest of the plan still lands. So one
+///   poisoned key or one oversized step stalls only itself, never the cluster.
+/// - At the first transport error or fence failure no lane sends anything more; the
+///   transactions already in flight finish.
 ///
 /// # Caveats
 ///
@@ -267,47 +308,106 @@ fn write_parts(keys: &Keys, w: &Write) -> Result<(Vec<Cmp>, Vec<Op>), CommitErro
 /// because the planner is level-triggered; rejected steps are planned again then. A refused
 /// step is not an error of the commit: the caller decides when to plan again (waiting for a
 /// newer revision would wait forever when the refusal is permanent and the cluster quiet).
-pub async fn commit(
+pub async fn commit_pipelined(
     store: &Store,
     keys: &Keys,
     fence: &Fence,
     plan: &Plan,
-    max_ops: usize,
-    max_bytes: usize,
+    limits: Limits,
 ) -> Result<Committed, CommitError> {
+    let standalone: Vec<Step> = {
+        let with_steps: BTreeSet<&TaskRef> =
+            plan.steps.iter().filter_map(|s| s.task.as_ref()).collect();
+        plan.taskstates
+            .keys()
+            .filter(|t| !with_steps.contains(t))
+            .map(|t| Step {
+                task: Some(t.clone()),
+                writes: Vec::new(),
+            })
+            .collect()
+    };
+    let lanes = deal(plan.steps.iter().chain(&standalone), limits.lanes);
+    let ctx = Ctx {
+        store,
+        keys,
+        fence,
+        plan,
+        stop: AtomicBool::new(false),
+    };
+    let results = futures::future::join_all(
+        lanes
+            .into_iter()
+            .map(|lane| commit_lane(&ctx, lane, limits)),
+    )
+    .await;
+    let mut done = Committed::default();
+    let mut failure: Option<CommitError> = None;
+    for result in results {
+        match result {
+            Ok(lane) => {
+                done.txns += lane.txns;
+                done.revision = done.revision.max(lane.revision);
+                done.rejected.extend(lane.rejected);
+            }
+            // A lost fence says more than a transport error: keep it.
+            Err(e) => {
+                if failure
+                    .as_ref()
+                    .is_none_or(|f| !matches!(f, CommitError::Fenced(_)))
+                {
+                    failure = Some(e);
+                }
+            }
+        }
+    }
+    if let Some(failure) = failure {
+        return Err(failure);
+    }
+    done.rejected.sort_by_key(|r| r.index);
+    Ok(done)
+}
+
+/// Deals the steps (with their plan indexes) to at most `lanes` lanes, round robin by first
+/// appearance: every step of one task in the lane of its first, steps of no task each in turn.
+fn deal<'a>(steps: impl Iterator<Item = &'a Step>, lanes: usize) -> Vec<Vec<(usize, &'a Step)>> {
+    let lanes = lanes.max(1);
+    let mut out: Vec<Vec<(usize, &Step)>> = vec![Vec::new(); lanes];
+    let mut of_task: BTreeMap<&TaskRef, usize> = BTreeMap::new();
+    let mut next = 0;
+    for (index, step) in steps.enumerate() {
+        let lane = match &step.task {
+            Some(task) => *of_task.entry(task).or_insert_with(|| {
+                next += 1;
+                (next - 1) % lanes
+            }),
+            None => {
+                next += 1;
+                (next - 1) % lanes
+            }
+        };
+        out[lane].push((index, step));
+    }
+    out.retain(|lane| !lane.is_empty());
+    out
+}
+
+/// Commits one lane's steps in order, batched within `limits`.
+async fn commit_lane(
+    ctx: &Ctx<'_>,
+    steps: Vec<(usize, &Step)>,
+    limits: Limits,
+) -> Result<Committed, CommitError> {
+    let (plan, keys) = (ctx.plan, ctx.keys);
     // One compare of every transaction is the fence.
-    let budget = max_ops.saturating_sub(1).max(4);
-    let byte_budget = max_bytes.saturating_sub(REQUEST_HEADROOM);
-    // The encoded size of each task state a batch may carry, to count it in the byte budget.
-    let state_bytes: BTreeMap<&TaskRef, usize> = plan
-        .taskstates
-        .iter()
-        .map(|(t, w)| {
-            let len = serde_json::to_vec(&w.state).map_or(0, |v| v.len());
-            (
-                t,
-                len + keys.taskstate(&t.namespace, &t.name).len() * 2 + 64,
-            )
-        })
-        .collect();
-    let mut expected: BTreeMap<TaskRef, i64> = plan
-        .taskstates
-        .iter()
-        .map(|(t, w)| (t.clone(), w.mod_revision))
-        .collect();
+    let budget = limits.max_ops.saturating_sub(1).max(4);
+    let byte_budget = limits.max_bytes.saturating_sub(REQUEST_HEADROOM);
+    let mut expected: BTreeMap<TaskRef, i64> = BTreeMap::new();
+    // The encoded size of the state of each task the lane writes.
+    let mut sizes: BTreeMap<TaskRef, usize> = BTreeMap::new();
     let mut done = Committed::default();
     let mut batch = Batch::default();
-
-    let standalone: Vec<Step> = plan
-        .taskstates
-        .keys()
-        .filter(|t| !plan.steps.iter().any(|s| s.task.as_ref() == Some(*t)))
-        .map(|t| Step {
-            task: Some(t.clone()),
-            writes: Vec::new(),
-        })
-        .collect();
-    for (index, step) in plan.steps.iter().chain(&standalone).enumerate() {
+    for (index, step) in steps {
         let mut cmps = Vec::new();
         let mut ops = Vec::new();
         for w in &step.writes {
@@ -322,6 +422,13 @@ pub async fn commit(
             .task
             .as_ref()
             .filter(|t| plan.taskstates.contains_key(*t));
+        if let Some(t) = tracked {
+            if !expected.contains_key(t) {
+                let revision = plan.taskstates.get(t).map_or(0, |w| w.mod_revision);
+                expected.insert(t.clone(), revision);
+                sizes.insert(t.clone(), state_bytes(keys, plan, t));
+            }
+        }
         let step_bytes = cmps.iter().map(Cmp::encoded_len).sum::<usize>()
             + ops.iter().map(Op::encoded_len).sum::<usize>();
         let fits = |b: &Batch| {
@@ -331,23 +438,17 @@ pub async fn commit(
                 .tasks
                 .iter()
                 .chain(new_task)
-                .map(|t| state_bytes.get(t).copied().unwrap_or(0))
+                .map(|t| sizes.get(t).copied().unwrap_or(0))
                 .sum();
             b.ops() + ops.len() + tasks <= budget
                 && b.cmps() + cmps.len() + tasks <= budget
                 && b.bytes() + step_bytes + states <= byte_budget
         };
         if !fits(&batch) {
-            flush(
-                store,
-                keys,
-                fence,
-                plan,
-                &mut batch,
-                &mut expected,
-                &mut done,
-            )
-            .await?;
+            if ctx.stop.load(Ordering::SeqCst) {
+                return Ok(done);
+            }
+            flush(ctx, &mut batch, &mut expected, &mut done).await?;
         }
         // After a flush the task's state must be written again, in the new batch.
         if let Some(t) = tracked {
@@ -360,37 +461,31 @@ pub async fn commit(
             ops,
         });
     }
-    flush(
-        store,
-        keys,
-        fence,
-        plan,
-        &mut batch,
-        &mut expected,
-        &mut done,
-    )
-    .await?;
+    if !ctx.stop.load(Ordering::SeqCst) {
+        flush(ctx, &mut batch, &mut expected, &mut done).await?;
+    }
     Ok(done)
+}
+
+/// The encoded size of a task's state write, to count it in a batch's byte budget.
+fn state_bytes(keys: &Keys, plan: &Plan, t: &TaskRef) -> usize {
+    let len = plan
+        .taskstates
+        .get(t)
+        .and_then(|w| serde_json::to_vec(&w.state).ok())
+        .map_or(0, |v| v.len());
+    len + keys.taskstate(&t.namespace, &t.name).len() * 2 + 64
 }
 
 /// Sends the batch as one transaction; if etcd refuses it and it holds several steps, sends
 /// each step alone, recording those refused alone in `done.rejected`.
 async fn flush(
-    store: &Store,
-    keys: &Keys,
-    fence: &Fence,
-    plan: &Plan,
+    ctx: &Ctx<'_>,
     batch: &mut Batch,
     expected: &mut BTreeMap<TaskRef, i64>,
     done: &mut Committed,
 ) -> Result<(), CommitError> {
     let Batch { parts, tasks } = std::mem::take(batch);
-    let ctx = Ctx {
-        store,
-        keys,
-        fence,
-        plan,
-    };
     let reason = match ctx.send(&parts, &tasks, expected, done).await? {
         Sent::Landed => return Ok(()),
         Sent::Refused(reason) => reason,
@@ -435,6 +530,8 @@ struct Ctx<'a> {
     keys: &'a Keys,
     fence: &'a Fence,
     plan: &'a Plan,
+    /// Set at the first error of any lane: no lane sends anything more.
+    stop: AtomicBool,
 }
 
 impl Ctx<'_> {
@@ -467,13 +564,18 @@ impl Ctx<'_> {
         done.txns += 1;
         let outcome = match outcome {
             Ok(outcome) => outcome,
-            Err(e @ drover_store::Error::Fenced { .. }) => return Err(CommitError::Fenced(e)),
             // etcd answered and refused this request (too large, invalid): a smaller grouping
             // of the same steps may pass, so it is not the whole plan's failure.
             Err(e @ drover_store::Error::Rejected { .. }) => {
                 return Ok(Sent::Refused(e.to_string()))
             }
-            Err(e) => return Err(CommitError::Store(e)),
+            Err(e) => {
+                self.stop.store(true, Ordering::SeqCst);
+                return Err(match e {
+                    e @ drover_store::Error::Fenced { .. } => CommitError::Fenced(e),
+                    e => CommitError::Store(e),
+                });
+            }
         };
         if !outcome.succeeded {
             return Ok(Sent::Refused(format!(

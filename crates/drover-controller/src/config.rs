@@ -25,7 +25,7 @@ pub enum ConfigError {
     /// The event TTL is not a whole number of seconds of at least 1 minute.
     #[error("event_ttl must be whole seconds and at least 60 s (got {0:?})")]
     BadEventTtl(Duration),
-    /// A periodic interval was zero.
+    /// A periodic interval, or the number of commit lanes, was zero.
     #[error("{0} must be greater than zero")]
     ZeroInterval(&'static str),
 }
@@ -68,6 +68,9 @@ pub struct ControllerConfig {
     /// Default: 10 s.
     #[serde(with = "drover_api::duration::human")]
     pub sync_wait: Duration,
+    /// Fenced transactions the leader keeps in flight at once when it commits a plan (steps
+    /// of one task stay in order on one lane). Default: 8.
+    pub commit_lanes: usize,
     /// Test hook: every plan first keeps its thread busy this long, so a test can show that a
     /// planner slower than the election TTL does not cost the leader its lease. Zero (the
     /// default) outside such tests; not part of the configuration format.
@@ -95,6 +98,7 @@ impl Default for ControllerConfig {
             campaign_backoff: Duration::from_secs(1),
             debounce: Duration::from_millis(20),
             sync_wait: Duration::from_secs(10),
+            commit_lanes: 8,
             slow_plan_for_tests: Duration::ZERO,
         }
     }
@@ -128,6 +132,9 @@ impl ControllerConfig {
         }
         if self.event_ttl < Duration::from_secs(60) || self.event_ttl.subsec_nanos() != 0 {
             return Err(ConfigError::BadEventTtl(self.event_ttl));
+        }
+        if self.commit_lanes == 0 {
+            return Err(ConfigError::ZeroInterval("commit_lanes"));
         }
         for (name, d) in [
             ("resync_interval", self.resync_interval),

@@ -89,6 +89,10 @@ struct Feed {
     queued: Vec<drover_store::Result<WatchEvent<serde_json::Value>>>,
     /// When the first change not yet planned for arrived.
     dirty_since: Option<Instant>,
+    /// A change arriving now is planned for no earlier than this: the last plan's end plus
+    /// its duration, so while changes stream in the planner is busy at most half the time
+    /// and the watch, the commits, the agents and etcd keep the rest (see [`plan_spacing`]).
+    not_before: Option<Instant>,
 }
 
 /// What only the planner touches, on its blocking thread (one plan at a time).
@@ -149,6 +153,7 @@ impl Term {
             feed: Mutex::new(Feed {
                 queued: Vec::new(),
                 dirty_since: None,
+                not_before: None,
             }),
             planner: Arc::new(Mutex::new(PlannerState {
                 relist: Relisting::new(Snapshot::default()),
@@ -225,20 +230,17 @@ async fn watch_cache(term: Arc<Term>, trigger: Trigger<Cluster>, stop: Cancellat
         for item in &batch {
             relevant |= seen.track(&term.keys, item);
         }
-        {
+        let delay = {
             let mut feed = term.feed.lock().unwrap_or_else(PoisonError::into_inner);
             feed.queued.extend(batch);
             if relevant {
                 feed.dirty_since.get_or_insert_with(Instant::now);
             }
-        }
+            plan_spacing(term.config.debounce, feed.not_before, Instant::now())
+        };
         if let Some(rev) = seen.published() {
             term.revision.send_replace(rev);
-            if relevant
-                && trigger
-                    .trigger_after(Cluster, term.config.debounce, "watch")
-                    .is_err()
-            {
+            if relevant && trigger.trigger_after(Cluster, delay, "watch").is_err() {
                 return;
             }
         }
@@ -390,18 +392,12 @@ async fn reconcile(_key: Cluster, term: Arc<Term>) -> Result<Action, ReconcileEr
 
     let mut rejected = false;
     if !plan.is_empty() {
-        let max_ops = term.store.config().max_txn_ops;
-        let max_bytes = term.store.config().max_request_bytes;
-        match commit::commit(
-            &term.store,
-            &term.keys,
-            &term.fence,
-            &plan,
-            max_ops,
-            max_bytes,
-        )
-        .await
-        {
+        let limits = commit::Limits::new(
+            term.store.config().max_txn_ops,
+            term.store.config().max_request_bytes,
+            term.config.commit_lanes,
+        );
+        match commit::commit_pipelined(&term.store, &term.keys, &term.fence, &plan, limits).await {
             Ok(done) => {
                 if done.rejected.is_empty() {
                     term.metrics.commit("ok");
@@ -506,14 +502,29 @@ fn plan_now(term: &Term, now: chrono::DateTime<Utc>) -> Planned {
     let started = Instant::now();
     busy_for(term.config.slow_plan_for_tests);
     let plan = planner::plan(snapshot, now, &term.config);
-    term.metrics
-        .plan_duration
-        .observe(started.elapsed().as_secs_f64());
+    let took = started.elapsed();
+    term.metrics.plan_duration.observe(took.as_secs_f64());
+    term.feed
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .not_before = Some(Instant::now() + took);
     Planned {
         plan,
         revision: snapshot.revision,
         undecodable,
     }
+}
+
+/// How long to wait before planning for a change that arrives at `now`: the debounce, or
+/// longer while the last plan's end plus its duration (`not_before`) lies ahead. A plan of
+/// 100,000 instances takes a good fraction of a second; planning again at once for every
+/// status an agent writes would keep a core busy with plans and starve what keeps the cluster
+/// alive (etcd, agents' keep-alives on the same machine). The delay adapts: a small cluster
+/// still plans within the debounce.
+fn plan_spacing(debounce: Duration, not_before: Option<Instant>, now: Instant) -> Duration {
+    not_before
+        .map_or(Duration::ZERO, |at| at.saturating_duration_since(now))
+        .max(debounce)
 }
 
 /// Applies every item the watch queued to the snapshot, in order.

@@ -366,3 +366,25 @@ fn only_keys_the_planner_reads_trigger_a_plan_but_every_key_moves_the_revision()
     assert!(seen.track(&keys, &deleted));
     assert_eq!(seen.published(), Some(13));
 }
+
+/// Changes arriving while the last plan's "cool-down" (its own duration after it ended) runs
+/// wait for it; otherwise the debounce applies.
+#[test]
+fn plans_are_spaced_by_the_last_plans_duration_but_never_closer_than_the_debounce() {
+    let now = Instant::now();
+    let debounce = Duration::from_millis(20);
+    assert_eq!(plan_spacing(debounce, None, now), debounce);
+    assert_eq!(
+        plan_spacing(debounce, Some(now + Duration::from_millis(900)), now),
+        Duration::from_millis(900)
+    );
+    assert_eq!(
+        plan_spacing(debounce, Some(now + Duration::from_millis(5)), now),
+        debounce
+    );
+    assert_eq!(
+        plan_spacing(debounce, Some(now - Duration::from_secs(1)), now),
+        debounce,
+        "a cool-down in the past does not delay"
+    );
+}
