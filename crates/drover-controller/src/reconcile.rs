@@ -106,6 +106,8 @@ struct PlannerState {
 /// What one plan produced, handed back from the planner's thread.
 struct Planned {
     plan: planner::Plan,
+    /// How long applying the queued items and planning took.
+    took: Duration,
     /// The revision of the snapshot it was made from.
     revision: i64,
     /// Events about undecodable keys not reported before.
@@ -371,6 +373,7 @@ async fn reconcile(_key: Cluster, term: Arc<Term>) -> Result<Action, ReconcileEr
     };
     let Planned {
         plan,
+        took: planning,
         revision: snapshot_revision,
         undecodable,
     } = match planned {
@@ -397,6 +400,7 @@ async fn reconcile(_key: Cluster, term: Arc<Term>) -> Result<Action, ReconcileEr
             term.store.config().max_request_bytes,
             term.config.commit_lanes,
         );
+        let committing = Instant::now();
         match commit::commit_pipelined(&term.store, &term.keys, &term.fence, &plan, limits).await {
             Ok(done) => {
                 if done.rejected.is_empty() {
@@ -426,6 +430,8 @@ async fn reconcile(_key: Cluster, term: Arc<Term>) -> Result<Action, ReconcileEr
                     placed = plan.placed,
                     pending = plan.pending,
                     txns = done.txns,
+                    plan_ms = planning.as_millis(),
+                    commit_ms = committing.elapsed().as_millis(),
                     "plan committed"
                 );
             }
@@ -493,13 +499,13 @@ async fn reconcile(_key: Cluster, term: Arc<Term>) -> Result<Action, ReconcileEr
 /// Applies what the watch queued to the snapshot and plans from it: CPU-bound, so it runs on
 /// a blocking thread, never on the reactor that keeps the election lease alive.
 fn plan_now(term: &Term, now: chrono::DateTime<Utc>) -> Planned {
+    let started = Instant::now();
     let mut state = term.planner.lock().unwrap_or_else(PoisonError::into_inner);
     let state = &mut *state;
     apply_queued(term, state);
     let snapshot = state.relist.live_mut();
     snapshot.revalidate();
     let undecodable = snapshot.undecodable_events(&term.keys, &mut state.reported, now);
-    let started = Instant::now();
     busy_for(term.config.slow_plan_for_tests);
     let plan = planner::plan(snapshot, now, &term.config);
     let took = started.elapsed();
@@ -510,6 +516,7 @@ fn plan_now(term: &Term, now: chrono::DateTime<Utc>) -> Planned {
         .not_before = Some(Instant::now() + took);
     Planned {
         plan,
+        took,
         revision: snapshot.revision,
         undecodable,
     }
