@@ -2,6 +2,7 @@
 //! stop at once when it does not, resign on shutdown. Each replica advertises itself under
 //! `controllers/<id>` on its election lease.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -14,6 +15,7 @@ use tracing::Instrument;
 
 use crate::config::{ConfigError, ControllerConfig};
 use crate::metrics::Metrics;
+use crate::mirror::Mirror;
 use crate::reconcile::{self, AbortOnDrop, Term};
 use drover_api::records::ControllerInfo;
 
@@ -63,6 +65,8 @@ pub struct Controller {
     config: ControllerConfig,
     metrics: Metrics,
     status: watch::Sender<ControllerStatus>,
+    /// The mirror of etcd every term plans from, kept while standing by too.
+    mirror: Arc<Mirror>,
 }
 
 enum TermEnd {
@@ -89,7 +93,9 @@ impl Controller {
         metrics: Metrics,
     ) -> Result<Self, Error> {
         config.validate()?;
+        let mirror = Mirror::new(keys.clone(), config.debounce);
         Ok(Self {
+            mirror,
             store,
             keys,
             config,
@@ -122,6 +128,13 @@ impl Controller {
     pub async fn run(self, shutdown: CancellationToken) {
         let election = Election::new(self.store.clone(), self.keys.election());
         let span = tracing::info_span!("controller", id = %self.config.id);
+        let mirrored = shutdown.child_token();
+        let _mirror = AbortOnDrop(tokio::spawn(
+            self.mirror
+                .clone()
+                .run(self.store.clone(), mirrored.clone())
+                .instrument(span.clone()),
+        ));
         async {
             while !shutdown.is_cancelled() {
                 match self.term(&election, &shutdown).await {
@@ -239,6 +252,7 @@ impl Controller {
             fence,
             self.metrics.clone(),
             self.status.clone(),
+            self.mirror.clone(),
         );
         let cancel = CancellationToken::new();
         let mut work = AbortOnDrop(tokio::spawn(

@@ -15,6 +15,7 @@ pub mod config;
 pub mod events;
 mod leader;
 pub mod metrics;
+mod mirror;
 pub mod planner;
 mod reconcile;
 pub mod scheduler;

@@ -3,31 +3,28 @@
 //! merge, failures back off and metrics and spans come for free); a reconcile plans from the
 //! snapshot and commits the plan with the leader's fence.
 
-use std::collections::BTreeMap;
 use std::fmt;
-use std::pin::pin;
 use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use chrono::Utc;
 use drover_api::Keys;
-use drover_runtime::{Action, BackoffConfig, Trigger};
-use drover_store::watcher::Event as WatchEvent;
-use drover_store::{Fence, Relisting, Sink, Store, Versioned};
-use futures::{FutureExt, StreamExt};
+use drover_runtime::{Action, BackoffConfig};
+use drover_store::{Fence, Store};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 use crate::commit::{self, CommitError};
 use crate::config::ControllerConfig;
 use crate::events::EventWriter;
 use crate::leader::ControllerStatus;
 use crate::metrics::Metrics;
+use crate::mirror::Mirror;
+#[cfg(test)]
+use crate::mirror::Seen;
 use crate::planner;
-use crate::snapshot::{DecodeError, Snapshot};
 
 /// Why a reconcile failed (the runtime retries it with backoff).
 #[derive(Debug, thiserror::Error)]
@@ -81,28 +78,6 @@ impl fmt::Display for Cluster {
     }
 }
 
-/// What the watch hands the planner: items not yet applied to the snapshot. The watch task
-/// only queues (a short lock, no decoding); the planner applies them on its blocking thread,
-/// so a large burst never keeps the async reactor busy.
-struct Feed {
-    /// Watch items received and not yet applied, in order.
-    queued: Vec<drover_store::Result<WatchEvent<serde_json::Value>>>,
-    /// When the first change not yet planned for arrived.
-    dirty_since: Option<Instant>,
-    /// A change arriving now is planned for no earlier than this: the last plan's end plus
-    /// its duration, so while changes stream in the planner is busy at most half the time
-    /// and the watch, the commits, the agents and etcd keep the rest (see [`plan_spacing`]).
-    not_before: Option<Instant>,
-}
-
-/// What only the planner touches, on its blocking thread (one plan at a time).
-struct PlannerState {
-    /// The snapshot, kept equal to etcd by the watch's items (a re-list swapped in whole).
-    relist: Relisting<Snapshot>,
-    /// Undecodable keys already reported as events, with the mod revision reported.
-    reported: BTreeMap<String, i64>,
-}
-
 /// What one plan produced, handed back from the planner's thread.
 struct Planned {
     plan: planner::Plan,
@@ -122,17 +97,16 @@ pub(crate) struct Term {
     pub(crate) fence: Fence,
     pub(crate) metrics: Metrics,
     pub(crate) status: watch::Sender<ControllerStatus>,
-    feed: Mutex<Feed>,
-    planner: Arc<Mutex<PlannerState>>,
-    /// The revision of everything the watch has queued, once a first listing is complete
-    /// (0 before): the snapshot reaches it as soon as the planner applies the queue.
-    revision: watch::Sender<i64>,
+    /// The replica's mirror of etcd, kept across terms.
+    pub(crate) mirror: Arc<Mirror>,
     /// The revision the snapshot must reach before the next plan (this leader's last write).
     min_revision: AtomicI64,
     /// Consecutive plans some step of which etcd refused (see [`REJECTED_REPLAN`]).
     refused_rounds: AtomicU32,
     fenced: CancellationToken,
     events: tokio::sync::Mutex<EventWriter>,
+    /// When this term began.
+    elected: Instant,
 }
 
 impl Term {
@@ -143,6 +117,7 @@ impl Term {
         fence: Fence,
         metrics: Metrics,
         status: watch::Sender<ControllerStatus>,
+        mirror: Arc<Mirror>,
     ) -> Arc<Self> {
         let events = EventWriter::new(store.clone(), keys.clone(), config.event_ttl, &config.id);
         Arc::new(Self {
@@ -152,20 +127,12 @@ impl Term {
             fence,
             metrics,
             status,
-            feed: Mutex::new(Feed {
-                queued: Vec::new(),
-                dirty_since: None,
-                not_before: None,
-            }),
-            planner: Arc::new(Mutex::new(PlannerState {
-                relist: Relisting::new(Snapshot::default()),
-                reported: BTreeMap::new(),
-            })),
-            revision: watch::channel(0).0,
+            mirror,
             min_revision: AtomicI64::new(0),
             refused_rounds: AtomicU32::new(0),
             fenced: CancellationToken::new(),
             events: tokio::sync::Mutex::new(events),
+            elected: Instant::now(),
         })
     }
 }
@@ -184,11 +151,15 @@ pub(crate) async fn lead(term: Arc<Term>, cancel: CancellationToken) -> Result<(
     };
     let runner = drover_runtime::Reconciler::new(cfg, term.clone(), reconcile)?
         .with_metrics(&term.metrics.runtime);
-    let trigger = runner.trigger();
+    // Start from etcd as of the election: the mirror may lag a little behind the previous
+    // leader's last writes.
+    if let Ok(revision) = term.store.prefix_revision(&term.keys.all()).await {
+        term.min_revision.fetch_max(revision, Ordering::SeqCst);
+    }
+    let _leading = term.mirror.lead(runner.trigger());
+    // The first plan need not wait for a change.
+    let _ = runner.trigger().trigger(Cluster, "elected");
     let stop = cancel.child_token();
-    let _watch = AbortOnDrop(tokio::spawn(
-        watch_cache(term.clone(), trigger, stop.clone()).in_current_span(),
-    ));
     let result = tokio::select! {
         r = runner.run(stop.clone()) => r.map_err(LeadError::from),
         () = term.fenced.cancelled() => Err(LeadError::Fenced),
@@ -207,149 +178,10 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
-/// Queues the watch's items for the planner, publishing the revision they reach only at
-/// revision boundaries, and triggers a plan when one of them can change it.
-async fn watch_cache(term: Arc<Term>, trigger: Trigger<Cluster>, stop: CancellationToken) {
-    let mut stream = pin!(drover_store::watcher::<serde_json::Value>(
-        term.store.clone(),
-        term.keys.all()
-    ));
-    let mut seen = Seen::default();
-    loop {
-        let first = tokio::select! {
-            () = stop.cancelled() => return,
-            item = stream.next() => item,
-        };
-        let Some(first) = first else { return };
-        // Everything already buffered belongs to the same watch response, so the revision is
-        // published only between whole revisions (never half a transaction).
-        let mut batch = vec![first];
-        while let Some(Some(item)) = stream.next().now_or_never() {
-            batch.push(item);
-        }
-        // Every item is tracked (no short-circuit): each one moves the revision.
-        let mut relevant = false;
-        for item in &batch {
-            relevant |= seen.track(&term.keys, item);
-        }
-        let delay = {
-            let mut feed = term.feed.lock().unwrap_or_else(PoisonError::into_inner);
-            feed.queued.extend(batch);
-            if relevant {
-                feed.dirty_since.get_or_insert_with(Instant::now);
-            }
-            plan_spacing(term.config.debounce, feed.not_before, Instant::now())
-        };
-        if let Some(rev) = seen.published() {
-            term.revision.send_replace(rev);
-            if relevant && trigger.trigger_after(Cluster, delay, "watch").is_err() {
-                return;
-            }
-        }
-    }
-}
-
-/// What the watch task knows of the items it queued: whether a first listing completed, and
-/// the revision the snapshot will have once they are applied (the rules of
-/// [`Relisting`] and [`Snapshot`]: a listing counts at its `InitDone`, every later change
-/// moves the revision, whatever its key).
-#[derive(Debug, Default)]
-struct Seen {
-    listed: bool,
-    listing: bool,
-    revision: i64,
-}
-
-impl Seen {
-    /// Takes in one item; true when it can change a plan.
-    fn track(
-        &mut self,
-        keys: &Keys,
-        item: &drover_store::Result<WatchEvent<serde_json::Value>>,
-    ) -> bool {
-        let (key, revision) = match item {
-            Ok(WatchEvent::Init) => {
-                self.listing = true;
-                return false;
-            }
-            Ok(WatchEvent::InitApply(_)) => return false,
-            Ok(WatchEvent::InitDone { revision }) => {
-                self.listing = false;
-                self.listed = true;
-                self.revision = *revision;
-                return true;
-            }
-            Ok(WatchEvent::Apply(item)) => (item.key.as_str(), item.mod_revision),
-            Ok(WatchEvent::Delete {
-                key, mod_revision, ..
-            }) => (key.as_str(), *mod_revision),
-            Err(drover_store::Error::Decode {
-                key, mod_revision, ..
-            }) if !self.listing => (key.as_str(), *mod_revision),
-            Err(_) => return false,
-        };
-        self.revision = self.revision.max(revision);
-        crate::snapshot::plans_from(keys, key)
-    }
-
-    /// The revision to publish, once listed.
-    fn published(&self) -> Option<i64> {
-        self.listed.then_some(self.revision)
-    }
-}
-
-fn apply(
-    keys: &Keys,
-    relist: &mut Relisting<Snapshot>,
-    item: drover_store::Result<WatchEvent<serde_json::Value>>,
-) {
-    if let Err(error) = relist.feed(keys, item) {
-        tracing::warn!(%error, "watch error");
-    }
-}
-
-/// The leader's snapshot is what its watch of the whole prefix keeps current.
-impl Sink for Snapshot {
-    type Value = serde_json::Value;
-    type Context = Keys;
-
-    fn fresh(&self, _: &Keys) -> Self {
-        Snapshot::default()
-    }
-
-    fn apply(&mut self, keys: &Keys, item: Versioned<serde_json::Value>) {
-        if let Err(error) = Snapshot::apply(self, keys, item) {
-            warn_undecodable(&error);
-        }
-    }
-
-    fn delete(&mut self, keys: &Keys, key: &str, revision: i64) {
-        self.remove(keys, key, revision);
-    }
-
-    fn not_json(&mut self, keys: &Keys, key: &str, revision: i64, error: serde_json::Error) {
-        if let Some(error) = self.apply_not_json(keys, key, revision, error) {
-            warn_undecodable(&error);
-        }
-    }
-
-    fn listed(&mut self, _: &Keys, revision: i64) {
-        self.revision = revision;
-    }
-}
-
-fn warn_undecodable(error: &DecodeError) {
-    tracing::warn!(
-        key = %error.key,
-        %error,
-        "a value does not decode: kept as undecodable (nodes stay alive, assignments keep their slots)"
-    );
-}
-
 /// One plan-and-commit round over the whole cluster.
 async fn reconcile(_key: Cluster, term: Arc<Term>) -> Result<Action, ReconcileError> {
     let want = term.min_revision.load(Ordering::SeqCst);
-    let mut rx = term.revision.subscribe();
+    let mut rx = term.mirror.revision.subscribe();
     let waited = Instant::now();
     let synced = tokio::time::timeout(term.config.sync_wait, rx.wait_for(|r| *r > 0 && *r >= want))
         .await
@@ -362,6 +194,7 @@ async fn reconcile(_key: Cluster, term: Arc<Term>) -> Result<Action, ReconcileEr
     }
     let now = Utc::now();
     let dirty_since = term
+        .mirror
         .feed
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
@@ -477,7 +310,17 @@ async fn reconcile(_key: Cluster, term: Arc<Term>) -> Result<Action, ReconcileEr
             tracing::warn!(%error, count = plan.events.len(), "could not record events");
         }
     }
+    let first = !term.status.borrow().synced;
     term.status.send_modify(|s| s.synced = true);
+    if first {
+        tracing::info!(
+            revision = snapshot_revision,
+            steps = plan.steps.len(),
+            plan_ms = planning.as_millis(),
+            since_elected_ms = term.elected.elapsed().as_millis(),
+            "first plan of this term done"
+        );
+    }
     let resync = term.config.resync_interval;
     let mut after = plan.requeue_at.map_or(resync, |at| {
         (at - now).to_std().unwrap_or(Duration::ZERO).min(resync)
@@ -500,9 +343,13 @@ async fn reconcile(_key: Cluster, term: Arc<Term>) -> Result<Action, ReconcileEr
 /// a blocking thread, never on the reactor that keeps the election lease alive.
 fn plan_now(term: &Term, now: chrono::DateTime<Utc>) -> Planned {
     let started = Instant::now();
-    let mut state = term.planner.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut state = term
+        .mirror
+        .planner
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
     let state = &mut *state;
-    apply_queued(term, state);
+    term.mirror.apply_queued(state);
     let snapshot = state.relist.live_mut();
     snapshot.revalidate();
     let undecodable = snapshot.undecodable_events(&term.keys, &mut state.reported, now);
@@ -510,7 +357,8 @@ fn plan_now(term: &Term, now: chrono::DateTime<Utc>) -> Planned {
     let plan = planner::plan(snapshot, now, &term.config);
     let took = started.elapsed();
     term.metrics.plan_duration.observe(took.as_secs_f64());
-    term.feed
+    term.mirror
+        .feed
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .not_before = Some(Instant::now() + took);
@@ -528,24 +376,14 @@ fn plan_now(term: &Term, now: chrono::DateTime<Utc>) -> Planned {
 /// status an agent writes would keep a core busy with plans and starve what keeps the cluster
 /// alive (etcd, agents' keep-alives on the same machine). The delay adapts: a small cluster
 /// still plans within the debounce.
-fn plan_spacing(debounce: Duration, not_before: Option<Instant>, now: Instant) -> Duration {
+pub(crate) fn plan_spacing(
+    debounce: Duration,
+    not_before: Option<Instant>,
+    now: Instant,
+) -> Duration {
     not_before
         .map_or(Duration::ZERO, |at| at.saturating_duration_since(now))
         .max(debounce)
-}
-
-/// Applies every item the watch queued to the snapshot, in order.
-fn apply_queued(term: &Term, state: &mut PlannerState) {
-    let queued = std::mem::take(
-        &mut term
-            .feed
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .queued,
-    );
-    for item in queued {
-        apply(&term.keys, &mut state.relist, item);
-    }
 }
 
 /// Keeps this thread busy for `d` (the slow-planner test hook; zero returns at once).
@@ -567,7 +405,11 @@ fn conflict_wait_target(snapshot_revision: i64, landed: i64) -> i64 {
 
 fn restore_dirty(term: &Term, since: Option<Instant>) {
     if let Some(since) = since {
-        let mut feed = term.feed.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut feed = term
+            .mirror
+            .feed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         feed.dirty_since = Some(feed.dirty_since.map_or(since, |d| d.min(since)));
     }
 }

@@ -8,6 +8,8 @@ use drover_testkit::{unique_prefix, wait_for, EtcdServer};
 
 use super::*;
 use drover_api::records::TaskStateRecord;
+use drover_store::watcher::Event as WatchEvent;
+use drover_store::Versioned;
 
 /// The bound on any single await in these tests.
 const T: Duration = Duration::from_secs(20);
@@ -36,6 +38,7 @@ struct Leader {
     rx: watch::Receiver<i64>,
     stop: CancellationToken,
     _watch: AbortOnDrop<()>,
+    _leading: crate::mirror::Leading,
     /// The runtime is not run; it only keeps the watch's triggers alive.
     _runner: Box<dyn std::any::Any + Send>,
 }
@@ -82,13 +85,15 @@ impl Leader {
         .await
         .expect("task");
         let (status, _) = watch::channel(ControllerStatus::default());
+        let mirror = Mirror::new(keys.clone(), config.debounce);
         let term = Term::new(
-            store,
+            store.clone(),
             keys.clone(),
             config.clone(),
             fence,
             Metrics::default(),
             status,
+            mirror.clone(),
         );
         let runner = drover_runtime::Reconciler::new(
             drover_runtime::ReconcilerConfig::new("test"),
@@ -97,12 +102,9 @@ impl Leader {
         )
         .expect("runtime config");
         let stop = CancellationToken::new();
-        let watch = AbortOnDrop(tokio::spawn(watch_cache(
-            term.clone(),
-            runner.trigger(),
-            stop.clone(),
-        )));
-        let mut rx = term.revision.subscribe();
+        let leading = mirror.lead(runner.trigger());
+        let watch = AbortOnDrop(tokio::spawn(mirror.clone().run(store, stop.clone())));
+        let mut rx = term.mirror.revision.subscribe();
         within("synced", rx.wait_for(|r| *r >= task_rev))
             .await
             .expect("watch");
@@ -114,6 +116,7 @@ impl Leader {
             rx,
             stop,
             _watch: watch,
+            _leading: leading,
             _runner: Box::new(runner),
         }
     }
@@ -140,8 +143,12 @@ async fn a_conflict_under_foreign_writes_replans_without_waiting_for_the_global_
     );
     let (config, mut rx) = (leader.config.clone(), leader.rx.clone());
     let stale = {
-        let mut state = term.planner.lock().unwrap_or_else(PoisonError::into_inner);
-        apply_queued(&term, &mut state);
+        let mut state = term
+            .mirror
+            .planner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        term.mirror.apply_queued(&mut state);
         state.relist.live().clone()
     };
 
@@ -171,8 +178,12 @@ async fn a_conflict_under_foreign_writes_replans_without_waiting_for_the_global_
 
     // The leader planned before the change reached its snapshot: its commit conflicts.
     let fresh = {
-        let mut state = term.planner.lock().unwrap_or_else(PoisonError::into_inner);
-        apply_queued(&term, &mut state);
+        let mut state = term
+            .mirror
+            .planner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        term.mirror.apply_queued(&mut state);
         std::mem::replace(state.relist.live_mut(), stale)
     };
     let first = within("reconcile", reconcile(Cluster, term.clone()))
@@ -187,6 +198,7 @@ async fn a_conflict_under_foreign_writes_replans_without_waiting_for_the_global_
         "the conflicting plan wrote nothing"
     );
     *term
+        .mirror
         .planner
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
@@ -387,4 +399,68 @@ fn plans_are_spaced_by_the_last_plans_duration_but_never_closer_than_the_debounc
         debounce,
         "a cool-down in the past does not delay"
     );
+}
+
+/// A standby's mirror (no term, no trigger) keeps its snapshot current by itself: what a new
+/// leader plans from at once after its election, instead of listing the whole prefix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standbys_mirror_applies_changes_without_any_plan() {
+    drover_testkit::init_tracing();
+    let etcd = within("etcd", EtcdServer::start()).await;
+    let store = within(
+        "connect",
+        Store::connect(StoreConfig::new(etcd.endpoints())),
+    )
+    .await
+    .expect("connect");
+    let keys = Keys::new(&unique_prefix());
+    let mirror = Mirror::new(keys.clone(), Duration::from_millis(20));
+    let stop = CancellationToken::new();
+    let _watch = AbortOnDrop(tokio::spawn(
+        mirror.clone().run(store.clone(), stop.clone()),
+    ));
+    let mut last = 0;
+    for i in 0..50 {
+        let task = Task::new("default", &format!("t{i}"), TaskSpec::default());
+        last = within(
+            "put",
+            store.put(&keys.task("default", &format!("t{i}")), &task, None),
+        )
+        .await
+        .expect("put");
+    }
+    // The queue is applied in the background (every second at the latest), not by a plan.
+    let applied = wait_for(T, Duration::from_millis(50), || {
+        let mirror = mirror.clone();
+        async move {
+            let state = mirror
+                .planner
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let live = state.relist.live();
+            (live.revision >= last && live.tasks.len() == 50).then_some(live.revision)
+        }
+    })
+    .await;
+    assert!(applied.is_ok(), "the standby's snapshot never caught up");
+    // Something changed after that still arrives (the watch goes on).
+    within("delete", store.delete(&keys.task("default", "t0")))
+        .await
+        .expect("delete");
+    let gone = wait_for(T, Duration::from_millis(50), || {
+        let mirror = mirror.clone();
+        async move {
+            let state = mirror
+                .planner
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            (state.relist.live().tasks.len() == 49).then_some(())
+        }
+    })
+    .await;
+    assert!(
+        gone.is_ok(),
+        "the deletion never reached the standby's snapshot"
+    );
+    stop.cancel();
 }
