@@ -11,14 +11,12 @@ use crate::output::Format;
 /// Options every verb shares.
 #[derive(Debug, Clone, Args)]
 pub struct Global {
-    /// etcd endpoints, a comma-separated list for a cluster.
-    #[arg(
-        long,
-        env = "DROVER_ETCD",
-        default_value = "http://127.0.0.1:2379",
-        value_delimiter = ',',
-        global = true
-    )]
+    /// etcd endpoints, a comma-separated list for a cluster [default: http://127.0.0.1:2379].
+    ///
+    /// Empty when neither the flag nor `DROVER_ETCD` was given: read it through
+    /// [`Global::endpoints`], which supplies the default, so that a verb can tell an explicit
+    /// choice from the default (`bench scale` starts an etcd of its own unless told one).
+    #[arg(long, env = "DROVER_ETCD", value_delimiter = ',', global = true)]
     pub etcd: Vec<String>,
     /// Key prefix under which Drover keeps all its state in etcd.
     #[arg(long, env = "DROVER_PREFIX", default_value = "/drover", global = true)]
@@ -27,6 +25,25 @@ pub struct Global {
     /// file: joined with a watch, it tells who wrote each key.
     #[arg(long, env = "DROVER_WRITE_LOG", value_name = "FILE", global = true)]
     pub write_log: Option<PathBuf>,
+}
+
+/// The etcd the verbs talk to when neither `--etcd` nor `DROVER_ETCD` names one.
+pub const DEFAULT_ETCD: &str = "http://127.0.0.1:2379";
+
+impl Global {
+    /// The etcd endpoints to use: those given, else [`DEFAULT_ETCD`].
+    pub fn endpoints(&self) -> Vec<String> {
+        if self.etcd_given() {
+            self.etcd.clone()
+        } else {
+            vec![DEFAULT_ETCD.to_string()]
+        }
+    }
+
+    /// Whether `--etcd` or `DROVER_ETCD` named the endpoints (rather than the default).
+    pub fn etcd_given(&self) -> bool {
+        self.etcd.iter().any(|e| !e.trim().is_empty())
+    }
 }
 
 /// The client verbs: everything but the daemons (`controller`, `agent`, `up`), which the

@@ -32,7 +32,7 @@ pub async fn run(global: &Global, args: BenchArgs) -> CliResult {
         let child = Command::new(&exe)
             .args([
                 "--etcd",
-                &global.etcd.join(","),
+                &global.endpoints().join(","),
                 "--prefix",
                 &prefix,
                 "controller",

@@ -47,7 +47,7 @@ pub async fn run(global: &Global, command: Command) -> CliResult {
 /// An unreachable etcd is reported in one line naming the endpoints and how to start one,
 /// with exit code 69 (`EX_UNAVAILABLE`).
 pub async fn connect(global: &Global) -> CliResult<(Store, Keys)> {
-    let mut config = StoreConfig::new(global.etcd.iter().map(String::as_str));
+    let mut config = StoreConfig::new(global.endpoints());
     config.write_log.clone_from(&global.write_log);
     config
         .validate()
