@@ -135,9 +135,26 @@ pub struct BenchArgs {
     /// failover: how many times to SIGKILL the leader.
     #[arg(long, default_value_t = 10)]
     pub rounds: usize,
-    /// failover: the replicas' election lease TTL.
-    #[arg(long, default_value = "2s")]
-    pub lease_ttl: HumanDuration,
+    /// failover, scale: the controllers' election lease TTL [default: failover 2s, scale 5s].
+    #[arg(long)]
+    pub lease_ttl: Option<HumanDuration>,
+    /// scale: how many hollow nodes one `drover agent --hollow-nodes` process simulates.
+    #[arg(long, default_value_t = 300)]
+    pub nodes: usize,
+    /// scale: how many instances to place and run on them.
+    #[arg(long, default_value_t = 3000)]
+    pub instances: usize,
+    /// scale: replicas per applied task (the instances are spread over ceil(M / this) tasks;
+    /// at most 1000, the limit of a task).
+    #[arg(long, default_value_t = 1000)]
+    pub replicas_per_task: usize,
+    /// scale: once all instances run, SIGKILL the leader and measure the standby's takeover
+    /// (a second controller replica runs as standby from the start).
+    #[arg(long)]
+    pub failover: bool,
+    /// scale: bound on the whole run; on expiry it reports how far it got and fails.
+    #[arg(long, default_value = "15m")]
+    pub timeout: HumanDuration,
 }
 
 /// The benchmarks `drover bench` runs.
@@ -147,6 +164,9 @@ pub enum BenchKind {
     Store,
     /// Leader takeover time after SIGKILL, against the election lease TTL.
     Failover,
+    /// Hollow nodes and a controller on one etcd: time to place and run M instances on N
+    /// nodes against the raw put rate, leader terms, peak memory, and optionally a takeover.
+    Scale,
 }
 
 /// `drover apply`.

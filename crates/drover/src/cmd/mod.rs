@@ -4,6 +4,7 @@
 pub mod apply;
 mod bench;
 mod bench_failover;
+mod bench_scale;
 mod delete;
 mod describe;
 pub mod get;
@@ -31,6 +32,7 @@ pub async fn run(global: &Global, command: Command) -> CliResult {
         Command::Bench(args) => match args.what {
             BenchKind::Store => bench::run(global, args).await,
             BenchKind::Failover => bench_failover::run(global, args).await,
+            BenchKind::Scale => bench_scale::run(global, args).await,
         },
         Command::Logs(args) => logs::run(global, args).await,
         Command::Cordon(args) => node::cordon(global, args, true).await,
