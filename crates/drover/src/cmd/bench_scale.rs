@@ -88,6 +88,7 @@ impl Signals {
 
 pub async fn run(global: &Global, args: BenchArgs) -> CliResult {
     let started = Instant::now();
+    let load_before = load_average();
     let mut signals = Signals::new()?;
     let settings = Settings::new(&args)?;
     let etcd = if global.etcd_given() {
@@ -158,7 +159,35 @@ pub async fn run(global: &Global, args: BenchArgs) -> CliResult {
             count(control.borrow().terms_since(applied) as u64),
             "distinct election keys that led",
         );
+        let seen = progress.borrow();
+        let writes = seen.assignment_changes.len();
+        report.row(
+            "assignment keys put or deleted from the apply to the end",
+            count(writes as u64),
+            format!(
+                "{} beyond one placement per instance",
+                count(writes.saturating_sub(settings.instances) as u64)
+            ),
+        );
+        report.row(
+            "hollow nodes that lost or replaced their lease after registering",
+            count(seen.nodes_disturbed.len() as u64),
+            format!(
+                "{} re-registrations after self-fencing, {} node keys expired; a healthy run has none",
+                count(seen.node_reregistrations as u64),
+                count(seen.node_losses as u64)
+            ),
+        );
     }
+    let load = |l: Option<f64>| l.map_or_else(|| "?".to_string(), |l| format!("{l:.2}"));
+    report.row(
+        "machine load average (1 min), start → end",
+        format!("{} → {}", load(load_before), load(load_average())),
+        format!(
+            "{} cores, shared with whatever else runs",
+            std::thread::available_parallelism().map_or(0, std::num::NonZero::get)
+        ),
+    );
     fleet.sample();
     for (name, peak) in fleet.peak_rss() {
         report.row(
@@ -243,6 +272,7 @@ impl Run<'_> {
             "one agent process, one lease per node",
         );
 
+        let _nodes = observe::nodes(store, keys, progress_tx.clone()).await?;
         let _control = observe::control(store, keys, control_tx).await?;
         let started = Instant::now();
         let ttl = settings.lease_ttl.to_string();
@@ -286,7 +316,8 @@ impl Run<'_> {
 
         if settings.failover {
             eprintln!("killing the leader");
-            let takeover = failover::run(store, keys, fleet, &control, &progress).await?;
+            let takeover =
+                failover::run(store, keys, fleet, &control, &progress, settings.instances).await?;
             let ttl = settings.lease_ttl.as_std().as_secs_f64();
             report.row(
                 format!(
@@ -384,6 +415,16 @@ impl Run<'_> {
         tracing::debug!(deleted, revision, "baseline keys deleted and compacted");
         Ok(measured.best)
     }
+}
+
+/// The 1-minute load average, from `/proc/loadavg`.
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// The time from `start` to `at` (zero when unknown).

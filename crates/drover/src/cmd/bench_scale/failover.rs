@@ -21,6 +21,8 @@ const POLL: Duration = Duration::from_millis(10);
 const AFTERMATH: Duration = Duration::from_secs(2);
 /// Time given to the watch to deliver the last changes of the counted window.
 const SETTLE: Duration = Duration::from_millis(500);
+/// How long the instances may take to be all Running again before the kill.
+const STEADY: Duration = Duration::from_secs(120);
 /// How long the standby may take to answer `/readyz` 200 (campaigning) before the kill.
 const STANDBY_READY: Duration = Duration::from_secs(30);
 
@@ -39,7 +41,7 @@ pub struct Takeover {
     pub moved: usize,
 }
 
-/// Kills the leader and measures the takeover.
+/// Once all `target` instances run, kills the leader and measures the takeover.
 ///
 /// # Guarantees
 ///
@@ -54,6 +56,7 @@ pub async fn run(
     fleet: &mut Fleet,
     control: &watch::Receiver<Control>,
     progress: &watch::Receiver<Progress>,
+    target: usize,
 ) -> CliResult<Takeover> {
     let leader = control
         .borrow()
@@ -70,6 +73,19 @@ pub async fn run(
         return Err(CliError::failure(format!(
             "failover: leader {leader} is not one of ours"
         )));
+    }
+    // Steady state: every instance Running now, not only once (a node that fenced itself
+    // since has its instances restarting).
+    let deadline = Instant::now() + STEADY;
+    let mut watched = progress.clone();
+    while watched.borrow_and_update().running < target {
+        fleet.check_alive()?;
+        if Instant::now() > deadline {
+            return Err(CliError::failure(format!(
+                "failover: not all {target} instances Running again within {STEADY:?}"
+            )));
+        }
+        let _ = tokio::time::timeout(POLL * 10, watched.changed()).await;
     }
     // The standby must be campaigning already, or its start-up would count as takeover.
     let deadline = Instant::now() + STANDBY_READY;

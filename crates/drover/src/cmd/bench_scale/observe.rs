@@ -11,7 +11,7 @@ use std::time::Instant;
 use drover_api::instance::Phase;
 use drover_api::keys::Keys;
 use drover_api::records::ControllerInfo;
-use drover_store::{watcher, Event, Store};
+use drover_store::{watcher, Event, LeaseId, Store};
 use futures::StreamExt;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
@@ -37,6 +37,13 @@ pub struct Progress {
     pub all_running: Option<Instant>,
     /// The revision of every assignment put or delete seen after the initial listing.
     pub assignment_changes: Vec<i64>,
+    /// Node keys put again with a new lease after the initial listing: an agent that fenced
+    /// itself (keep-alives unanswered for too long) and registered anew.
+    pub node_reregistrations: usize,
+    /// Node keys deleted after the initial listing: a lease that expired or was revoked.
+    pub node_losses: usize,
+    /// The nodes either happened to.
+    pub nodes_disturbed: HashSet<String>,
 }
 
 impl Progress {
@@ -206,6 +213,47 @@ pub async fn instances(
     })
     .await?;
     Ok(AbortOnDrop(vec![assigned, running]))
+}
+
+/// Watches the node keys until dropped, counting every lease a node lost or replaced after
+/// the initial listing (a healthy run has none).
+pub async fn nodes(
+    store: &Store,
+    keys: &Keys,
+    progress: watch::Sender<Progress>,
+) -> CliResult<Watching> {
+    let mut leases: HashMap<String, Option<LeaseId>> = HashMap::new();
+    let mut listed = false;
+    let watch = spawn_watch::<IgnoredAny, _>(store, keys.nodes(), move |event| match event {
+        Ok(Event::Init) => {
+            leases.clear();
+        }
+        Ok(Event::InitApply(item)) => {
+            leases.insert(item.key, item.lease);
+        }
+        Ok(Event::InitDone { .. }) => listed = true,
+        Ok(Event::Apply(item)) => {
+            let before = leases.insert(item.key.clone(), item.lease);
+            if listed && before.is_some_and(|lease| lease != item.lease) {
+                progress.send_modify(|p| {
+                    p.node_reregistrations += 1;
+                    p.nodes_disturbed.insert(item.key);
+                });
+            }
+        }
+        Ok(Event::Delete { key, .. }) => {
+            leases.remove(&key);
+            if listed {
+                progress.send_modify(|p| {
+                    p.node_losses += 1;
+                    p.nodes_disturbed.insert(key);
+                });
+            }
+        }
+        Err(_) => {}
+    })
+    .await?;
+    Ok(AbortOnDrop(vec![watch]))
 }
 
 /// Watches the controllers' records and the election keys until dropped.
