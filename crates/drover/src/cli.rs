@@ -11,11 +11,11 @@ use crate::output::Format;
 /// Options every verb shares.
 #[derive(Debug, Clone, Args)]
 pub struct Global {
-    /// etcd endpoints, a comma-separated list for a cluster [default: http://127.0.0.1:2379].
-    ///
-    /// Empty when neither the flag nor `DROVER_ETCD` was given: read it through
-    /// [`Global::endpoints`], which supplies the default, so that a verb can tell an explicit
-    /// choice from the default (`bench scale` starts an etcd of its own unless told one).
+    /// etcd endpoints, a comma-separated list for a cluster [default: http://127.0.0.1:2379]
+    // Empty when neither the flag nor `DROVER_ETCD` was given: read it through
+    // `Global::endpoints`, which supplies the default, so that a verb can tell an explicit
+    // choice from the default (`bench scale` starts an etcd of its own unless told one).
+    // (A plain comment: clap turns doc comments into `--help` text.)
     #[arg(long, env = "DROVER_ETCD", value_delimiter = ',', global = true)]
     pub etcd: Vec<String>,
     /// Key prefix under which Drover keeps all its state in etcd.
