@@ -7,6 +7,7 @@
 //! - [`Store`]: connect, `get`/`list` (paged, one revision), `create`/`put`/`compare_and_swap`/
 //!   `delete*`, [`Txn`] commits with an optional [`Fence`], leases ([`Store::keep_alive`]).
 //!   Idempotent calls retry with backoff over the live endpoints; txns are sent at most once.
+//!   `count`, `db_size`, `compact` and `defragment` for benchmarks and operators.
 //! - [`Election`]: campaign, [`Leadership`] with its [`Fence`], `leader`/`observe`.
 //! - [`watcher()`]: list + watch as a state machine; [`reflector`] keeps a local cache of it, and
 //!   [`Relisting`] keeps any [`Sink`] current from it (a re-list swapped in whole).
@@ -17,6 +18,7 @@ mod config;
 pub mod election;
 mod error;
 pub mod lease;
+mod maintenance;
 mod pool;
 pub mod reflector;
 pub mod sink;
@@ -29,6 +31,7 @@ pub use config::{RetryConfig, StoreConfig, DEFAULT_MAX_REQUEST_BYTES};
 pub use election::{Election, LeaderInfo, Leadership};
 pub use error::{Error, Result};
 pub use lease::{KeepAlive, LeaseId, LeaseLost, LeaseMonitor};
+pub use maintenance::{Counted, DbSize};
 pub use sink::{Fed, Relisting, Sink};
 pub use store::{Checked, CreateOutcome, InvalidValue, Listing, Store, Versioned};
 pub use txn::{ChunkOutcome, Cmp, Fence, Op, PutLease, Txn, TxnOutcome};

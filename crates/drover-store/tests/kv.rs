@@ -360,3 +360,40 @@ async fn a_lost_commit_reply_is_outcome_unknown_and_the_txn_landed() {
         .expect("the next commit passes");
     assert_eq!(proxy.replies_lost(), 1);
 }
+
+#[tokio::test]
+async fn count_db_size_compact_and_defragment() {
+    let etcd = within("etcd", EtcdServer::start()).await;
+    let store = connect(etcd.endpoints()).await;
+    let p = unique_prefix();
+    for n in 0..5 {
+        within("put", store.put(&format!("{p}/c/{n}"), &thing(n), None))
+            .await
+            .expect("put");
+    }
+    within("put", store.put(&format!("{p}/d"), &thing(9), None))
+        .await
+        .expect("put");
+    let counted = within("count", store.count(&format!("{p}/c/")))
+        .await
+        .expect("count");
+    assert_eq!(counted.count, 5, "only the keys under the prefix");
+    assert!(counted.revision > 0);
+    let size = within("status", store.db_size()).await.expect("status");
+    assert!(size.total > 0 && size.in_use > 0 && size.in_use <= size.total);
+
+    within("compact", store.compact(counted.revision))
+        .await
+        .expect("compact");
+    let error = within("compact again", store.compact(counted.revision - 1))
+        .await
+        .expect_err("an old revision is compacted already");
+    assert!(matches!(error, Error::Compacted { .. }), "{error}");
+    within("defragment", store.defragment())
+        .await
+        .expect("defragment");
+    let counted = within("count", store.count(&format!("{p}/c/")))
+        .await
+        .expect("count");
+    assert_eq!(counted.count, 5, "compaction keeps the current values");
+}

@@ -11,14 +11,12 @@ use crate::output::Format;
 /// Options every verb shares.
 #[derive(Debug, Clone, Args)]
 pub struct Global {
-    /// etcd endpoints, a comma-separated list for a cluster.
-    #[arg(
-        long,
-        env = "DROVER_ETCD",
-        default_value = "http://127.0.0.1:2379",
-        value_delimiter = ',',
-        global = true
-    )]
+    /// etcd endpoints, a comma-separated list for a cluster [default: http://127.0.0.1:2379]
+    // Empty when neither the flag nor `DROVER_ETCD` was given: read it through
+    // `Global::endpoints`, which supplies the default, so that a verb can tell an explicit
+    // choice from the default (`bench scale` starts an etcd of its own unless told one).
+    // (A plain comment: clap turns doc comments into `--help` text.)
+    #[arg(long, env = "DROVER_ETCD", value_delimiter = ',', global = true)]
     pub etcd: Vec<String>,
     /// Key prefix under which Drover keeps all its state in etcd.
     #[arg(long, env = "DROVER_PREFIX", default_value = "/drover", global = true)]
@@ -27,6 +25,25 @@ pub struct Global {
     /// file: joined with a watch, it tells who wrote each key.
     #[arg(long, env = "DROVER_WRITE_LOG", value_name = "FILE", global = true)]
     pub write_log: Option<PathBuf>,
+}
+
+/// The etcd the verbs talk to when neither `--etcd` nor `DROVER_ETCD` names one.
+pub const DEFAULT_ETCD: &str = "http://127.0.0.1:2379";
+
+impl Global {
+    /// The etcd endpoints to use: those given, else [`DEFAULT_ETCD`].
+    pub fn endpoints(&self) -> Vec<String> {
+        if self.etcd_given() {
+            self.etcd.clone()
+        } else {
+            vec![DEFAULT_ETCD.to_string()]
+        }
+    }
+
+    /// Whether `--etcd` or `DROVER_ETCD` named the endpoints (rather than the default).
+    pub fn etcd_given(&self) -> bool {
+        self.etcd.iter().any(|e| !e.trim().is_empty())
+    }
 }
 
 /// The client verbs: everything but the daemons (`controller`, `agent`, `up`), which the
@@ -118,9 +135,26 @@ pub struct BenchArgs {
     /// failover: how many times to SIGKILL the leader.
     #[arg(long, default_value_t = 10)]
     pub rounds: usize,
-    /// failover: the replicas' election lease TTL.
-    #[arg(long, default_value = "2s")]
-    pub lease_ttl: HumanDuration,
+    /// failover, scale: the controllers' election lease TTL [default: failover 2s, scale 5s].
+    #[arg(long)]
+    pub lease_ttl: Option<HumanDuration>,
+    /// scale: how many hollow nodes one `drover agent --hollow-nodes` process simulates.
+    #[arg(long, default_value_t = 300)]
+    pub nodes: usize,
+    /// scale: how many instances to place and run on them.
+    #[arg(long, default_value_t = 3000)]
+    pub instances: usize,
+    /// scale: replicas per applied task (the instances are spread over ceil(M / this) tasks;
+    /// at most 1000, the limit of a task).
+    #[arg(long, default_value_t = 1000)]
+    pub replicas_per_task: usize,
+    /// scale: once all instances run, SIGKILL the leader and measure the standby's takeover
+    /// (a second controller replica runs as standby from the start).
+    #[arg(long)]
+    pub failover: bool,
+    /// scale: bound on the whole run; on expiry it reports how far it got and fails.
+    #[arg(long, default_value = "15m")]
+    pub timeout: HumanDuration,
 }
 
 /// The benchmarks `drover bench` runs.
@@ -130,6 +164,9 @@ pub enum BenchKind {
     Store,
     /// Leader takeover time after SIGKILL, against the election lease TTL.
     Failover,
+    /// Hollow nodes and a controller on one etcd: time to place and run M instances on N
+    /// nodes against the raw put rate, leader terms, peak memory, and optionally a takeover.
+    Scale,
 }
 
 /// `drover apply`.

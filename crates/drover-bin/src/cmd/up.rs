@@ -76,7 +76,10 @@ pub async fn run(global: &Global, args: UpArgs) -> CliResult {
     check_images(&tasks).await?;
     let mut etcd = match reachable(global).await {
         true => {
-            eprintln!("using the etcd that answers at {}", global.etcd.join(","));
+            eprintln!(
+                "using the etcd that answers at {}",
+                global.endpoints().join(",")
+            );
             None
         }
         false => Some(start_etcd(global, &args.state_dir).await?),
@@ -296,14 +299,14 @@ fn list(resource: Resource) -> GetArgs {
 
 /// Whether etcd already answers at the configured endpoints.
 async fn reachable(global: &Global) -> bool {
-    let mut config = drover_store::StoreConfig::new(global.etcd.iter().map(String::as_str));
+    let mut config = drover_store::StoreConfig::new(global.endpoints());
     config.connect_timeout = Duration::from_secs(2);
     drover_store::Store::connect(config).await.is_ok()
 }
 
 /// Starts etcd on the first configured endpoint's port, its data under `state_dir/etcd`.
 async fn start_etcd(global: &Global, state_dir: &Path) -> CliResult<Child> {
-    let endpoint = global.etcd.first().cloned().unwrap_or_default();
+    let endpoint = global.endpoints().first().cloned().unwrap_or_default();
     let url = if endpoint.contains("://") {
         endpoint.clone()
     } else {

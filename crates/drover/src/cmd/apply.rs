@@ -47,6 +47,17 @@ pub async fn run(global: &Global, args: ApplyArgs) -> CliResult {
 
 /// Applies manifests already read (`drover up` passes its built-in example here).
 pub async fn apply_sources(global: &Global, sources: &[Source], dry_run: bool) -> CliResult {
+    let tasks = parse_checked(sources)?;
+    let (store, keys) = connect(global).await?;
+    apply_to(&store, &keys, sources, &tasks, dry_run)
+        .await?
+        .report();
+    Ok(())
+}
+
+/// Parses and validates every document of `sources`, sizes included, writing nothing: a bad
+/// manifest is refused before anything touches etcd.
+pub fn parse_checked(sources: &[Source]) -> CliResult<Vec<Task>> {
     let tasks = drover_api::manifest::parse_many(sources)
         .map_err(|error| CliError::data(error.to_string()))?;
     if tasks.is_empty() {
@@ -55,7 +66,46 @@ pub async fn apply_sources(global: &Global, sources: &[Source], dry_run: bool) -
     for task in &tasks {
         drover_api::task::check_size(task).map_err(|error| CliError::data(error.to_string()))?;
     }
-    let (store, keys) = connect(global).await?;
+    Ok(tasks)
+}
+
+/// What an apply did (or, dry, would do) to each task.
+pub struct Applied {
+    plan: Vec<Planned>,
+    dry_run: bool,
+}
+
+impl Applied {
+    /// Prints one `task/NAME created|configured|unchanged` line per task, as `drover apply`
+    /// does.
+    pub fn report(&self) {
+        report(&self.plan, if self.dry_run { " (dry run)" } else { "" });
+    }
+
+    /// How many tasks were created or configured.
+    pub fn changed(&self) -> usize {
+        self.plan
+            .iter()
+            .filter(|p| p.change != Change::Unchanged)
+            .count()
+    }
+}
+
+/// Applies `tasks` (parsed from `sources` by [`parse_checked`]) through `store`: the code path
+/// of `drover apply`, for callers that hold their own connection (`bench scale`). Prints
+/// nothing; [`Applied::report`] does.
+///
+/// # Guarantees
+///
+/// As `drover apply`: dependency cycles are checked against the stored tasks first, and each
+/// write compares the stored copy it was planned from, re-planning when another writer won.
+pub async fn apply_to(
+    store: &Store,
+    keys: &Keys,
+    sources: &[Source],
+    tasks: &[Task],
+    dry_run: bool,
+) -> CliResult<Applied> {
     // Dependency cycles may close through tasks applied earlier: check against what is stored.
     // A stored value that does not decode (another client's) takes no part in the check and
     // never blocks an apply; applying the same name replaces it.
@@ -70,16 +120,12 @@ pub async fn apply_sources(global: &Global, sources: &[Source], dry_run: bool) -
     drover_api::manifest::parse_many_against(sources, &stored)
         .map_err(|error| CliError::data(error.to_string()))?;
     for attempt in 0..=CONFLICT_RETRIES {
-        let plan = plan(&store, &keys, &tasks).await?;
+        let plan = plan(store, keys, tasks).await?;
         if dry_run {
-            report(&plan, " (dry run)");
-            return Ok(());
+            return Ok(Applied { plan, dry_run });
         }
-        match write(&store, &keys, &plan).await? {
-            true => {
-                report(&plan, "");
-                return Ok(());
-            }
+        match write(store, keys, &plan).await? {
+            true => return Ok(Applied { plan, dry_run }),
             false if attempt < CONFLICT_RETRIES => {
                 tracing::info!(attempt, "a task changed while applying; re-reading");
             }

@@ -6,6 +6,7 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use drover_api::duration::HumanDuration;
 use drover_api::keys::Keys;
 use drover_api::records::ControllerInfo;
 use drover_store::Store;
@@ -14,6 +15,9 @@ use tokio::process::{Child, Command};
 use super::{connect, store_error};
 use crate::cli::{BenchArgs, Global};
 use crate::exit::{CliError, CliResult};
+
+/// The replicas' election lease TTL unless `--lease-ttl` says otherwise.
+const DEFAULT_LEASE_TTL: HumanDuration = HumanDuration::from_secs(2);
 
 /// How long one round may wait for a leader before the benchmark gives up.
 const ROUND_TIMEOUT: Duration = Duration::from_secs(60);
@@ -25,19 +29,20 @@ pub async fn run(global: &Global, args: BenchArgs) -> CliResult {
     let (store, _) = connect(global).await?;
     let prefix = format!("/drover-bench-{:016x}", rand::random::<u64>());
     let keys = Keys::new(&prefix);
-    let ttl = args.lease_ttl.as_std();
+    let lease_ttl = args.lease_ttl.unwrap_or(DEFAULT_LEASE_TTL);
+    let ttl = lease_ttl.as_std();
     let exe = std::env::current_exe()
         .map_err(|error| CliError::failure(format!("cannot find the drover binary: {error}")))?;
     let spawn = |id: String| -> CliResult<(String, Child)> {
         let child = Command::new(&exe)
             .args([
                 "--etcd",
-                &global.etcd.join(","),
+                &global.endpoints().join(","),
                 "--prefix",
                 &prefix,
                 "controller",
             ])
-            .args(["--id", &id, "--lease-ttl", &args.lease_ttl.to_string()])
+            .args(["--id", &id, "--lease-ttl", &lease_ttl.to_string()])
             .env("RUST_LOG", "error")
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -4,6 +4,7 @@
 pub mod apply;
 mod bench;
 mod bench_failover;
+mod bench_scale;
 mod delete;
 mod describe;
 pub mod get;
@@ -31,6 +32,7 @@ pub async fn run(global: &Global, command: Command) -> CliResult {
         Command::Bench(args) => match args.what {
             BenchKind::Store => bench::run(global, args).await,
             BenchKind::Failover => bench_failover::run(global, args).await,
+            BenchKind::Scale => bench_scale::run(global, args).await,
         },
         Command::Logs(args) => logs::run(global, args).await,
         Command::Cordon(args) => node::cordon(global, args, true).await,
@@ -47,7 +49,7 @@ pub async fn run(global: &Global, command: Command) -> CliResult {
 /// An unreachable etcd is reported in one line naming the endpoints and how to start one,
 /// with exit code 69 (`EX_UNAVAILABLE`).
 pub async fn connect(global: &Global) -> CliResult<(Store, Keys)> {
-    let mut config = StoreConfig::new(global.etcd.iter().map(String::as_str));
+    let mut config = StoreConfig::new(global.endpoints());
     config.write_log.clone_from(&global.write_log);
     config
         .validate()

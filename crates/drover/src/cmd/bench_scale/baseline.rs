@@ -1,0 +1,246 @@
+//! The raw put baseline of `bench scale`: the best rate at which one client process can put
+//! values the size of an assignment into this etcd, with exactly [`IN_FLIGHT`] requests
+//! outstanding and nothing else running (no watcher, values encoded beforehand).
+//!
+//! It is measured three ways, so the table shows where a client's own costs lie: through
+//! [`Store::put_raw`] (Drover's path: endpoint pick, per-attempt timeout, retry bookkeeping),
+//! through a bare `etcd_client::KvClient` on one connection, and through bare clients on
+//! [`CONNECTIONS`] connections. The three take turns for [`ROUNDS`] rounds and each keeps its
+//! best round, since on a small machine the rate of one run moves by a third with whatever
+//! else runs; the fastest of the three is the baseline. Every run counts the requests in
+//! flight with an atomic counter and reports the high-water mark, so "64 in flight" is
+//! measured, not assumed, and reports the CPU the bench and (its own) etcd used meanwhile:
+//! client and server share the machine's cores, and the client's share is part of the limit.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use drover_store::Store;
+use etcd_client::{Client, KvClient};
+
+use super::fleet::cpu_seconds;
+use super::AbortOnDrop;
+use crate::exit::{CliError, CliResult};
+
+/// Requests kept in flight.
+pub const IN_FLIGHT: usize = 64;
+/// Connections of the multi-connection run (the in-flight requests are spread over them).
+/// Measured here: 2 to 4 connections beat one by 5–20 %, 8 or 16 are slower again.
+pub const CONNECTIONS: usize = 4;
+/// Rounds of the three runs; each reports its best.
+pub const ROUNDS: usize = 2;
+/// Untimed puts before the first timed run, so etcd's start-up costs (WAL segments, first
+/// page allocations) fall on no run.
+const WARM_UP: usize = 1000;
+
+/// One timed run.
+#[derive(Debug, Clone)]
+pub struct Run {
+    /// How the puts were sent.
+    pub label: String,
+    /// Puts per second.
+    pub rate: f64,
+    /// The most requests seen in flight at once.
+    pub high_water: usize,
+    /// CPU this process used during the run, in cores (CPU seconds per second).
+    pub client_cores: Option<f64>,
+    /// CPU etcd used during the run, in cores, when it is a process of ours.
+    pub etcd_cores: Option<f64>,
+}
+
+/// Every run, and the best rate among them.
+#[derive(Debug, Clone)]
+pub struct Baseline {
+    /// The best round of each way of sending.
+    pub runs: Vec<Run>,
+    /// The highest rate: what the scheduler is compared with.
+    pub best: f64,
+}
+
+/// Where one put goes.
+#[derive(Clone)]
+enum Sender {
+    Store(Store),
+    Bare(Box<KvClient>),
+}
+
+impl Sender {
+    async fn put(&mut self, key: String, value: Vec<u8>) -> Result<(), String> {
+        match self {
+            Sender::Store(store) => store
+                .put_raw(&key, value, None)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            Sender::Bare(kv) => kv
+                .put(key, value, None)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// Measures the three runs, [`ROUNDS`] times each, writing `values` under its own part of
+/// `prefix` every time; `etcd` is the pid of an etcd of ours, whose CPU use is then reported too.
+pub async fn measure(
+    store: &Store,
+    endpoints: &[String],
+    prefix: &str,
+    values: Arc<Vec<Vec<u8>>>,
+    etcd: Option<u32>,
+) -> CliResult<Baseline> {
+    let one = Sender::Bare(Box::new(connect(endpoints).await?.kv_client()));
+    let mut many = Vec::with_capacity(CONNECTIONS);
+    for _ in 0..CONNECTIONS {
+        many.push(Sender::Bare(Box::new(
+            connect(endpoints).await?.kv_client(),
+        )));
+    }
+    let warm: Arc<Vec<Vec<u8>>> = Arc::new(values.iter().take(WARM_UP).cloned().collect());
+    drive(format!("{prefix}warm-up/"), warm, many.clone(), etcd).await?;
+    let variants = [
+        (
+            "Store::put_raw, 1 connection",
+            vec![Sender::Store(store.clone())],
+        ),
+        ("bare etcd-client KvClient, 1 connection", vec![one]),
+        (
+            &*format!("bare etcd-client KvClient, {CONNECTIONS} connections"),
+            many,
+        ),
+    ];
+    let mut best: Vec<Option<Run>> = vec![None; variants.len()];
+    for round in 0..ROUNDS {
+        for (i, (label, senders)) in variants.iter().enumerate() {
+            let run = drive(
+                format!("{prefix}{i}/{round}/"),
+                values.clone(),
+                senders.clone(),
+                etcd,
+            )
+            .await?
+            .labelled(label);
+            if best[i].as_ref().is_none_or(|b| run.rate > b.rate) {
+                best[i] = Some(run);
+            }
+        }
+    }
+    let runs: Vec<Run> = best.into_iter().flatten().collect();
+    let best = runs.iter().map(|r| r.rate).fold(0.0, f64::max);
+    Ok(Baseline { runs, best })
+}
+
+/// One etcd client of its own (its own HTTP/2 connection per endpoint).
+async fn connect(endpoints: &[String]) -> CliResult<Client> {
+    Client::connect(endpoints, None)
+        .await
+        .map_err(|error| CliError::failure(format!("bare etcd client: {error}")))
+}
+
+/// The outcome of [`drive`] before it is named.
+struct Timed {
+    rate: f64,
+    high_water: usize,
+    client_cores: Option<f64>,
+    etcd_cores: Option<f64>,
+}
+
+impl Timed {
+    fn labelled(self, label: &str) -> Run {
+        Run {
+            label: label.to_string(),
+            rate: self.rate,
+            high_water: self.high_water,
+            client_cores: self.client_cores,
+            etcd_cores: self.etcd_cores,
+        }
+    }
+}
+
+/// CPU seconds of this process and of etcd (when ours) at one moment.
+struct CpuMark {
+    client: Option<f64>,
+    etcd: Option<f64>,
+}
+
+impl CpuMark {
+    fn now(etcd: Option<u32>) -> CpuMark {
+        CpuMark {
+            client: cpu_seconds(std::process::id()),
+            etcd: etcd.and_then(cpu_seconds),
+        }
+    }
+
+    /// Cores used per process from `self` to `later` over `elapsed`.
+    fn cores(&self, later: &CpuMark, elapsed: Duration) -> (Option<f64>, Option<f64>) {
+        let secs = elapsed.as_secs_f64().max(1e-9);
+        let per = |a: Option<f64>, b: Option<f64>| Some((b? - a?) / secs);
+        (per(self.client, later.client), per(self.etcd, later.etcd))
+    }
+}
+
+/// Puts every value as `<prefix><index>` from [`IN_FLIGHT`] tasks, each with one request
+/// outstanding at a time, task `w` sending through `senders[w % senders.len()]`.
+async fn drive(
+    prefix: String,
+    values: Arc<Vec<Vec<u8>>>,
+    senders: Vec<Sender>,
+    etcd: Option<u32>,
+) -> CliResult<Timed> {
+    let cpu = CpuMark::now(etcd);
+    let next = Arc::new(AtomicUsize::new(0));
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let high_water = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..IN_FLIGHT)
+        .map(|w| {
+            let mut sender = senders[w % senders.len()].clone();
+            let (next, in_flight, high_water) =
+                (next.clone(), in_flight.clone(), high_water.clone());
+            let (values, prefix) = (values.clone(), prefix.clone());
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(value) = values.get(i) else {
+                        return Ok(());
+                    };
+                    let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                    high_water.fetch_max(now, Ordering::SeqCst);
+                    let sent = sender.put(format!("{prefix}{i:08}"), value.clone()).await;
+                    in_flight.fetch_sub(1, Ordering::SeqCst);
+                    sent?;
+                }
+            })
+        })
+        .collect();
+    // Aborted if the run is cut short, so no put outlives it.
+    let mut workers = AbortOnDrop(workers);
+    for worker in &mut workers.0 {
+        join(worker)
+            .await
+            .map_err(|error| CliError::failure(format!("baseline put: {error}")))?;
+    }
+    let elapsed = started.elapsed();
+    let (client_cores, etcd_cores) = cpu.cores(&CpuMark::now(etcd), elapsed);
+    Ok(Timed {
+        rate: rate(values.len(), elapsed),
+        high_water: high_water.load(Ordering::SeqCst),
+        client_cores,
+        etcd_cores,
+    })
+}
+
+async fn join<F>(task: F) -> Result<(), String>
+where
+    F: Future<Output = Result<Result<(), String>, tokio::task::JoinError>>,
+{
+    task.await.map_err(|e| e.to_string())?
+}
+
+/// Events per second.
+pub fn rate(count: usize, elapsed: Duration) -> f64 {
+    count as f64 / elapsed.as_secs_f64().max(1e-9)
+}
