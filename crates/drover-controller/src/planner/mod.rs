@@ -289,6 +289,7 @@ pub fn plan(snapshot: &Snapshot, now: DateTime<Utc>, config: &ControllerConfig) 
         }
     }
 
+    let dead_letters = service::dead_letter_counts(snapshot);
     for (task_ref, task) in &snapshot.tasks {
         if snapshot.is_held(task_ref) {
             continue;
@@ -307,6 +308,7 @@ pub fn plan(snapshot: &Snapshot, now: DateTime<Utc>, config: &ControllerConfig) 
                         plan: &mut plan,
                         removals: &mut removals,
                         wants: &mut requests,
+                        dead_letters: &dead_letters,
                     },
                 );
             }
@@ -409,6 +411,9 @@ fn finishes(snapshot: &Snapshot, record: &RunRecord) -> bool {
 /// deleted, say) carries it too; if the node returns, that step conflicts once and is planned
 /// again without it.
 fn fence_dead_nodes(snapshot: &Snapshot, plan: &mut Plan) {
+    // The dead nodes of each run's instances, built on first need: one pass over the
+    // assignments per plan, not one per finished run.
+    let mut runs_on_dead: Option<BTreeMap<(&str, &str, u64), Vec<&str>>> = None;
     for step in &mut plan.steps {
         let mut dead: Vec<String> = Vec::new();
         for w in &step.writes {
@@ -423,18 +428,27 @@ fn fence_dead_nodes(snapshot: &Snapshot, plan: &mut Plan) {
                     dead.push(state.name.clone());
                 }
                 Write::PutRun { record, .. } if finishes(snapshot, record) => {
+                    let index = runs_on_dead.get_or_insert_with(|| {
+                        let mut index: BTreeMap<(&str, &str, u64), Vec<&str>> = BTreeMap::new();
+                        for i in snapshot.assignments.values().map(|a| &a.value) {
+                            if let Some(run) = i.run {
+                                if !snapshot.node_present(&i.node) {
+                                    index
+                                        .entry((i.namespace.as_str(), i.task.as_str(), run))
+                                        .or_default()
+                                        .push(i.node.as_str());
+                                }
+                            }
+                        }
+                        index
+                    });
+                    let key = (record.namespace.as_str(), record.task.as_str(), record.run);
                     dead.extend(
-                        snapshot
-                            .assignments
-                            .values()
-                            .map(|a| &a.value)
-                            .filter(|i| {
-                                i.run == Some(record.run)
-                                    && i.namespace == record.namespace
-                                    && i.task == record.task
-                                    && !snapshot.node_present(&i.node)
-                            })
-                            .map(|i| i.node.clone()),
+                        index
+                            .get(&key)
+                            .into_iter()
+                            .flatten()
+                            .map(|n| (*n).to_string()),
                     );
                 }
                 _ => {}

@@ -5,6 +5,8 @@
 //! until its process has exited, stopping copies included) never exceed `replicas +
 //! update.maxSurge`.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, TimeDelta, Utc};
 use drover_api::{DeadLetter, EventKind, Instance, InstanceId, Phase, Task};
 
@@ -59,6 +61,38 @@ pub(super) struct Out<'a> {
     pub(super) plan: &'a mut Plan,
     pub(super) removals: &'a mut Vec<Removal>,
     pub(super) wants: &'a mut Vec<Want>,
+    /// Dead letters of services, counted by task and generation ([`dead_letter_counts`]).
+    pub(super) dead_letters: &'a BTreeMap<(TaskRef, u64), usize>,
+}
+
+/// Dead letters of service instances (no run), counted by the task and generation their
+/// letters name: one pass over all letters per plan, not one per service.
+pub(super) fn dead_letter_counts(snapshot: &Snapshot) -> BTreeMap<(TaskRef, u64), usize> {
+    let mut counts: BTreeMap<(TaskRef, u64), usize> = BTreeMap::new();
+    for d in snapshot.deadletters.values() {
+        if d.value.letter.run.is_none() {
+            let task = TaskRef::new(&d.value.letter.namespace, &d.value.letter.task);
+            *counts.entry((task, d.value.generation)).or_default() += 1;
+        }
+    }
+    counts
+}
+
+/// The entries of `map` whose ids are service instances of `task`: a range of the map (ids
+/// order by namespace, task, run, slot, and service ids have no run), so a lookup costs
+/// O(log n + k), not a scan. Names that cannot form an id fall back to every entry (the
+/// caller filters anyway).
+pub(super) fn service_ids_of<'m, V>(
+    map: &'m BTreeMap<InstanceId, V>,
+    task: &TaskRef,
+) -> Box<dyn Iterator<Item = (&'m InstanceId, &'m V)> + 'm> {
+    match (
+        InstanceId::service(&task.namespace, &task.name, 0),
+        InstanceId::service(&task.namespace, &task.name, u32::MAX),
+    ) {
+        (Ok(first), Ok(last)) => Box::new(map.range(first..=last)),
+        _ => Box::new(map.iter()),
+    }
 }
 
 fn phase(snapshot: &Snapshot, id: &InstanceId) -> Option<Phase> {
@@ -80,25 +114,21 @@ pub(super) fn plan_service(
     out: &mut Out<'_>,
 ) {
     let generation = task.metadata.generation;
-    let dead_lettered = snapshot
-        .deadletters
-        .values()
-        .filter(|d| {
-            d.value.letter.namespace == task_ref.namespace
-                && d.value.letter.task == task_ref.name
-                && d.value.letter.run.is_none()
-                && d.value.generation == generation
-        })
-        .count();
+    let dead_lettered = out
+        .dead_letters
+        .get(&(task_ref.clone(), generation))
+        .copied()
+        .unwrap_or(0);
     // An assignment that does not decode still holds its slot on a live node (never scale up
     // around it); on a dead node it is replaced like any other (by key and mod revision).
-    let (opaque, opaque_lost): (Vec<_>, Vec<_>) = snapshot
-        .opaque_assignments
-        .iter()
-        .filter(|(id, _)| {
-            id.run().is_none() && id.namespace() == task_ref.namespace && id.task() == task_ref.name
-        })
-        .partition(|(_, a)| snapshot.node_present(&a.node));
+    let (opaque, opaque_lost): (Vec<_>, Vec<_>) =
+        service_ids_of(&snapshot.opaque_assignments, task_ref)
+            .filter(|(id, _)| {
+                id.run().is_none()
+                    && id.namespace() == task_ref.namespace
+                    && id.task() == task_ref.name
+            })
+            .partition(|(_, a)| snapshot.node_present(&a.node));
     let mut desired = usize::try_from(task.spec.replicas)
         .unwrap_or(usize::MAX)
         .saturating_sub(dead_lettered)
