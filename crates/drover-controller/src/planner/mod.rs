@@ -400,6 +400,9 @@ fn finishes(snapshot: &Snapshot, record: &RunRecord) -> bool {
             .is_none_or(|r| r.value.outcome.is_none())
 }
 
+/// The dead nodes of each run's instances, by namespace, task and run.
+type RunsOnDead<'a> = BTreeMap<(&'a str, &'a str, u64), Vec<&'a str>>;
+
 /// Adds a [`Write::NodeGone`] to every step that removes an instance on a node the snapshot
 /// says is dead, finishes a run with an instance there, or records the node's death: those
 /// decisions hold only while the node stays dead.
@@ -413,7 +416,7 @@ fn finishes(snapshot: &Snapshot, record: &RunRecord) -> bool {
 fn fence_dead_nodes(snapshot: &Snapshot, plan: &mut Plan) {
     // The dead nodes of each run's instances, built on first need: one pass over the
     // assignments per plan, not one per finished run.
-    let mut runs_on_dead: Option<BTreeMap<(&str, &str, u64), Vec<&str>>> = None;
+    let mut runs_on_dead: Option<RunsOnDead<'_>> = None;
     for step in &mut plan.steps {
         let mut dead: Vec<String> = Vec::new();
         for w in &step.writes {
@@ -429,7 +432,7 @@ fn fence_dead_nodes(snapshot: &Snapshot, plan: &mut Plan) {
                 }
                 Write::PutRun { record, .. } if finishes(snapshot, record) => {
                     let index = runs_on_dead.get_or_insert_with(|| {
-                        let mut index: BTreeMap<(&str, &str, u64), Vec<&str>> = BTreeMap::new();
+                        let mut index = RunsOnDead::new();
                         for i in snapshot.assignments.values().map(|a| &a.value) {
                             if let Some(run) = i.run {
                                 if !snapshot.node_present(&i.node) {
