@@ -280,14 +280,7 @@ impl Scheduler {
     /// demand, driver and selector) share one pass over the nodes and a heap of the nodes that
     /// fit, so placing `k` replicas on `n` nodes costs `O(n + k log n)` instead of `O(k n)`.
     pub fn schedule_all(&mut self, requests: &[Request]) -> Vec<Decision> {
-        let mut order: Vec<usize> = (0..requests.len()).collect();
-        order.sort_by(|&a, &b| {
-            let (ra, rb) = (&requests[a], &requests[b]);
-            rb.priority
-                .cmp(&ra.priority)
-                .then_with(|| ra.name.cmp(&rb.name))
-                .then(a.cmp(&b))
-        });
+        let order = placement_order(requests);
         let mut out: Vec<Option<Decision>> = vec![None; requests.len()];
         let mut rest = order.as_slice();
         while let Some(&first) = rest.first() {
@@ -373,6 +366,19 @@ impl Scheduler {
             rejections,
         }
     }
+}
+
+/// The order requests are placed in: higher priority first, then by name, then as given.
+fn placement_order(requests: &[Request]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..requests.len()).collect();
+    order.sort_by(|&a, &b| {
+        let (ra, rb) = (&requests[a], &requests[b]);
+        rb.priority
+            .cmp(&ra.priority)
+            .then_with(|| ra.name.cmp(&rb.name))
+            .then(a.cmp(&b))
+    });
+    order
 }
 
 /// Whether two requests are filtered and scored alike on every node (they may differ in the

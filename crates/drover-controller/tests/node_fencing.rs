@@ -5,39 +5,9 @@ mod common;
 
 use chrono::Utc;
 use common::{within, Env};
-use drover_api::{Capacity, Cpu, DriverKind, Memory, Node};
 use drover_controller::commit;
-use drover_controller::{plan, ControllerConfig, Snapshot, Write};
+use drover_controller::{plan, ControllerConfig, Write};
 use drover_store::Fence;
-
-fn node(name: &str) -> Node {
-    Node {
-        name: name.into(),
-        address: "127.0.0.1:1".into(),
-        capacity: Capacity {
-            cpu: Cpu::millis(4000),
-            memory: Memory::mebibytes(8192),
-        },
-        labels: Default::default(),
-        drivers: vec![DriverKind::Process],
-        version: "test".into(),
-        started_at: Utc::now(),
-    }
-}
-
-/// The whole prefix as the leader's watch would see it after a re-list.
-async fn snapshot(env: &Env) -> Snapshot {
-    let listing = within("list", env.store.list::<serde_json::Value>(&env.keys.all()))
-        .await
-        .expect("list");
-    let mut s = Snapshot::default();
-    for item in listing.items {
-        // Keys the planner does not read decode or are ignored; none is corrupt here.
-        s.apply(&env.keys, item).expect("decodes");
-    }
-    s.revision = listing.revision;
-    s
-}
 
 #[tokio::test]
 async fn a_replacement_planned_while_the_node_was_gone_conflicts_once_it_is_back() {
@@ -54,15 +24,19 @@ async fn a_replacement_planned_while_the_node_was_gone_conflicts_once_it_is_back
     let max_ops = env.store.config().max_txn_ops;
     let max_bytes = env.store.config().max_request_bytes;
     for n in ["n1", "n2"] {
-        within("put node", env.store.put(&env.keys.node(n), &node(n), None))
-            .await
-            .expect("put node");
+        within(
+            "put node",
+            env.store
+                .put(&env.keys.node(n), &common::node_record(n, 4000, 8192), None),
+        )
+        .await
+        .expect("put node");
     }
     env.apply("web", common::service(2, 100)).await;
 
     // Converge: one instance per node (spread).
     for _ in 0..5 {
-        let p = plan(&snapshot(&env).await, Utc::now(), &config);
+        let p = plan(&env.snapshot().await, Utc::now(), &config);
         if p.is_empty() {
             break;
         }
@@ -80,7 +54,7 @@ async fn a_replacement_planned_while_the_node_was_gone_conflicts_once_it_is_back
     within("delete node", env.store.delete(&env.keys.node("n2")))
         .await
         .expect("delete node");
-    let stale = plan(&snapshot(&env).await, Utc::now(), &config);
+    let stale = plan(&env.snapshot().await, Utc::now(), &config);
     assert!(stale.steps.iter().any(|s| s
         .writes
         .iter()
@@ -89,7 +63,11 @@ async fn a_replacement_planned_while_the_node_was_gone_conflicts_once_it_is_back
     // ... but n2 registers again before the leader commits it.
     within(
         "put node",
-        env.store.put(&env.keys.node("n2"), &node("n2"), None),
+        env.store.put(
+            &env.keys.node("n2"),
+            &common::node_record("n2", 4000, 8192),
+            None,
+        ),
     )
     .await
     .expect("put node");
@@ -105,7 +83,7 @@ async fn a_replacement_planned_while_the_node_was_gone_conflicts_once_it_is_back
     assert_eq!(env.assignments().await, before, "nothing moved");
 
     // Re-planning sees n2 alive and leaves its instance alone.
-    let fresh = plan(&snapshot(&env).await, Utc::now(), &config);
+    let fresh = plan(&env.snapshot().await, Utc::now(), &config);
     assert!(
         fresh
             .steps

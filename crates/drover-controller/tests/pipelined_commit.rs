@@ -9,37 +9,9 @@ use std::collections::BTreeMap;
 use chrono::Utc;
 use common::{within, Env};
 use drover_api::records::TaskStateRecord;
-use drover_api::{Capacity, Cpu, DriverKind, Memory, Node};
 use drover_controller::commit::{self, Limits};
-use drover_controller::{plan, ControllerConfig, Snapshot};
+use drover_controller::{plan, ControllerConfig};
 use drover_store::Fence;
-
-fn node(name: &str) -> Node {
-    Node {
-        name: name.into(),
-        address: "127.0.0.1:1".into(),
-        capacity: Capacity {
-            cpu: Cpu::millis(64_000),
-            memory: Memory::mebibytes(64 * 1024),
-        },
-        labels: Default::default(),
-        drivers: vec![DriverKind::Process],
-        version: "test".into(),
-        started_at: Utc::now(),
-    }
-}
-
-async fn snapshot(env: &Env) -> Snapshot {
-    let listing = within("list", env.store.list::<serde_json::Value>(&env.keys.all()))
-        .await
-        .expect("list");
-    let mut s = Snapshot::default();
-    for item in listing.items {
-        s.apply(&env.keys, item).expect("decodes");
-    }
-    s.revision = listing.revision;
-    s
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plan_commits_on_several_lanes_at_once_and_a_stale_copy_lands_nothing() {
@@ -53,9 +25,16 @@ async fn a_plan_commits_on_several_lanes_at_once_and_a_stale_copy_lands_nothing(
         create_revision: fence_rev,
     };
     for n in ["n1", "n2", "n3", "n4"] {
-        within("put node", env.store.put(&env.keys.node(n), &node(n), None))
-            .await
-            .expect("put node");
+        within(
+            "put node",
+            env.store.put(
+                &env.keys.node(n),
+                &common::node_record(n, 64_000, 64 * 1024),
+                None,
+            ),
+        )
+        .await
+        .expect("put node");
     }
     // Six tasks of 300 replicas: each needs several transactions (etcd's default limit is 128
     // operations), chained through its task state.
@@ -64,7 +43,7 @@ async fn a_plan_commits_on_several_lanes_at_once_and_a_stale_copy_lands_nothing(
         env.apply(t, common::service(300, 10)).await;
     }
     let p = plan(
-        &snapshot(&env).await,
+        &env.snapshot().await,
         Utc::now(),
         &ControllerConfig::new("test"),
     );

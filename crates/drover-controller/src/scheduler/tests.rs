@@ -301,16 +301,8 @@ proptest! {
 /// The one-request-at-a-time reference `schedule_all` must agree with: the same order, each
 /// request placed by [`Scheduler::place`] over every node.
 fn schedule_one_by_one(s: &mut Scheduler, requests: &[Request]) -> Vec<Decision> {
-    let mut order: Vec<usize> = (0..requests.len()).collect();
-    order.sort_by(|&a, &b| {
-        let (ra, rb) = (&requests[a], &requests[b]);
-        rb.priority
-            .cmp(&ra.priority)
-            .then_with(|| ra.name.cmp(&rb.name))
-            .then(a.cmp(&b))
-    });
     let mut out: Vec<Option<Decision>> = vec![None; requests.len()];
-    for i in order {
+    for i in placement_order(requests) {
         out[i] = Some(s.place(&requests[i]));
     }
     out.into_iter().flatten().collect()

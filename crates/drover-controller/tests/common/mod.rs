@@ -216,6 +216,42 @@ impl Env {
     }
 }
 
+/// A process-driver node record of `cpu_millis` CPU and `memory_mib` memory, for tests that
+/// write node keys themselves (no lease).
+pub fn node_record(name: &str, cpu_millis: u64, memory_mib: u64) -> Node {
+    Node {
+        name: name.into(),
+        address: "127.0.0.1:1".into(),
+        capacity: Capacity {
+            cpu: Cpu::millis(cpu_millis),
+            memory: Memory::mebibytes(memory_mib),
+        },
+        labels: Default::default(),
+        drivers: vec![DriverKind::Process],
+        version: "test".into(),
+        started_at: Utc::now(),
+    }
+}
+
+impl Env {
+    /// The whole prefix as the leader's watch would see it after a re-list (every value
+    /// decodes: the test wrote them all).
+    pub async fn snapshot(&self) -> drover_controller::Snapshot {
+        let listing = within(
+            "list",
+            self.store.list::<serde_json::Value>(&self.keys.all()),
+        )
+        .await
+        .expect("list");
+        let mut s = drover_controller::Snapshot::default();
+        for item in listing.items {
+            s.apply(&self.keys, item).expect("decodes");
+        }
+        s.revision = listing.revision;
+        s
+    }
+}
+
 pub fn service(replicas: u32, cpu_millis: u64) -> TaskSpec {
     let mut spec = TaskSpec {
         command: vec!["/bin/sleep".into(), "1000".into()],
