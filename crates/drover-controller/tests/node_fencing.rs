@@ -7,20 +7,12 @@ use chrono::Utc;
 use common::{within, Env};
 use drover_controller::commit;
 use drover_controller::{plan, ControllerConfig, Write};
-use drover_store::Fence;
 
 #[tokio::test]
 async fn a_replacement_planned_while_the_node_was_gone_conflicts_once_it_is_back() {
     let env = Env::start().await;
     let config = ControllerConfig::new("test");
-    let fence_key = format!("{}test-fence", env.keys.all());
-    let fence_rev = within("fence", env.store.put(&fence_key, &"me", None))
-        .await
-        .expect("fence");
-    let fence = Fence {
-        key: fence_key,
-        create_revision: fence_rev,
-    };
+    let fence = env.test_fence().await;
     let max_ops = env.store.config().max_txn_ops;
     let max_bytes = env.store.config().max_request_bytes;
     for n in ["n1", "n2"] {

@@ -11,19 +11,11 @@ use common::{within, Env};
 use drover_api::records::TaskStateRecord;
 use drover_controller::commit::{self, Limits};
 use drover_controller::{plan, ControllerConfig};
-use drover_store::Fence;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plan_commits_on_several_lanes_at_once_and_a_stale_copy_lands_nothing() {
     let env = Env::start().await;
-    let fence_key = format!("{}test-fence", env.keys.all());
-    let fence_rev = within("fence", env.store.put(&fence_key, &"me", None))
-        .await
-        .expect("fence");
-    let fence = Fence {
-        key: fence_key,
-        create_revision: fence_rev,
-    };
+    let fence = env.test_fence().await;
     for n in ["n1", "n2", "n3", "n4"] {
         within(
             "put node",

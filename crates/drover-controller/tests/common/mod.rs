@@ -234,6 +234,19 @@ pub fn node_record(name: &str, cpu_millis: u64, memory_mib: u64) -> Node {
 }
 
 impl Env {
+    /// A stand-in election fence for tests that commit plans themselves: a key under the
+    /// prefix, compared by its create revision like a leader key.
+    pub async fn test_fence(&self) -> drover_store::Fence {
+        let key = format!("{}test-fence", self.keys.all());
+        let create_revision = within("fence", self.store.put(&key, &"me", None))
+            .await
+            .expect("fence");
+        drover_store::Fence {
+            key,
+            create_revision,
+        }
+    }
+
     /// The whole prefix as the leader's watch would see it after a re-list (every value
     /// decodes: the test wrote them all).
     pub async fn snapshot(&self) -> drover_controller::Snapshot {
