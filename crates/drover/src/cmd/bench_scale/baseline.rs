@@ -11,6 +11,13 @@
 //! flight with an atomic counter and reports the high-water mark, so "64 in flight" is
 //! measured, not assumed, and reports the CPU the bench and (its own) etcd used meanwhile:
 //! client and server share the machine's cores, and the client's share is part of the limit.
+//!
+//! A fourth run, [`batched`], is a reference and not the baseline: the same values put in
+//! transactions shaped like the leader's commits ([`BATCH`] puts, each behind an "absent"
+//! compare, [`LANES`] transactions in flight), still with no watcher and nothing else running.
+//! It shows what batching alone buys on this etcd, so a placement rate below the raw put rate
+//! can be told apart: etcd's own per-key cost, or what the placement path adds to it (watch
+//! fan-out, the agents' status writes, planning).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use drover_store::Store;
-use etcd_client::{Client, KvClient};
+use etcd_client::{Client, Compare, CompareOp, KvClient, Txn, TxnOp};
 
 use super::fleet::cpu_seconds;
 use super::AbortOnDrop;
@@ -31,6 +38,11 @@ pub const IN_FLIGHT: usize = 64;
 pub const CONNECTIONS: usize = 4;
 /// Rounds of the three runs; each reports its best.
 pub const ROUNDS: usize = 2;
+/// Puts per transaction of the batched run: a commit of the leader holds 125 placements
+/// (etcd's 128-operation limit less the task-state operations).
+pub const BATCH: usize = 125;
+/// Transactions in flight in the batched run: the leader's default commit lanes.
+pub const LANES: usize = 8;
 /// Untimed puts before the first timed run, so etcd's start-up costs (WAL segments, first
 /// page allocations) fall on no run.
 const WARM_UP: usize = 1000;
@@ -57,6 +69,8 @@ pub struct Baseline {
     pub runs: Vec<Run>,
     /// The highest rate: what the scheduler is compared with.
     pub best: f64,
+    /// The best round of the batched reference run (not part of `best`).
+    pub batched: Option<Run>,
 }
 
 /// Where one put goes.
@@ -64,6 +78,15 @@ pub struct Baseline {
 enum Sender {
     Store(Store),
     Bare(Box<KvClient>),
+}
+
+/// How one timed run sends its values.
+#[derive(Clone, Copy)]
+enum Shape {
+    /// One put per request, [`IN_FLIGHT`] requests outstanding.
+    Single,
+    /// [`BATCH`] compare-and-puts per transaction, [`LANES`] transactions outstanding.
+    Batched,
 }
 
 impl Sender {
@@ -79,6 +102,30 @@ impl Sender {
                 .await
                 .map(drop)
                 .map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Puts every `(key, value)` in one transaction, each behind "the key does not exist".
+    async fn put_absent(&mut self, puts: Vec<(String, Vec<u8>)>) -> Result<(), String> {
+        let Sender::Bare(kv) = self else {
+            return Err("batched puts go through a bare client".into());
+        };
+        let cmps: Vec<_> = puts
+            .iter()
+            .map(|(key, _)| Compare::create_revision(key.as_str(), CompareOp::Equal, 0))
+            .collect();
+        let ops: Vec<_> = puts
+            .into_iter()
+            .map(|(key, value)| TxnOp::put(key, value, None))
+            .collect();
+        let reply = kv
+            .txn(Txn::new().when(cmps).and_then(ops))
+            .await
+            .map_err(|e| e.to_string())?;
+        if reply.succeeded() {
+            Ok(())
+        } else {
+            Err("a batched put found its key present".into())
         }
     }
 }
@@ -100,7 +147,14 @@ pub async fn measure(
         )));
     }
     let warm: Arc<Vec<Vec<u8>>> = Arc::new(values.iter().take(WARM_UP).cloned().collect());
-    drive(format!("{prefix}warm-up/"), warm, many.clone(), etcd).await?;
+    drive(
+        format!("{prefix}warm-up/"),
+        warm,
+        many.clone(),
+        Shape::Single,
+        etcd,
+    )
+    .await?;
     let variants = [
         (
             "Store::put_raw, 1 connection",
@@ -119,6 +173,7 @@ pub async fn measure(
                 format!("{prefix}{i}/{round}/"),
                 values.clone(),
                 senders.clone(),
+                Shape::Single,
                 etcd,
             )
             .await?
@@ -130,7 +185,30 @@ pub async fn measure(
     }
     let runs: Vec<Run> = best.into_iter().flatten().collect();
     let best = runs.iter().map(|r| r.rate).fold(0.0, f64::max);
-    Ok(Baseline { runs, best })
+    let mut batched: Option<Run> = None;
+    for round in 0..ROUNDS {
+        let run = drive(
+            format!("{prefix}batched/{round}/"),
+            values.clone(),
+            vec![Sender::Bare(Box::new(
+                connect(endpoints).await?.kv_client(),
+            ))],
+            Shape::Batched,
+            etcd,
+        )
+        .await?
+        .labelled(&format!(
+            "txns of {BATCH} puts, each behind an absent compare, 1 connection"
+        ));
+        if batched.as_ref().is_none_or(|b| run.rate > b.rate) {
+            batched = Some(run);
+        }
+    }
+    Ok(Baseline {
+        runs,
+        best,
+        batched,
+    })
 }
 
 /// One etcd client of its own (its own HTTP/2 connection per endpoint).
@@ -182,20 +260,26 @@ impl CpuMark {
     }
 }
 
-/// Puts every value as `<prefix><index>` from [`IN_FLIGHT`] tasks, each with one request
-/// outstanding at a time, task `w` sending through `senders[w % senders.len()]`.
+/// Puts every value as `<prefix><index>` from as many tasks as `shape` keeps requests in
+/// flight, each with one request outstanding at a time, task `w` sending through
+/// `senders[w % senders.len()]`; a request carries one value, or [`BATCH`] when batched.
 async fn drive(
     prefix: String,
     values: Arc<Vec<Vec<u8>>>,
     senders: Vec<Sender>,
+    shape: Shape,
     etcd: Option<u32>,
 ) -> CliResult<Timed> {
+    let (tasks, per_request) = match shape {
+        Shape::Single => (IN_FLIGHT, 1),
+        Shape::Batched => (LANES, BATCH),
+    };
     let cpu = CpuMark::now(etcd);
     let next = Arc::new(AtomicUsize::new(0));
     let in_flight = Arc::new(AtomicUsize::new(0));
     let high_water = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
-    let workers: Vec<_> = (0..IN_FLIGHT)
+    let workers: Vec<_> = (0..tasks)
         .map(|w| {
             let mut sender = senders[w % senders.len()].clone();
             let (next, in_flight, high_water) =
@@ -203,13 +287,23 @@ async fn drive(
             let (values, prefix) = (values.clone(), prefix.clone());
             tokio::spawn(async move {
                 loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(value) = values.get(i) else {
+                    let first = next.fetch_add(per_request, Ordering::Relaxed);
+                    let last = values.len().min(first + per_request);
+                    if first >= last {
                         return Ok(());
-                    };
+                    }
+                    let mut puts: Vec<(String, Vec<u8>)> = (first..last)
+                        .map(|i| (format!("{prefix}{i:08}"), values[i].clone()))
+                        .collect();
                     let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
                     high_water.fetch_max(now, Ordering::SeqCst);
-                    let sent = sender.put(format!("{prefix}{i:08}"), value.clone()).await;
+                    let sent = match shape {
+                        Shape::Single => match puts.pop() {
+                            Some((key, value)) => sender.put(key, value).await,
+                            None => Ok(()),
+                        },
+                        Shape::Batched => sender.put_absent(puts).await,
+                    };
                     in_flight.fetch_sub(1, Ordering::SeqCst);
                     sent?;
                 }

@@ -104,7 +104,7 @@ impl Fleet {
         let child = Command::new(&self.exe)
             .args(["--etcd", &self.etcd, "--prefix", &self.prefix])
             .args(args)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "warn,drover_controller=info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
