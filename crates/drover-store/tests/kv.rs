@@ -397,3 +397,39 @@ async fn count_db_size_compact_and_defragment() {
         .expect("count");
     assert_eq!(counted.count, 5, "compaction keeps the current values");
 }
+
+#[tokio::test]
+async fn get_raw_each_reads_every_key_in_order_foreign_bytes_and_absent_keys_included() {
+    let etcd = within("etcd", EtcdServer::start()).await;
+    let store = connect(etcd.endpoints()).await;
+    let p = unique_prefix();
+    let (foreign, absent, ours) = (format!("{p}/a"), format!("{p}/b"), format!("{p}/c"));
+    // A value Drover did not write: not JSON at all.
+    within(
+        "put foreign",
+        store.put_raw(&foreign, b"\xff{not json".to_vec(), None),
+    )
+    .await
+    .expect("put foreign");
+    let written = within("put ours", store.put(&ours, &thing(3), None))
+        .await
+        .expect("put ours");
+
+    let found = within("get each", store.get_raw_each(&[&ours, &absent, &foreign]))
+        .await
+        .expect("get each");
+    assert_eq!(found.len(), 3, "one answer per key, in the order asked");
+    let ours_found = found[0].as_ref().expect("ours is there");
+    assert_eq!(ours_found.key, ours);
+    assert_eq!(ours_found.mod_revision, written);
+    let decoded: Thing = serde_json::from_slice(&ours_found.value).expect("ours decodes");
+    assert_eq!(decoded, thing(3));
+    assert!(found[1].is_none(), "an absent key reads as absent");
+    let foreign_found = found[2].as_ref().expect("the foreign value is there");
+    assert_eq!(foreign_found.value, b"\xff{not json".to_vec());
+
+    let none = within("get none", store.get_raw_each(&[]))
+        .await
+        .expect("get none");
+    assert!(none.is_empty());
+}
