@@ -32,7 +32,9 @@ start() {
   for ((i = 0; i < members; i++)); do
     # Periodic auto-compaction keeps etcd's history (and db size) bounded on a long-lived
     # cluster; an hour is far more than any watcher needs to catch up.
+    # --backend-batch-interval: see ETCD_SERVER_FLAGS in crates/drover-store/src/server_flags.rs.
     etcd --name "m$i" --data-dir "$STATE/m$i" --logger=zap --log-level=warn \
+      --backend-batch-interval=10ms \
       --auto-compaction-mode=periodic --auto-compaction-retention=1h \
       --listen-client-urls "${clients[i]}" --advertise-client-urls "${clients[i]}" \
       --listen-peer-urls "${peers[i]}" --initial-advertise-peer-urls "${peers[i]}" \

@@ -8,6 +8,7 @@
 //!   `delete*`, [`Txn`] commits with an optional [`Fence`], leases ([`Store::keep_alive`]).
 //!   Idempotent calls retry with backoff over the live endpoints; txns are sent at most once.
 //!   `count`, `db_size`, `compact` and `defragment` for benchmarks and operators.
+//! - [`ETCD_SERVER_FLAGS`]: the server flags of every etcd Drover starts itself.
 //! - [`Election`]: campaign, [`Leadership`] with its [`Fence`], `leader`/`observe`.
 //! - [`watcher()`]: list + watch as a state machine; [`reflector`] keeps a local cache of it, and
 //!   [`Relisting`] keeps any [`Sink`] current from it (a re-list swapped in whole).
@@ -21,6 +22,7 @@ pub mod lease;
 mod maintenance;
 mod pool;
 pub mod reflector;
+mod server_flags;
 pub mod sink;
 mod store;
 mod txn;
@@ -32,6 +34,7 @@ pub use election::{Election, LeaderInfo, Leadership};
 pub use error::{Error, Result};
 pub use lease::{KeepAlive, LeaseId, LeaseLost, LeaseMonitor};
 pub use maintenance::{Counted, DbSize};
+pub use server_flags::{BACKEND_BATCH_INTERVAL, ETCD_SERVER_FLAGS};
 pub use sink::{Fed, Relisting, Sink};
 pub use store::{Checked, CreateOutcome, InvalidValue, Listing, Store, Versioned};
 pub use txn::{ChunkOutcome, Cmp, Fence, Op, PutLease, Txn, TxnOutcome};

@@ -433,3 +433,17 @@ async fn get_raw_each_reads_every_key_in_order_foreign_bytes_and_absent_keys_inc
         .expect("get none");
     assert!(none.is_empty());
 }
+
+#[test]
+fn the_test_kits_etcd_gets_the_server_flags_drover_gives_its_own() {
+    assert_eq!(
+        drover_testkit::ETCD_SERVER_FLAGS,
+        drover_store::ETCD_SERVER_FLAGS
+    );
+    let script =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../hack/etcd.sh"))
+            .expect("hack/etcd.sh");
+    for flag in drover_store::ETCD_SERVER_FLAGS {
+        assert!(script.contains(flag), "hack/etcd.sh does not pass {flag}");
+    }
+}

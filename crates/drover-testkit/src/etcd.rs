@@ -12,6 +12,11 @@ use std::time::Duration;
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+/// The server flags of every etcd the test kit starts: the same as `drover up` and
+/// `bench scale` give theirs (`drover_store::ETCD_SERVER_FLAGS`, which drover-store's tests
+/// hold equal to this; the test kit cannot depend on drover-store, whose tests use it).
+pub const ETCD_SERVER_FLAGS: &[&str] = &["--backend-batch-interval=10ms"];
 use tokio::time::Instant;
 
 use crate::ports::free_port;
@@ -278,6 +283,7 @@ impl EtcdServer {
             .arg("--data-dir")
             .arg(self.data_dir())
             .args(["--logger=zap", "--log-level=error"])
+            .args(ETCD_SERVER_FLAGS)
             .args(["--listen-client-urls", &client])
             .args(["--advertise-client-urls", &client])
             .args(["--listen-peer-urls", &peer])

@@ -24,7 +24,7 @@ mod proxy;
 mod wait;
 
 pub use cluster::EtcdCluster;
-pub use etcd::{EtcdServer, EtcdctlError};
+pub use etcd::{EtcdServer, EtcdctlError, ETCD_SERVER_FLAGS};
 pub use ports::free_port;
 pub use process::process_alive;
 pub use proxy::TcpProxy;

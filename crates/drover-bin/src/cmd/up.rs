@@ -329,6 +329,7 @@ async fn start_etcd(global: &Global, state_dir: &Path) -> CliResult<Child> {
         .arg(format!("--data-dir={}", data_dir.display()))
         .arg("--logger=zap")
         .arg("--log-level=warn")
+        .args(drover_store::ETCD_SERVER_FLAGS)
         // History stays bounded on a cluster left running: compact what is over an hour old.
         .arg("--auto-compaction-mode=periodic")
         .arg("--auto-compaction-retention=1h")

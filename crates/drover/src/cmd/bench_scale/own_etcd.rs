@@ -76,6 +76,7 @@ impl OwnEtcd {
             .arg("--name=bench")
             .arg(format!("--data-dir={}", dir.join("data").display()))
             .args(["--logger=zap", "--log-level=warn"])
+            .args(drover_store::ETCD_SERVER_FLAGS)
             .arg(format!("--listen-client-urls={client}"))
             .arg(format!("--advertise-client-urls={client}"))
             .arg(format!("--listen-peer-urls={peer}"))
