@@ -115,6 +115,9 @@ pub(crate) struct NodeFence {
     pub deadline: std::sync::Mutex<Option<Instant>>,
     /// Starts in flight, which fencing waits for.
     pub starting: watch::Sender<usize>,
+    /// Whether the node has registered before: lifting the fence of its first registration
+    /// is no recovery from self-fencing.
+    pub registered_before: std::sync::atomic::AtomicBool,
 }
 
 impl Default for NodeFence {
@@ -123,6 +126,7 @@ impl Default for NodeFence {
             fenced: watch::Sender::new(true),
             deadline: std::sync::Mutex::new(None),
             starting: watch::Sender::new(0),
+            registered_before: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Self-fencing at run time: stop every instance of a node before its lease can expire, and
 //! converge afresh once the agent re-registered. The rule itself is in [`crate::fence`].
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +17,17 @@ use crate::local::{Slot, StopReason};
 
 /// How long a destroy after a failed or late stop may take while fencing.
 const KILL_CONFIRM: Duration = Duration::from_secs(5);
+
+/// Which fence [`Engine::unfence`] lifted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unfenced {
+    /// The node was not fenced (or is not one of this engine's).
+    NotFenced,
+    /// The fence every node starts with, until its first registration.
+    FirstRegistration,
+    /// A fence of self-fencing: the node registers again with a new lease.
+    AfterSelfFencing,
+}
 
 impl Engine {
     /// Self-fencing of `node`: see [`crate::fence`] for the rule and its guarantees.
@@ -181,13 +193,14 @@ impl Engine {
         None
     }
 
-    /// After re-registering: forget what fencing stopped and converge `node` afresh.
-    pub(crate) async fn unfence(&self, node: &str) {
+    /// After registering: forget what fencing stopped and converge `node` afresh. Says which
+    /// fence it lifted: the one every node starts with, or one of self-fencing.
+    pub(crate) async fn unfence(&self, node: &str) -> Unfenced {
         let Some(state) = self.node(node) else {
-            return;
+            return Unfenced::NotFenced;
         };
         if !*state.fenced.borrow() {
-            return;
+            return Unfenced::NotFenced;
         }
         let fenced = self
             .instances()
@@ -202,10 +215,17 @@ impl Engine {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
         state.fenced.send_replace(false);
-        tracing::warn!(
-            node,
-            "re-registered after self-fencing; converging to the current assignments"
-        );
-        self.poke_all(Some(node), "re-registered");
+        let lifted = if state.registered_before.swap(true, Ordering::SeqCst) {
+            tracing::warn!(
+                node,
+                "re-registered after self-fencing; converging to the current assignments"
+            );
+            Unfenced::AfterSelfFencing
+        } else {
+            tracing::info!(node, "registered; converging to the current assignments");
+            Unfenced::FirstRegistration
+        };
+        self.poke_all(Some(node), "registered");
+        lifted
     }
 }

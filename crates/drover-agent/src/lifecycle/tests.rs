@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::DriverChoice;
 use crate::converge::{Engine, EngineConfig, EngineParts};
 use crate::drivers::DriverSet;
+use crate::lifecycle::fencing::Unfenced;
 use crate::local::{Records, Slot, StopReason};
 use crate::metrics::Metrics;
 use crate::ports::PortAllocator;
@@ -217,4 +218,24 @@ async fn a_stale_status_write_stops_the_instance_at_once() {
         !std::path::Path::new(&format!("/proc/{pid}")).exists(),
         "the process is gone"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_a_registration_after_self_fencing_is_reported_as_one() {
+    let rig = rig().await;
+    assert_eq!(
+        rig.engine.unfence(NODE).await,
+        Unfenced::FirstRegistration,
+        "every node starts fenced: its first registration recovers from nothing"
+    );
+    assert_eq!(rig.engine.unfence(NODE).await, Unfenced::NotFenced);
+    let now = tokio::time::Instant::now();
+    rig.engine
+        .fence(
+            NODE,
+            now + Duration::from_secs(5),
+            now + Duration::from_secs(10),
+        )
+        .await;
+    assert_eq!(rig.engine.unfence(NODE).await, Unfenced::AfterSelfFencing);
 }
