@@ -48,6 +48,10 @@ pub struct ControllerArgs {
     /// Reschedules of a failed instance before it is dead-lettered.
     #[arg(long, default_value_t = 3)]
     pub reschedule_limit: u32,
+    /// Transactions of one plan in flight at once (each a fenced batch of up to etcd's
+    /// operation limit); every step of one task stays in one lane.
+    #[arg(long, default_value_t = 8)]
+    pub commit_lanes: usize,
     /// Serve /metrics, /healthz and /readyz here (e.g. 127.0.0.1:9464).
     #[arg(long)]
     pub metrics_addr: Option<SocketAddr>,

@@ -152,6 +152,10 @@ pub struct BenchArgs {
     /// (a second controller replica runs as standby from the start).
     #[arg(long)]
     pub failover: bool,
+    /// scale: the controllers' `--commit-lanes` (transactions of one plan in flight)
+    /// [default: the controller's, 8].
+    #[arg(long)]
+    pub commit_lanes: Option<usize>,
     /// scale: bound on the whole run; on expiry it reports how far it got and fails.
     #[arg(long, default_value = "15m")]
     pub timeout: HumanDuration,

@@ -18,6 +18,7 @@ pub async fn run(global: &Global, args: ControllerArgs) -> CliResult {
     };
     config.lease_ttl = args.lease_ttl.as_std();
     config.reschedule_limit = args.reschedule_limit;
+    config.commit_lanes = args.commit_lanes;
     config
         .validate()
         .map_err(|error| CliError::usage(format!("controller config: {error}")))?;

@@ -276,9 +276,10 @@ impl Run<'_> {
         let _control = observe::control(store, keys, control_tx).await?;
         let started = Instant::now();
         let ttl = settings.lease_ttl.to_string();
-        fleet.start_controller("c0", &ttl)?;
+        let lanes = settings.commit_lanes;
+        fleet.start_controller("c0", &ttl, lanes)?;
         if settings.failover {
-            fleet.start_controller("c1", &ttl)?;
+            fleet.start_controller("c1", &ttl, lanes)?;
         }
         wait(&mut control, fleet, |c| c.leader.is_some()).await?;
         report.row(

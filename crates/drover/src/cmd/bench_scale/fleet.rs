@@ -138,21 +138,31 @@ impl Fleet {
     }
 
     /// Starts `drover controller --id id` with its admin endpoint on a free port.
-    pub fn start_controller(&mut self, id: &str, lease_ttl: &str) -> CliResult {
+    pub fn start_controller(
+        &mut self,
+        id: &str,
+        lease_ttl: &str,
+        commit_lanes: Option<usize>,
+    ) -> CliResult {
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let addr = admin.to_string();
+        let lanes = commit_lanes.map(|n| n.to_string());
+        let mut args = vec![
+            "controller",
+            "--id",
+            id,
+            "--lease-ttl",
+            lease_ttl,
+            "--metrics-addr",
+            &addr,
+        ];
+        if let Some(lanes) = &lanes {
+            args.extend(["--commit-lanes", lanes]);
+        }
         let proc = self.spawn(
             &format!("controller {id}"),
             &format!("controller-{id}.log"),
-            &[
-                "controller",
-                "--id",
-                id,
-                "--lease-ttl",
-                lease_ttl,
-                "--metrics-addr",
-                &addr,
-            ],
+            &args,
         )?;
         self.replicas.push(Replica {
             id: id.to_string(),

@@ -37,6 +37,8 @@ pub struct Settings {
     pub lease_ttl: HumanDuration,
     /// `--failover`.
     pub failover: bool,
+    /// `--commit-lanes`, if given.
+    pub commit_lanes: Option<usize>,
     /// `--timeout`.
     pub timeout: Duration,
     /// The manifests, as `drover apply` reads them.
@@ -83,6 +85,7 @@ impl Settings {
             per_task,
             lease_ttl: args.lease_ttl.unwrap_or(DEFAULT_LEASE_TTL),
             failover: args.failover,
+            commit_lanes: args.commit_lanes,
             timeout: args.timeout.as_std(),
             sources,
             tasks,
@@ -103,12 +106,15 @@ pub fn title(settings: &Settings, etcd: Option<&OwnEtcd>, endpoints: &[String]) 
     };
     format!(
         "`drover bench scale`: {} hollow nodes, {} instances in {} tasks of up to {} \
-         ({CPU} CPU, {MEMORY} each), election lease TTL {}{}, on {etcd}; {} build",
+         ({CPU} CPU, {MEMORY} each), election lease TTL {}{}{}, on {etcd}; {} build",
         count(settings.nodes as u64),
         count(settings.instances as u64),
         settings.tasks.len(),
         count(settings.per_task as u64),
         settings.lease_ttl,
+        settings
+            .commit_lanes
+            .map_or(String::new(), |n| format!(", {n} commit lanes")),
         if settings.failover {
             ", with a standby and a failover"
         } else {
