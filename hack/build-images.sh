@@ -13,7 +13,7 @@ fi
 target=x86_64-unknown-linux-gnu
 log "building the static echo-server"
 RUSTFLAGS='-C target-feature=+crt-static' cargo build --quiet --release --target "$target" -p echo-server
-bin="target/$target/release/echo-server"
+bin="${CARGO_TARGET_DIR:-target}/$target/release/echo-server"
 # DROVER_ECHO_IMAGE names another tag (tests use it to leave the real one alone).
 image="${DROVER_ECHO_IMAGE:-drover/echo-server:latest}"
 stage="$(mktemp -d)"

@@ -9,10 +9,6 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 STATE="$ROOT/.drover/etcd"
 ENV_FILE="$ROOT/.drover/etcd.env"
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
-}
-
 start() {
   local members=1
   [ "${1:-}" = "--cluster" ] && members=3

@@ -38,8 +38,8 @@ with_libraries() {
     cp -L "$lib" "$host$lib"
   done
 }
-with_libraries "target/$profile/drover" /drover
-with_libraries "target/$profile/witness" /witness
+with_libraries "${CARGO_TARGET_DIR:-target}/$profile/drover" /drover
+with_libraries "${CARGO_TARGET_DIR:-target}/$profile/witness" /witness
 with_libraries /usr/bin/etcd /usr/bin/etcd
 with_libraries /usr/bin/etcdctl /usr/bin/etcdctl
 import_image "drover/fault-host:latest" "$host" --change 'LABEL dev.drover.fault-suite=host'

@@ -19,4 +19,4 @@ if [ "${1:-}" = "--stay" ]; then
   shift
 fi
 log "drover up"
-exec target/debug/drover up "${mode[@]}" "$@"
+exec "${CARGO_TARGET_DIR:-target}/debug/drover" up "${mode[@]}" "$@"

@@ -174,7 +174,7 @@ impl Agent {
         let node: Arc<str> = Arc::from(config.node.as_str());
         let built = Built::new(
             store,
-            keys.clone(),
+            keys,
             Setup {
                 drivers: drivers.clone(),
                 ports: PortAllocator::new(config.port_range.clone()),
@@ -195,12 +195,7 @@ impl Agent {
             .engine()
             .adopt(&node, started + config.lease_ttl / 4)
             .await;
-        let mut wired = built.run(
-            "agent",
-            config.concurrency,
-            keys.node_assignments(&node),
-            registry,
-        )?;
+        let mut wired = built.run("agent", config.concurrency, registry)?;
         let engine = wired.engine().clone();
 
         let record = Node {

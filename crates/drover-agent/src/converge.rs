@@ -1,6 +1,11 @@
 //! Convergence: watch `assignments/<node>/`, and reconcile each instance (with
 //! drover-runtime) until what runs matches what is assigned.
 //!
+//! Every node an engine serves (one for a real agent, many for hollow nodes) has its own watch
+//! of its own prefix feeding its own reflector cache ([`key_stream`]), so a re-list of one node
+//! swaps that node's cache alone and reconciles that node's slots alone. The reconcile loop is
+//! one per engine, shared by all its nodes.
+//!
 //! Per instance (a [`Slot`]), the reconcile reads the assignment from the reflector cache and
 //! the local entry, asks the pure `crate::instance::decide` what to do, and carries it out: start what is assigned and not running (host ports
 //! allocated and reported), restart or give up on what exited or turned unhealthy
@@ -82,10 +87,8 @@ pub(crate) struct EngineParts {
     pub drivers: DriverSet,
     /// Host ports to hand out.
     pub ports: PortAllocator,
-    /// The assignment cache.
-    pub desired: Reader<Instance>,
-    /// The nodes served (one, or many hollow nodes).
-    pub nodes: Vec<Arc<str>>,
+    /// The nodes served (one, or many hollow nodes), each with its own assignment cache.
+    pub nodes: Vec<(Arc<str>, Reader<Instance>)>,
     /// The stop log.
     pub records: Records,
     /// Settings.
@@ -96,15 +99,24 @@ pub(crate) struct EngineParts {
     pub kill: CancellationToken,
 }
 
+/// One node an engine serves.
+pub(crate) struct Served {
+    /// Its fencing state.
+    fence: NodeFence,
+    /// Its own assignment cache, fed by its own watch of `assignments/<node>/`.
+    desired: Reader<Instance>,
+    /// Reconciles of its slots so far.
+    reconciles: AtomicU64,
+}
+
 /// The shared state of one agent process's convergence (one or many nodes).
 pub(crate) struct Engine {
     store: Store,
     keys: Keys,
     drivers: DriverSet,
     ports: PortAllocator,
-    desired: Reader<Instance>,
     instances: InstanceTable,
-    nodes: HashMap<Arc<str>, NodeFence>,
+    nodes: HashMap<Arc<str>, Served>,
     trigger: OnceLock<Trigger<Slot>>,
     records: Records,
     config: EngineConfig,
@@ -121,7 +133,6 @@ impl Engine {
             keys,
             drivers,
             ports,
-            desired,
             nodes,
             records,
             config,
@@ -133,11 +144,17 @@ impl Engine {
             keys,
             drivers,
             ports,
-            desired,
             instances: InstanceTable::default(),
             nodes: nodes
                 .into_iter()
-                .map(|n| (n, NodeFence::default()))
+                .map(|(node, desired)| {
+                    let served = Served {
+                        fence: NodeFence::default(),
+                        desired,
+                        reconciles: AtomicU64::new(0),
+                    };
+                    (node, served)
+                })
                 .collect(),
             trigger: OnceLock::new(),
             records,
@@ -195,12 +212,29 @@ impl Engine {
 
     /// The fencing state of `node`, if this engine serves it.
     pub fn node(&self, node: &str) -> Option<&NodeFence> {
-        self.nodes.get(node)
+        self.nodes.get(node).map(|n| &n.fence)
     }
 
-    /// Whether the assignment cache has its first listing.
+    /// Whether every node's assignment cache has its first listing.
     pub fn is_listed(&self) -> bool {
-        self.desired.is_ready()
+        self.nodes.values().all(|n| n.desired.is_ready())
+    }
+
+    /// How many listings `node`'s assignment cache has had (1 + its re-lists).
+    pub fn listings(&self, node: &str) -> Option<u64> {
+        self.nodes.get(node).map(|n| n.desired.listings())
+    }
+
+    /// How many assignments `node`'s cache holds.
+    pub fn assigned(&self, node: &str) -> Option<usize> {
+        self.nodes.get(node).map(|n| n.desired.len())
+    }
+
+    /// How many reconciles of `node`'s slots have started.
+    pub fn reconciles(&self, node: &str) -> Option<u64> {
+        self.nodes
+            .get(node)
+            .map(|n| n.reconciles.load(Ordering::Relaxed))
     }
 
     /// Connects the engine to its reconcile loop (once; later calls are ignored).
@@ -213,7 +247,9 @@ impl Engine {
     }
 
     pub fn is_fenced(&self, node: &str) -> bool {
-        self.nodes.get(node).is_some_and(|n| *n.fenced.borrow())
+        self.nodes
+            .get(node)
+            .is_some_and(|n| *n.fence.fenced.borrow())
     }
 
     /// Asks for `slot` to be reconciled (no-op before the controller runs).
@@ -223,19 +259,42 @@ impl Engine {
         }
     }
 
-    /// Every slot worth a look: assigned (in the cache) or known locally, optionally of one node.
+    /// Every slot worth a look: assigned (in its node's cache) or known locally, optionally of
+    /// one node (then only that node's cache and entries are read).
     pub fn all_slots(&self, node: Option<&str>) -> Vec<Slot> {
-        let mut slots: Vec<Slot> = self
+        let mut slots: Vec<Slot> = match node {
+            Some(n) => {
+                let Some((name, served)) = self.nodes.get_key_value(n) else {
+                    return Vec::new();
+                };
+                let mut slots = self.assigned_slots(name, served);
+                slots.extend(self.instances.slots_where(n, |_| true));
+                slots
+            }
+            None => {
+                let mut slots: Vec<Slot> = self
+                    .nodes
+                    .iter()
+                    .flat_map(|(name, served)| self.assigned_slots(name, served))
+                    .collect();
+                slots.extend(self.instances.slots());
+                slots
+            }
+        };
+        slots.sort_by(|a, b| (&*a.node, &a.id).cmp(&(&*b.node, &b.id)));
+        slots.dedup();
+        slots
+    }
+
+    /// The slots in `served`'s cache that are `node`'s (all of them, given its watch's prefix).
+    fn assigned_slots(&self, node: &Arc<str>, served: &Served) -> Vec<Slot> {
+        served
             .desired
             .list()
             .iter()
             .filter_map(|v| self.slot_of_key(&v.key))
-            .collect();
-        slots.extend(self.instances.slots());
-        slots.sort_by(|a, b| (&*a.node, &a.id).cmp(&(&*b.node, &b.id)));
-        slots.dedup();
-        slots.retain(|s| node.is_none_or(|n| *s.node == *n));
-        slots
+            .filter(|s| s.node == *node)
+            .collect()
     }
 
     /// The slot of an assignment key, when it is for one of our nodes.
@@ -287,7 +346,11 @@ impl Engine {
     ///   keeps its restart count from the previous status only).
     pub async fn reconcile(self: &Arc<Self>, slot: &Slot) -> Result<Action> {
         let key = self.keys.assignment(&slot.node, &slot.id);
-        let assigned = self.desired.get(&key);
+        let served = self.nodes.get(&*slot.node);
+        if let Some(served) = served {
+            served.reconciles.fetch_add(1, Ordering::Relaxed);
+        }
+        let assigned = served.and_then(|n| n.desired.get(&key));
         let desired = Desired {
             node_fenced: self.is_fenced(&slot.node),
             shutting_down: self.kill.is_cancelled(),
@@ -462,29 +525,39 @@ pub(crate) async fn reconcile(slot: Slot, engine: Arc<Engine>) -> Result<Action>
     engine.reconcile(&slot).instrument(span).await
 }
 
-/// The keys to reconcile, from a watch of `prefix` feeding the engine's reflector `writer`.
+/// The keys of `node` to reconcile, from its own watch of `assignments/<node>/` feeding its
+/// own reflector `writer` (the cache the engine was built with for `node`).
 ///
-/// Keys are emitted only once the cache holds what they refer to: per change for `Apply` and
-/// `Delete`, and for every assigned and every local instance at `InitDone` (a first list or a
-/// re-list after compaction), so an instance is never judged unassigned from a half-built cache.
+/// # Guarantees
+/// - Keys are emitted only once the cache holds what they refer to: per change for `Apply` and
+///   `Delete`, and for every assigned and every local instance *of this node* at `InitDone` (a
+///   first list or a re-list after compaction), so an instance is never judged unassigned from
+///   a half-built cache, and a re-list of one node reconciles no other node's slots.
+/// - Only keys of `node` are emitted.
+///
+/// # Caveats
+/// A value that does not decode is logged with its key and skipped (the cache keeps the key's
+/// previous value, if any); it affects no other key and no other node.
 pub(crate) fn key_stream(
     engine: Arc<Engine>,
+    node: Arc<str>,
     writer: drover_store::reflector::Writer<Instance>,
-    prefix: String,
 ) -> impl Stream<Item = Slot> + Send {
     let store = engine.store().clone();
+    let prefix = engine.keys().node_assignments(&node);
     drover_store::reflector::reflector(writer, watcher::<Instance>(store, prefix)).flat_map(
         move |item| {
-            let slots: Vec<Slot> = match item {
+            let mut slots: Vec<Slot> = match item {
                 Ok(Event::Apply(v)) => engine.slot_of_key(&v.key).into_iter().collect(),
                 Ok(Event::Delete { key, .. }) => engine.slot_of_key(&key).into_iter().collect(),
-                Ok(Event::InitDone { .. }) => engine.all_slots(None),
+                Ok(Event::InitDone { .. }) => engine.all_slots(Some(&node)),
                 Ok(Event::Init | Event::InitApply(_)) => Vec::new(),
                 Err(e) => {
-                    tracing::warn!(error = %e, "assignment watch error");
+                    tracing::warn!(node = %node, error = %e, "assignment watch error");
                     Vec::new()
                 }
             };
+            slots.retain(|s| s.node == node);
             futures::stream::iter(slots)
         },
     )

@@ -216,6 +216,9 @@ pub(crate) struct Settings {
 ///
 /// Returns the live registration at shutdown (for the caller to revoke), if any — also one
 /// whose binding txn's outcome was still unknown.
+///
+/// The steps that are not waits (registering, fencing, unfencing) are boxed: this future lives
+/// as long as its node, once per hollow node, so it should be no larger than its idle wait.
 pub(crate) async fn maintain(
     engine: Arc<Engine>,
     node: Node,
@@ -249,14 +252,14 @@ pub(crate) async fn maintain(
             {
                 tracing::error!(node = %name, "not registered within TTL/2 of starting");
                 state.send_replace(State::Fenced);
-                engine.fence(&name, deadline, expiry).await;
+                Box::pin(engine.fence(&name, deadline, expiry)).await;
             }
         }
         state.send_replace(State::Registering);
         let wake = first_fence_at.unwrap_or_else(|| Instant::now() + ttl * 1000);
         let reg = tokio::select! {
             () = shutdown.cancelled() => return unconfirmed.take(),
-            r = register(engine.store(), engine.keys(), &node, ttl, &own, &mut unconfirmed) => r,
+            r = Box::pin(register(engine.store(), engine.keys(), &node, ttl, &own, &mut unconfirmed)) => r,
             () = tokio::time::sleep_until(wake) => continue,
         };
         let reg = match reg {
@@ -286,7 +289,7 @@ pub(crate) async fn maintain(
         first_fence_at = None;
         own = vec![reg.lease];
         if let Some(path) = &lease_file {
-            if let Err(e) = write_lease(path, reg.lease).await {
+            if let Err(e) = Box::pin(write_lease(path, reg.lease)).await {
                 tracing::warn!(node = %name, path = %path.display(), error = %e, "cannot record the lease; a restart within the TTL will be refused until it expires");
             }
         }
@@ -294,7 +297,7 @@ pub(crate) async fn maintain(
         engine.metrics().registrations.inc();
         tracing::info!(node = %name, lease = %reg.lease, ?ttl, "registered");
         state.send_replace(State::Registered(reg.lease));
-        engine.unfence(&name).await;
+        Box::pin(engine.unfence(&name)).await;
         loop {
             let gone = reg.keep_alive.is_lost() == Some(LeaseLost::NotFound);
             match fence::decide(
@@ -313,7 +316,7 @@ pub(crate) async fn maintain(
                 }
                 Decision::Fence { deadline, expiry } => {
                     state.send_replace(State::Fenced);
-                    engine.fence(&name, deadline, expiry).await;
+                    Box::pin(engine.fence(&name, deadline, expiry)).await;
                     break;
                 }
             }

@@ -24,4 +24,4 @@ mod wiring;
 pub use agent::{run, Agent, AgentHandle};
 pub use config::AgentConfig;
 pub use grpc::logs_client;
-pub use hollow_nodes::{run_hollow, HollowConfig};
+pub use hollow_nodes::{run_hollow, HollowConfig, HollowHandle, HollowNodes};

@@ -1,7 +1,7 @@
 //! The start-up and shut-down wiring a real agent ([`crate::agent`]) and a hollow-node
-//! process ([`crate::hollow_nodes`]) share: the engine with its assignment cache, the
-//! reconcile loop fed by the assignment watch, one heartbeat per node, and stopping them in
-//! order.
+//! process ([`crate::hollow_nodes`]) share: the engine with one assignment cache per node, the
+//! reconcile loop fed by one watch per node (of its own `assignments/<node>/`), one heartbeat
+//! per node, and stopping them in order. A real agent is the case of one node.
 
 use std::sync::Arc;
 
@@ -40,22 +40,30 @@ pub(crate) struct Setup {
 /// An engine whose reconcile loop is not running yet (adoption happens in between).
 pub(crate) struct Built {
     engine: Arc<Engine>,
-    writer: Writer<Instance>,
+    /// Each node's cache writer, for its watch.
+    writers: Vec<(Arc<str>, Writer<Instance>)>,
     kill: CancellationToken,
 }
 
 impl Built {
-    /// Builds the engine with an empty assignment cache; registers the agent's metrics.
+    /// Builds the engine with an empty assignment cache per node; registers the agent's
+    /// metrics.
     pub fn new(store: Store, keys: Keys, setup: Setup, registry: &mut Registry) -> Self {
         let kill = CancellationToken::new();
-        let (desired, writer) = drover_store::reflector::store();
+        let (nodes, writers) = setup
+            .nodes
+            .into_iter()
+            .map(|node| {
+                let (reader, writer) = drover_store::reflector::store();
+                ((node.clone(), reader), (node, writer))
+            })
+            .unzip();
         let engine = Arc::new(Engine::new(EngineParts {
             store,
             keys,
             drivers: setup.drivers,
             ports: setup.ports,
-            desired,
-            nodes: setup.nodes,
+            nodes,
             records: setup.records,
             config: setup.config,
             metrics: Metrics::register(registry),
@@ -63,7 +71,7 @@ impl Built {
         }));
         Built {
             engine,
-            writer,
+            writers,
             kill,
         }
     }
@@ -73,28 +81,29 @@ impl Built {
         &self.engine
     }
 
-    /// Starts the reconcile loop `name` (at most `concurrency` reconciles at once), fed by
-    /// the watch of the assignments under `prefix`.
+    /// Starts the reconcile loop `name` (at most `concurrency` reconciles at once, across all
+    /// nodes), fed by each node's own watch of `assignments/<node>/`.
     pub fn run(
         self,
         name: &'static str,
         concurrency: usize,
-        prefix: String,
         registry: &mut Registry,
     ) -> drover_runtime::Result<Wired> {
         let Built {
             engine,
-            writer,
+            writers,
             kill,
         } = self;
         let mut cc = ReconcilerConfig::new(name);
         cc.concurrency = concurrency;
-        let reconciler = Reconciler::new(cc, engine.clone(), converge::reconcile)?
-            .with_stream(converge::key_stream(engine.clone(), writer, prefix))
+        let mut reconciler = Reconciler::new(cc, engine.clone(), converge::reconcile)?
             // Under the agent's own name: `drover_agent_reconciles_total`, not the controller's.
             .with_metrics(&drover_runtime::Metrics::register(
                 registry.sub_registry_with_prefix(metrics::PREFIX),
             ));
+        for (node, writer) in writers {
+            reconciler = reconciler.with_stream(converge::key_stream(engine.clone(), node, writer));
+        }
         engine.set_trigger(reconciler.trigger());
         let loop_stop = kill.child_token();
         let reconciler = tokio::spawn(reconciler.run(loop_stop.clone()));

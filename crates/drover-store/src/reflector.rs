@@ -22,11 +22,12 @@ struct Cache<T> {
     revision: i64,
 }
 
-/// Readiness and revision, published to readers on every change.
+/// Readiness, revision and listings so far, published to readers on every change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Progress {
     ready: bool,
     revision: i64,
+    listings: u64,
 }
 
 /// The single writer of a cache: applies watcher events. Deliberately not `Clone`.
@@ -61,6 +62,7 @@ pub fn store<T>() -> (Reader<T>, Writer<T>) {
     let (tx, rx) = watch::channel(Progress {
         ready: false,
         revision: 0,
+        listings: 0,
     });
     (
         Reader {
@@ -108,7 +110,13 @@ impl<T> Writer<T> {
                 cache.items = items;
                 cache.revision = *revision;
                 drop(cache);
-                self.publish(*revision);
+                self.progress.send_modify(|p| {
+                    *p = Progress {
+                        ready: true,
+                        revision: *revision,
+                        listings: p.listings + 1,
+                    }
+                });
             }
             Event::Apply(v) => {
                 let mut cache = write(&self.cache);
@@ -132,9 +140,9 @@ impl<T> Writer<T> {
     }
 
     fn publish(&self, revision: i64) {
-        self.progress.send_replace(Progress {
-            ready: true,
-            revision,
+        self.progress.send_modify(|p| {
+            p.ready = true;
+            p.revision = revision;
         });
     }
 }
@@ -163,6 +171,11 @@ impl<T> Reader<T> {
     /// The revision the cache reflects: the listing's, or the latest event's.
     pub fn revision(&self) -> i64 {
         read(&self.cache).revision
+    }
+
+    /// How many (re-)listings were swapped in so far: 1 after the first, one more per re-list.
+    pub fn listings(&self) -> u64 {
+        self.progress.borrow().listings
     }
 
     /// Whether the first listing was applied.
@@ -243,6 +256,7 @@ mod tests {
         writer.apply(&Event::InitDone { revision: 5 });
         assert!(reader.is_ready());
         assert_eq!(reader.revision(), 5);
+        assert_eq!(reader.listings(), 1);
         assert_eq!(reader.get("/a").map(|x| x.value), Some(1));
 
         writer.apply(&Event::Apply(v("/b", 2, 6)));
@@ -265,7 +279,13 @@ mod tests {
         writer.apply(&Event::Init);
         writer.apply(&Event::InitApply(v("/c", 3, 9)));
         assert!(reader.get("/b").is_some());
+        assert_eq!(
+            reader.listings(),
+            1,
+            "a re-list counts once it is swapped in"
+        );
         writer.apply(&Event::InitDone { revision: 10 });
+        assert_eq!(reader.listings(), 2);
         assert!(reader.get("/b").is_none());
         assert!(reader.get("/c").is_some());
     }

@@ -104,6 +104,10 @@ where
 pub type WatchEvents<T> = BoxStream<'static, Result<Event<T>>>;
 
 /// Advances the state machine until it has an item to yield.
+///
+/// Listing, opening a watch and marking an endpoint dead are boxed: a watcher lives as long as
+/// what it feeds (one per hollow node), so its pending step should be no larger than the wait
+/// for the next watch message.
 async fn step<T: DeserializeOwned>(ctx: &mut Ctx, mut state: State) -> (Result<Event<T>>, State) {
     loop {
         state = match state {
@@ -138,7 +142,7 @@ async fn step<T: DeserializeOwned>(ctx: &mut Ctx, mut state: State) -> (Result<E
                         State::InitListed { revision },
                     );
                 }
-                match ctx.store.list_page(&ctx.prefix, &from, revision).await {
+                match Box::pin(ctx.store.list_page(&ctx.prefix, &from, revision)).await {
                     Ok(page) => {
                         ctx.backoff.reset();
                         State::InitListing {
@@ -167,7 +171,7 @@ async fn step<T: DeserializeOwned>(ctx: &mut Ctx, mut state: State) -> (Result<E
             }
             State::InitListed { revision } => {
                 let end = prefix_end(&ctx.prefix);
-                match open_watch(&ctx.store, &ctx.prefix, Some(end), revision + 1).await {
+                match Box::pin(open_watch(&ctx.store, &ctx.prefix, Some(end), revision + 1)).await {
                     Ok(conn) => State::Watching {
                         conn: Box::new(conn),
                         revision,
@@ -235,7 +239,7 @@ async fn step<T: DeserializeOwned>(ctx: &mut Ctx, mut state: State) -> (Result<E
                     WatchMessage::Broken(reason) => {
                         let wait = ctx.backoff.next_wait_forever();
                         tracing::warn!(prefix = %ctx.prefix, %reason, revision, ?wait, "watch broke; resuming");
-                        conn.fail(&ctx.store, &reason).await;
+                        Box::pin(conn.fail(&ctx.store, &reason)).await;
                         tokio::time::sleep(wait).await;
                         State::InitListed { revision }
                     }

@@ -64,8 +64,7 @@ pub(crate) async fn rig_with(drivers: Option<DriverSet>) -> Rig {
         keys: keys.clone(),
         drivers,
         ports: PortAllocator::default(),
-        desired: reader,
-        nodes: vec![Arc::from(NODE)],
+        nodes: vec![(Arc::from(NODE), reader)],
         records: Records::new(None),
         config: EngineConfig {
             backoff: restart::Backoff {

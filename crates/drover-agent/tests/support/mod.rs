@@ -440,11 +440,37 @@ pub async fn http(
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("bad response {text:?}")))?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
     Ok((status, body))
+}
+
+/// The payload of a `Transfer-Encoding: chunked` body (big responses, such as etcd's
+/// `/metrics`, come chunked even with `Connection: close`).
+fn dechunk(mut rest: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, tail)) = rest.split_once("\r\n") {
+        let size = size.split(';').next().unwrap_or_default().trim();
+        let Ok(n) = usize::from_str_radix(size, 16) else {
+            break;
+        };
+        let (Some(chunk), Some(after)) = (tail.get(..n), tail.get(n..)) else {
+            break;
+        };
+        if n == 0 {
+            break;
+        }
+        out.push_str(chunk);
+        rest = after.strip_prefix("\r\n").unwrap_or(after);
+    }
+    out
 }
 
 impl Running {
@@ -468,6 +494,19 @@ impl Running {
             task,
         }
     }
+}
+
+/// A gauge or counter from etcd's own `/metrics` (a sample without labels), if it answers.
+pub async fn etcd_metric(etcd: &EtcdServer, name: &str) -> Option<f64> {
+    let (status, body) = http(etcd.client_addr().port(), "GET", "/metrics", "")
+        .await
+        .ok()?;
+    if status != 200 {
+        return None;
+    }
+    body.lines()
+        .filter_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .find_map(|v| v.trim().parse().ok())
 }
 
 /// Waits until etcd no longer has `lease` (it expired or was revoked).
