@@ -536,8 +536,11 @@ pub(crate) async fn reconcile(slot: Slot, engine: Arc<Engine>) -> Result<Action>
 /// - Only keys of `node` are emitted.
 ///
 /// # Caveats
-/// A value that does not decode is logged with its key and skipped (the cache keeps the key's
-/// previous value, if any); it affects no other key and no other node.
+/// A value that does not decode is logged with its key and skipped: the cache keeps the key's
+/// previous value, if any, on the watch and through a re-list alike
+/// ([`drover_store::reflector::reflector`]); it affects no other key and no other node. A key
+/// the cache never held a good value for (the first listing after an agent restart) is not
+/// assigned as far as this agent knows, so a copy adopted for it is stopped.
 pub(crate) fn key_stream(
     engine: Arc<Engine>,
     node: Arc<str>,

@@ -86,6 +86,18 @@ impl<T> Writer<T> {
         }
     }
 
+    /// `key` holds a value that does not decode. During a (re-)list the key keeps, in the
+    /// listing being built, what the cache held for it before (nothing if it held nothing);
+    /// outside a listing the cache is left as it is, which keeps the previous value anyway.
+    pub fn keep_undecodable(&mut self, key: &str) {
+        let Some(buffer) = self.buffer.as_mut() else {
+            return;
+        };
+        if let Some(previous) = read(&self.cache).items.get(key).cloned() {
+            buffer.insert(key.to_string(), previous);
+        }
+    }
+
     /// Applies one event.
     ///
     /// # Guarantees
@@ -208,14 +220,23 @@ impl<T> Reader<T> {
 }
 
 /// Feeds every successful event of `stream` into `writer`, passing all items through.
+///
+/// # Guarantees
+///
+/// A value that does not decode never reads as absent: on the live watch the cache keeps the
+/// key's previous value, and during a (re-)list the key keeps what the cache held for it
+/// before ([`Writer::keep_undecodable`]), so a foreign write met by a re-list cannot make a
+/// reader conclude the key is gone (an agent would stop the copy it runs for it).
 pub fn reflector<T, S>(mut writer: Writer<T>, stream: S) -> impl Stream<Item = S::Item>
 where
     T: Clone,
     S: Stream<Item = crate::Result<Event<T>>>,
 {
     stream.map(move |item| {
-        if let Ok(event) = &item {
-            writer.apply(event);
+        match &item {
+            Ok(event) => writer.apply(event),
+            Err(crate::Error::Decode { key, .. }) => writer.keep_undecodable(key),
+            Err(_) => {}
         }
         item
     })
@@ -288,6 +309,46 @@ mod tests {
         assert_eq!(reader.listings(), 2);
         assert!(reader.get("/b").is_none());
         assert!(reader.get("/c").is_some());
+    }
+
+    fn undecodable(key: &str) -> crate::Error {
+        let source = serde_json::from_str::<u32>("{not json").expect_err("not json");
+        crate::Error::Decode {
+            key: key.into(),
+            mod_revision: 9,
+            source,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_relist_keeps_what_the_cache_held_for_a_key_whose_new_value_does_not_decode() {
+        use futures::StreamExt;
+        let (reader, writer) = store::<u32>();
+        // First listing: /a and /b decode. Then a foreign writer overwrites /a with bytes
+        // that do not decode, and a re-list (after a compaction, say) meets them.
+        let items: Vec<crate::Result<Event<u32>>> = vec![
+            Ok(Event::Init),
+            Ok(Event::InitApply(v("/a", 1, 2))),
+            Ok(Event::InitApply(v("/b", 2, 3))),
+            Ok(Event::InitDone { revision: 3 }),
+            Ok(Event::Init),
+            Err(undecodable("/a")),
+            Err(undecodable("/never-held")),
+            Ok(Event::InitApply(v("/b", 2, 3))),
+            Ok(Event::InitDone { revision: 9 }),
+        ];
+        let passed: Vec<_> = reflector(writer, futures::stream::iter(items))
+            .collect()
+            .await;
+        assert_eq!(passed.len(), 9, "every item passes through");
+        assert_eq!(reader.listings(), 2);
+        assert_eq!(
+            reader.get("/a").map(|x| x.value),
+            Some(1),
+            "a value that does not decode must not read as absent: that would stop its copy"
+        );
+        assert!(reader.get("/never-held").is_none(), "nothing is made up");
+        assert_eq!(reader.get("/b").map(|x| x.value), Some(2));
     }
 
     #[tokio::test]
