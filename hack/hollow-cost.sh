@@ -7,7 +7,7 @@
 #
 #   hack/hollow-cost.sh [NODES=2000] [WINDOW_SECONDS=20]
 #
-# The binary is $DROVER_BIN, else ${CARGO_TARGET_DIR:-target}/release/drover (build it first:
+# The binary is $DROVER_BIN, else ${CARGO_TARGET_DIR:-$ROOT/target}/release/drover (build it first:
 # cargo build --release -p drover). Bounded: registration may take 120 s, the window is
 # WINDOW_SECONDS; nothing is left running afterwards.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -79,8 +79,9 @@ a0="$(cpu_ticks "$AGENT_PID")" e0="$(cpu_ticks "$ETCD_PID")" t0="$(date +%s.%N)"
 sleep "$WINDOW"
 a1="$(cpu_ticks "$AGENT_PID")" e1="$(cpu_ticks "$ETCD_PID")" t1="$(date +%s.%N)"
 agent_rss="$(rss_kib "$AGENT_PID")" etcd_rss="$(rss_kib "$ETCD_PID")"
-watchers="$(curl -s "$client/metrics" | awk '/^etcd_debugging_mvcc_watcher_total / {print $2}')"
-streams="$(curl -s "$client/metrics" | awk '/^etcd_debugging_mvcc_watch_stream_total / {print $2}')"
+# A failed scrape prints "?" rather than ending the run (set -e, pipefail) after the window.
+watchers="$(curl -s "$client/metrics" | awk '/^etcd_debugging_mvcc_watcher_total / {print $2}' || true)"
+streams="$(curl -s "$client/metrics" | awk '/^etcd_debugging_mvcc_watch_stream_total / {print $2}' || true)"
 python3 - "$NODES" "$ticks" "$t0" "$t1" "$a0" "$a1" "$e0" "$e1" "$agent_rss" "$etcd_rss" \
   "${watchers:-?}" "${streams:-?}" <<'EOF'
 import sys
