@@ -238,20 +238,8 @@ impl Store {
     pub async fn get_raw_each(&self, keys: &[&str]) -> Result<Vec<Option<Versioned<Vec<u8>>>>> {
         let reads: Vec<TxnOp> = keys.iter().map(|k| TxnOp::get(*k, None)).collect();
         let txn = etcd_client::Txn::new().and_then(reads);
-        let mut backoff = self.backoff();
         let response = self
-            .inner
-            .pool
-            .call(
-                "get each",
-                Idempotency::Idempotent,
-                self.request_timeout(),
-                &mut backoff,
-                |mut c| {
-                    let txn = txn.clone();
-                    async move { c.txn(txn).await }
-                },
-            )
+            .send_txn("get each", Idempotency::Idempotent, txn)
             .await?;
         let replies = response.op_responses();
         let answered = replies.len();
@@ -576,13 +564,27 @@ impl Store {
         op: &'static str,
         txn: etcd_client::Txn,
     ) -> Result<etcd_client::TxnResponse> {
+        let response = self.send_txn(op, Idempotency::Once, txn).await?;
+        if txn_wrote(&response) {
+            self.wrote(op, response.header().map_or(0, |h| h.revision()));
+        }
+        Ok(response)
+    }
+
+    /// Sends one txn through the pool: retried when `idempotency` allows it (a read-only txn),
+    /// at most once otherwise.
+    async fn send_txn(
+        &self,
+        op: &'static str,
+        idempotency: Idempotency,
+        txn: etcd_client::Txn,
+    ) -> Result<etcd_client::TxnResponse> {
         let mut backoff = self.backoff();
-        let response = self
-            .inner
+        self.inner
             .pool
             .call(
                 op,
-                Idempotency::Once,
+                idempotency,
                 self.request_timeout(),
                 &mut backoff,
                 |mut c| {
@@ -590,11 +592,7 @@ impl Store {
                     async move { c.txn(txn).await }
                 },
             )
-            .await?;
-        if txn_wrote(&response) {
-            self.wrote(op, response.header().map_or(0, |h| h.revision()));
-        }
-        Ok(response)
+            .await
     }
 
     /// Notes in the write log, if there is one, that this process created `revision`.
