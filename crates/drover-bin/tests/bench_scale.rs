@@ -115,8 +115,33 @@ async fn own_etcd_with_a_failover_runs_everything_and_moves_nothing() {
         .count();
     assert_eq!(baselines, 3, "three baseline runs");
     for (what, _, note) in rows.iter().filter(|(w, _, _)| w.starts_with("raw puts")) {
-        assert!(note.contains("; 64 in flight at most"), "{what}: {note}");
+        assert!(
+            note.contains("; 64 requests in flight at most"),
+            "{what}: {note}"
+        );
     }
+    let batched: Vec<_> = rows
+        .iter()
+        .filter(|(what, _, _)| what.starts_with("puts of"))
+        .collect();
+    assert_eq!(batched.len(), 1, "one batched reference run");
+    let (what, _, note) = batched[0];
+    // 200 values make 2 transactions of at most 125: fewer than the 8 lanes can hold.
+    let in_flight: usize = note
+        .split("; ")
+        .find_map(|part| part.split_once(" requests in flight"))
+        .and_then(|(n, _)| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{what}: no in-flight count in {note}"));
+    assert!((1..=8).contains(&in_flight), "{what}: {note}");
+    assert!(note.contains("the batched reference"), "{what}: {note}");
+    let (_, _, placed) = rows
+        .iter()
+        .find(|(w, _, _)| w.starts_with("placements/s"))
+        .expect("a placements row");
+    assert!(
+        placed.contains("of the baseline") && placed.contains("of the batched reference"),
+        "placements against both: {placed}"
+    );
     let left: Vec<String> = bench_dirs()
         .into_iter()
         .filter(|d| !before.contains(d))
