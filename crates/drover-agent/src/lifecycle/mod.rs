@@ -48,7 +48,7 @@ impl Engine {
         let Some((instance, kind, create_revision, first)) = found.flatten() else {
             return Ok(());
         };
-        let confirmed = self.confirm_start(slot, create_revision, first).await?;
+        let confirmed = self.confirm_start(slot, first).await?;
         if !is_still_assigned(&confirmed.assignment, create_revision) {
             tracing::warn!(
                 create_revision,
@@ -115,12 +115,7 @@ impl Engine {
     /// One read-only transaction instead of two reads: on etcd 3.4 every read request copies
     /// the server's uncommitted write buffer, and a burst of starts comes with a burst of
     /// writes.
-    async fn confirm_start(
-        &self,
-        slot: &Slot,
-        create_revision: i64,
-        with_status: bool,
-    ) -> Result<Confirmed> {
+    async fn confirm_start(&self, slot: &Slot, with_status: bool) -> Result<Confirmed> {
         let assignment = self.keys().assignment(&slot.node, &slot.id);
         let status = self.keys().status(&slot.id);
         let keys: Vec<&str> = if with_status {
@@ -137,7 +132,6 @@ impl Engine {
                 source,
             })?
             .into_iter();
-        tracing::trace!(create_revision, with_status, "start confirmed against etcd");
         Ok(Confirmed {
             assignment: found.next().flatten(),
             status: found.next().flatten(),
