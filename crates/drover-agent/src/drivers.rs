@@ -34,10 +34,18 @@ pub struct DriverSet {
 }
 
 impl DriverSet {
-    /// Builds the drivers `choice` asks for (see [`DriverChoice`]).
-    pub async fn new(choice: DriverChoice, state_dir: &Path, publish_ip: &str) -> Result<Self> {
+    /// Builds the drivers `choice` asks for (see [`DriverChoice`]). `allow_root_tasks` lets
+    /// the process driver of an agent running as root run processes as root.
+    pub async fn new(
+        choice: DriverChoice,
+        state_dir: &Path,
+        publish_ip: &str,
+        allow_root_tasks: bool,
+    ) -> Result<Self> {
         let process = || -> Result<(DriverKind, Arc<dyn Driver>)> {
-            let p = ProcessDriver::new(state_dir.join("process")).map_err(Error::Process)?;
+            let p = ProcessDriver::new(state_dir.join("process"))
+                .map_err(Error::Process)?
+                .allow_root_tasks(allow_root_tasks);
             Ok((DriverKind::Process, Arc::new(p)))
         };
         let docker = match choice {

@@ -1,6 +1,10 @@
 //! The process driver: runs `command` as a plain host process, the leader of its own process
 //! group, with output in `<state_dir>/logs/<instance>.log` and a pid file in
 //! `<state_dir>/pids/<instance>.json` so a restarted agent can adopt what is still running.
+//!
+//! A process runs as `spec.user`/`spec.group` ([`identity`]), with a clean environment
+//! ([`environ`]), never the agent's; an agent running as root refuses to run it as root unless
+//! built with [`ProcessDriver::allow_root_tasks`].
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -18,10 +22,16 @@ use tokio::sync::watch;
 
 use drover_api::names::InstanceId;
 
+mod environ;
+mod identity;
 mod logfile;
 mod procfs;
 mod statedir;
 
+pub use environ::DEFAULT_PATH;
+pub use identity::Refusal;
+
+use identity::{Accounts, Policy, RunAs};
 use logfile::follow_file;
 use procfs::{group_alive, read_stat, signal_group};
 use statedir::{PidFile, StateDir};
@@ -55,15 +65,25 @@ struct Child {
 pub struct ProcessDriver {
     state: StateDir,
     children: Arc<Mutex<HashMap<InstanceId, Child>>>,
+    policy: Policy,
 }
 
 impl ProcessDriver {
-    /// A driver keeping pid files and logs under `state_dir` (created if missing).
+    /// A driver keeping pid files and logs under `state_dir` (created if missing). Running as
+    /// root, it refuses to run processes as root (see [`Self::allow_root_tasks`]).
     pub fn new(state_dir: impl Into<PathBuf>) -> Result<Self> {
         Ok(ProcessDriver {
             state: StateDir::create(state_dir.into())?,
             children: Arc::default(),
+            policy: Policy::of_this_process(false),
         })
+    }
+
+    /// With `allow` (`--allow-root-tasks`), a driver running as root also runs processes as
+    /// root: those that set no `spec.user`, or name root.
+    pub fn allow_root_tasks(mut self, allow: bool) -> Self {
+        self.policy.allow_root = allow;
+        self
     }
 
     /// Where an instance's combined stdout/stderr goes.
@@ -71,10 +91,18 @@ impl ProcessDriver {
         self.state.log_path(instance)
     }
 
-    /// See [`super::Driver::start`]. `argv[0]` is looked up on the spec's `PATH` (else the
-    /// agent's); the process inherits the agent's environment, then `DROVER_INSTANCE`,
-    /// `DROVER_NODE`, `DROVER_NAMESPACE`, `DROVER_TASK`, `DROVER_PORT_<containerPort>` (the host
-    /// port) and finally the spec's `env`, which wins.
+    /// See [`super::Driver::start`].
+    ///
+    /// # Guarantees
+    /// - The process runs as `spec.user`/`spec.group` when set (resolved on this node), else
+    ///   as the agent; it is refused ([`Error::Refused`]) if that would be root on an agent
+    ///   running as root without [`Self::allow_root_tasks`], if a named user or group does not
+    ///   exist here, or if `spec.workingDir` is not an existing directory.
+    /// - Switching user drops the agent's supplementary groups: the process has only its
+    ///   primary group.
+    /// - Its environment is built by [`environ::child_env`] alone (the documented minimal set,
+    ///   `DROVER_*` and the spec's `env`); nothing of the agent's environment is inherited.
+    ///   `argv[0]` is looked up on that `PATH`.
     pub async fn start(&self, req: &StartRequest) -> Result<Handle> {
         let instance = &req.meta.instance;
         let Some(argv0) = req.spec.command.first() else {
@@ -94,13 +122,23 @@ impl ProcessDriver {
                 self.stop(&pf.handle(), Duration::ZERO).await?;
             }
         }
-        let workdir = req.spec.working_dir.as_ref().map(PathBuf::from);
-        let path_var = req
-            .spec
-            .env
-            .get("PATH")
-            .map(OsString::from)
-            .or_else(|| std::env::var_os("PATH"));
+        let refused = |refusal| Error::Refused {
+            task: format!("{}/{}", instance.namespace(), instance.task()),
+            refusal,
+        };
+        let run_as = identity::resolve(
+            req.spec.user.as_deref(),
+            req.spec.group.as_deref(),
+            self.policy,
+            &Accounts::load(),
+        )
+        .map_err(refused)?;
+        let workdir = req.spec.working_dir.as_deref().map(PathBuf::from);
+        if let (Some(dir), Some(text)) = (&workdir, &req.spec.working_dir) {
+            check_working_dir(dir, text).map_err(refused)?;
+        }
+        let env = environ::child_env(req.meta.env(), &req.ports, &run_as, &req.spec.env);
+        let path_var = env.get("PATH").map(OsString::from);
         let program = resolve(argv0, path_var.as_deref(), workdir.as_deref())?;
 
         let log_path = self.log_path(instance);
@@ -115,14 +153,8 @@ impl ProcessDriver {
 
         let mut cmd = tokio::process::Command::new(&program);
         cmd.args(&req.spec.command[1..])
-            .envs(req.meta.env())
-            .envs(req.ports.iter().map(|p| {
-                (
-                    format!("DROVER_PORT_{}", p.container_port),
-                    p.host_port.to_string(),
-                )
-            }))
-            .envs(&req.spec.env)
+            .env_clear()
+            .envs(&env)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log_err))
@@ -131,8 +163,16 @@ impl ProcessDriver {
         if let Some(dir) = &workdir {
             cmd.current_dir(dir);
         }
+        if run_as.switch {
+            // std drops the supplementary groups (setgroups(0)) before setuid.
+            cmd.uid(run_as.uid).gid(run_as.gid);
+        }
         let mut child = cmd.spawn().map_err(|e| Error::StartError {
-            message: format!("cannot execute {argv0:?} ({}): {e}", program.display()),
+            message: format!(
+                "cannot execute {argv0:?} ({}) as {run_as}: {e}{}",
+                program.display(),
+                self.switch_hint(&run_as)
+            ),
         })?;
         let pid = child.id().ok_or_else(|| Error::StartError {
             message: format!("{argv0:?} exited before its pid could be read"),
@@ -170,7 +210,7 @@ impl ProcessDriver {
             signal_group(pid, Signal::KILL);
             return Err(e);
         }
-        tracing::debug!(instance = %instance, pid, program = %program.display(), "process started");
+        tracing::debug!(instance = %instance, pid, program = %program.display(), user = %run_as, "process started");
         Ok(pf.handle())
     }
 
@@ -352,6 +392,16 @@ impl ProcessDriver {
         }
     }
 
+    /// Why a start as another user may have failed on an agent that is not root.
+    fn switch_hint(&self, run_as: &RunAs) -> &'static str {
+        let other = run_as.uid != self.policy.agent_uid || run_as.gid != self.policy.agent_gid;
+        if run_as.switch && other && self.policy.agent_uid != 0 {
+            " (only an agent running as root can run a process as another user)"
+        } else {
+            ""
+        }
+    }
+
     fn own_child(&self, instance: &InstanceId, pid: u32) -> Option<watch::Receiver<Option<Exit>>> {
         let children = self.children.lock().unwrap_or_else(PoisonError::into_inner);
         children
@@ -431,6 +481,20 @@ fn resolve(
         .map(|dir| dir.join(argv0))
         .find(|p| is_executable(p))
         .ok_or_else(|| not_found("not found on PATH"))
+}
+
+/// `spec.workingDir` (`text`, already checked absolute by the API) must be a directory here.
+fn check_working_dir(dir: &Path, text: &str) -> Result<(), Refusal> {
+    let why = match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => return Ok(()),
+        Ok(_) => "is not a directory".to_string(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "does not exist".to_string(),
+        Err(e) => format!("cannot be read ({e})"),
+    };
+    Err(Refusal::WorkingDir {
+        dir: text.to_string(),
+        why,
+    })
 }
 
 fn is_executable(path: &Path) -> bool {

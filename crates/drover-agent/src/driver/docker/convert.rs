@@ -49,6 +49,7 @@ pub(super) fn create_body(req: &StartRequest, image: String, host_ip: &str) -> C
         cmd: (!spec.command.is_empty()).then(|| spec.command.clone()),
         env: Some(env),
         working_dir: spec.working_dir.clone(),
+        user: container_user(spec),
         labels: Some(req.meta.labels().into_iter().collect()),
         exposed_ports: Some(req.ports.iter().map(port_key).collect()),
         host_config: Some(HostConfig {
@@ -61,6 +62,16 @@ pub(super) fn create_body(req: &StartRequest, image: String, host_ip: &str) -> C
         }),
         ..Default::default()
     }
+}
+
+/// Docker's `--user`: `user` or `user:group` from the spec; `None` keeps the image's user.
+/// (A group without a user is refused by the API's validation for image tasks.)
+fn container_user(spec: &drover_api::task::TaskSpec) -> Option<String> {
+    let user = spec.user.as_deref()?;
+    Some(match spec.group.as_deref() {
+        Some(group) => format!("{user}:{group}"),
+        None => user.to_string(),
+    })
 }
 
 /// Classifies a bollard error: 404 is `NotFound`, transport failures are `DaemonUnavailable`.
