@@ -145,3 +145,19 @@ pub(super) fn parse_time(text: Option<&str>) -> Option<DateTime<Utc>> {
         .with_timezone(&Utc);
     (t.year() > 1).then_some(t)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use drover_api::task::TaskSpec;
+
+    #[test]
+    fn the_container_user_is_user_or_user_colon_group() {
+        let mut spec = TaskSpec::default();
+        assert_eq!(container_user(&spec), None, "the image's own user");
+        spec.user = Some("nobody".into());
+        assert_eq!(container_user(&spec).as_deref(), Some("nobody"));
+        spec.group = Some("65534".into());
+        assert_eq!(container_user(&spec).as_deref(), Some("nobody:65534"));
+    }
+}
