@@ -429,3 +429,36 @@ async fn a_root_agent_refuses_root_tasks_with_a_clear_status_and_runs_user_nobod
     assert_eq!(uid_gid(&st.container_id.expect("pid")), (0, 0));
     agent.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_exec_probe_runs_as_the_task_with_its_environment_not_as_the_agent() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("not running as root: nothing to drop");
+        return;
+    }
+    let env = Env::start().await;
+    let node = env.node("xp", DriverChoice::Process).await;
+    let probed = id("default", "probed", 0);
+    // Healthy only when the probe runs as nobody, with the task's HOME and env.
+    let check =
+        "test \"$(id -u)\" = 65534 && test \"$HOME\" = /nonexistent && test \"$MARK\" = set";
+    env.assign(
+        &node.name,
+        &probed,
+        spec(json!({
+            "command": ["sleep", "3600"],
+            "user": "nobody",
+            "env": {"MARK": "set"},
+            "terminationGracePeriodSeconds": 1,
+            "healthCheck": {"exec": {"command": ["sh", "-c", check]}, "periodSeconds": 1},
+        })),
+    )
+    .await;
+    let st = env
+        .wait_status(&probed, LIMIT, "Healthy", |s| {
+            s.health == drover_api::instance::Health::Healthy
+        })
+        .await;
+    assert_eq!(st.restart_count, 0);
+    node.agent.stop().await;
+}

@@ -3,12 +3,11 @@
 //! `<state_dir>/pids/<instance>.json` so a restarted agent can adopt what is still running.
 //!
 //! A process runs as `spec.user`/`spec.group` ([`identity`]), with a clean environment
-//! ([`environ`]), never the agent's; an agent running as root refuses to run it as root unless
-//! built with [`ProcessDriver::allow_root_tasks`].
+//! ([`environ`]), never the agent's, as its [`Launch`] says; an agent running as root refuses
+//! to run it as root unless built with [`ProcessDriver::allow_root_tasks`].
 
 use std::collections::HashMap;
-use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -24,14 +23,16 @@ use drover_api::names::InstanceId;
 
 mod environ;
 mod identity;
+mod launch;
 mod logfile;
 mod procfs;
 mod statedir;
 
 pub use environ::DEFAULT_PATH;
 pub use identity::Refusal;
+pub use launch::Launch;
 
-use identity::{Accounts, Policy, RunAs};
+pub(crate) use identity::Policy;
 use logfile::follow_file;
 use procfs::{group_alive, read_stat, signal_group};
 use statedir::{PidFile, StateDir};
@@ -100,9 +101,9 @@ impl ProcessDriver {
     ///   exist here, or if `spec.workingDir` is not an existing directory.
     /// - Switching user drops the agent's supplementary groups: the process has only its
     ///   primary group.
-    /// - Its environment is built by [`environ::child_env`] alone (the documented minimal set,
-    ///   `DROVER_*` and the spec's `env`); nothing of the agent's environment is inherited.
-    ///   `argv[0]` is looked up on that `PATH`.
+    /// - Its environment is the documented minimal set, `DROVER_*` and the spec's `env`
+    ///   ([`Launch`]); nothing of the agent's environment is inherited. `argv[0]` is looked up
+    ///   on that `PATH`.
     pub async fn start(&self, req: &StartRequest) -> Result<Handle> {
         let instance = &req.meta.instance;
         let Some(argv0) = req.spec.command.first() else {
@@ -122,24 +123,8 @@ impl ProcessDriver {
                 self.stop(&pf.handle(), Duration::ZERO).await?;
             }
         }
-        let refused = |refusal| Error::Refused {
-            task: format!("{}/{}", instance.namespace(), instance.task()),
-            refusal,
-        };
-        let run_as = identity::resolve(
-            req.spec.user.as_deref(),
-            req.spec.group.as_deref(),
-            self.policy,
-            &Accounts::load(),
-        )
-        .map_err(refused)?;
-        let workdir = req.spec.working_dir.as_deref().map(PathBuf::from);
-        if let (Some(dir), Some(text)) = (&workdir, &req.spec.working_dir) {
-            check_working_dir(dir, text).map_err(refused)?;
-        }
-        let env = environ::child_env(req.meta.env(), &req.ports, &run_as, &req.spec.env);
-        let path_var = env.get("PATH").map(OsString::from);
-        let program = resolve(argv0, path_var.as_deref(), workdir.as_deref())?;
+        let launch = Launch::prepare(req, self.policy)?;
+        let (mut cmd, program) = launch.command(&req.spec.command)?;
 
         let log_path = self.log_path(instance);
         let log = std::fs::OpenOptions::new()
@@ -151,29 +136,14 @@ impl ProcessDriver {
             .try_clone()
             .map_err(|e| Error::io("duplicating the log file handle", e))?;
 
-        let mut cmd = tokio::process::Command::new(&program);
-        cmd.args(&req.spec.command[1..])
-            .env_clear()
-            .envs(&env)
-            .stdin(Stdio::null())
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log_err))
             // Its own group, so stop can signal everything it forked.
             .process_group(0);
-        if let Some(dir) = &workdir {
-            cmd.current_dir(dir);
-        }
-        if run_as.switch {
-            // std drops the supplementary groups (setgroups(0)) before setuid.
-            cmd.uid(run_as.uid).gid(run_as.gid);
-        }
-        let mut child = cmd.spawn().map_err(|e| Error::StartError {
-            message: format!(
-                "cannot execute {argv0:?} ({}) as {run_as}: {e}{}",
-                program.display(),
-                self.switch_hint(&run_as)
-            ),
-        })?;
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| launch.spawn_error(argv0, &program, &e))?;
         let pid = child.id().ok_or_else(|| Error::StartError {
             message: format!("{argv0:?} exited before its pid could be read"),
         })?;
@@ -210,7 +180,7 @@ impl ProcessDriver {
             signal_group(pid, Signal::KILL);
             return Err(e);
         }
-        tracing::debug!(instance = %instance, pid, program = %program.display(), user = %run_as, "process started");
+        tracing::debug!(instance = %instance, pid, program = %program.display(), user = %launch.run_as(), "process started");
         Ok(pf.handle())
     }
 
@@ -392,16 +362,6 @@ impl ProcessDriver {
         }
     }
 
-    /// Why a start as another user may have failed on an agent that is not root.
-    fn switch_hint(&self, run_as: &RunAs) -> &'static str {
-        let other = run_as.uid != self.policy.agent_uid || run_as.gid != self.policy.agent_gid;
-        if run_as.switch && other && self.policy.agent_uid != 0 {
-            " (only an agent running as root can run a process as another user)"
-        } else {
-            ""
-        }
-    }
-
     fn own_child(&self, instance: &InstanceId, pid: u32) -> Option<watch::Receiver<Option<Exit>>> {
         let children = self.children.lock().unwrap_or_else(PoisonError::into_inner);
         children
@@ -455,61 +415,4 @@ fn parse_pid(handle: &Handle) -> Result<u32> {
         .ok_or_else(|| Error::NotFound {
             id: handle.id.clone(),
         })
-}
-
-/// Finds the program like `execvp` would, so a missing binary is reported by name before spawning.
-fn resolve(
-    argv0: &str,
-    path_var: Option<&std::ffi::OsStr>,
-    workdir: Option<&Path>,
-) -> Result<PathBuf> {
-    let not_found = |why: &str| Error::StartError {
-        message: format!("executable {argv0:?} {why}"),
-    };
-    if argv0.contains('/') {
-        let path = match workdir {
-            Some(dir) if !argv0.starts_with('/') => dir.join(argv0),
-            _ => PathBuf::from(argv0),
-        };
-        return if is_executable(&path) {
-            Ok(path)
-        } else {
-            Err(not_found("does not exist or is not executable"))
-        };
-    }
-    std::env::split_paths(path_var.unwrap_or_default())
-        .map(|dir| dir.join(argv0))
-        .find(|p| is_executable(p))
-        .ok_or_else(|| not_found("not found on PATH"))
-}
-
-/// `spec.workingDir` (`text`, already checked absolute by the API) must be a directory here.
-fn check_working_dir(dir: &Path, text: &str) -> Result<(), Refusal> {
-    let why = match std::fs::metadata(dir) {
-        Ok(m) if m.is_dir() => return Ok(()),
-        Ok(_) => "is not a directory".to_string(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "does not exist".to_string(),
-        Err(e) => format!("cannot be read ({e})"),
-    };
-    Err(Refusal::WorkingDir {
-        dir: text.to_string(),
-        why,
-    })
-}
-
-fn is_executable(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-}
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn resolves_on_path() {
-        let path = std::env::var_os("PATH");
-        assert!(resolve("sh", path.as_deref(), None).is_ok());
-        let err = resolve("no-such-binary-xyz", path.as_deref(), None).expect_err("missing");
-        assert!(err.to_string().contains("no-such-binary-xyz"), "{err}");
-    }
 }
