@@ -198,6 +198,8 @@ async fn a_cut_off_agent_stops_its_copy_before_the_replacement_starts() {
             "a",
             "--driver",
             "process",
+            // Tests run as root; their tasks set no spec.user.
+            "--allow-root-tasks",
             "--lease-ttl",
             "3s",
             "--state-dir",
@@ -231,6 +233,8 @@ async fn a_cut_off_agent_stops_its_copy_before_the_replacement_starts() {
             "b",
             "--driver",
             "process",
+            // Tests run as root; their tasks set no spec.user.
+            "--allow-root-tasks",
             "--lease-ttl",
             "3s",
             "--state-dir",
