@@ -146,7 +146,7 @@ pub mod reasons {
     pub const AGENT_SHUTDOWN: &str = "AgentShutdown";
 }
 
-/// Value of `status/<instance>`, written by the agent running the instance (fenced on the
+/// Value of `status/<node>/<instance>`, written by the agent running the instance (fenced on the
 /// assignment).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
