@@ -88,18 +88,7 @@ impl Pool {
     /// (connections are lazy, and so is authentication: see [`Pool::authenticate`]).
     pub(crate) async fn new(cfg: &StoreConfig) -> Result<Pool> {
         let loaded = security::load(&cfg.tls, cfg.user.as_ref())?;
-        let mut options = ConnectOptions::new()
-            .with_connect_timeout(cfg.connect_timeout)
-            .with_keep_alive(cfg.keepalive_interval, cfg.keepalive_timeout)
-            .with_keep_alive_while_idle(true)
-            // A member cut off from the quorum refuses instead of serving stale watches.
-            .with_require_leader(true)
-            // Simple tokens expire after `--auth-token-ttl` (5 min) without use: a unary call
-            // that meets an expired one re-authenticates and is sent again, once.
-            .with_auto_token_refresh(loaded.user.is_some());
-        if let Some(tls) = loaded.tls {
-            options = options.with_tls(tls);
-        }
+        let options = connect_options(cfg, &loaded);
         let urls = cfg.urls()?;
         if loaded.user.is_some() && urls.iter().any(|u| u.starts_with("http://")) {
             tracing::warn!("the etcd password is sent over plain http; use https:// endpoints");
@@ -361,6 +350,48 @@ impl Pool {
             }
         }
     }
+}
+
+/// The options of every client: timeouts, HTTP/2 keep-alive, TLS. The user is not among
+/// them: [`Pool::authenticate`] adds it.
+fn connect_options(cfg: &StoreConfig, loaded: &security::Loaded) -> ConnectOptions {
+    let mut options = ConnectOptions::new()
+        .with_connect_timeout(cfg.connect_timeout)
+        .with_keep_alive(cfg.keepalive_interval, cfg.keepalive_timeout)
+        .with_keep_alive_while_idle(true)
+        // A member cut off from the quorum refuses instead of serving stale watches.
+        .with_require_leader(true)
+        // Simple tokens expire after `--auth-token-ttl` (5 min) without use: a unary call
+        // that meets an expired one re-authenticates and is sent again, once.
+        .with_auto_token_refresh(loaded.user.is_some());
+    if let Some(tls) = &loaded.tls {
+        options = options.with_tls(tls.clone());
+    }
+    options
+}
+
+/// An etcd-client [`Client`] of its own (its own connection to each endpoint, balanced by
+/// etcd-client) with `cfg`'s TLS and user: for measuring bare etcd next to the store, as
+/// `drover bench` does.
+///
+/// # Caveats
+///
+/// None of the store's failover or retries; with a user it authenticates while connecting,
+/// so every endpoint must answer then.
+pub async fn bare_client(cfg: &StoreConfig) -> Result<Client> {
+    cfg.validate()?;
+    let loaded = security::load(&cfg.tls, cfg.user.as_ref())?;
+    let mut options = connect_options(cfg, &loaded);
+    if let Some(user) = &loaded.user {
+        options = options.with_user(user.name.clone(), user.password.clone());
+    }
+    Client::connect(cfg.urls()?, Some(options))
+        .await
+        .map_err(|e| Error::Unreachable {
+            endpoints: cfg.endpoints.join(","),
+            timeout: cfg.connect_timeout,
+            reason: describe(&e),
+        })
 }
 
 async fn build_client(url: &str, options: &ConnectOptions) -> Result<Client> {

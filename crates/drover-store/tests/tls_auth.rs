@@ -196,6 +196,18 @@ async fn with_etcd_auth_on_the_user_works_and_a_wrong_password_fails_clearly() {
     .expect("keep-alive as root");
     assert!(ka.is_lost().is_none());
 
+    // A bare etcd-client gets the same TLS and user.
+    let mut bare = within(
+        "bare client",
+        drover_store::bare_client(&as_user(tls_config(etcd.endpoints(), &files), &root)),
+    )
+    .await
+    .expect("bare client as root");
+    let got = within("bare get", bare.get(format!("{p}/k"), None))
+        .await
+        .expect("bare get");
+    assert_eq!(got.kvs().len(), 1);
+
     // The wrong password: etcd's own message, the user and the endpoint, at connect.
     let dir = tempfile::tempdir().expect("tempdir");
     let wrong = EtcdUser {
