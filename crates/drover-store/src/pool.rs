@@ -141,6 +141,14 @@ impl Pool {
         if p.authenticated {
             return Ok(());
         }
+        // Boxed: every store call awaits this; the slow path's future (an authenticate
+        // request) need not take room in each of theirs.
+        Box::pin(self.authenticate_now(p, user)).await
+    }
+
+    /// [`authenticate`](Self::authenticate)'s slow path: one at a time per endpoint, unless a
+    /// concurrent caller has done it meanwhile.
+    async fn authenticate_now(&self, p: &Picked, user: &Credentials) -> Result<(), AuthFailure> {
         let e = &self.endpoints[p.index];
         let _one_at_a_time = e.auth.lock().await;
         {

@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use crate::backoff::Backoff;
 use crate::codec::{decode, prefix_end, raw_versioned};
 use crate::error::{classify, describe, Class, Error, Result};
-use crate::pool::{AuthFailure, Picked};
+use crate::pool::AuthFailure;
 use crate::store::{Store, Versioned};
 
 /// What a watcher reports.
@@ -292,9 +292,12 @@ fn convert<T: DeserializeOwned>(ev: &etcd_client::Event) -> Result<Event<T>> {
 }
 
 /// An open etcd watch and the endpoint it runs on.
+///
+/// Kept small (the endpoint's index, not its client): a failed open's `Result` of it is held
+/// across the retry's sleep in the watcher's pending step.
 pub(crate) struct WatchConn {
     stream: WatchStream,
-    picked: Picked,
+    endpoint: usize,
 }
 
 /// What one read from a watch gave.
@@ -334,12 +337,13 @@ impl WatchConn {
 
     /// Marks the endpoint dead after the watch broke in transport.
     pub(crate) async fn fail(&self, store: &Store, reason: &str) {
-        store.inner.pool.mark_dead(self.picked.index, reason).await;
+        store.inner.pool.mark_dead(self.endpoint, reason).await;
     }
 
     /// Fetches a fresh auth token for the endpoint's client after a denial.
     pub(crate) async fn refresh_token(&self, store: &Store) {
-        store.inner.pool.refresh_token(&self.picked).await;
+        let p = store.inner.pool.at(self.endpoint);
+        store.inner.pool.refresh_token(&p).await;
     }
 }
 
@@ -395,7 +399,10 @@ pub(crate) async fn open_watch(
         Ok(Ok(stream)) => {
             store.inner.pool.mark_alive(p.index);
             tracing::debug!(endpoint = %p.url, key, start_revision, "watch opened");
-            return Ok(WatchConn { stream, picked: p });
+            return Ok(WatchConn {
+                stream,
+                endpoint: p.index,
+            });
         }
         Ok(Err(e)) => {
             if classify(&e) == Class::EndpointDown {
