@@ -1,4 +1,5 @@
-//! Store configuration: endpoints, timeouts, retry policy, and their documented defaults.
+//! Store configuration: endpoints, TLS and user, timeouts, retry policy, and their documented
+//! defaults.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -6,6 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::security::{check_endpoints, Scheme, TlsConfig, UserConfig};
 
 /// How to reach etcd and how hard to try.
 ///
@@ -13,8 +15,15 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
-    /// etcd client URLs, `http://host:port` or `host:port`. Default: `["http://127.0.0.1:2379"]`.
+    /// etcd client URLs, `http://host:port`, `https://host:port` or `host:port` (then
+    /// `https://` when `tls` is set, else `http://`); all must use the same scheme.
+    /// Default: `["http://127.0.0.1:2379"]`.
     pub endpoints: Vec<String>,
+    /// TLS to etcd: the CA to verify its certificate with, and a client certificate.
+    /// Default: none (plain http).
+    pub tls: TlsConfig,
+    /// The etcd user to authenticate as, when etcd's auth is on. Default: none.
+    pub user: Option<UserConfig>,
     /// Bound on establishing a connection, and on [`Store::connect`](crate::Store::connect)
     /// as a whole. Default: 3 s.
     #[serde(with = "drover_api::duration::human")]
@@ -60,6 +69,8 @@ impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             endpoints: vec!["http://127.0.0.1:2379".to_string()],
+            tls: TlsConfig::default(),
+            user: None,
             connect_timeout: Duration::from_secs(3),
             request_timeout: Duration::from_secs(5),
             keepalive_interval: Duration::from_secs(5),
@@ -90,9 +101,11 @@ impl StoreConfig {
         if self.endpoints.is_empty() {
             return bad("endpoints: at least one etcd endpoint is required".into());
         }
-        for e in &self.endpoints {
-            normalize_endpoint(e)?;
+        self.tls.validate()?;
+        if let Some(user) = &self.user {
+            user.validate()?;
         }
+        self.urls()?;
         for (name, d) in [
             ("connect_timeout", self.connect_timeout),
             ("request_timeout", self.request_timeout),
@@ -120,11 +133,12 @@ impl StoreConfig {
         self.retry.validate()
     }
 
-    /// The endpoints as `http://` URLs.
+    /// The endpoints as `http://` or `https://` URLs, all the same.
     pub(crate) fn urls(&self) -> Result<Vec<String>> {
+        let scheme = check_endpoints(&self.endpoints, &self.tls)?;
         self.endpoints
             .iter()
-            .map(|e| normalize_endpoint(e))
+            .map(|e| normalize_endpoint(e, scheme))
             .collect()
     }
 }
@@ -171,37 +185,34 @@ impl RetryConfig {
     }
 }
 
-/// `host:port` → `http://host:port`; `http://…` is kept; anything else is an error.
-pub(crate) fn normalize_endpoint(endpoint: &str) -> Result<String> {
+/// `host:port` → `<scheme>host:port`; `http://…` and `https://…` are kept (their agreement with
+/// `scheme` is [`check_endpoints`]' job); anything else is an error.
+fn normalize_endpoint(endpoint: &str, scheme: Scheme) -> Result<String> {
     let e = endpoint.trim().trim_end_matches('/');
-    if e.starts_with("https://") {
-        return Err(Error::InvalidConfig(format!(
-            "endpoints: {endpoint}: TLS is not supported by this build; use http://"
-        )));
-    }
-    let url = if e.starts_with("http://") {
-        e.to_string()
+    let host_port = if let Some(rest) = e.strip_prefix(scheme.prefix()) {
+        rest
     } else if e.contains("://") {
         return Err(Error::InvalidConfig(format!(
-            "endpoints: {endpoint}: unsupported scheme"
+            "endpoints: {endpoint}: unsupported scheme (use http:// or https://)"
         )));
     } else {
-        format!("http://{e}")
+        e
     };
-    let host_port = &url["http://".len()..];
     let port_ok = host_port
         .rsplit_once(':')
         .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
     if !port_ok || host_port.contains('/') {
         return Err(Error::InvalidConfig(format!(
-            "endpoints: {endpoint}: expected host:port or http://host:port"
+            "endpoints: {endpoint}: expected host:port, http://host:port or https://host:port"
         )));
     }
-    Ok(url)
+    Ok(format!("{}{host_port}", scheme.prefix()))
 }
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     #[test]
@@ -210,19 +221,40 @@ mod tests {
     }
 
     #[test]
-    fn endpoints_accept_both_forms() {
+    fn endpoints_accept_every_form() {
+        let http = |e: &str| normalize_endpoint(e, Scheme::Http);
+        assert_eq!(http("127.0.0.1:2379").expect("ok"), "http://127.0.0.1:2379");
         assert_eq!(
-            normalize_endpoint("127.0.0.1:2379").expect("ok"),
-            "http://127.0.0.1:2379"
-        );
-        assert_eq!(
-            normalize_endpoint("http://localhost:2379/").expect("ok"),
+            http("http://localhost:2379/").expect("ok"),
             "http://localhost:2379"
         );
-        assert!(normalize_endpoint("https://a:1").is_err());
-        assert!(normalize_endpoint("a").is_err());
-        assert!(normalize_endpoint("a:notaport").is_err());
-        assert!(normalize_endpoint("unix://x").is_err());
+        assert!(http("a").is_err());
+        assert!(http("a:notaport").is_err());
+        assert!(http("unix://x").is_err());
+        let https = |e: &str| normalize_endpoint(e, Scheme::Https);
+        assert_eq!(https("a:1").expect("ok"), "https://a:1");
+        assert_eq!(https("https://a:1/").expect("ok"), "https://a:1");
+        assert!(https("https://a").is_err());
+    }
+
+    #[test]
+    fn https_endpoints_need_a_ca_and_every_endpoint_the_same_scheme() {
+        let msg = StoreConfig::new(["https://a:1"])
+            .validate()
+            .expect_err("no CA")
+            .to_string();
+        assert!(msg.contains("--etcd-cafile"), "{msg}");
+        let mut cfg = StoreConfig::new(["https://a:1", "b:2"]);
+        cfg.tls.ca_file = Some("ca.pem".into());
+        cfg.validate().expect("CA given; b:2 becomes https");
+        assert_eq!(cfg.urls().expect("urls"), ["https://a:1", "https://b:2"]);
+        cfg.endpoints.push("http://c:3".into());
+        let msg = cfg.validate().expect_err("mixed").to_string();
+        assert!(msg.contains("http://c:3"), "{msg}");
+        cfg.endpoints = vec!["a:1".into()];
+        cfg.tls.cert_file = Some("client.pem".into());
+        let msg = cfg.validate().expect_err("no key").to_string();
+        assert!(msg.contains("--etcd-keyfile"), "{msg}");
     }
 
     #[test]
@@ -249,5 +281,11 @@ mod tests {
         assert_eq!(cfg.retry.max_attempts, 2);
         assert_eq!(cfg.retry.initial_backoff, Duration::from_millis(50));
         assert!(serde_json::from_str::<StoreConfig>(r#"{"nope":1}"#).is_err());
+        let json = r#"{"endpoints":["https://a:1"],"tls":{"ca_file":"/ca.pem"},
+            "user":{"name":"root","password_file":"/pw"}}"#;
+        let cfg: StoreConfig = serde_json::from_str(json).expect("parse");
+        assert_eq!(cfg.tls.ca_file.as_deref(), Some(Path::new("/ca.pem")));
+        assert_eq!(cfg.user.as_ref().map(|u| u.name.as_str()), Some("root"));
+        cfg.validate().expect("valid");
     }
 }

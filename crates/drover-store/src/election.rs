@@ -157,6 +157,12 @@ impl Election {
                         tokio::time::sleep(backoff.next_wait_forever()).await;
                         break;
                     }
+                    WatchMessage::Denied(reason) => {
+                        tracing::debug!(%reason, "campaign watch denied; refreshing the token");
+                        conn.refresh_token(&self.store).await;
+                        tokio::time::sleep(backoff.next_wait_forever()).await;
+                        break;
+                    }
                 }
             }
         }
@@ -407,6 +413,12 @@ async fn monitor(store: Store, fence: Fence, lost: watch::Sender<bool>) {
                 WatchMessage::Compacted(_) => break,
                 WatchMessage::Broken(reason) => {
                     conn.fail(&store, &reason).await;
+                    tokio::time::sleep(backoff.next_wait_forever()).await;
+                    break;
+                }
+                WatchMessage::Denied(reason) => {
+                    tracing::debug!(%reason, "leader key watch denied; refreshing the token");
+                    conn.refresh_token(&store).await;
                     tokio::time::sleep(backoff.next_wait_forever()).await;
                     break;
                 }

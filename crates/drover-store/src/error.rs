@@ -27,6 +27,29 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// A TLS or password file named in the config cannot be used.
+    #[error("cannot use the {what} {}: {reason}", path.display())]
+    Credentials {
+        /// Which file, with the flag that sets it, e.g. `CA file (--etcd-cafile)`.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why: the I/O error, or what the contents lack.
+        reason: String,
+    },
+
+    /// etcd refused to authenticate the configured user (wrong password, unknown user).
+    /// Retrying will not help.
+    #[error("etcd refused user {user} at {endpoint}: {reason}")]
+    AuthFailed {
+        /// The user name.
+        user: String,
+        /// The endpoint that refused it.
+        endpoint: String,
+        /// etcd's message.
+        reason: String,
+    },
+
     /// No endpoint answered while connecting, within the connect timeout.
     #[error("etcd unreachable at {endpoints} (tried for {timeout:?}): {reason}")]
     Unreachable {
@@ -227,6 +250,29 @@ fn looks_like_transport(msg: &str) -> bool {
     .any(|needle| msg.contains(needle))
 }
 
+/// An etcd-client error with the causes it wraps: tonic's transport errors print only
+/// "transport error" themselves, while the reason (a refused connection, a certificate the
+/// server or the client did not accept) is in their sources.
+pub(crate) fn describe(e: &etcd_client::Error) -> String {
+    use std::error::Error as _;
+    let mut out = e.to_string();
+    let mut next: Option<&(dyn std::error::Error + 'static)> = match e {
+        etcd_client::Error::TransportError(t) => t.source(),
+        etcd_client::Error::GRpcStatus(s) => s.source(),
+        etcd_client::Error::IoError(io) => io.source(),
+        _ => None,
+    };
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = cause.source();
+    }
+    out
+}
+
 /// A [`Error::Compacted`] for `revision` when etcd did not say how far it compacted.
 pub(crate) fn compacted(revision: i64) -> Error {
     Error::Compacted {
@@ -278,6 +324,13 @@ mod tests {
         assert_eq!(classify(&io), Class::EndpointDown);
         let ka = etcd_client::Error::LeaseKeepAliveError("lease not found".into());
         assert_eq!(classify(&ka), Class::LeaseNotFound);
+    }
+
+    #[test]
+    fn descriptions_carry_the_causes() {
+        let io = std::io::Error::other(std::io::Error::other("certificate required"));
+        let text = describe(&etcd_client::Error::IoError(io));
+        assert!(text.contains("certificate required"), "{text}");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::error::{classify, Class, Error, Result};
+use crate::error::{classify, describe, Class, Error, Result};
 use crate::pool::Idempotency;
 use crate::store::Store;
 
@@ -200,10 +200,10 @@ impl Store {
             Ok(Err(e)) => match classify(&e) {
                 Class::LeaseNotFound => Err(Error::LeaseNotFound { id: id.0 }),
                 Class::EndpointDown => {
-                    self.inner.pool.mark_dead(p.index, &e.to_string()).await;
-                    Err(unavailable(e.to_string()))
+                    self.inner.pool.mark_dead(p.index, &describe(&e)).await;
+                    Err(unavailable(describe(&e)))
                 }
-                _ => Err(unavailable(e.to_string())),
+                _ => Err(unavailable(describe(&e))),
             },
             // Silent, not failed: an election looks the same from here.
             Err(_) => Err(unavailable(format!("no keep-alive answer within {wait:?}"))),
@@ -456,7 +456,7 @@ async fn ping(keeper: &mut LeaseKeeper, stream: &mut LeaseKeepAliveStream, wait:
         Ok(Ok(Some(resp))) if resp.ttl() > 0 => Ping::Acked,
         Ok(Ok(Some(_))) => Ping::NotFound,
         Ok(Ok(None)) => Ping::Failed("keep-alive stream closed".into()),
-        Ok(Err(e)) => Ping::Failed(e.to_string()),
+        Ok(Err(e)) => Ping::Failed(describe(&e)),
         Err(_) => Ping::Failed(format!("no keep-alive answer within {wait:?}")),
     }
 }

@@ -1,9 +1,16 @@
 //! Endpoint failover: one etcd client per endpoint, dead endpoints avoided for a cool-down, and
-//! the retry loop every store call goes through.
+//! the retry loop every store call goes through. Every client gets the same connection
+//! settings: TLS, and the etcd user it authenticates as.
 //!
 //! etcd-client balances over its endpoints but never drops a dead one, so a killed member keeps
 //! receiving a share of requests. Here each endpoint has its own client; calls stick to one
 //! live endpoint and move on when it fails in transport.
+//!
+//! With a user configured, each client authenticates before its first call, not when it is
+//! built: etcd-client's `connect` with a user must reach the member, and a member that is down
+//! when a process starts (or when its client is replaced) must not stop the others from
+//! being used. The token is then kept by etcd-client, which also re-authenticates once when a
+//! unary call meets an expired token (`with_auto_token_refresh`).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,17 +22,24 @@ use tokio::time::Instant;
 
 use crate::backoff::Backoff;
 use crate::config::StoreConfig;
-use crate::error::{classify, Class, Error, Result};
+use crate::error::{classify, describe, Class, Error, Result};
+use crate::security::{self, Credentials};
 
 /// One endpoint with its client and health mark.
 struct Endpoint {
     url: String,
     state: Mutex<EndpointState>,
+    /// Held while the client authenticates, so concurrent first calls authenticate once.
+    auth: tokio::sync::Mutex<()>,
 }
 
 struct EndpointState {
     client: Client,
     dead_until: Option<Instant>,
+    /// Bumped whenever `client` is replaced.
+    generation: u64,
+    /// Whether `client` holds a token (always true without a user).
+    authenticated: bool,
 }
 
 /// The clients of all endpoints.
@@ -34,6 +48,8 @@ pub(crate) struct Pool {
     preferred: AtomicUsize,
     options: ConnectOptions,
     cooldown: Duration,
+    user: Option<Credentials>,
+    auth_timeout: Duration,
 }
 
 /// A client picked for one attempt, and where it points.
@@ -42,6 +58,20 @@ pub(crate) struct Picked {
     pub index: usize,
     pub url: String,
     pub client: Client,
+    generation: u64,
+    authenticated: bool,
+}
+
+/// Why a client could not authenticate.
+#[derive(Debug)]
+pub(crate) enum AuthFailure {
+    /// etcd refused the user (wrong password, unknown user): retrying will not help.
+    Refused(Error),
+    /// The member did not answer: try another endpoint.
+    Down(String),
+    /// The member answered that it cannot now (authenticating is a raft request, refused
+    /// during an election with "leader changed"): try again shortly.
+    Transient(String),
 }
 
 /// Whether a call may be repeated after a transport failure.
@@ -54,23 +84,27 @@ pub(crate) enum Idempotency {
 }
 
 impl Pool {
-    /// Builds the clients. Nothing is dialled yet (connections are lazy).
+    /// Reads the TLS and password files and builds the clients. Nothing is dialled yet
+    /// (connections are lazy, and so is authentication: see [`Pool::authenticate`]).
     pub(crate) async fn new(cfg: &StoreConfig) -> Result<Pool> {
-        let options = ConnectOptions::new()
-            .with_connect_timeout(cfg.connect_timeout)
-            .with_keep_alive(cfg.keepalive_interval, cfg.keepalive_timeout)
-            .with_keep_alive_while_idle(true)
-            // A member cut off from the quorum refuses instead of serving stale watches.
-            .with_require_leader(true);
+        let loaded = security::load(&cfg.tls, cfg.user.as_ref())?;
+        let options = connect_options(cfg, &loaded);
+        let urls = cfg.urls()?;
+        if loaded.user.is_some() && urls.iter().any(|u| u.starts_with("http://")) {
+            tracing::warn!("the etcd password is sent over plain http; use https:// endpoints");
+        }
         let mut endpoints = Vec::new();
-        for url in cfg.urls()? {
+        for url in urls {
             let client = build_client(&url, &options).await?;
             endpoints.push(Endpoint {
                 url,
                 state: Mutex::new(EndpointState {
                     client,
                     dead_until: None,
+                    generation: 0,
+                    authenticated: loaded.user.is_none(),
                 }),
+                auth: tokio::sync::Mutex::new(()),
             });
         }
         Ok(Pool {
@@ -78,7 +112,97 @@ impl Pool {
             preferred: AtomicUsize::new(0),
             options,
             cooldown: cfg.dead_endpoint_cooldown,
+            user: loaded.user,
+            auth_timeout: cfg.request_timeout,
         })
+    }
+
+    /// Authenticates `p`'s client as the configured user unless it already did (a no-op
+    /// without a user).
+    ///
+    /// # Guarantees
+    ///
+    /// - Concurrent callers on one endpoint authenticate once.
+    /// - Bounded by the request timeout; a member that does not answer is
+    ///   [`AuthFailure::Down`], one in an election [`AuthFailure::Transient`], and nothing
+    ///   else was sent to it.
+    /// - An etcd whose auth is off answers "authentication is not enabled": that counts as
+    ///   done (requests need no token then), with a warning.
+    ///
+    /// # Caveats
+    ///
+    /// Lease keep-alive streams are opened without this: etcd does not check tokens on
+    /// `LeaseKeepAlive`, and an extra authentication (a raft round and a bcrypt check on
+    /// the server) would slow the keep-alive's failover to another member.
+    pub(crate) async fn authenticate(&self, p: &Picked) -> Result<(), AuthFailure> {
+        let Some(user) = &self.user else {
+            return Ok(());
+        };
+        if p.authenticated {
+            return Ok(());
+        }
+        // Boxed: every store call awaits this; the slow path's future (an authenticate
+        // request) need not take room in each of theirs.
+        Box::pin(self.authenticate_now(p, user)).await
+    }
+
+    /// [`authenticate`](Self::authenticate)'s slow path: one at a time per endpoint, unless a
+    /// concurrent caller has done it meanwhile.
+    async fn authenticate_now(&self, p: &Picked, user: &Credentials) -> Result<(), AuthFailure> {
+        let e = &self.endpoints[p.index];
+        let _one_at_a_time = e.auth.lock().await;
+        {
+            let st = lock(&e.state);
+            if st.generation == p.generation && st.authenticated {
+                return Ok(());
+            }
+        }
+        let mut client = p.client.clone();
+        let creds = Some((user.name.clone(), user.password.clone()));
+        match tokio::time::timeout(self.auth_timeout, client.update_user(creds)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) if describe(&err).contains("authentication is not enabled") => {
+                tracing::warn!(endpoint = %p.url, user = %user.name, "etcd's auth is off; sending requests without a user");
+            }
+            Ok(Err(err)) => {
+                return Err(match classify(&err) {
+                    Class::EndpointDown => AuthFailure::Down(describe(&err)),
+                    Class::Transient => AuthFailure::Transient(describe(&err)),
+                    _ => AuthFailure::Refused(Error::AuthFailed {
+                        user: user.name.clone(),
+                        endpoint: p.url.clone(),
+                        reason: describe(&err),
+                    }),
+                })
+            }
+            Err(_) => {
+                return Err(AuthFailure::Down(format!(
+                    "no answer to authenticate within {:?}",
+                    self.auth_timeout
+                )))
+            }
+        }
+        let mut st = lock(&e.state);
+        if st.generation == p.generation {
+            st.authenticated = true;
+        }
+        Ok(())
+    }
+
+    /// The token of `p`'s client was refused (expired): fetch a new one. Best effort; a
+    /// failure shows in the next call.
+    pub(crate) async fn refresh_token(&self, p: &Picked) {
+        if self.user.is_none() {
+            return;
+        }
+        let refresh = p.client.refresh_token();
+        match tokio::time::timeout(self.auth_timeout, refresh).await {
+            Ok(Ok(())) => tracing::debug!(endpoint = %p.url, "etcd auth token refreshed"),
+            Ok(Err(err)) => {
+                tracing::warn!(endpoint = %p.url, error = %describe(&err), "refreshing the etcd auth token failed");
+            }
+            Err(_) => tracing::warn!(endpoint = %p.url, "refreshing the etcd auth token timed out"),
+        }
     }
 
     pub(crate) fn urls(&self) -> Vec<String> {
@@ -97,6 +221,8 @@ impl Pool {
             index,
             url: e.url.clone(),
             client: st.client.clone(),
+            generation: st.generation,
+            authenticated: st.authenticated,
         }
     }
 
@@ -143,6 +269,8 @@ impl Pool {
             st.dead_until = Some(Instant::now() + self.cooldown);
             if let Some(c) = fresh {
                 st.client = c;
+                st.generation += 1;
+                st.authenticated = self.user.is_none();
             }
         }
         let n = self.endpoints.len();
@@ -165,8 +293,10 @@ impl Pool {
     /// # Guarantees
     ///
     /// - An `Idempotency::Once` call is sent at most once; a transport failure or timeout
-    ///   becomes [`Error::OutcomeUnknown`].
-    /// - Compaction, a missing lease and rejections are returned at once, never retried.
+    ///   becomes [`Error::OutcomeUnknown`]. Failing to authenticate first sends nothing, so
+    ///   that is retried for every call.
+    /// - Compaction, a missing lease, rejections and a refused user are returned at once,
+    ///   never retried.
     pub(crate) async fn call<T, F, Fut>(
         &self,
         op: &'static str,
@@ -181,13 +311,23 @@ impl Pool {
     {
         loop {
             let p = self.pick();
-            let (class, reason) = match tokio::time::timeout(timeout, f(p.client.clone())).await {
-                Ok(Ok(v)) => {
-                    self.mark_alive(p.index);
-                    return Ok(v);
-                }
-                Ok(Err(e)) => (classify(&e), e.to_string()),
-                Err(_) => (Class::EndpointDown, format!("no answer within {timeout:?}")),
+            let sent = match self.authenticate(&p).await {
+                Err(AuthFailure::Refused(error)) => return Err(error),
+                Err(AuthFailure::Down(reason)) => Err((Class::EndpointDown, reason)),
+                Err(AuthFailure::Transient(reason)) => Err((Class::Transient, reason)),
+                Ok(()) => match tokio::time::timeout(timeout, f(p.client.clone())).await {
+                    Ok(Ok(v)) => {
+                        self.mark_alive(p.index);
+                        return Ok(v);
+                    }
+                    Ok(Err(e)) => Ok((classify(&e), describe(&e))),
+                    Err(_) => Ok((Class::EndpointDown, format!("no answer within {timeout:?}"))),
+                },
+            };
+            // `Err`: authenticating failed, so the call itself was never sent.
+            let (class, reason, was_sent) = match sent {
+                Ok((class, reason)) => (class, reason, true),
+                Err((class, reason)) => (class, reason, false),
             };
             match class {
                 Class::Compacted => return Err(crate::error::compacted(0)),
@@ -196,7 +336,7 @@ impl Pool {
                 Class::EndpointDown => self.mark_dead(p.index, &reason).await,
                 Class::Transient => {}
             }
-            if idem == Idempotency::Once {
+            if idem == Idempotency::Once && was_sent {
                 return Err(Error::OutcomeUnknown {
                     op,
                     endpoint: p.url,
@@ -220,10 +360,52 @@ impl Pool {
     }
 }
 
+/// The options of every client: timeouts, HTTP/2 keep-alive, TLS. The user is not among
+/// them: [`Pool::authenticate`] adds it.
+fn connect_options(cfg: &StoreConfig, loaded: &security::Loaded) -> ConnectOptions {
+    let mut options = ConnectOptions::new()
+        .with_connect_timeout(cfg.connect_timeout)
+        .with_keep_alive(cfg.keepalive_interval, cfg.keepalive_timeout)
+        .with_keep_alive_while_idle(true)
+        // A member cut off from the quorum refuses instead of serving stale watches.
+        .with_require_leader(true)
+        // Simple tokens expire after `--auth-token-ttl` (5 min) without use: a unary call
+        // that meets an expired one re-authenticates and is sent again, once.
+        .with_auto_token_refresh(loaded.user.is_some());
+    if let Some(tls) = &loaded.tls {
+        options = options.with_tls(tls.clone());
+    }
+    options
+}
+
+/// An etcd-client [`Client`] of its own (its own connection to each endpoint, balanced by
+/// etcd-client) with `cfg`'s TLS and user: for measuring bare etcd next to the store, as
+/// `drover bench` does.
+///
+/// # Caveats
+///
+/// None of the store's failover or retries; with a user it authenticates while connecting,
+/// so every endpoint must answer then.
+pub async fn bare_client(cfg: &StoreConfig) -> Result<Client> {
+    cfg.validate()?;
+    let loaded = security::load(&cfg.tls, cfg.user.as_ref())?;
+    let mut options = connect_options(cfg, &loaded);
+    if let Some(user) = &loaded.user {
+        options = options.with_user(user.name.clone(), user.password.clone());
+    }
+    Client::connect(cfg.urls()?, Some(options))
+        .await
+        .map_err(|e| Error::Unreachable {
+            endpoints: cfg.endpoints.join(","),
+            timeout: cfg.connect_timeout,
+            reason: describe(&e),
+        })
+}
+
 async fn build_client(url: &str, options: &ConnectOptions) -> Result<Client> {
     Client::connect([url], Some(options.clone()))
         .await
-        .map_err(|e| Error::InvalidConfig(format!("endpoints: {url}: {e}")))
+        .map_err(|e| Error::InvalidConfig(format!("endpoints: {url}: {}", describe(&e))))
 }
 
 /// Locks a mutex, ignoring poisoning: the guarded state is always left consistent.

@@ -15,9 +15,9 @@ use crate::codec::{
     decode, encode, first_range_kv, lease_error, prefix_end, put_options, raw_versioned,
 };
 use crate::config::StoreConfig;
-use crate::error::{Error, Result};
+use crate::error::{describe, Error, Result};
 use crate::lease::LeaseId;
-use crate::pool::{Idempotency, Pool};
+use crate::pool::{AuthFailure, Idempotency, Picked, Pool};
 use crate::write_log::{txn_wrote, WriteLog};
 
 /// A value with the etcd metadata that came with it.
@@ -97,6 +97,76 @@ pub enum CreateOutcome {
     },
 }
 
+/// How often [`probe`] asks an endpoint that closed the connection.
+const PROBE_ATTEMPTS: usize = 4;
+/// The pause between [`probe`]'s attempts to authenticate during an etcd election.
+const AUTH_RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// Endpoint `index`'s answer at connect: its status within `timeout`, then (with a user)
+/// authenticating, retried within `auth_timeout` while the member is electing a leader.
+///
+/// # Caveats
+///
+/// A TLS connection that etcd closes right after the handshake (it refused the client
+/// certificate; under TLS 1.3 the client already counts the handshake done) shows first as
+/// "connection closed" or "broken pipe". Asking again usually gets etcd's alert itself
+/// ("received fatal alert: BadCertificate"), which says what is wrong; when it does not, the
+/// reason says what to check.
+async fn probe(
+    pool: &Pool,
+    index: usize,
+    timeout: Duration,
+    auth_timeout: Duration,
+    tls: bool,
+) -> Result<(), AuthFailure> {
+    let p = pool.at(index);
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut reason = String::new();
+    for _ in 0..PROBE_ATTEMPTS {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let mut client = p.client.clone();
+        match tokio::time::timeout(left, client.status()).await {
+            Ok(Ok(_)) => return authenticate_soon(pool, &p, auth_timeout).await,
+            Ok(Err(e)) => reason = describe(&e),
+            Err(_) => return Err(AuthFailure::Down(format!("no answer within {timeout:?}"))),
+        }
+        if !closed_at_once(&reason) {
+            break;
+        }
+    }
+    if tls && closed_at_once(&reason) {
+        reason.push_str(
+            " (over TLS this is often etcd refusing the client certificate: check \
+             --etcd-certfile and --etcd-keyfile, and that etcd trusts their CA)",
+        );
+    }
+    Err(AuthFailure::Down(reason))
+}
+
+/// Whether a failure looks like a connection the server dropped right after accepting it.
+fn closed_at_once(reason: &str) -> bool {
+    ["connection closed", "broken pipe", "connection reset"]
+        .iter()
+        .any(|needle| reason.contains(needle))
+}
+
+/// Authenticates `p`, retrying while the member answers "not now" (an election), for at most
+/// `within`.
+async fn authenticate_soon(pool: &Pool, p: &Picked, within: Duration) -> Result<(), AuthFailure> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match pool.authenticate(p).await {
+            Err(AuthFailure::Transient(reason)) => {
+                if tokio::time::Instant::now() + AUTH_RETRY_PAUSE >= deadline {
+                    return Err(AuthFailure::Transient(reason));
+                }
+                tokio::time::sleep(AUTH_RETRY_PAUSE).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// A cheap, cloneable handle to etcd. Values are JSON; keys are UTF-8 strings.
 ///
 /// The store knows nothing about Drover's resource types: every typed call is generic over
@@ -121,38 +191,38 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// Validates `cfg` and connects, checking that at least one endpoint answers.
+    /// Validates `cfg`, reads its TLS and password files, and connects, checking that at
+    /// least one endpoint answers (and, with a user, accepts it).
     ///
     /// # Guarantees
     ///
-    /// Returns within about `cfg.connect_timeout`. When no endpoint answers, the error is
-    /// [`Error::Unreachable`] naming every endpoint. Endpoints that did not answer start out
-    /// marked dead, so the first calls go to one that did.
+    /// Returns within about `cfg.connect_timeout` (plus, with a user, one `request_timeout`
+    /// to authenticate, retried while etcd elects a leader).
+    /// When no endpoint answers, the error is [`Error::Unreachable`] naming every endpoint and
+    /// the last reason (a TLS handshake etcd or this client refused shows there). Endpoints
+    /// that did not answer start out marked dead, so the first calls go to one that did. A
+    /// file that cannot be used is [`Error::Credentials`]; a user etcd refuses is
+    /// [`Error::AuthFailed`].
     pub async fn connect(cfg: StoreConfig) -> Result<Store> {
         cfg.validate()?;
         let write_log = cfg.write_log.as_deref().map(WriteLog::open).transpose()?;
         let pool = Pool::new(&cfg).await?;
+        let tls = cfg.tls.is_enabled();
         let probes = (0..pool.len()).map(|i| {
-            let p = pool.at(i);
-            async move {
-                let mut c = p.client;
-                let res = tokio::time::timeout(cfg.connect_timeout, c.status()).await;
-                (i, res)
-            }
+            let pool = &pool;
+            let (timeout, auth_timeout) = (cfg.connect_timeout, cfg.request_timeout);
+            async move { (i, probe(pool, i, timeout, auth_timeout, tls).await) }
         });
         let results = futures::future::join_all(probes).await;
         let mut live = 0;
         let mut last = String::new();
         for (i, res) in results {
             match res {
-                Ok(Ok(_)) => live += 1,
-                Ok(Err(e)) => {
-                    last = e.to_string();
-                    pool.mark_dead(i, &last).await;
-                }
-                Err(_) => {
-                    last = format!("no answer within {:?}", cfg.connect_timeout);
-                    pool.mark_dead(i, &last).await;
+                Ok(()) => live += 1,
+                Err(AuthFailure::Refused(error)) => return Err(error),
+                Err(AuthFailure::Down(reason) | AuthFailure::Transient(reason)) => {
+                    pool.mark_dead(i, &reason).await;
+                    last = reason;
                 }
             }
         }

@@ -11,7 +11,8 @@ use serde::de::DeserializeOwned;
 
 use crate::backoff::Backoff;
 use crate::codec::{decode, prefix_end, raw_versioned};
-use crate::error::{classify, Class, Error, Result};
+use crate::error::{classify, describe, Class, Error, Result};
+use crate::pool::AuthFailure;
 use crate::store::{Store, Versioned};
 
 /// What a watcher reports.
@@ -243,6 +244,16 @@ async fn step<T: DeserializeOwned>(ctx: &mut Ctx, mut state: State) -> (Result<E
                         tokio::time::sleep(wait).await;
                         State::InitListed { revision }
                     }
+                    WatchMessage::Denied(reason) => {
+                        // The member is fine; the client's token may have expired (after a
+                        // failover to a member it last used long ago). A fresh one fixes that;
+                        // a role without read access keeps being denied, warned each time.
+                        let wait = ctx.backoff.next_wait_forever();
+                        tracing::warn!(prefix = %ctx.prefix, %reason, revision, ?wait, "watch denied; refreshing the auth token and resuming");
+                        Box::pin(conn.refresh_token(&ctx.store)).await;
+                        tokio::time::sleep(wait).await;
+                        State::InitListed { revision }
+                    }
                 }
             }
         };
@@ -281,6 +292,9 @@ fn convert<T: DeserializeOwned>(ev: &etcd_client::Event) -> Result<Event<T>> {
 }
 
 /// An open etcd watch and the endpoint it runs on.
+///
+/// Kept small (the endpoint's index, not its client): a failed open's `Result` of it is held
+/// across the retry's sleep in the watcher's pending step.
 pub(crate) struct WatchConn {
     stream: WatchStream,
     endpoint: usize,
@@ -294,6 +308,10 @@ pub(crate) enum WatchMessage {
     Compacted(i64),
     /// The watch ended or failed; resume elsewhere.
     Broken(String),
+    /// etcd canceled the watch at creation for its auth: the token this client holds expired
+    /// ("invalid auth token"; etcd checks it when a watch is created, not on an open stream),
+    /// or the user's role may not read the range ("permission denied").
+    Denied(String),
 }
 
 impl WatchConn {
@@ -301,15 +319,19 @@ impl WatchConn {
     pub(crate) async fn next(&mut self) -> WatchMessage {
         match self.stream.message().await {
             Ok(Some(resp)) if resp.canceled() => {
+                let reason = format!("watch canceled: {}", resp.cancel_reason());
                 if resp.compact_revision() > 0 {
                     WatchMessage::Compacted(resp.compact_revision())
+                } else if is_denial(resp.cancel_reason()) {
+                    WatchMessage::Denied(reason)
                 } else {
-                    WatchMessage::Broken(format!("watch canceled: {}", resp.cancel_reason()))
+                    WatchMessage::Broken(reason)
                 }
             }
             Ok(Some(resp)) => WatchMessage::Events(resp.events().to_vec()),
             Ok(None) => WatchMessage::Broken("watch stream closed".into()),
-            Err(e) => WatchMessage::Broken(e.to_string()),
+            Err(e) if is_denial(&describe(&e)) => WatchMessage::Denied(describe(&e)),
+            Err(e) => WatchMessage::Broken(describe(&e)),
         }
     }
 
@@ -317,6 +339,18 @@ impl WatchConn {
     pub(crate) async fn fail(&self, store: &Store, reason: &str) {
         store.inner.pool.mark_dead(self.endpoint, reason).await;
     }
+
+    /// Fetches a fresh auth token for the endpoint's client after a denial.
+    pub(crate) async fn refresh_token(&self, store: &Store) {
+        let p = store.inner.pool.at(self.endpoint);
+        store.inner.pool.refresh_token(&p).await;
+    }
+}
+
+/// Whether etcd's reason for ending a watch is about auth: "permission denied" when the
+/// stream's token no longer names a user, "invalid auth token" on some versions.
+fn is_denial(reason: &str) -> bool {
+    reason.contains("permission denied") || reason.contains("invalid auth token")
 }
 
 /// Opens a watch on `key` (up to `range_end` if given) from `start_revision`, with previous
@@ -328,6 +362,25 @@ pub(crate) async fn open_watch(
     start_revision: i64,
 ) -> Result<WatchConn> {
     let p = store.inner.pool.pick();
+    match store.inner.pool.authenticate(&p).await {
+        Ok(()) => {}
+        Err(AuthFailure::Refused(error)) => return Err(error),
+        Err(AuthFailure::Down(reason)) => {
+            store.inner.pool.mark_dead(p.index, &reason).await;
+            return Err(Error::Unavailable {
+                op: "watch",
+                endpoint: p.url,
+                reason,
+            });
+        }
+        Err(AuthFailure::Transient(reason)) => {
+            return Err(Error::Unavailable {
+                op: "watch",
+                endpoint: p.url,
+                reason,
+            })
+        }
+    }
     let mut opts = WatchOptions::new()
         .with_start_revision(start_revision)
         .with_prev_key();
@@ -345,6 +398,7 @@ pub(crate) async fn open_watch(
     let reason = match res {
         Ok(Ok(stream)) => {
             store.inner.pool.mark_alive(p.index);
+            tracing::debug!(endpoint = %p.url, key, start_revision, "watch opened");
             return Ok(WatchConn {
                 stream,
                 endpoint: p.index,
@@ -352,9 +406,9 @@ pub(crate) async fn open_watch(
         }
         Ok(Err(e)) => {
             if classify(&e) == Class::EndpointDown {
-                store.inner.pool.mark_dead(p.index, &e.to_string()).await;
+                store.inner.pool.mark_dead(p.index, &describe(&e)).await;
             }
-            e.to_string()
+            describe(&e)
         }
         Err(_) => {
             let reason = format!("no answer within {timeout:?}");

@@ -1,9 +1,11 @@
-//! A multi-member etcd cluster on loopback, with per-member kill and restart.
+//! A multi-member etcd cluster on loopback (plain or TLS), with per-member kill and restart.
 
+use crate::certs::TlsFiles;
 use crate::etcd::{
     run_etcdctl, EtcdServer, EtcdctlError, MemberSpec, StartFailure, START_ATTEMPTS,
 };
 use crate::ports::free_port;
+use crate::secure::{EtcdOptions, EtcdUser, Pki};
 
 /// Several etcd members forming one cluster, each on its own free loopback ports and data dir.
 ///
@@ -23,7 +25,19 @@ impl EtcdCluster {
     /// When `size` is 0, when `etcd` is missing, or when the cluster does not become healthy
     /// within 30 s (the message carries the failing member's log).
     pub async fn start(size: usize) -> EtcdCluster {
+        EtcdCluster::start_with(size, EtcdOptions::default()).await
+    }
+
+    /// Starts `size` members secured as `options` say (see
+    /// [`EtcdServer::start_with`]); with `tls`, peers too speak TLS with client certificates
+    /// from the same CA, which every member shares.
+    ///
+    /// # Panics
+    ///
+    /// As [`start`](Self::start).
+    pub async fn start_with(size: usize, options: EtcdOptions) -> EtcdCluster {
         assert!(size > 0, "a cluster needs at least one member");
+        let pki = options.tls.then(Pki::generate);
         let mut last = String::new();
         for _ in 0..START_ATTEMPTS {
             let token = format!("drover-{:x}", rand::random::<u64>());
@@ -31,20 +45,23 @@ impl EtcdCluster {
             let initial_cluster = ports
                 .iter()
                 .enumerate()
-                .map(|(i, (_, peer))| MemberSpec::peer_url(&format!("m{i}"), *peer))
+                .map(|(i, (_, peer))| MemberSpec::peer_url(&format!("m{i}"), *peer, options))
                 .collect::<Vec<_>>()
                 .join(",");
             let mut members: Vec<EtcdServer> = ports
                 .iter()
                 .enumerate()
                 .map(|(i, (client_port, peer_port))| {
-                    EtcdServer::prepare(MemberSpec {
+                    let spec = MemberSpec {
                         name: format!("m{i}"),
                         client_port: *client_port,
                         peer_port: *peer_port,
+                        metrics_port: MemberSpec::metrics_port_for(options),
                         initial_cluster: initial_cluster.clone(),
                         token: token.clone(),
-                    })
+                        options,
+                    };
+                    EtcdServer::prepare(spec, pki.clone())
                 })
                 .collect();
             // All members must run before any can elect a leader.
@@ -112,7 +129,22 @@ impl EtcdCluster {
 
     /// Runs `etcdctl` against all members that were started.
     pub async fn etcdctl(&self, args: &[&str]) -> Result<String, EtcdctlError> {
-        run_etcdctl(&self.endpoints(), args).await
+        run_etcdctl(&self.endpoints(), self.members[0].access(), args).await
+    }
+
+    /// The certificates of a TLS cluster (see [`EtcdServer::tls_files`]).
+    pub fn tls_files(&self) -> Option<&TlsFiles> {
+        self.members[0].tls_files()
+    }
+
+    /// Adds the `root` user and turns on auth for the whole cluster (see
+    /// [`EtcdServer::enable_auth`]); every member's `etcdctl` then runs as root.
+    pub async fn enable_auth(&mut self) -> Result<EtcdUser, EtcdctlError> {
+        let root = self.members[0].enable_auth().await?;
+        for m in &mut self.members[1..] {
+            m.set_root(root.clone());
+        }
+        Ok(root)
     }
 }
 

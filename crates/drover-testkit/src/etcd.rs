@@ -1,5 +1,5 @@
-//! One etcd member as a child process: start on free loopback ports, health-wait, SIGKILL,
-//! restart on the same ports and data, and `etcdctl` against it.
+//! One etcd member as a child process: start on free loopback ports (plain or TLS),
+//! health-wait, SIGKILL, restart on the same ports and data, and `etcdctl` against it.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tempfile::TempDir;
@@ -19,7 +20,9 @@ use tokio::net::TcpStream;
 pub const ETCD_SERVER_FLAGS: &[&str] = &["--backend-batch-interval=10ms"];
 use tokio::time::Instant;
 
+use crate::certs::TlsFiles;
 use crate::ports::free_port;
+use crate::secure::{self, EtcdOptions, EtcdUser, EtcdctlAccess, Pki};
 
 /// How long a member may take to answer `/health` after being spawned.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -53,13 +56,24 @@ pub(crate) struct MemberSpec {
     pub name: String,
     pub client_port: u16,
     pub peer_port: u16,
+    /// Where `/health` is served over plain http when clients must speak TLS
+    /// (`--listen-metrics-urls`); `None` for a plain member, which serves it on the client port.
+    pub metrics_port: Option<u16>,
     pub initial_cluster: String,
     pub token: String,
+    pub options: EtcdOptions,
 }
 
 impl MemberSpec {
-    pub(crate) fn peer_url(name: &str, peer_port: u16) -> String {
-        format!("{name}=http://127.0.0.1:{peer_port}")
+    /// `name=URL` of a member's peer port, as `--initial-cluster` lists it.
+    pub(crate) fn peer_url(name: &str, peer_port: u16, options: EtcdOptions) -> String {
+        let scheme = secure::scheme(options.tls);
+        format!("{name}={scheme}://127.0.0.1:{peer_port}")
+    }
+
+    /// A port for `/health` when the client port speaks TLS.
+    pub(crate) fn metrics_port_for(options: EtcdOptions) -> Option<u16> {
+        options.tls.then(free_port)
     }
 }
 
@@ -88,6 +102,7 @@ pub struct EtcdServer {
     spec: MemberSpec,
     dir: TempDir,
     process: Option<Process>,
+    access: EtcdctlAccess,
 }
 
 struct Process {
@@ -114,19 +129,38 @@ impl EtcdServer {
     /// When `etcd` is not installed (the message names `hack/install-deps.sh`), or when it does
     /// not become healthy within 30 s (the message carries etcd's log).
     pub async fn start() -> EtcdServer {
+        EtcdServer::start_with(EtcdOptions::default()).await
+    }
+
+    /// Starts a single-member etcd secured as `options` say: with `tls`, clients must speak
+    /// TLS and present a certificate from [`tls_files`](Self::tls_files)' CA, and
+    /// [`endpoints`](Self::endpoints) are `https://` URLs.
+    ///
+    /// # Guarantees
+    ///
+    /// As [`start`](Self::start); [`etcdctl`](Self::etcdctl) keeps working (it is given the
+    /// client certificate).
+    ///
+    /// # Panics
+    ///
+    /// As [`start`](Self::start).
+    pub async fn start_with(options: EtcdOptions) -> EtcdServer {
+        let pki = options.tls.then(Pki::generate);
         let mut last = String::new();
         for _ in 0..START_ATTEMPTS {
             let name = "drover-test".to_string();
             let client_port = free_port();
             let peer_port = free_port();
             let spec = MemberSpec {
-                initial_cluster: MemberSpec::peer_url(&name, peer_port),
+                initial_cluster: MemberSpec::peer_url(&name, peer_port, options),
                 token: format!("drover-{:x}", rand::random::<u64>()),
                 name,
                 client_port,
                 peer_port,
+                metrics_port: MemberSpec::metrics_port_for(options),
+                options,
             };
-            let mut server = EtcdServer::prepare(spec);
+            let mut server = EtcdServer::prepare(spec, pki.clone());
             server.spawn();
             match server.wait_healthy(START_TIMEOUT).await {
                 Ok(()) => return server,
@@ -138,7 +172,7 @@ impl EtcdServer {
     }
 
     /// A member with a fresh data dir and no process yet.
-    pub(crate) fn prepare(spec: MemberSpec) -> EtcdServer {
+    pub(crate) fn prepare(spec: MemberSpec, pki: Option<Arc<Pki>>) -> EtcdServer {
         let shm = Path::new("/dev/shm");
         let builder = {
             let mut b = tempfile::Builder::new();
@@ -155,17 +189,69 @@ impl EtcdServer {
             spec,
             dir,
             process: None,
+            access: EtcdctlAccess {
+                tls: pki,
+                root: None,
+            },
         }
     }
 
-    /// The client URLs to hand to a store: `["http://127.0.0.1:<port>"]`.
+    /// The client URLs to hand to a store: `["http://127.0.0.1:<port>"]`, or `https://` for a
+    /// TLS member.
     pub fn endpoints(&self) -> Vec<String> {
         vec![self.client_url()]
     }
 
-    /// The client URL, `http://127.0.0.1:<port>`.
+    /// The client URL, `http://127.0.0.1:<port>` (`https://` for a TLS member).
     pub fn client_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.spec.client_port)
+        let scheme = secure::scheme(self.spec.options.tls);
+        format!("{scheme}://127.0.0.1:{}", self.spec.client_port)
+    }
+
+    /// The certificates of a TLS member (`None` for a plain one): the CA to verify it by and
+    /// a client certificate it accepts, plus a wrong CA and a client certificate it refuses.
+    pub fn tls_files(&self) -> Option<&TlsFiles> {
+        self.access.tls.as_deref().map(|pki| &pki.files)
+    }
+
+    /// Adds the `root` user with a random password, grants it the root role and turns on
+    /// etcd's authentication (`etcdctl user add`, `user grant-role`, `auth enable`). From then
+    /// on [`etcdctl`](Self::etcdctl) runs as root.
+    ///
+    /// # Guarantees
+    ///
+    /// Returns the root user; its password is also in a file (for `--etcd-password-file`)
+    /// that lives as long as this member.
+    pub async fn enable_auth(&mut self) -> Result<EtcdUser, EtcdctlError> {
+        let root = EtcdUser::new("root", self.dir.path());
+        let with_password = format!("root:{}", root.password);
+        self.etcdctl(&["user", "add", &with_password]).await?;
+        self.etcdctl(&["user", "grant-role", "root", "root"])
+            .await?;
+        self.etcdctl(&["auth", "enable"]).await?;
+        self.access.root = Some(root.clone());
+        Ok(root)
+    }
+
+    /// Adds a user `name` with a random password (also written to a file) whose role of the
+    /// same name may read and write every key under `prefix`, and nothing else. Needs
+    /// [`enable_auth`](Self::enable_auth) first for the limits to apply.
+    pub async fn add_user(&self, name: &str, prefix: &str) -> Result<EtcdUser, EtcdctlError> {
+        let user = EtcdUser::new(name, self.dir.path());
+        let with_password = format!("{name}:{}", user.password);
+        self.etcdctl(&["role", "add", name]).await?;
+        self.etcdctl(&[
+            "role",
+            "grant-permission",
+            name,
+            "--prefix=true",
+            "readwrite",
+            prefix,
+        ])
+        .await?;
+        self.etcdctl(&["user", "add", &with_password]).await?;
+        self.etcdctl(&["user", "grant-role", name, name]).await?;
+        Ok(user)
     }
 
     /// The client address, for example to put a [`TcpProxy`](crate::TcpProxy) in front of it.
@@ -247,7 +333,15 @@ impl EtcdServer {
 
     /// Runs `etcdctl` against this member and returns its stdout.
     pub async fn etcdctl(&self, args: &[&str]) -> Result<String, EtcdctlError> {
-        run_etcdctl(&self.endpoints(), args).await
+        run_etcdctl(&self.endpoints(), &self.access, args).await
+    }
+
+    pub(crate) fn access(&self) -> &EtcdctlAccess {
+        &self.access
+    }
+
+    pub(crate) fn set_root(&mut self, root: EtcdUser) {
+        self.access.root = Some(root);
     }
 
     /// Compacts the history up to `revision` (physically), so that watching from an older
@@ -275,8 +369,9 @@ impl EtcdServer {
             .try_clone()
             .unwrap_or_else(|e| panic!("cannot clone the etcd log file handle: {e}"));
         let s = &self.spec;
-        let client = format!("http://127.0.0.1:{}", s.client_port);
-        let peer = format!("http://127.0.0.1:{}", s.peer_port);
+        let scheme = secure::scheme(s.options.tls);
+        let client = format!("{scheme}://127.0.0.1:{}", s.client_port);
+        let peer = format!("{scheme}://127.0.0.1:{}", s.peer_port);
         let mut cmd = Command::new(&bin);
         cmd.arg("--name")
             .arg(&s.name)
@@ -292,6 +387,11 @@ impl EtcdServer {
             .args(["--initial-cluster-token", &s.token])
             .args(["--initial-cluster-state", "new"])
             .arg("--auto-compaction-retention=0")
+            .args(secure::server_args(s.options, self.access.tls.as_deref()))
+            .args(
+                s.metrics_port
+                    .map(|port| format!("--listen-metrics-urls=http://127.0.0.1:{port}")),
+            )
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
@@ -322,7 +422,8 @@ impl EtcdServer {
                     )));
                 }
             }
-            if health(self.spec.client_port).await {
+            let health_port = self.spec.metrics_port.unwrap_or(self.spec.client_port);
+            if health(health_port).await {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -416,6 +517,7 @@ fn spawn_watchdog(pid: u32, dir: &Path) -> Option<Watchdog> {
 /// Runs `etcdctl --endpoints <endpoints> <args>` (API v3) and returns its stdout.
 pub(crate) async fn run_etcdctl(
     endpoints: &[String],
+    access: &EtcdctlAccess,
     args: &[&str],
 ) -> Result<String, EtcdctlError> {
     let bin = find_binary("etcdctl").unwrap_or_else(|| PathBuf::from("etcdctl"));
@@ -423,6 +525,7 @@ pub(crate) async fn run_etcdctl(
         .env("ETCDCTL_API", "3")
         .arg("--endpoints")
         .arg(endpoints.join(","))
+        .args(access.args())
         .args(args)
         .stdin(Stdio::null())
         .output()

@@ -6,6 +6,9 @@
 //!   exists), which a test can [`kill`](EtcdServer::kill) (SIGKILL) and
 //!   [`restart`](EtcdServer::restart) on the same ports and data.
 //! - [`EtcdCluster`]: several members forming one cluster, each killable and restartable.
+//! - [`EtcdOptions`]: either of them over TLS with client-certificate auth (certificates made
+//!   for the test, [`TlsFiles`]), and with etcd's auth turned on
+//!   ([`EtcdServer::enable_auth`], [`EtcdUser`]).
 //! - [`TcpProxy`]: a loopback TCP forwarder that can [`cut`](TcpProxy::cut) (drop and refuse
 //!   connections) or [`blackhole`](TcpProxy::blackhole) (stall bytes, like a partition) traffic.
 //! - [`wait_for`], [`unique_prefix`], [`init_tracing`]: small helpers so tests poll instead of
@@ -16,16 +19,20 @@
 //! The API panics (with a message saying what to do) when the environment is broken, for example
 //! when `etcd` is not installed: this is test support, and a panic is the clearest failure.
 
+mod certs;
 mod cluster;
 mod etcd;
 mod ports;
 mod process;
 mod proxy;
+mod secure;
 mod wait;
 
+pub use certs::{TlsFiles, CLIENT_CN};
 pub use cluster::EtcdCluster;
 pub use etcd::{EtcdServer, EtcdctlError, ETCD_SERVER_FLAGS};
 pub use ports::free_port;
 pub use process::process_alive;
 pub use proxy::TcpProxy;
+pub use secure::{EtcdOptions, EtcdUser};
 pub use wait::{init_tracing, unique_prefix, wait_for, TimedOut};

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use drover_testkit::{wait_for, EtcdCluster, EtcdServer, TcpProxy};
+use drover_testkit::{wait_for, EtcdCluster, EtcdOptions, EtcdServer, TcpProxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
@@ -217,4 +217,80 @@ async fn an_armed_reply_loss_passes_traffic_that_is_not_http2() {
         .expect("io");
     assert_eq!(got, b"hello, not a preface");
     assert_eq!(proxy.replies_lost(), 0);
+}
+
+#[tokio::test]
+async fn tls_server_requires_a_client_certificate_and_can_enable_auth() {
+    let mut etcd = timeout(T, EtcdServer::start_with(EtcdOptions::tls()))
+        .await
+        .expect("start");
+    assert!(etcd.client_url().starts_with("https://127.0.0.1:"));
+    let files = etcd
+        .tls_files()
+        .expect("a TLS member has certificates")
+        .clone();
+    timeout(T, etcd.etcdctl(&["put", "/k", "v1"]))
+        .await
+        .expect("timeout")
+        .expect("etcdctl with the client certificate");
+
+    // Without a client certificate (only the CA) etcd refuses the connection.
+    let bare = tokio::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", &etcd.client_url()])
+        .arg(format!("--cacert={}", files.ca.display()))
+        .args(["--dial-timeout=2s", "--command-timeout=3s", "get", "/k"])
+        .output();
+    let bare = timeout(T, bare)
+        .await
+        .expect("timeout")
+        .expect("etcdctl runs");
+    assert!(
+        !bare.status.success(),
+        "a client without a certificate got in"
+    );
+
+    let root = timeout(T, etcd.enable_auth())
+        .await
+        .expect("timeout")
+        .expect("enable auth");
+    assert_eq!(
+        std::fs::read_to_string(&root.password_file).expect("password file"),
+        format!("{}\n", root.password)
+    );
+    let got = timeout(T, etcd.etcdctl(&["get", "/k", "--print-value-only"]))
+        .await
+        .expect("timeout")
+        .expect("etcdctl as root");
+    assert_eq!(got.trim(), "v1");
+    // The restarted member still answers its health check (served over plain http).
+    timeout(T, etcd.restart()).await.expect("restart");
+}
+
+#[tokio::test]
+async fn tls_cluster_comes_up_with_peer_tls() {
+    let cluster = timeout(
+        Duration::from_secs(60),
+        EtcdCluster::start_with(3, EtcdOptions::tls()),
+    )
+    .await
+    .expect("start");
+    assert!(cluster
+        .endpoints()
+        .iter()
+        .all(|e| e.starts_with("https://")));
+    timeout(T, cluster.etcdctl(&["put", "/c", "v"]))
+        .await
+        .expect("timeout")
+        .expect("put over TLS");
+    // One line per member that answered over TLS.
+    let out = timeout(T, cluster.etcdctl(&["endpoint", "status"]))
+        .await
+        .expect("timeout")
+        .expect("status");
+    assert_eq!(
+        out.lines().filter(|l| l.contains("https://")).count(),
+        3,
+        "{out}"
+    );
 }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand, ValueEnum};
 use drover_api::duration::HumanDuration;
 
+use crate::etcd_access::EtcdAccess;
 use crate::output::Format;
 
 /// Options every verb shares.
@@ -25,6 +26,10 @@ pub struct Global {
     /// file: joined with a watch, it tells who wrote each key.
     #[arg(long, env = "DROVER_WRITE_LOG", value_name = "FILE", global = true)]
     pub write_log: Option<PathBuf>,
+    /// TLS and the etcd user (`--etcd-cafile`, `--etcd-certfile`, `--etcd-keyfile`,
+    /// `--etcd-user`, `--etcd-password-file`).
+    #[command(flatten)]
+    pub access: EtcdAccess,
 }
 
 /// The etcd the verbs talk to when neither `--etcd` nor `DROVER_ETCD` names one.

@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod cmd;
+pub mod etcd_access;
 pub mod exit;
 pub mod input;
 pub mod output;

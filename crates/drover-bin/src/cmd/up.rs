@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::UpArgs;
 use drover_cli::cli::{GetArgs, Global, Resource};
 use drover_cli::cmd::snapshot;
-use drover_cli::cmd::{connect, get};
+use drover_cli::cmd::{connect, get, store_config};
 use drover_cli::exit::{CliError, CliResult, UNAVAILABLE};
 use drover_cli::input::Source;
 use drover_cli::output::Format;
@@ -74,13 +74,24 @@ pub async fn run(global: &Global, args: UpArgs) -> CliResult {
     let tasks = drover_api::manifest::parse_many(&sources)
         .map_err(|error| CliError::data(error.to_string()))?;
     check_images(&tasks).await?;
-    let mut etcd = match reachable(global).await {
+    let mut etcd = match reachable(global).await? {
         true => {
             eprintln!(
                 "using the etcd that answers at {}",
                 global.endpoints().join(",")
             );
             None
+        }
+        false if global.access.is_set() => {
+            return Err(CliError::new(
+                UNAVAILABLE,
+                format!(
+                    "no etcd answers at {} with the TLS or user flags given, and `drover up` \
+                     starts only a plain local etcd; start a TLS one with \
+                     `hack/etcd.sh start --tls` and pass the flags it prints",
+                    global.endpoints().join(",")
+                ),
+            ))
         }
         false => Some(start_etcd(global, &args.state_dir).await?),
     };
@@ -297,11 +308,12 @@ fn list(resource: Resource) -> GetArgs {
     }
 }
 
-/// Whether etcd already answers at the configured endpoints.
-async fn reachable(global: &Global) -> bool {
-    let mut config = drover_store::StoreConfig::new(global.endpoints());
+/// Whether etcd already answers at the configured endpoints, reached as the global flags say
+/// (TLS, user). Flags that do not fit together are an error, not "unreachable".
+async fn reachable(global: &Global) -> CliResult<bool> {
+    let mut config = store_config(global)?;
     config.connect_timeout = Duration::from_secs(2);
-    drover_store::Store::connect(config).await.is_ok()
+    Ok(drover_store::Store::connect(config).await.is_ok())
 }
 
 /// Starts etcd on the first configured endpoint's port, its data under `state_dir/etcd`.
@@ -354,7 +366,7 @@ async fn start_etcd(global: &Global, state_dir: &Path) -> CliResult<Child> {
         })?;
     let deadline = tokio::time::Instant::now() + ETCD_START_TIMEOUT;
     while tokio::time::Instant::now() < deadline {
-        if reachable(global).await {
+        if reachable(global).await? {
             return Ok(child);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

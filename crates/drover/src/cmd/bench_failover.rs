@@ -35,13 +35,9 @@ pub async fn run(global: &Global, args: BenchArgs) -> CliResult {
         .map_err(|error| CliError::failure(format!("cannot find the drover binary: {error}")))?;
     let spawn = |id: String| -> CliResult<(String, Child)> {
         let child = Command::new(&exe)
-            .args([
-                "--etcd",
-                &global.endpoints().join(","),
-                "--prefix",
-                &prefix,
-                "controller",
-            ])
+            .args(["--etcd", &global.endpoints().join(","), "--prefix", &prefix])
+            .args(global.access.child_args())
+            .arg("controller")
             .args(["--id", &id, "--lease-ttl", &lease_ttl.to_string()])
             .env("RUST_LOG", "error")
             .stdout(Stdio::null())

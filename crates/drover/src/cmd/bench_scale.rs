@@ -43,6 +43,7 @@ use self::settings::{baseline_values, title, Settings};
 use super::apply;
 use super::{connect, store_error};
 use crate::cli::{BenchArgs, Global};
+use crate::etcd_access::EtcdAccess;
 use crate::exit::{CliError, CliResult};
 
 /// How often a wait re-checks that the children still run.
@@ -108,9 +109,16 @@ pub async fn run(global: &Global, args: BenchArgs) -> CliResult {
         etcd: endpoints.clone(),
         prefix: prefix.clone(),
         write_log: global.write_log.clone(),
+        // An etcd of our own is plain http on loopback; one that was named is reached as
+        // the flags say.
+        access: if etcd.is_some() {
+            EtcdAccess::default()
+        } else {
+            global.access.clone()
+        },
     };
     let (store, keys) = connect(&ours).await?;
-    let mut fleet = Fleet::new(&endpoints, &prefix)?;
+    let mut fleet = Fleet::new(&endpoints, &prefix, &ours.access)?;
     let mut report = Report::new(title(&settings, etcd.as_ref(), &endpoints));
     let (progress_tx, progress) = watch::channel(Progress::default());
     let (control_tx, control) = watch::channel(Control::default());
@@ -119,7 +127,6 @@ pub async fn run(global: &Global, args: BenchArgs) -> CliResult {
         store: &store,
         keys: &keys,
         settings: &settings,
-        endpoints: &endpoints,
         etcd_pid: etcd.as_ref().map(OwnEtcd::pid),
     };
     let measured = run.measure(
@@ -234,7 +241,6 @@ struct Run<'a> {
     store: &'a Store,
     keys: &'a Keys,
     settings: &'a Settings,
-    endpoints: &'a [String],
     /// The pid of the etcd this run started, if it did.
     etcd_pid: Option<u32>,
 }
@@ -363,14 +369,8 @@ impl Run<'_> {
             baseline::ROUNDS
         );
         let prefix = format!("{}baseline/", self.keys.all());
-        let measured = baseline::measure(
-            self.store,
-            self.endpoints,
-            &prefix,
-            Arc::new(values),
-            self.etcd_pid,
-        )
-        .await?;
+        let measured =
+            baseline::measure(self.store, &prefix, Arc::new(values), self.etcd_pid).await?;
         let batched = measured.batched.iter().map(|run| (run, true));
         for (run, is_batched) in measured.runs.iter().map(|run| (run, false)).chain(batched) {
             let best = if is_batched {

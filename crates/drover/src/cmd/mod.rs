@@ -44,18 +44,39 @@ pub async fn run(global: &Global, command: Command) -> CliResult {
     }
 }
 
+/// The store config the global options describe: endpoints, TLS, the etcd user, the write
+/// log. Bad combinations are usage errors naming the flags.
+pub fn store_config(global: &Global) -> CliResult<StoreConfig> {
+    let mut config = StoreConfig::new(global.endpoints());
+    config.write_log.clone_from(&global.write_log);
+    global.access.apply(&mut config).map_err(CliError::usage)?;
+    config
+        .validate()
+        .map_err(|error| CliError::usage(format!("etcd connection: {error}")))?;
+    Ok(config)
+}
+
 /// Connects to etcd as the global options say, and builds the key schema for the prefix.
 ///
 /// An unreachable etcd is reported in one line naming the endpoints and how to start one,
-/// with exit code 69 (`EX_UNAVAILABLE`).
+/// with exit code 69 (`EX_UNAVAILABLE`). A TLS or password file that cannot be used, and a
+/// user etcd refuses, are configuration errors (64).
 pub async fn connect(global: &Global) -> CliResult<(Store, Keys)> {
-    let mut config = StoreConfig::new(global.endpoints());
-    config.write_log.clone_from(&global.write_log);
-    config
-        .validate()
-        .map_err(|error| CliError::usage(format!("--etcd: {error}")))?;
+    let config = store_config(global)?;
+    let tls = config.tls.is_enabled();
     let store = Store::connect(config).await.map_err(|error| match error {
         drover_store::Error::WriteLog { .. } => CliError::usage(format!("--write-log: {error}")),
+        drover_store::Error::Credentials { .. } | drover_store::Error::AuthFailed { .. } => {
+            CliError::usage(error.to_string())
+        }
+        error if tls => CliError::new(
+            UNAVAILABLE,
+            format!(
+                "{error}\nhint: check that --etcd names etcd's https:// client URLs, that \
+                 --etcd-cafile is the CA that signed etcd's certificate, and that etcd \
+                 trusts the CA of --etcd-certfile"
+            ),
+        ),
         error => CliError::new(
             UNAVAILABLE,
             format!(

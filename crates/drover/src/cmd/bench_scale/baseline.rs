@@ -134,17 +134,14 @@ impl Sender {
 /// `prefix` every time; `etcd` is the pid of an etcd of ours, whose CPU use is then reported too.
 pub async fn measure(
     store: &Store,
-    endpoints: &[String],
     prefix: &str,
     values: Arc<Vec<Vec<u8>>>,
     etcd: Option<u32>,
 ) -> CliResult<Baseline> {
-    let one = Sender::Bare(Box::new(connect(endpoints).await?.kv_client()));
+    let one = Sender::Bare(Box::new(connect(store).await?.kv_client()));
     let mut many = Vec::with_capacity(CONNECTIONS);
     for _ in 0..CONNECTIONS {
-        many.push(Sender::Bare(Box::new(
-            connect(endpoints).await?.kv_client(),
-        )));
+        many.push(Sender::Bare(Box::new(connect(store).await?.kv_client())));
     }
     let warm: Arc<Vec<Vec<u8>>> = Arc::new(values.iter().take(WARM_UP).cloned().collect());
     drive(
@@ -190,9 +187,7 @@ pub async fn measure(
         let run = drive(
             format!("{prefix}batched/{round}/"),
             values.clone(),
-            vec![Sender::Bare(Box::new(
-                connect(endpoints).await?.kv_client(),
-            ))],
+            vec![Sender::Bare(Box::new(connect(store).await?.kv_client()))],
             Shape::Batched,
             etcd,
         )
@@ -211,9 +206,10 @@ pub async fn measure(
     })
 }
 
-/// One etcd client of its own (its own HTTP/2 connection per endpoint).
-async fn connect(endpoints: &[String]) -> CliResult<Client> {
-    Client::connect(endpoints, None)
+/// One etcd client of its own (its own HTTP/2 connection per endpoint), with the store's
+/// endpoints, TLS and user.
+async fn connect(store: &Store) -> CliResult<Client> {
+    drover_store::bare_client(store.config())
         .await
         .map_err(|error| CliError::failure(format!("bare etcd client: {error}")))
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::process::{Child, Command};
 
 use super::own_etcd::free_port;
+use crate::etcd_access::EtcdAccess;
 use crate::exit::{CliError, CliResult};
 
 /// How long a child may take to die after SIGKILL before the run stops waiting for it.
@@ -68,6 +69,8 @@ pub struct Replica {
 pub struct Fleet {
     exe: PathBuf,
     etcd: String,
+    /// The TLS and user flags every child gets.
+    access: Vec<std::ffi::OsString>,
     prefix: String,
     logs: PathBuf,
     /// The hollow agent, once started.
@@ -77,9 +80,9 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    /// A fleet of `current_exe()` processes against `endpoints` under `prefix`; creates the log
-    /// dir.
-    pub fn new(endpoints: &[String], prefix: &str) -> CliResult<Fleet> {
+    /// A fleet of `current_exe()` processes against `endpoints` under `prefix`, reaching etcd
+    /// as `access` says; creates the log dir.
+    pub fn new(endpoints: &[String], prefix: &str, access: &EtcdAccess) -> CliResult<Fleet> {
         let exe = std::env::current_exe().map_err(|error| {
             CliError::failure(format!("cannot find the drover binary: {error}"))
         })?;
@@ -90,6 +93,7 @@ impl Fleet {
         Ok(Fleet {
             exe,
             etcd: endpoints.join(","),
+            access: access.child_args(),
             prefix: prefix.to_string(),
             logs,
             agent: None,
@@ -103,6 +107,7 @@ impl Fleet {
             .map_err(|error| CliError::failure(format!("{}: {error}", log.display())))?;
         let child = Command::new(&self.exe)
             .args(["--etcd", &self.etcd, "--prefix", &self.prefix])
+            .args(&self.access)
             .args(args)
             .env("RUST_LOG", "warn,drover_controller=info")
             .stdin(Stdio::null())
