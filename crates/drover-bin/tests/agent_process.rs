@@ -186,6 +186,7 @@ async fn a_cut_off_agent_stops_its_copy_before_the_replacement_starts() {
     let cut_cli = Cli {
         endpoints: vec![proxy.url()],
         prefix: cli.prefix.clone(),
+        access: Vec::new(),
     };
     let state_a = tempfile::tempdir().expect("tempdir");
     let state_b = tempfile::tempdir().expect("tempdir");

@@ -11,21 +11,29 @@ use tokio::process::{Child, Command};
 /// Bound on any single CLI invocation in tests.
 pub const CLI_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A `drover` invocation context: which etcd and which prefix.
+/// A `drover` invocation context: which etcd and which prefix, and how to reach it.
 pub struct Cli {
     pub endpoints: Vec<String>,
     pub prefix: String,
+    /// Flags every invocation gets before the verb (`--etcd-cafile=…`, `--etcd-user=…`).
+    pub access: Vec<String>,
 }
 
 impl Cli {
     pub fn new(endpoints: Vec<String>) -> Cli {
+        Cli::with_access(endpoints, Vec::new())
+    }
+
+    /// A context whose invocations all get the global flags `access`.
+    pub fn with_access(endpoints: Vec<String>, access: Vec<String>) -> Cli {
         Cli {
             endpoints,
             prefix: drover_testkit::unique_prefix(),
+            access,
         }
     }
 
-    /// A command for the drover binary with `--etcd` and `--prefix` set.
+    /// A command for the drover binary with `--etcd`, `--prefix` and the access flags set.
     pub fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_drover"));
         command
@@ -33,9 +41,15 @@ impl Cli {
             .arg(self.endpoints.join(","))
             .arg("--prefix")
             .arg(&self.prefix)
+            .args(&self.access)
             .args(args)
             .env_remove("DROVER_ETCD")
             .env_remove("DROVER_PREFIX")
+            .env_remove("DROVER_ETCD_CAFILE")
+            .env_remove("DROVER_ETCD_CERTFILE")
+            .env_remove("DROVER_ETCD_KEYFILE")
+            .env_remove("DROVER_ETCD_USER")
+            .env_remove("DROVER_ETCD_PASSWORD_FILE")
             .stdin(Stdio::null())
             .kill_on_drop(true);
         command

@@ -127,6 +127,7 @@ async fn scenario(loss: Loss, budget: usize, task_yaml: impl FnOnce(&Path) -> St
             let via = Cli {
                 endpoints: vec![proxy.url()],
                 prefix: cli.prefix.clone(),
+                access: Vec::new(),
             };
             let daemon = Daemon::start(
                 &via,
@@ -397,6 +398,7 @@ async fn an_agent_whose_registration_reply_is_lost_keeps_its_node_and_its_copies
     let via_proxy = Cli {
         endpoints: vec![proxy.url()],
         prefix: cli.prefix.clone(),
+        access: Vec::new(),
     };
     let _controller = Daemon::start(&cli, &["controller", "--id", "c", "--lease-ttl", "2s"]);
     let mut agent = Daemon::start(&via_proxy, &args_a);

@@ -57,6 +57,7 @@ async fn up_runs_from_any_directory_twice_and_stops_everything_it_started() {
     let cli = Cli {
         endpoints: vec![format!("http://127.0.0.1:{port}")],
         prefix: drover_testkit::unique_prefix(),
+        access: Vec::new(),
     };
     for round in 1..=2 {
         let output = tokio::time::timeout(
