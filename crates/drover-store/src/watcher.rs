@@ -245,9 +245,9 @@ async fn step<T: DeserializeOwned>(ctx: &mut Ctx, mut state: State) -> (Result<E
                         State::InitListed { revision }
                     }
                     WatchMessage::Denied(reason) => {
-                        // The member is fine; the token this stream was opened with may have
-                        // expired. A fresh one fixes that; a role without read access to the
-                        // prefix keeps being denied, with this warning each time.
+                        // The member is fine; the client's token may have expired (after a
+                        // failover to a member it last used long ago). A fresh one fixes that;
+                        // a role without read access keeps being denied, warned each time.
                         let wait = ctx.backoff.next_wait_forever();
                         tracing::warn!(prefix = %ctx.prefix, %reason, revision, ?wait, "watch denied; refreshing the auth token and resuming");
                         Box::pin(conn.refresh_token(&ctx.store)).await;
@@ -305,9 +305,9 @@ pub(crate) enum WatchMessage {
     Compacted(i64),
     /// The watch ended or failed; resume elsewhere.
     Broken(String),
-    /// etcd canceled the watch for lack of permission: the stream's auth token expired (etcd
-    /// checks it when a watch is created, not on an open stream), or the user's role may not
-    /// read the range.
+    /// etcd canceled the watch at creation for its auth: the token this client holds expired
+    /// ("invalid auth token"; etcd checks it when a watch is created, not on an open stream),
+    /// or the user's role may not read the range ("permission denied").
     Denied(String),
 }
 
@@ -394,6 +394,7 @@ pub(crate) async fn open_watch(
     let reason = match res {
         Ok(Ok(stream)) => {
             store.inner.pool.mark_alive(p.index);
+            tracing::debug!(endpoint = %p.url, key, start_revision, "watch opened");
             return Ok(WatchConn { stream, picked: p });
         }
         Ok(Err(e)) => {

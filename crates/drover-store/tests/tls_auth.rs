@@ -412,3 +412,77 @@ async fn an_authenticated_store_starts_with_a_member_down() {
     .expect("served by the member that was down at start");
     assert_eq!(got.value, 1);
 }
+
+#[tokio::test]
+async fn a_watch_fails_over_to_a_member_whose_token_expired() {
+    init_tracing();
+    let options = EtcdOptions {
+        auth_token_ttl: Some(1),
+        ..EtcdOptions::tls()
+    };
+    let mut cluster = within("cluster", EtcdCluster::start_with(3, options)).await;
+    let root = within("enable auth", cluster.enable_auth())
+        .await
+        .expect("auth on");
+    let files = cluster.tls_files().expect("TLS cluster").clone();
+    // The store knows members 0 and 1; both authenticate at connect, then member 1 idles.
+    let cfg = StoreConfig {
+        request_timeout: Duration::from_secs(5),
+        ..as_user(tls_config(cluster.endpoints()[..2].to_vec(), &files), &root)
+    };
+    let store = within("connect", Store::connect(cfg))
+        .await
+        .expect("connect");
+    let p = unique_prefix();
+    within("first put", store.put(&format!("{p}/a"), &1u32, None))
+        .await
+        .expect("put");
+    // The watch runs in the background from here on: it lists, then opens on member 0.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut events = watcher::<u32>(store.clone(), format!("{p}/"));
+    let pump = tokio::spawn(async move {
+        while let Some(ev) = events.next().await {
+            if let Ok(Event::Apply(v) | Event::InitApply(v)) = ev {
+                if tx.send(v.value).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    assert_eq!(within("listed", rx.recv()).await, Some(1));
+    within("second put", store.put(&format!("{p}/a"), &2u32, None))
+        .await
+        .expect("put");
+    assert_eq!(
+        within("watched", rx.recv()).await,
+        Some(2),
+        "the watch is open"
+    );
+    wait_until_idle_tokens_expire(&cluster.endpoints()[1], &files, &root).await;
+    // Member 0 goes: the watch reopens on member 1 with the token it got at connect, long
+    // expired (this store sends member 1 nothing else: the next write goes through a store
+    // of its own on member 2). etcd cancels that watch ("permission denied"); the watcher
+    // gets a new token and resumes, losing nothing.
+    cluster.kill_member(0);
+    let writer = within(
+        "connect",
+        Store::connect(as_user(
+            tls_config(vec![cluster.endpoints()[2].clone()], &files),
+            &root,
+        )),
+    )
+    .await
+    .expect("writer on member 2");
+    let wrote = wait_for(T * 2, Duration::from_millis(100), || async {
+        writer.put(&format!("{p}/a"), &3u32, None).await.ok()
+    })
+    .await;
+    wrote.expect("member 2 takes writes once a leader is elected");
+    let seen = wait_for(T * 2, Duration::from_millis(10), || {
+        let got = rx.try_recv().ok();
+        async move { got.filter(|v| *v == 3) }
+    })
+    .await;
+    assert_eq!(seen.ok(), Some(3), "the watch resumed on member 1");
+    pump.abort();
+}
