@@ -2,7 +2,8 @@
 # Installs what Drover's build and tests need and the machine lacks, checking each capability
 # rather than a command name: protoc must compile a file importing the well-known protos
 # (Debian's protobuf-compiler only *recommends* libprotobuf-dev, which holds them), etcd and
-# etcdctl must answer --version, curl and python3 must run. Packages come from Debian,
+# etcdctl must answer --version, curl and python3 must run, openssl must make a certificate
+# (hack/etcd.sh --tls). Packages come from Debian,
 # cargo-nextest from crates.io. Safe to run repeatedly; prints what it checked.
 #
 #   hack/install-deps.sh           install what is missing, then verify every capability
@@ -33,6 +34,16 @@ etcd_works() { command -v etcd >/dev/null 2>&1 && timeout 10 etcd --version >/de
 etcdctl_works() { command -v etcdctl >/dev/null 2>&1 && ETCDCTL_API=3 timeout 10 etcdctl version >/dev/null 2>&1; }
 curl_works() { command -v curl >/dev/null 2>&1 && curl --version >/dev/null 2>&1; }
 python_works() { command -v python3 >/dev/null 2>&1 && python3 -c 'import socket' >/dev/null 2>&1; }
+# A P-256 key and a self-signed certificate with an extension, as hack/etcd.sh --tls makes them.
+openssl_works() {
+  command -v openssl >/dev/null 2>&1 || return 1
+  local dir rc=0
+  dir="$(mktemp -d)"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj "/CN=probe" \
+    -addext "basicConstraints=critical,CA:TRUE" -keyout "$dir/k.pem" -out "$dir/c.pem" >/dev/null 2>&1 || rc=1
+  rm -rf "$dir"
+  return "$rc"
+}
 cc_works() {
   command -v cc >/dev/null 2>&1 || return 1
   local dir rc=0
@@ -64,6 +75,7 @@ run_probes() {
   probe "etcdctl" etcdctl_works etcd-client
   probe "curl" curl_works curl ca-certificates
   probe "python3" python_works python3
+  probe "openssl (certificates for hack/etcd.sh --tls)" openssl_works openssl
   probe "a C compiler and linker" cc_works gcc libc6-dev
 }
 
@@ -119,4 +131,4 @@ if ((${#missing[@]})); then
   printf '%s\n' "${report[@]}" >&2
   die "still missing after the install: ${missing[*]}"
 fi
-log "dependencies: protoc (+ well-known protos), etcd, etcdctl, curl, python3, cc, cargo-nextest, cargo fmt and cargo clippy all work"
+log "dependencies: protoc (+ well-known protos), etcd, etcdctl, curl, python3, openssl, cc, cargo-nextest, cargo fmt and cargo clippy all work"
