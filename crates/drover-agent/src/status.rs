@@ -1,4 +1,4 @@
-//! Fenced status writes: `status/<instance>` changes only while the assignment the agent acts
+//! Fenced status writes: `status/<node>/<instance>` changes only while the assignment the agent acts
 //! on still exists with the create revision the agent saw.
 
 use drover_api::instance::InstanceStatus;
@@ -71,7 +71,7 @@ pub async fn write(
             assignment_key.to_string(),
             create_revision,
         ))
-        .put(keys.status(&status.id), status, None)
+        .put(keys.status(&status.node, &status.id), status, None)
         .map_err(err)?;
     let outcome = store.commit(txn, None).await.map_err(err)?;
     if outcome.succeeded {

@@ -235,7 +235,7 @@ async fn seen(env: &Env, hollow: &HollowNodes, node: &str, id: &InstanceId) -> S
     let status = within(
         LIMIT,
         "read status",
-        env.store.get::<InstanceStatus>(&env.keys.status(id)),
+        env.store.get::<InstanceStatus>(&env.keys.status(node, id)),
     )
     .await
     .expect("status read")

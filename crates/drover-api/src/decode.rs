@@ -35,8 +35,11 @@ pub enum Record {
     /// `assignments/<node>/<instance>`: `node` and `id` of the value are the key's (the key is
     /// what the agent watches, so it is the truth about placement).
     Assignment(Instance),
-    /// `status/<instance>`.
+    /// `status/<node>/<instance>`: `node` and `id` of the value are the key's (a status is
+    /// about the copy on the node whose agent wrote it).
     Status(InstanceId, InstanceStatus),
+    /// `status/<instance>`, where statuses were before they moved under their node.
+    LegacyStatus(InstanceId, InstanceStatus),
     /// `nodes/<node>`.
     Node(String, Node),
     /// `nodeinfo/<node>`.
@@ -64,7 +67,7 @@ pub fn kind_of(key: &Key) -> &'static str {
     match key {
         Key::Task { .. } => "Task",
         Key::Assignment { .. } => "Instance",
-        Key::Status(_) => "InstanceStatus",
+        Key::Status { .. } | Key::LegacyStatus(_) => "InstanceStatus",
         Key::Node(_) => "Node",
         Key::NodeInfo(_) => "NodeInfo",
         Key::NodeState(_) => "NodeState",
@@ -127,7 +130,13 @@ fn record(key: Key, value: serde_json::Value) -> Result<Record, serde_json::Erro
             assignment.id = instance;
             Record::Assignment(assignment)
         }
-        Key::Status(id) => Record::Status(id, from(value)?),
+        Key::Status { node, instance } => {
+            let mut status: InstanceStatus = from(value)?;
+            status.node = node;
+            status.id = instance.clone();
+            Record::Status(instance, status)
+        }
+        Key::LegacyStatus(id) => Record::LegacyStatus(id, from(value)?),
         Key::Node(node) => Record::Node(node, from(value)?),
         Key::NodeInfo(node) => Record::NodeInfo(node, from(value)?),
         Key::NodeState(node) => Record::NodeState(node, from(value)?),

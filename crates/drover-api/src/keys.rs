@@ -7,7 +7,7 @@
 //! |---|---|---|---|
 //! | `tasks/<ns>/<name>` | users (`drover apply`, any etcd client) | [`Task`](crate::task::Task) with its `generation` | until deleted |
 //! | `assignments/<node>/<instance>` | leader controller (fenced txn) | [`Instance`](crate::instance::Instance): task ref, generation, resolved spec, attempt | until unassigned |
-//! | `status/<instance>` | the agent running it, fenced on the assignment | [`InstanceStatus`](crate::instance::InstanceStatus) | deleted by the controller with the assignment |
+//! | `status/<node>/<instance>` | the agent of `<node>` running it, fenced on the assignment | [`InstanceStatus`](crate::instance::InstanceStatus) | deleted by the controller with the assignment |
 //! | `nodes/<node>` | agent, bound to its lease | [`Node`](crate::node::Node) | lease: gone when the agent dies |
 //! | `nodeinfo/<node>` | operators (`drover cordon`, `uncordon`, `drain`) | [`NodeInfo`](crate::node::NodeInfo): cordoned, draining | durable |
 //! | `nodestate/<node>` | leader controller | [`NodeState`](crate::node::NodeState): dead since | durable |
@@ -19,6 +19,12 @@
 //! | `runs/<ns>/<task>/<run>` | leader controller | [`RunRecord`](crate::run::RunRecord) | pruned to `historyLimit` |
 //! | `triggers/<ns>/<task>/<id>` | users (`drover trigger`) | trigger request (free-form JSON) | deleted once consumed |
 //! | `requests/<ns>/<task>/<id>` | users (`drover enable`, `drover retry`) | [`TaskRequest`](crate::request::TaskRequest) | deleted by the leader once carried out |
+//!
+//! Statuses sit under their node (`status/<node>/`) so that etcd's prefix permissions can let
+//! one node's agent write its own statuses and no other's (docs/security.md). Before that they
+//! were `status/<instance>`: [`Keys::parse`] still reads such a key as [`Key::LegacyStatus`],
+//! which the leader reads as the instance's status until the agent writes one under its node,
+//! and then deletes.
 //!
 //! Run numbers are zero-padded to 20 digits in keys, so etcd's lexical order is numeric order
 //! and a range read over `runs/<ns>/<task>/` returns runs oldest first.
@@ -75,8 +81,16 @@ pub enum Key {
         /// Instance.
         instance: InstanceId,
     },
-    /// `status/<instance>`.
-    Status(InstanceId),
+    /// `status/<node>/<instance>`.
+    Status {
+        /// The node whose agent writes it.
+        node: String,
+        /// Instance.
+        instance: InstanceId,
+    },
+    /// `status/<instance>`: a status written before statuses moved under their node; read
+    /// until its agent writes the new key, then deleted by the leader.
+    LegacyStatus(InstanceId),
     /// `nodes/<node>`.
     Node(String),
     /// `nodeinfo/<node>`.
@@ -257,9 +271,9 @@ impl Keys {
 
     // ---- status ----
 
-    /// `status/<instance>`: an InstanceStatus, written by the agent running it.
-    pub fn status(&self, instance: &InstanceId) -> String {
-        format!("{}{}", self.statuses(), instance)
+    /// `status/<node>/<instance>`: an InstanceStatus, written by the agent of `node` running it.
+    pub fn status(&self, node: &str, instance: &InstanceId) -> String {
+        format!("{}{}", self.node_statuses(node), instance)
     }
 
     /// Prefix of all statuses: `status/`.
@@ -267,8 +281,36 @@ impl Keys {
         self.dir(STATUS)
     }
 
-    /// The instance of a status key.
-    pub fn parse_status_key(&self, key: &str) -> Option<InstanceId> {
+    /// Prefix of one node's statuses (the only statuses its agent may write):
+    /// `status/<node>/`.
+    pub fn node_statuses(&self, node: &str) -> String {
+        format!("{}{}/", self.statuses(), seg(node))
+    }
+
+    /// `(node, instance)` of a status key.
+    pub fn parse_status_key(&self, key: &str) -> Option<(String, InstanceId)> {
+        let p = self.parts(key, STATUS, 2)?;
+        if !is_valid_label(p[0]) {
+            return None;
+        }
+        Some((p[0].to_string(), p[1].parse().ok()?))
+    }
+
+    /// The instance of a status key of either form (under its node, or legacy).
+    pub fn parse_any_status_key(&self, key: &str) -> Option<InstanceId> {
+        self.parse_status_key(key)
+            .map(|(_, id)| id)
+            .or_else(|| self.parse_legacy_status_key(key))
+    }
+
+    /// `status/<instance>`: where statuses were before they moved under their node. Only the
+    /// migration reads and deletes these.
+    pub fn legacy_status(&self, instance: &InstanceId) -> String {
+        format!("{}{}", self.statuses(), instance)
+    }
+
+    /// The instance of a [`legacy_status`](Self::legacy_status) key.
+    pub fn parse_legacy_status_key(&self, key: &str) -> Option<InstanceId> {
         self.parts(key, STATUS, 1)?[0].parse().ok()
     }
 
@@ -470,8 +512,11 @@ impl Keys {
         if let Some((node, instance)) = self.parse_assignment_key(key) {
             return Some(Key::Assignment { node, instance });
         }
-        if let Some(id) = self.parse_status_key(key) {
-            return Some(Key::Status(id));
+        if let Some((node, instance)) = self.parse_status_key(key) {
+            return Some(Key::Status { node, instance });
+        }
+        if let Some(id) = self.parse_legacy_status_key(key) {
+            return Some(Key::LegacyStatus(id));
         }
         if let Some(node) = self.parse_node_key(key) {
             return Some(Key::Node(node));
@@ -568,7 +613,14 @@ mod tests {
                     instance: i.clone(),
                 },
             ),
-            (k.status(&i), Key::Status(i.clone())),
+            (
+                k.status("n1", &i),
+                Key::Status {
+                    node: "n1".into(),
+                    instance: i.clone(),
+                },
+            ),
+            (k.legacy_status(&i), Key::LegacyStatus(i.clone())),
             (k.node("n"), Key::Node("n".into())),
             (k.nodeinfo("n"), Key::NodeInfo("n".into())),
             (k.nodestate("n"), Key::NodeState("n".into())),
@@ -642,7 +694,12 @@ mod tests {
             k.assignment("node-1", &id()),
             "/drover/assignments/node-1/team-a.my-job.r7.1"
         );
-        assert_eq!(k.status(&id()), "/drover/status/team-a.my-job.r7.1");
+        assert_eq!(
+            k.status("n1", &id()),
+            "/drover/status/n1/team-a.my-job.r7.1"
+        );
+        assert_eq!(k.legacy_status(&id()), "/drover/status/team-a.my-job.r7.1");
+        assert_eq!(k.node_statuses("n1"), "/drover/status/n1/");
         assert_eq!(k.run("a", "b", 42), "/drover/runs/a/b/00000000000000000042");
         assert_eq!(k.election(), "/drover/leader");
         assert_eq!(k.election_prefix(), "/drover/leader/");
@@ -683,7 +740,18 @@ mod tests {
             k.parse_assignment_key(&k.assignment("n1", &id())),
             Some(("n1".into(), id()))
         );
-        assert_eq!(k.parse_status_key(&k.status(&id())), Some(id()));
+        assert_eq!(
+            k.parse_status_key(&k.status("n1", &id())),
+            Some(("n1".into(), id()))
+        );
+        assert_eq!(
+            k.parse_legacy_status_key(&k.legacy_status(&id())),
+            Some(id())
+        );
+        assert_eq!(k.parse_legacy_status_key(&k.status("n1", &id())), None);
+        assert_eq!(k.parse_status_key(&k.legacy_status(&id())), None);
+        assert_eq!(k.parse_any_status_key(&k.legacy_status(&id())), Some(id()));
+        assert_eq!(k.parse_any_status_key(&k.status("n1", &id())), Some(id()));
         assert_eq!(k.parse_node_key(&k.node("n1")), Some("n1".into()));
         assert_eq!(k.parse_nodeinfo_key(&k.nodeinfo("n1")), Some("n1".into()));
         assert_eq!(k.parse_nodestate_key(&k.nodestate("n1")), Some("n1".into()));
@@ -730,7 +798,12 @@ mod tests {
         ] {
             assert_eq!(k.parse_task_key(key), None, "{key}");
         }
-        assert_eq!(k.parse_status_key("/drover/status/not-an-id"), None);
+        assert_eq!(k.parse_status_key("/drover/status/n1/not-an-id"), None);
+        assert_eq!(
+            k.parse_status_key("/drover/status/N1/team-a.my-job.r7.1"),
+            None
+        );
+        assert_eq!(k.parse_legacy_status_key("/drover/status/not-an-id"), None);
         assert_eq!(k.parse_node_key(&k.nodeinfo("n1")), None);
         assert_eq!(k.parse_assignment_key("/drover/assignments/n1"), None);
         assert_eq!(k.parse_run_key("/drover/runs/a/b/42"), None);
@@ -744,6 +817,9 @@ mod tests {
         assert!(!k
             .assignment("node-10", &id())
             .starts_with(&k.node_assignments("node-1")));
+        assert!(!k
+            .status("node-10", &id())
+            .starts_with(&k.node_statuses("node-1")));
         assert!(!k.run("a", "bc", 1).starts_with(&k.runs_of("a", "b")));
         // Every key of a kind is under that kind's prefix, and under nobody else's.
         let all_dirs = [
@@ -765,7 +841,8 @@ mod tests {
         let keys = [
             (k.task("a", "b"), k.tasks()),
             (k.assignment("n", &id()), k.assignments()),
-            (k.status(&id()), k.statuses()),
+            (k.status("n1", &id()), k.statuses()),
+            (k.legacy_status(&id()), k.statuses()),
             (k.node("n"), k.nodes()),
             (k.nodeinfo("n"), k.nodeinfos()),
             (k.nodestate("n"), k.nodestates()),
@@ -776,6 +853,7 @@ mod tests {
             (k.trigger("a", "b", "1"), k.triggers()),
             (k.request("a", "b", "1"), k.requests()),
         ];
+        assert!(k.status("n1", &id()).starts_with(&k.node_statuses("n1")));
         for (key, own) in keys {
             for dir in &all_dirs {
                 assert_eq!(key.starts_with(dir.as_str()), dir == &own, "{key} vs {dir}");

@@ -64,6 +64,11 @@ pub struct InstanceView {
     pub assignment: Option<Instance>,
     /// The last status the agent reported, if any yet.
     pub status: Option<InstanceStatus>,
+    /// Whether `status` came from a `status/<instance>` key of before statuses moved under
+    /// their node: such a status gives way to one under the node, and its removal leaves
+    /// that one alone.
+    #[serde(skip)]
+    pub status_is_legacy: bool,
     /// Set when its assignment or status key holds a value that does not decode: the error.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub invalid: Option<String>,
@@ -178,7 +183,9 @@ impl Object {
     fn of(key: &Key) -> Option<Object> {
         match key {
             Key::Assignment { instance, .. } => Some(Object::Instance(instance.clone())),
-            Key::Status(id) => Some(Object::Instance(id.clone())),
+            Key::Status { instance, .. } | Key::LegacyStatus(instance) => {
+                Some(Object::Instance(instance.clone()))
+            }
             Key::Node(name) | Key::NodeInfo(name) => Some(Object::Node(name.clone())),
             _ => None,
         }
@@ -190,7 +197,7 @@ fn held(key: &Key) -> Option<InvalidKind> {
     match key {
         Key::Task { .. } => Some(InvalidKind::Task),
         Key::Assignment { .. } => Some(InvalidKind::Assignment),
-        Key::Status(_) => Some(InvalidKind::Status),
+        Key::Status { .. } | Key::LegacyStatus(_) => Some(InvalidKind::Status),
         Key::Node(_) => Some(InvalidKind::Node),
         Key::NodeInfo(_) => Some(InvalidKind::NodeRecord),
         Key::TaskState { .. } => Some(InvalidKind::TaskState),
@@ -265,7 +272,18 @@ impl ClusterView {
                 let id = value.id.clone();
                 self.instance(&id).assignment = Some(value);
             }
-            Record::Status(id, value) => self.instance(&id).status = Some(value),
+            Record::Status(id, value) => {
+                let view = self.instance(&id);
+                view.status = Some(value);
+                view.status_is_legacy = false;
+            }
+            Record::LegacyStatus(id, value) => {
+                let view = self.instance(&id);
+                if view.status.is_none() || view.status_is_legacy {
+                    view.status = Some(value);
+                    view.status_is_legacy = true;
+                }
+            }
             Record::Node(name, value) => self.node(&name).node = Some(value),
             Record::NodeInfo(name, value) => self.node(&name).info = Some(value),
             Record::TaskState(task, value) => {
@@ -351,9 +369,19 @@ impl ClusterView {
                     }
                 }
             }
-            Key::Status(id) => {
+            Key::Status { instance, .. } => {
+                if let Some(view) = self.instances.get_mut(&instance.to_string()) {
+                    if !view.status_is_legacy {
+                        view.status = None;
+                    }
+                }
+            }
+            Key::LegacyStatus(id) => {
                 if let Some(view) = self.instances.get_mut(&id.to_string()) {
-                    view.status = None;
+                    if view.status_is_legacy {
+                        view.status = None;
+                        view.status_is_legacy = false;
+                    }
                 }
             }
             Key::Node(name) => {
@@ -422,6 +450,7 @@ impl ClusterView {
                 id: id.clone(),
                 assignment: None,
                 status: None,
+                status_is_legacy: false,
                 invalid: None,
             })
     }
@@ -486,7 +515,7 @@ mod tests {
         assert_eq!(view.instances_on("n1").count(), 1);
 
         // A foreign value under the status key makes the instance Invalid; a good one heals it.
-        let s = keys.status(&id);
+        let s = keys.status("n1", &id);
         view.apply(&keys, &s, Err("not JSON".into()), 6);
         // A later change of the other half keeps the instance Invalid.
         view.apply(&keys, &a, Ok(assignment("default.web.0", "n1")), 7);
@@ -504,6 +533,55 @@ mod tests {
         view.settle(&keys);
         assert!(view.instances.is_empty(), "nothing left of it");
         assert_eq!(view.revision, 8);
+    }
+
+    fn status(id: &str, node: &str, phase: &str) -> serde_json::Value {
+        serde_json::json!({
+            "id": id, "node": node, "phase": phase, "generation": 1, "attempt": 0,
+            "updatedAt": "2026-01-01T00:00:00Z"
+        })
+    }
+
+    #[test]
+    fn a_legacy_status_shows_until_the_nodes_own_status_and_its_removal_keeps_that_one() {
+        let keys = Keys::new("/p");
+        let id: InstanceId = "default.web.0".parse().unwrap();
+        let (a, legacy, own) = (
+            keys.assignment("n1", &id),
+            keys.legacy_status(&id),
+            keys.status("n1", &id),
+        );
+        let mut view = ClusterView::default();
+        view.apply(&keys, &a, Ok(assignment("default.web.0", "n1")), 5);
+        view.apply(
+            &keys,
+            &legacy,
+            Ok(status("default.web.0", "n1", "Running")),
+            6,
+        );
+        view.settle(&keys);
+        assert_eq!(view.instances["default.web.0"].display_status(), "Running");
+
+        view.apply(
+            &keys,
+            &own,
+            Ok(status("default.web.0", "n1", "Stopping")),
+            7,
+        );
+        // A later write of the old key (an agent not yet upgraded) does not hide the new one.
+        view.apply(
+            &keys,
+            &legacy,
+            Ok(status("default.web.0", "n1", "Running")),
+            8,
+        );
+        view.remove(&keys, &legacy, 9);
+        view.settle(&keys);
+        assert_eq!(view.instances["default.web.0"].display_status(), "Stopping");
+
+        view.remove(&keys, &own, 10);
+        view.settle(&keys);
+        assert_eq!(view.instances["default.web.0"].display_status(), "Pending");
     }
 
     #[test]

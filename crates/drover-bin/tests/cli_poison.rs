@@ -21,7 +21,11 @@ fn poison(keys: &Keys) -> Vec<(String, &'static str)> {
             r#"{"spec":{"replicas":"many"}}"#,
         ),
         (keys.assignment("n1", &bad), r#""not an instance""#),
-        (keys.status(&web), r#"{"phase":"Sideways"}"#),
+        (keys.status("n1", &web), r#"{"phase":"Sideways"}"#),
+        (
+            keys.legacy_status(&web),
+            "{a status from before statuses moved",
+        ),
         (keys.node("ghost"), "not json"),
         (keys.nodeinfo("ghost"), r#"{"cordoned":"yes"}"#),
         (keys.taskstate("default", "web"), r#"{"suspended":"maybe"}"#),
@@ -159,7 +163,11 @@ async fn get_watch_shows_a_foreign_value_as_invalid_then_as_it_heals() {
     };
     let other = InstanceId::service("default", "other", 0).expect("id");
     store
-        .put(&keys.status(&other), &running("default.other.0"), None)
+        .put(
+            &keys.status("n1", &other),
+            &running("default.other.0"),
+            None,
+        )
         .await
         .expect("put");
     let mut child = cli.spawn(&["get", "instances", "-w"]);
@@ -170,7 +178,7 @@ async fn get_watch_shows_a_foreign_value_as_invalid_then_as_it_heals() {
     assert!(next_line(&mut lines).await.starts_with("NAME"));
     assert!(next_line(&mut lines).await.starts_with("default.other.0"));
 
-    let status = keys.status(&id);
+    let status = keys.status("n1", &id);
     store
         .put_raw(&status, b"\x00not json".to_vec(), None)
         .await

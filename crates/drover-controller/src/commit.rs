@@ -8,6 +8,7 @@ use drover_api::Keys;
 use drover_store::{Cmp, Fence, Op, Store, Txn};
 
 use crate::planner::{Plan, Step, Write};
+use crate::snapshot::StatusKey;
 use drover_api::records::TaskRef;
 
 /// Why a plan was not (fully) committed.
@@ -146,12 +147,16 @@ fn write_parts(keys: &Keys, w: &Write) -> Result<(Vec<Cmp>, Vec<Op>), CommitErro
             let key = keys.assignment(node, id);
             (
                 vec![Cmp::ModRevision(key.clone(), *mod_revision)],
-                vec![Op::delete(key), Op::delete(keys.status(id))],
+                vec![Op::delete(key), Op::delete(keys.status(node, id))],
             )
         }
         Write::NodeGone { node } => (vec![Cmp::Absent(keys.node(node))], Vec::new()),
-        Write::StatusUnchanged { id, mod_revision } => (
-            vec![Cmp::ModRevision(keys.status(id), *mod_revision)],
+        Write::StatusUnchanged {
+            id,
+            at,
+            mod_revision,
+        } => (
+            vec![Cmp::ModRevision(status_key(keys, at, id), *mod_revision)],
             Vec::new(),
         ),
         Write::DeadLetter(d) => {
@@ -171,8 +176,12 @@ fn write_parts(keys: &Keys, w: &Write) -> Result<(Vec<Cmp>, Vec<Op>), CommitErro
                 vec![Op::put(key, state, None).map_err(encode_err)?],
             )
         }
-        Write::DeleteStatus { id, mod_revision } => {
-            let key = keys.status(id);
+        Write::DeleteStatus {
+            id,
+            at,
+            mod_revision,
+        } => {
+            let key = status_key(keys, at, id);
             (
                 vec![Cmp::ModRevision(key.clone(), *mod_revision)],
                 vec![Op::delete(key)],
@@ -240,6 +249,14 @@ fn write_parts(keys: &Keys, w: &Write) -> Result<(Vec<Cmp>, Vec<Op>), CommitErro
             )
         }
     })
+}
+
+/// The key of a status, under its node or (from before statuses moved there) the legacy one.
+fn status_key(keys: &Keys, at: &StatusKey, id: &drover_api::InstanceId) -> String {
+    match at {
+        StatusKey::Node(node) => keys.status(node, id),
+        StatusKey::Legacy => keys.legacy_status(id),
+    }
 }
 
 /// Commits `plan` as fenced transactions of at most `max_ops` compares and operations each,

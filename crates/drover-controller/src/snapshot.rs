@@ -39,6 +39,15 @@ pub struct OpaqueAssignment {
     pub mod_revision: i64,
 }
 
+/// Which key a status is under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StatusKey {
+    /// `status/<node>/<instance>`.
+    Node(String),
+    /// `status/<instance>`, from before statuses moved under their node.
+    Legacy,
+}
+
 /// The cluster as etcd holds it at one revision.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
@@ -54,8 +63,15 @@ pub struct Snapshot {
     pub nodestates: BTreeMap<String, Versioned<NodeState>>,
     /// Assignments by instance id; `value.node` is the node of the key.
     pub assignments: BTreeMap<InstanceId, Versioned<Instance>>,
-    /// Agent-reported statuses.
+    /// Agent-reported statuses, one per instance: the one under its node
+    /// (`status/<node>/<instance>`, `value.node` is the key's node), else a legacy one.
     pub statuses: BTreeMap<InstanceId, Versioned<InstanceStatus>>,
+    /// Statuses under the key of before statuses moved under their node (`status/<instance>`),
+    /// as written. One stands in [`Snapshot::statuses`] while its instance has no status under
+    /// a node; once it has, the leader deletes it ([`Snapshot::superseded_legacy_statuses`]).
+    pub legacy_statuses: BTreeMap<InstanceId, Versioned<InstanceStatus>>,
+    /// The instances whose entry in [`Snapshot::statuses`] is their legacy status.
+    pub statuses_from_legacy: BTreeSet<InstanceId>,
     /// Controller-owned task state.
     pub taskstates: BTreeMap<TaskRef, Versioned<TaskStateRecord>>,
     /// Dead letters by instance id.
@@ -196,9 +212,8 @@ impl Snapshot {
             }
             // A status that no longer decodes says nothing: the copy may be live
             // (never "gone" on a stale terminal phase).
-            Some(Key::Status(id)) => {
-                self.statuses.remove(&id);
-            }
+            Some(Key::Status { instance, .. }) => self.remove_status(&instance),
+            Some(Key::LegacyStatus(id)) => self.remove_legacy_status(&id),
             // Requests, triggers and dead letters that no longer decode are void:
             // acting on (or deleting by) their stale value would compare a revision
             // that is gone, every plan. A voided letter no longer holds its slot.
@@ -248,7 +263,8 @@ impl Snapshot {
             }
             // Kinds with no opaque set: nothing to forget.
             Some(
-                Key::Status(_)
+                Key::Status { .. }
+                | Key::LegacyStatus(_)
                 | Key::Request { .. }
                 | Key::Trigger { .. }
                 | Key::DeadLetter { .. }
@@ -289,9 +305,8 @@ impl Snapshot {
                 self.assignments
                     .insert(value.id.clone(), raw.map(|_| value));
             }
-            Record::Status(id, value) => {
-                self.statuses.insert(id, raw.map(|_| value));
-            }
+            Record::Status(id, value) => self.put_status(id, raw.map(|_| value)),
+            Record::LegacyStatus(id, value) => self.put_legacy_status(id, raw.map(|_| value)),
             Record::TaskState(task, value) => {
                 self.taskstates.insert(task, raw.map(|_| value));
             }
@@ -352,9 +367,8 @@ impl Snapshot {
                     self.assignments.remove(&instance);
                 }
             }
-            Key::Status(id) => {
-                self.statuses.remove(&id);
-            }
+            Key::Status { instance, .. } => self.remove_status(&instance),
+            Key::LegacyStatus(id) => self.remove_legacy_status(&id),
             Key::TaskState { namespace, name } => {
                 self.taskstates.remove(&TaskRef::new(namespace, name));
             }
@@ -421,6 +435,64 @@ impl Snapshot {
     #[must_use]
     pub fn node_present(&self, node: &str) -> bool {
         self.nodes.contains_key(node) || self.opaque_nodes.contains(node)
+    }
+
+    /// Records the status of `id` under its node (`value.node` is the key's node).
+    pub(crate) fn put_status(&mut self, id: InstanceId, status: Versioned<InstanceStatus>) {
+        self.statuses_from_legacy.remove(&id);
+        self.statuses.insert(id, status);
+    }
+
+    /// Records a legacy status of `id`; it stands in while `id` has no status under its node.
+    pub(crate) fn put_legacy_status(&mut self, id: InstanceId, status: Versioned<InstanceStatus>) {
+        if !self.statuses.contains_key(&id) || self.statuses_from_legacy.contains(&id) {
+            self.statuses.insert(id.clone(), status.clone());
+            self.statuses_from_legacy.insert(id.clone());
+        }
+        self.legacy_statuses.insert(id, status);
+    }
+
+    /// Forgets the status of `id` under its node; its legacy status, if any, stands in again.
+    pub(crate) fn remove_status(&mut self, id: &InstanceId) {
+        if self.statuses_from_legacy.contains(id) {
+            return;
+        }
+        match self.legacy_statuses.get(id) {
+            Some(legacy) => {
+                self.statuses.insert(id.clone(), legacy.clone());
+                self.statuses_from_legacy.insert(id.clone());
+            }
+            None => {
+                self.statuses.remove(id);
+            }
+        }
+    }
+
+    /// Forgets the legacy status of `id`, and the status of `id` if that is where it came from.
+    pub(crate) fn remove_legacy_status(&mut self, id: &InstanceId) {
+        self.legacy_statuses.remove(id);
+        if self.statuses_from_legacy.remove(id) {
+            self.statuses.remove(id);
+        }
+    }
+
+    /// Where the status of `id` that the planner reads is kept, if it has one.
+    pub fn status_key_of(&self, id: &InstanceId) -> Option<StatusKey> {
+        let status = self.statuses.get(id)?;
+        Some(if self.statuses_from_legacy.contains(id) {
+            StatusKey::Legacy
+        } else {
+            StatusKey::Node(status.value.node.clone())
+        })
+    }
+
+    /// Legacy statuses of instances that also have a status under their node, with their mod
+    /// revisions: nothing reads them any more, and the leader deletes them.
+    pub fn superseded_legacy_statuses(&self) -> impl Iterator<Item = (&InstanceId, i64)> + '_ {
+        self.legacy_statuses
+            .iter()
+            .filter(|(id, _)| !self.statuses_from_legacy.contains(*id))
+            .map(|(id, s)| (id, s.mod_revision))
     }
 
     /// Whether the copy of instance `id` on `node` is known to have no live process: its node
@@ -550,7 +622,7 @@ fn remove_nested<K: Ord, V>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use drover_api::TaskSpec;
+    use drover_api::{Phase, TaskSpec};
 
     fn raw(key: String, value: serde_json::Value, rev: i64) -> Versioned<serde_json::Value> {
         Versioned {
@@ -574,7 +646,7 @@ mod tests {
             .expect("decodes");
         let status = serde_json::json!({"id": id.to_string(), "node": "n1", "phase": "Stopped",
             "generation": 1, "attempt": 1, "updatedAt": "2026-01-01T00:00:00Z"});
-        s.apply(&keys, raw(keys.status(&id), status, 3))
+        s.apply(&keys, raw(keys.status("n1", &id), status, 3))
             .expect("decodes");
         assert_eq!(s.requests.len(), 1);
         let bad = serde_json::json!({"action": 7});
@@ -584,7 +656,7 @@ mod tests {
                 raw(keys.request("default", "web", "r1"), bad.clone(), 4)
             )
             .is_err());
-        assert!(s.apply(&keys, raw(keys.status(&id), bad, 5)).is_err());
+        assert!(s.apply(&keys, raw(keys.status("n1", &id), bad, 5)).is_err());
         assert!(
             s.requests.is_empty(),
             "a request that no longer decodes is not acted on"
@@ -593,6 +665,70 @@ mod tests {
             !s.statuses.contains_key(&id),
             "nor is a stale terminal status trusted"
         );
+    }
+
+    fn status_json(id: &InstanceId, node: &str, phase: &str) -> serde_json::Value {
+        serde_json::json!({"id": id.to_string(), "node": node, "phase": phase,
+            "generation": 1, "attempt": 0, "updatedAt": "2026-01-01T00:00:00Z"})
+    }
+
+    #[test]
+    fn a_legacy_status_stands_in_until_its_node_has_one_and_is_then_superseded() {
+        let keys = Keys::new("/t");
+        let mut s = Snapshot::default();
+        let id = InstanceId::service("default", "web", 0).expect("id");
+        let legacy = keys.legacy_status(&id);
+        let own = keys.status("n1", &id);
+        s.apply(
+            &keys,
+            raw(legacy.clone(), status_json(&id, "n1", "Running"), 3),
+        )
+        .expect("decodes");
+        assert_eq!(s.statuses[&id].value.phase, Phase::Running);
+        assert_eq!(s.status_key_of(&id), Some(StatusKey::Legacy));
+        assert_eq!(s.superseded_legacy_statuses().count(), 0);
+
+        s.apply(&keys, raw(own.clone(), status_json(&id, "n1", "Failed"), 4))
+            .expect("decodes");
+        // An agent not yet upgraded writes the old key again: the node's status still wins.
+        s.apply(
+            &keys,
+            raw(legacy.clone(), status_json(&id, "n1", "Running"), 5),
+        )
+        .expect("decodes");
+        assert_eq!(s.statuses[&id].value.phase, Phase::Failed);
+        assert_eq!(s.status_key_of(&id), Some(StatusKey::Node("n1".into())));
+        assert_eq!(
+            s.superseded_legacy_statuses().collect::<Vec<_>>(),
+            vec![(&id, 5)]
+        );
+
+        // Deleting the node's status lets the legacy one stand in again; deleting that leaves
+        // nothing.
+        s.remove(&keys, &own, 6);
+        assert_eq!(s.statuses[&id].value.phase, Phase::Running);
+        assert_eq!(s.status_key_of(&id), Some(StatusKey::Legacy));
+        s.remove(&keys, &legacy, 7);
+        assert!(!s.statuses.contains_key(&id) && s.legacy_statuses.is_empty());
+    }
+
+    #[test]
+    fn a_status_is_about_the_node_of_its_key_whatever_its_value_says() {
+        let keys = Keys::new("/t");
+        let mut s = Snapshot::default();
+        let id = InstanceId::service("default", "web", 0).expect("id");
+        s.apply(
+            &keys,
+            raw(keys.status("n2", &id), status_json(&id, "n1", "Failed"), 3),
+        )
+        .expect("decodes");
+        assert_eq!(s.statuses[&id].value.node, "n2");
+        assert_eq!(
+            s.terminal_status(&id, "n1"),
+            None,
+            "n1's copy is not shown gone"
+        );
+        assert_eq!(s.terminal_status(&id, "n2"), Some(3));
     }
 
     #[test]

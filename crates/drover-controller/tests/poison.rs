@@ -14,7 +14,11 @@ const NODE_TTL: Duration = Duration::from_secs(30);
 
 /// One undecodable value per key kind the controller reads; `live` is an instance of a live
 /// node and `doomed` one of the node about to die.
-fn poison(env: &Env, live: &InstanceId, doomed: &InstanceId) -> Vec<(String, &'static str)> {
+fn poison(
+    env: &Env,
+    (live_node, live): (&str, &InstanceId),
+    doomed: &InstanceId,
+) -> Vec<(String, &'static str)> {
     let k = &env.keys;
     let ghost = InstanceId::service("default", "ghost", 0).expect("id");
     let letter = InstanceId::service("default", "web", 99).expect("id");
@@ -28,8 +32,12 @@ fn poison(env: &Env, live: &InstanceId, doomed: &InstanceId) -> Vec<(String, &'s
         (k.nodeinfo("n2"), r#"{"cordoned":"yes"}"#),
         (k.nodestate("doomed"), r#"{"deadSince":"yesterday"}"#),
         (k.assignment("n3", &ghost), r#""not an instance""#),
-        (k.status(live), r#"{"phase":"Sideways"}"#),
-        (k.status(doomed), "not json at all"),
+        (k.status(live_node, live), r#"{"phase":"Sideways"}"#),
+        (k.status("doomed", doomed), "not json at all"),
+        (
+            k.legacy_status(live),
+            "{a status from before statuses moved",
+        ),
         (k.taskstate("default", "held"), r#"{"suspended":"maybe"}"#),
         (k.deadletter("default", &letter), "[1,2,3]"),
         (k.run("default", "web", 1), r#"{"run":"first"}"#),
@@ -70,12 +78,11 @@ async fn poison_under_every_key_kind_stalls_nothing() {
         .filter(|i| i.node == "doomed")
         .map(|i| i.id.clone())
         .collect();
-    let live = placed
+    let (live_node, live) = placed
         .iter()
         .find(|i| i.node != "doomed")
-        .expect("an instance on a live node")
-        .id
-        .clone();
+        .map(|i| (i.node.clone(), i.id.clone()))
+        .expect("an instance on a live node");
     let doomed = on_doomed
         .iter()
         .next()
@@ -87,7 +94,7 @@ async fn poison_under_every_key_kind_stalls_nothing() {
         (a.values().filter(|i| i.task == "held").count() == 1).then_some(())
     })
     .await;
-    for (key, value) in poison(&env, &live, &doomed) {
+    for (key, value) in poison(&env, (&live_node, &live), &doomed) {
         within(
             "put poison",
             env.store.put_raw(&key, value.as_bytes().to_vec(), None),

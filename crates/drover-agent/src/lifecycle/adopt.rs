@@ -33,8 +33,16 @@ impl Engine {
                     id: rec.meta.instance.clone(),
                 };
                 // The previous agent's status has the ports and restart count.
-                let key = self.keys().status(&slot.id);
-                let lookup = self.store().get::<InstanceStatus>(&key);
+                // Under the node, or (not moved yet) under the key of before statuses moved
+                // there.
+                let own = self.keys().status(&slot.node, &slot.id);
+                let legacy = self.keys().legacy_status(&slot.id);
+                let lookup = async {
+                    match self.store().get::<InstanceStatus>(&own).await {
+                        Ok(None) => self.store().get::<InstanceStatus>(&legacy).await,
+                        found => found,
+                    }
+                };
                 let prior: Option<InstanceStatus> = tokio::time::timeout_at(lookups_until, lookup)
                     .await
                     .ok()

@@ -117,9 +117,12 @@ impl Engine {
     /// writes.
     async fn confirm_start(&self, slot: &Slot, with_status: bool) -> Result<Confirmed> {
         let assignment = self.keys().assignment(&slot.node, &slot.id);
-        let status = self.keys().status(&slot.id);
+        let status = self.keys().status(&slot.node, &slot.id);
+        // Until the leader has moved it, a status may still be under the key of before
+        // statuses moved under their node.
+        let legacy = self.keys().legacy_status(&slot.id);
         let keys: Vec<&str> = if with_status {
-            vec![assignment.as_str(), status.as_str()]
+            vec![assignment.as_str(), status.as_str(), legacy.as_str()]
         } else {
             vec![assignment.as_str()]
         };
@@ -132,9 +135,11 @@ impl Engine {
                 source,
             })?
             .into_iter();
+        let assignment = found.next().flatten();
+        let status = found.next().flatten();
         Ok(Confirmed {
-            assignment: found.next().flatten(),
-            status: found.next().flatten(),
+            assignment,
+            status: status.or_else(|| found.next().flatten()),
         })
     }
 
@@ -220,12 +225,26 @@ impl Engine {
                     .map(|d| (d, run.handle().id.clone())),
                 _ => None,
             };
+            // An exec probe of a process runs as the process does, never as the agent.
+            let host = match e.kind() {
+                DriverKind::Process if check.exec.is_some() => {
+                    let req = StartRequest::from_instance(e.instance()?, e.ports().to_vec());
+                    self.drivers()
+                        .process_launch(&req)
+                        .inspect_err(
+                            |error| tracing::warn!(%error, "exec probe cannot run as the instance"),
+                        )
+                        .ok()
+                }
+                _ => None,
+            };
             Some((
                 run.seq(),
                 Probe {
                     check,
                     ports: e.ports().to_vec(),
                     docker,
+                    host,
                 },
             ))
         });

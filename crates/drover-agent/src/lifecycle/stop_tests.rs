@@ -18,7 +18,7 @@ fn stop(mut i: drover_api::Instance, reason: &str) -> drover_api::Instance {
 
 async fn status(rig: &Rig, id: &InstanceId) -> Option<InstanceStatus> {
     rig.store
-        .get::<InstanceStatus>(&rig.keys.status(id))
+        .get::<InstanceStatus>(&rig.keys.status(NODE, id))
         .await
         .expect("read status")
         .map(|v| v.value)
@@ -116,7 +116,7 @@ async fn a_copy_an_earlier_agent_reported_failed_is_not_started_again() {
         updated_at: chrono::Utc::now(),
     };
     rig.store
-        .put(&rig.keys.status(&id), &ended, None)
+        .put(&rig.keys.status(NODE, &id), &ended, None)
         .await
         .expect("status");
     rig.cache(&id, rev);

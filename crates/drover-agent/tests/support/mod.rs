@@ -121,17 +121,30 @@ impl Env {
     pub async fn unassign(&self, node: &str, id: &InstanceId) {
         let txn = drover_store::Txn::new()
             .delete(self.keys.assignment(node, id))
-            .delete(self.keys.status(id));
+            .delete(self.keys.status(node, id));
         self.store.commit(txn, None).await.expect("unassigned");
     }
 
+    /// The status of `id` written last, under whichever node's key it is (a test that moves
+    /// an instance between nodes leaves the old node's status behind); the node of the key
+    /// must be the node the status names (an agent writes only under its own node).
     pub async fn status(&self, id: &InstanceId) -> Option<InstanceStatus> {
-        self.store
-            .get::<InstanceStatus>(&self.keys.status(id))
-            .await
-            .ok()
-            .flatten()
-            .map(|v| v.value)
+        let listing = self.store.list_raw(&self.keys.statuses()).await.ok()?;
+        let (node, value) = listing
+            .items
+            .iter()
+            .filter_map(|kv| {
+                let (node, of) = self.keys.parse_status_key(&kv.key)?;
+                (&of == id).then_some((kv.mod_revision, node, kv.value.clone()))
+            })
+            .max_by_key(|(revision, ..)| *revision)
+            .map(|(_, node, value)| (node, value))?;
+        let status: InstanceStatus = serde_json::from_slice(&value).ok()?;
+        assert_eq!(
+            status.node, node,
+            "the status of {id} is under another node's key"
+        );
+        Some(status)
     }
 
     /// Waits until the status of `id` satisfies `pred`.
@@ -275,6 +288,9 @@ pub fn agent_config(node: &str, driver: DriverChoice, state: &tempfile::TempDir)
     c.port_range = base..=base + 300;
     c.restart_backoff = Duration::from_millis(200);
     c.restart_backoff_max = Duration::from_secs(2);
+    // These tests run as root and run process tasks without `spec.user`: they opt in, as
+    // `--allow-root-tasks` would. The tests of the refusal itself turn it off again.
+    c.allow_root_tasks = true;
     c
 }
 

@@ -31,7 +31,7 @@ use chrono::{DateTime, Utc};
 use drover_api::{Event, EventKind, Instance, InstanceId, Mode, NodeState, RunRecord};
 
 use crate::config::ControllerConfig;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Snapshot, StatusKey};
 use drover_api::records::{DeadLetterRecord, TaskRef, TaskStateRecord};
 pub use reason::Reason;
 
@@ -41,7 +41,7 @@ pub enum Write {
     /// Create `assignments/<node>/<id>` (compare: absent).
     Assign(Box<Instance>),
     /// Delete `assignments/<node>/<id>` (compare: unchanged since `mod_revision`) and
-    /// `status/<id>` with it, so a stale agent's later status write is rejected.
+    /// `status/<node>/<id>` with it, so a stale agent's later status write is rejected.
     ///
     /// Planners emit it for every removal; [`stop_live_copies`] turns it into a
     /// [`Write::RequestStop`] while the copy may still be live.
@@ -90,20 +90,25 @@ pub enum Write {
         /// The record's mod revision in the snapshot (0 = absent).
         mod_revision: i64,
     },
-    /// No operation, only a compare: `status/<id>` is unchanged since `mod_revision`. Carried
+    /// No operation, only a compare: the status of `id` is unchanged since `mod_revision`. Carried
     /// by every step that deletes a live node's assignment because its status said the copy
     /// had exited, so a status that moved on (the agent restarted and started the copy again)
     /// makes the step fail instead of letting a replacement start beside it.
     StatusUnchanged {
         /// The instance.
         id: InstanceId,
+        /// Which key the status is under.
+        at: StatusKey,
         /// The status's mod revision in the snapshot.
         mod_revision: i64,
     },
-    /// Delete a status that has no assignment (compare: mod revision).
+    /// Delete a status that has no assignment, or a legacy one that a status under the node
+    /// has replaced (compare: mod revision).
     DeleteStatus {
         /// The instance.
         id: InstanceId,
+        /// Which key the status is under.
+        at: StatusKey,
         /// The status's mod revision in the snapshot.
         mod_revision: i64,
     },
@@ -318,6 +323,7 @@ pub fn plan(snapshot: &Snapshot, now: DateTime<Utc>, config: &ControllerConfig) 
     }
     let starts = jobs::plan_jobs(snapshot, now, config, &mut plan);
     service::orphan_statuses(snapshot, &mut plan);
+    service::superseded_legacy_statuses(snapshot, &mut plan);
     deadletters::trim(snapshot, &mut plan);
     requests::plan_requests(snapshot, now, &mut plan);
     placement::place(snapshot, now, removals, requests, starts, &mut plan);
@@ -353,11 +359,15 @@ fn stop_live_copies(snapshot: &Snapshot, now: DateTime<Utc>, plan: &mut Plan) {
                 writes.push(w);
                 continue;
             }
-            if let Some(mod_revision) = snapshot.terminal_status(id, node) {
+            if let Some((mod_revision, at)) = snapshot
+                .terminal_status(id, node)
+                .zip(snapshot.status_key_of(id))
+            {
                 // The compare first: etcd checks every compare before any operation, and the
                 // simulated etcd applies writes in order.
                 writes.push(Write::StatusUnchanged {
                     id: id.clone(),
+                    at,
                     mod_revision,
                 });
                 writes.push(w);

@@ -11,8 +11,9 @@ use drover_api::{
 };
 use drover_store::Versioned;
 
+use super::service::status_at;
 use super::{Plan, Reason, Step, Write};
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Snapshot, StatusKey};
 use drover_api::records::{DeadLetterRecord, TaskRef, TaskStateRecord};
 
 /// Slack after `timeoutSeconds` plus the grace period before the controller itself ends a run
@@ -24,6 +25,8 @@ pub(super) const DEADLINE_SLACK_SECS: i64 = 5;
 pub(super) struct RunInstances<'a> {
     pub(super) assignments: BTreeMap<u32, &'a Versioned<Instance>>,
     pub(super) statuses: BTreeMap<u32, &'a Versioned<InstanceStatus>>,
+    /// Which key each of `statuses` is under.
+    pub(super) status_keys: BTreeMap<u32, StatusKey>,
 }
 
 /// Job instances of every run, indexed by `(task, run)`.
@@ -40,7 +43,9 @@ pub(super) fn index(snapshot: &Snapshot) -> BTreeMap<(TaskRef, u64), RunInstance
     }
     for (id, s) in &snapshot.statuses {
         if let Some(k) = key(id) {
-            idx.entry(k).or_default().statuses.insert(id.slot(), s);
+            let entry = idx.entry(k).or_default();
+            entry.statuses.insert(id.slot(), s);
+            entry.status_keys.insert(id.slot(), status_at(snapshot, id));
         }
     }
     idx
@@ -225,6 +230,11 @@ pub(super) fn remove_instances(inst: Option<&RunInstances<'_>>, plan: &mut Plan)
                 task: None,
                 writes: vec![Write::DeleteStatus {
                     id: s.value.id.clone(),
+                    at: inst
+                        .status_keys
+                        .get(slot)
+                        .cloned()
+                        .unwrap_or(StatusKey::Legacy),
                     mod_revision: s.mod_revision,
                 }],
             });
@@ -345,6 +355,7 @@ pub(super) fn cleanup(
                     .filter(|(slot, _)| !inst.assignments.contains_key(slot))
                     .map(|(k, v)| (*k, *v))
                     .collect(),
+                status_keys: inst.status_keys.clone(),
             };
             remove_instances(Some(&orphans), plan);
             continue;

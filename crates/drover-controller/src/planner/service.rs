@@ -13,7 +13,7 @@ use drover_api::{DeadLetter, EventKind, Instance, InstanceId, Phase, Task};
 use super::reason::Reason;
 use super::{Plan, Step, Write};
 use crate::config::ControllerConfig;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Snapshot, StatusKey};
 use drover_api::records::{DeadLetterRecord, TaskRef};
 
 /// An assignment to delete (with its status), and why.
@@ -376,9 +376,30 @@ pub(super) fn orphan_statuses(snapshot: &Snapshot, plan: &mut Plan) {
                 task: None,
                 writes: vec![Write::DeleteStatus {
                     id: id.clone(),
+                    at: status_at(snapshot, id),
                     mod_revision: status.mod_revision,
                 }],
             });
         }
     }
+}
+
+/// Deletes the legacy statuses (`status/<instance>`) of instances whose agent has written a
+/// status under its node: the migration to per-node statuses, one key at a time.
+pub(super) fn superseded_legacy_statuses(snapshot: &Snapshot, plan: &mut Plan) {
+    for (id, mod_revision) in snapshot.superseded_legacy_statuses() {
+        plan.steps.push(Step {
+            task: None,
+            writes: vec![Write::DeleteStatus {
+                id: id.clone(),
+                at: StatusKey::Legacy,
+                mod_revision,
+            }],
+        });
+    }
+}
+
+/// Which key the status of `id` (which the snapshot holds) is under.
+pub(super) fn status_at(snapshot: &Snapshot, id: &InstanceId) -> StatusKey {
+    snapshot.status_key_of(id).unwrap_or(StatusKey::Legacy)
 }

@@ -125,8 +125,27 @@ impl Sim {
         finished: Option<DateTime<Utc>>,
     ) {
         let rev = self.bump();
+        let status = self.status_of(id, phase, finished);
+        self.s
+            .put_status(id.clone(), versioned(format!("status/n/{id}"), status, rev));
+    }
+
+    /// As [`Sim::set_phase`], under the key of before statuses moved under their node.
+    pub(super) fn set_legacy_phase(&mut self, id: &InstanceId, phase: Phase) {
+        let rev = self.bump();
+        let status = self.status_of(id, phase, None);
+        self.s
+            .put_legacy_status(id.clone(), versioned(format!("status/{id}"), status, rev));
+    }
+
+    fn status_of(
+        &self,
+        id: &InstanceId,
+        phase: Phase,
+        finished: Option<DateTime<Utc>>,
+    ) -> InstanceStatus {
         let a = &self.s.assignments[id].value;
-        let status = InstanceStatus {
+        InstanceStatus {
             id: id.clone(),
             node: a.node.clone(),
             phase,
@@ -142,10 +161,7 @@ impl Sim {
             started_at: None,
             finished_at: finished,
             updated_at: finished.unwrap_or(at(0)),
-        };
-        self.s
-            .statuses
-            .insert(id.clone(), versioned(format!("status/{id}"), status, rev));
+        }
     }
 
     /// Applies a plan as the committer would (all compares are assumed to hold).
@@ -187,9 +203,15 @@ impl Sim {
                     } => {
                         assert_eq!(self.s.assignments[id].mod_revision, *mod_revision);
                         self.s.assignments.remove(id);
-                        self.s.statuses.remove(id);
+                        // etcd deletes the status under the node; a legacy one stays.
+                        self.s.remove_status(id);
                     }
-                    Write::StatusUnchanged { id, mod_revision } => {
+                    Write::StatusUnchanged {
+                        id,
+                        at,
+                        mod_revision,
+                    } => {
+                        assert_eq!(self.s.status_key_of(id).as_ref(), Some(at));
                         assert_eq!(self.s.statuses[id].mod_revision, *mod_revision);
                     }
                     Write::NodeGone { node } => {
@@ -210,9 +232,10 @@ impl Sim {
                     Write::DeleteDeadLetter { instance, .. } => {
                         self.s.deadletters.remove(instance);
                     }
-                    Write::DeleteStatus { id, .. } => {
-                        self.s.statuses.remove(id);
-                    }
+                    Write::DeleteStatus { id, at, .. } => match at {
+                        StatusKey::Node(_) => self.s.remove_status(id),
+                        StatusKey::Legacy => self.s.remove_legacy_status(id),
+                    },
                     Write::DeleteTaskState { task, .. } => {
                         self.s.taskstates.remove(task);
                     }

@@ -357,6 +357,76 @@ fn a_live_copy_is_deleted_only_on_a_terminal_status_of_its_own_node_that_still_h
 }
 
 #[test]
+fn a_legacy_status_is_read_until_its_node_has_one_then_deleted() {
+    let mut sim = Sim::new();
+    sim.node("n1", 4000, &[]);
+    sim.task("web", 1, |_| {});
+    sim.converge(at(0));
+    let id = sim.ids("web")[0].clone();
+    // An agent from before statuses moved under their node reported it Running.
+    sim.s.remove_status(&id);
+    sim.set_legacy_phase(&id, Phase::Running);
+    let p = plan(&sim.s, at(1), &sim.config);
+    assert!(p.is_empty(), "nothing to move yet: {p:?}");
+
+    // The upgraded agent writes under its node: the legacy key is deleted, compared.
+    sim.set_phase(&id, Phase::Running, None);
+    let legacy_rev = sim.s.legacy_statuses[&id].mod_revision;
+    let p = plan(&sim.s, at(2), &sim.config);
+    assert!(
+        p.steps.iter().any(|s| matches!(
+            s.writes.as_slice(),
+            [Write::DeleteStatus { at: StatusKey::Legacy, mod_revision, .. }] if *mod_revision == legacy_rev
+        )),
+        "{:?}",
+        p.steps
+    );
+    sim.apply(&p);
+    assert!(sim.s.legacy_statuses.is_empty());
+    assert_eq!(sim.s.statuses[&id].value.phase, Phase::Running);
+    assert_eq!(sim.converge(at(3)), 0);
+}
+
+#[test]
+fn a_copy_known_gone_only_from_its_legacy_status_is_deleted_comparing_that_key() {
+    let mut sim = Sim::new();
+    sim.node("n1", 4000, &[]);
+    sim.task("web", 1, |_| {});
+    sim.converge(at(0));
+    let id = sim.ids("web")[0].clone();
+    sim.task("web", 0, |_| {});
+    sim.s.remove_status(&id);
+    sim.set_legacy_phase(&id, Phase::Stopped);
+    let rev = sim.s.legacy_statuses[&id].mod_revision;
+    let p = plan(&sim.s, at(1), &sim.config);
+    assert!(
+        p.steps.iter().any(|s| matches!(
+            s.writes.as_slice(),
+            [Write::StatusUnchanged { at: StatusKey::Legacy, mod_revision, .. }, Write::Unassign { .. }]
+                if *mod_revision == rev
+        )),
+        "{:?}",
+        p.steps
+    );
+    sim.apply(&p);
+    // The unassign deleted only the node's (absent) status; the orphaned legacy one goes next.
+    let p = plan(&sim.s, at(2), &sim.config);
+    assert!(
+        p.steps.iter().any(|s| matches!(
+            s.writes.as_slice(),
+            [Write::DeleteStatus {
+                at: StatusKey::Legacy,
+                ..
+            }]
+        )),
+        "{:?}",
+        p.steps
+    );
+    sim.apply(&p);
+    assert!(sim.s.statuses.is_empty() && sim.s.legacy_statuses.is_empty());
+}
+
+#[test]
 fn drain_without_surge_stops_one_copy_before_replacing_it() {
     let rounds = drain_rounds(0);
     for (round, (live, running)) in rounds.iter().enumerate() {

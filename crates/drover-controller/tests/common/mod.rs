@@ -407,7 +407,7 @@ async fn write_status(store: &Store, keys: &Keys, i: &Instance, s: &InstanceStat
     let Ok(Some(a)) = store.get_raw(&akey).await else {
         return false;
     };
-    let Ok(op) = Op::put(keys.status(&i.id), s, None) else {
+    let Ok(op) = Op::put(keys.status(&i.node, &i.id), s, None) else {
         return false;
     };
     let txn = Txn::new()

@@ -94,7 +94,7 @@ fn about_task(keys: &Keys, key: &str, ns: &str, name: &str) -> bool {
             .parse_assignment_key(key)
             .is_some_and(|(_, id)| of_instance(&id))
         || keys
-            .parse_status_key(key)
+            .parse_any_status_key(key)
             .is_some_and(|id| of_instance(&id))
 }
 

@@ -448,7 +448,7 @@ async fn watch_lines(
                 .parse_task_key(key)
                 .or_else(|| keys.parse_taskstate_key(key))
                 .or_else(|| {
-                    keys.parse_status_key(key)
+                    keys.parse_any_status_key(key)
                         .map(|id| (id.namespace().to_string(), id.task().to_string()))
                 });
             let Some((namespace, name)) = name else {
@@ -465,7 +465,7 @@ async fn watch_lines(
         }
         Resource::Instances => {
             let id = keys
-                .parse_status_key(key)
+                .parse_any_status_key(key)
                 .or_else(|| keys.parse_assignment_key(key).map(|(_, id)| id));
             let Some(id) = id else {
                 return Ok(String::new());

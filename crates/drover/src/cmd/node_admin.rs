@@ -2,6 +2,7 @@
 //! `nodeinfo/<node>`, the operators' own key (not fenced: operators are not the leader), and
 //! drain progress.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use drover_api::{InstanceId, Keys, NodeInfo, Phase};
@@ -160,15 +161,33 @@ pub async fn drain_progress(
         .iter()
         .filter_map(|kv| keys.parse_assignment_key(&kv.key).map(|(_, id)| id))
         .collect();
-    let mut running = 0;
+    // The node's statuses in one read; an instance with none there may still have one under
+    // the key of before statuses moved under their node.
+    let statuses = store.list_raw(&keys.node_statuses(node)).await?;
+    let mut reported: BTreeMap<InstanceId, bool> = statuses
+        .items
+        .iter()
+        .filter_map(|kv| {
+            let (_, id) = keys.parse_status_key(&kv.key)?;
+            let status: drover_api::InstanceStatus = serde_json::from_slice(&kv.value).ok()?;
+            Some((id, status.phase == Phase::Running))
+        })
+        .collect();
     for id in &remaining {
+        if reported.contains_key(id) {
+            continue;
+        }
         if let Some(s) = store
-            .get::<drover_api::InstanceStatus>(&keys.status(id))
+            .get::<drover_api::InstanceStatus>(&keys.legacy_status(id))
             .await?
         {
-            running += usize::from(s.value.phase == Phase::Running);
+            reported.insert(id.clone(), s.value.phase == Phase::Running);
         }
     }
+    let running = remaining
+        .iter()
+        .filter(|id| reported.get(*id).copied().unwrap_or(false))
+        .count();
     Ok(DrainProgress {
         node: node.to_owned(),
         remaining,
