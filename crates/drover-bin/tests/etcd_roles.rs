@@ -188,6 +188,7 @@ async fn a_cluster_on_per_role_credentials_runs_reschedules_and_fails_over() {
     let mut agents = Vec::new();
     for node in ["alpha", "beta"] {
         let cli = as_user(&base, &files, &creds, &format!("drover-node-{node}"));
+        let state = dir.path().join(node).display().to_string();
         agents.push(Daemon::start(
             &cli,
             &[
@@ -198,6 +199,8 @@ async fn a_cluster_on_per_role_credentials_runs_reschedules_and_fails_over() {
                 "hollow",
                 "--lease-ttl",
                 "4s",
+                "--state-dir",
+                &state,
             ],
         ));
     }
