@@ -11,11 +11,14 @@
 //!   Idempotent calls retry with backoff over the live endpoints; txns are sent at most once.
 //!   `count`, `db_size`, `compact` and `defragment` for benchmarks and operators.
 //! - [`bare_client`]: an etcd-client of its own with the same TLS and user, for benchmarks.
+//! - [`Store::ensure_role`], [`Store::ensure_user`], [`Store::enable_auth`]: etcd's users and
+//!   roles, for `drover admin bootstrap`.
 //! - [`ETCD_SERVER_FLAGS`]: the server flags of every etcd Drover starts itself.
 //! - [`Election`]: campaign, [`Leadership`] with its [`Fence`], `leader`/`observe`.
 //! - [`watcher()`]: list + watch as a state machine; [`reflector`] keeps a local cache of it, and
 //!   [`Relisting`] keeps any [`Sink`] current from it (a re-list swapped in whole).
 
+mod auth_admin;
 mod backoff;
 mod codec;
 mod config;
@@ -33,6 +36,7 @@ mod txn;
 pub mod watcher;
 mod write_log;
 
+pub use auth_admin::{Access, Ensured, Grant};
 pub use config::{RetryConfig, StoreConfig, DEFAULT_MAX_REQUEST_BYTES};
 pub use election::{Election, LeaderInfo, Leadership};
 pub use error::{Error, Result};

@@ -79,6 +79,42 @@ pub enum Command {
     Enable(TaskArgs),
     /// Re-queue a dead-lettered instance: a job runs again, a service refills its slot.
     Retry(RetryArgs),
+    /// Cluster administration: etcd users and roles.
+    Admin(AdminArgs),
+}
+
+/// `drover admin`.
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub verb: AdminVerb,
+}
+
+/// The admin verbs.
+#[derive(Debug, Subcommand)]
+pub enum AdminVerb {
+    /// Create etcd roles and users for the controllers, CLI users and each node's agent (each
+    /// node's agent may write only its own node key and statuses), then turn etcd's
+    /// authentication on. Repeatable: run it again with more `--node`s to add nodes (as root,
+    /// with `--etcd-user root --etcd-password-file ...`, once auth is on).
+    Bootstrap(BootstrapArgs),
+}
+
+/// `drover admin bootstrap`.
+#[derive(Debug, Args)]
+pub struct BootstrapArgs {
+    /// A node to make an agent user and role for (`drover-node-<NODE>`); repeat it.
+    #[arg(long = "node", value_name = "NODE")]
+    pub nodes: Vec<String>,
+    /// Where the passwords of the users created now are written, one `<user>.password` file
+    /// each (mode 0600); created if missing.
+    #[arg(long, value_name = "DIR", default_value = "drover-credentials")]
+    pub credentials_dir: PathBuf,
+    /// The password of etcd's `root` user, read from this file, when root does not exist yet
+    /// [default: a new one, written to `<credentials-dir>/root.password`].
+    #[arg(long, value_name = "FILE")]
+    pub root_password_file: Option<PathBuf>,
 }
 
 /// A task named on the command line.

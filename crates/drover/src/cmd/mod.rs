@@ -5,6 +5,7 @@ pub mod apply;
 mod bench;
 mod bench_failover;
 mod bench_scale;
+mod bootstrap;
 mod delete;
 mod describe;
 pub mod get;
@@ -19,7 +20,7 @@ pub mod snapshot;
 use drover_api::keys::Keys;
 use drover_store::{Store, StoreConfig};
 
-use crate::cli::{BenchKind, Command, Global};
+use crate::cli::{AdminVerb, BenchKind, Command, Global};
 use crate::exit::{CliError, CliResult, UNAVAILABLE};
 
 /// Runs the client verb the command line names.
@@ -41,6 +42,9 @@ pub async fn run(global: &Global, command: Command) -> CliResult {
         Command::Trigger(args) => jobs::trigger(global, args).await,
         Command::Enable(args) => jobs::enable(global, args).await,
         Command::Retry(args) => jobs::retry(global, args).await,
+        Command::Admin(args) => match args.verb {
+            AdminVerb::Bootstrap(args) => bootstrap::run(global, args).await,
+        },
     }
 }
 
