@@ -160,7 +160,13 @@ impl Agent {
         config.validate()?;
         let started = tokio::time::Instant::now();
         std::fs::create_dir_all(&config.state_dir).ok();
-        let drivers = DriverSet::new(config.driver, &config.state_dir, &config.publish_ip).await?;
+        let drivers = DriverSet::new(
+            config.driver,
+            &config.state_dir,
+            &config.publish_ip,
+            config.allow_root_tasks,
+        )
+        .await?;
         let listener = tokio::net::TcpListener::bind(config.address)
             .await
             .map_err(|source| Error::Bind {
@@ -200,7 +206,7 @@ impl Agent {
 
         let record = Node {
             name: config.node.clone(),
-            address: grpc::advertised(address),
+            address: crate::advertise::advertised(config.advertise_address.as_ref(), address),
             capacity: config.effective_capacity(),
             labels: config.labels.clone(),
             drivers: drivers.kinds(),

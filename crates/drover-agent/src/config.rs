@@ -12,6 +12,8 @@ use drover_api::quantity::{Cpu, Memory};
 use drover_api::task::DriverKind;
 use serde::{Deserialize, Serialize};
 
+use crate::advertise::AdvertiseAddress;
+
 /// `Result` with this module's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -68,9 +70,18 @@ impl From<DriverKind> for DriverChoice {
 pub struct AgentConfig {
     /// The node name (DNS-1123 label). Required.
     pub node: String,
-    /// Where the gRPC service (`Ping`, `Logs`) listens. Default `127.0.0.1:0`: a free port,
-    /// and the bound address is what the node key advertises.
+    /// Where the gRPC service (`Ping`, `Logs`) listens. Default `127.0.0.1:0`: a free port.
     pub address: SocketAddr,
+    /// What the node key advertises as the gRPC address (`--advertise-address`): `HOST` (with
+    /// the bound port) or `HOST:PORT`, never `0.0.0.0` or `::`. Default `None`: the bound
+    /// address, which then must not be unspecified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertise_address: Option<AdvertiseAddress>,
+    /// Let the process driver of an agent running as root run processes as root: tasks that
+    /// set no `spec.user`, or name root (`--allow-root-tasks`). Default false: they fail with
+    /// `RunAsRootRefused`.
+    #[serde(default)]
+    pub allow_root_tasks: bool,
     /// TTL of the node's lease; keep-alives go every TTL/6. Default 10 s, at least 2 s
     /// (etcd raises smaller TTLs to its own minimum).
     #[serde(with = "drover_api::duration::human")]
@@ -126,6 +137,8 @@ impl AgentConfig {
             state_dir: PathBuf::from(".drover/agent").join(&node),
             node,
             address: SocketAddr::from(([127, 0, 0, 1], 0)),
+            advertise_address: None,
+            allow_root_tasks: false,
             lease_ttl: Duration::from_secs(10),
             self_fence_margin: None,
             labels: BTreeMap::new(),
@@ -159,6 +172,17 @@ impl AgentConfig {
             return Err(invalid(
                 "node",
                 format!("{:?} is not a DNS-1123 label", self.node),
+            ));
+        }
+        if self.advertise_address.is_none() && self.address.ip().is_unspecified() {
+            return Err(invalid(
+                "advertiseAddress",
+                format!(
+                    "--address {} listens on every interface, which is no address to publish: \
+                     give --advertise-address HOST[:PORT], the address other nodes and \
+                     `drover logs` reach this agent at",
+                    self.address
+                ),
             ));
         }
         if self.lease_ttl < Duration::from_secs(2) {
@@ -261,6 +285,31 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn an_unspecified_bind_address_needs_an_advertise_address() {
+        let mut c = AgentConfig::new("n1");
+        c.address = SocketAddr::from(([0, 0, 0, 0], 7400));
+        let err = c.validate().expect_err("nothing to advertise");
+        assert!(
+            matches!(
+                err,
+                Error::Invalid {
+                    field: "advertiseAddress",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("--advertise-address"), "{err}");
+        c.address = "[::]:7400".parse().expect("addr");
+        assert!(c.validate().is_err());
+        c.advertise_address = Some("10.0.0.5".parse().expect("valid"));
+        c.validate().expect("advertised explicitly");
+        c.address = SocketAddr::from(([127, 0, 0, 1], 0));
+        c.advertise_address = None;
+        c.validate().expect("loopback advertises itself, as before");
     }
 
     #[test]

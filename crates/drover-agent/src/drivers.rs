@@ -9,8 +9,8 @@ use drover_api::task::{DriverKind, TaskSpec};
 use crate::config::DriverChoice;
 use crate::driver::docker::DockerDriver;
 use crate::driver::hollow::HollowDriver;
-use crate::driver::process::ProcessDriver;
-use crate::driver::Driver;
+use crate::driver::process::{Launch, Policy, ProcessDriver};
+use crate::driver::{Driver, StartRequest};
 
 /// `Result` with this module's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -31,13 +31,22 @@ pub enum Error {
 pub struct DriverSet {
     drivers: Vec<(DriverKind, Arc<dyn Driver>)>,
     docker: Option<Docker>,
+    allow_root_tasks: bool,
 }
 
 impl DriverSet {
-    /// Builds the drivers `choice` asks for (see [`DriverChoice`]).
-    pub async fn new(choice: DriverChoice, state_dir: &Path, publish_ip: &str) -> Result<Self> {
+    /// Builds the drivers `choice` asks for (see [`DriverChoice`]). `allow_root_tasks` lets
+    /// the process driver of an agent running as root run processes as root.
+    pub async fn new(
+        choice: DriverChoice,
+        state_dir: &Path,
+        publish_ip: &str,
+        allow_root_tasks: bool,
+    ) -> Result<Self> {
         let process = || -> Result<(DriverKind, Arc<dyn Driver>)> {
-            let p = ProcessDriver::new(state_dir.join("process")).map_err(Error::Process)?;
+            let p = ProcessDriver::new(state_dir.join("process"))
+                .map_err(Error::Process)?
+                .allow_root_tasks(allow_root_tasks);
             Ok((DriverKind::Process, Arc::new(p)))
         };
         let docker = match choice {
@@ -64,6 +73,7 @@ impl DriverSet {
         Ok(DriverSet {
             drivers,
             docker: client,
+            allow_root_tasks,
         })
     }
 
@@ -72,6 +82,7 @@ impl DriverSet {
         DriverSet {
             drivers: vec![(DriverKind::Hollow, Arc::new(driver))],
             docker: None,
+            allow_root_tasks: false,
         }
     }
 
@@ -81,6 +92,7 @@ impl DriverSet {
         DriverSet {
             drivers: vec![(kind, driver)],
             docker: None,
+            allow_root_tasks: false,
         }
     }
 
@@ -110,6 +122,12 @@ impl DriverSet {
     /// Every driver this agent has, with its kind.
     pub fn all(&self) -> &[(DriverKind, Arc<dyn Driver>)] {
         &self.drivers
+    }
+
+    /// How a process instance's processes run here (its exec probes run the same way as the
+    /// instance itself, never as the agent).
+    pub fn process_launch(&self, req: &StartRequest) -> crate::driver::Result<Launch> {
+        Launch::prepare(req, Policy::of_this_process(self.allow_root_tasks))
     }
 
     /// The Docker client, for exec probes.

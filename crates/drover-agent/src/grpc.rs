@@ -1,7 +1,6 @@
 //! The agent's gRPC service (`proto/drover/agent/v1/agent.proto`): `Ping` and `Logs`. The
 //! client side lives in `drover_proto::client` (re-exported here as [`logs_client`], [`ping`]).
 
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -134,8 +133,3 @@ pub(crate) async fn serve(
 }
 
 pub use drover_proto::client::{logs as logs_client, ping};
-
-/// The address to advertise for a listener bound to `bound`.
-pub(crate) fn advertised(bound: SocketAddr) -> String {
-    bound.to_string()
-}

@@ -1,6 +1,7 @@
 //! Drover's node agent: runs the instances assigned to its node through a [`driver::Driver`]
 //! (docker, process or hollow) and reports their status.
 
+pub mod advertise;
 pub mod agent;
 pub mod config;
 pub mod converge;

@@ -16,6 +16,8 @@ use bollard::Docker;
 use drover_api::instance::{Health, PortBinding};
 use drover_api::task::HealthCheck;
 use drover_runtime::http;
+
+use crate::driver::process::Launch;
 use futures::StreamExt;
 
 /// `Result` with this module's [`Error`].
@@ -65,6 +67,10 @@ pub struct Probe {
     pub ports: Vec<PortBinding>,
     /// The container to `docker exec` into; `None` runs exec probes on the host.
     pub docker: Option<(Docker, String)>,
+    /// How exec probes run on the host: as the process instance itself runs (user, group,
+    /// environment, working directory). `None` (it could not be prepared) fails them rather
+    /// than running them as the agent.
+    pub host: Option<Launch>,
 }
 
 impl std::fmt::Debug for Probe {
@@ -110,7 +116,7 @@ impl Probe {
                     Some((docker, container)) => {
                         docker_exec(docker, container, &exec.command).await
                     }
-                    None => host_exec(&exec.command).await,
+                    None => host_exec(self.host.as_ref(), &exec.command).await,
                 };
             }
             Err(Error::NoProbe)
@@ -182,12 +188,17 @@ impl Tracker {
     }
 }
 
-async fn host_exec(command: &[String]) -> Result<()> {
-    let Some((program, args)) = command.split_first() else {
-        return Err(Error::Exec("empty command".into()));
+async fn host_exec(launch: Option<&Launch>, command: &[String]) -> Result<()> {
+    let Some(launch) = launch else {
+        return Err(Error::Exec(
+            "not run: the instance's user, group or working directory could not be resolved".into(),
+        ));
     };
-    let status = tokio::process::Command::new(program)
-        .args(args)
+    let (mut cmd, program) = launch
+        .command(command)
+        .map_err(|e| Error::Exec(e.to_string()))?;
+    let program = program.display();
+    let status = cmd
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -265,6 +276,18 @@ mod tests {
                 let _ = c.write_all(answer.as_bytes()).await;
             }
         });
+        let req = crate::driver::StartRequest {
+            meta: crate::driver::InstanceMeta {
+                instance: "default.probe.0".parse().expect("id"),
+                node: "n1".into(),
+                generation: 1,
+                attempt: 1,
+            },
+            spec: Default::default(),
+            ports: Vec::new(),
+        };
+        let policy = crate::driver::process::Policy::of_this_process(true);
+        let host = Launch::prepare(&req, policy).expect("launch as the agent");
         let check = |json: serde_json::Value| Probe {
             check: serde_json::from_value(json).expect("check"),
             ports: vec![PortBinding {
@@ -272,6 +295,7 @@ mod tests {
                 host_port: addr.port(),
             }],
             docker: None,
+            host: Some(host.clone()),
         };
         check(serde_json::json!({"http": {"path": "/ok", "port": 7}}))
             .once()
@@ -302,5 +326,9 @@ mod tests {
             .once()
             .await
             .is_err());
+        // Without a launch, an exec probe is not run as the agent: it fails.
+        let mut unprepared = check(serde_json::json!({"exec": {"command": ["true"]}}));
+        unprepared.host = None;
+        assert!(matches!(unprepared.once().await, Err(Error::Exec(_))));
     }
 }

@@ -357,3 +357,108 @@ async fn restarts_on_failure_do_not_reset_the_deadline() {
     assert!(st.restart_count >= 1, "{st:#?}");
     node.agent.stop().await;
 }
+
+/// The real uid and gid of `pid`, from the `Uid:` and `Gid:` lines of `/proc/<pid>/status`.
+fn uid_gid(pid: &str) -> (u32, u32) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let first = |name: &str| -> u32 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .expect("numeric id")
+    };
+    (first("Uid:"), first("Gid:"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_root_agent_refuses_root_tasks_with_a_clear_status_and_runs_user_nobody() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("not running as root: nothing to refuse");
+        return;
+    }
+    let env = Env::start().await;
+    let name = unique("nr");
+    let state = tempfile::tempdir().expect("tempdir");
+    let mut config = agent_config(&name, DriverChoice::Process, &state);
+    config.allow_root_tasks = false;
+    let agent = Running::start(env.store.clone(), env.keys.clone(), config).await;
+    let sleeper = json!({"command": ["sleep", "3600"], "terminationGracePeriodSeconds": 1});
+
+    let root = id("default", "as-root", 0);
+    env.assign(&name, &root, spec(sleeper.clone())).await;
+    let st = env
+        .wait_failed(&root, LIMIT, reasons::RUN_AS_ROOT_REFUSED)
+        .await;
+    let message = st.message.unwrap_or_default();
+    assert!(
+        message.contains("task default/as-root")
+            && message.contains("root")
+            && message.contains("--allow-root-tasks"),
+        "{message}"
+    );
+    assert_eq!(
+        (st.restart_count, st.container_id),
+        (0, None),
+        "never started"
+    );
+
+    let mut as_nobody = sleeper.clone();
+    as_nobody["user"] = json!("nobody");
+    let nobody = id("default", "as-nobody", 0);
+    env.assign(&name, &nobody, spec(as_nobody)).await;
+    let st = env
+        .wait_status(&nobody, LIMIT, "Running", |s| s.phase == Phase::Running)
+        .await;
+    let pid = st.container_id.expect("pid");
+    assert_eq!(uid_gid(&pid), (65534, 65534));
+    agent.stop().await;
+
+    // The same root task on an agent started with --allow-root-tasks runs, as root.
+    let name = unique("ar");
+    let state = tempfile::tempdir().expect("tempdir");
+    let config = agent_config(&name, DriverChoice::Process, &state);
+    assert!(config.allow_root_tasks);
+    let agent = Running::start(env.store.clone(), env.keys.clone(), config).await;
+    let allowed = id("default", "root-allowed", 0);
+    env.assign(&name, &allowed, spec(sleeper)).await;
+    let st = env
+        .wait_status(&allowed, LIMIT, "Running", |s| s.phase == Phase::Running)
+        .await;
+    assert_eq!(uid_gid(&st.container_id.expect("pid")), (0, 0));
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_exec_probe_runs_as_the_task_with_its_environment_not_as_the_agent() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("not running as root: nothing to drop");
+        return;
+    }
+    let env = Env::start().await;
+    let node = env.node("xp", DriverChoice::Process).await;
+    let probed = id("default", "probed", 0);
+    // Healthy only when the probe runs as nobody, with the task's HOME and env.
+    let check =
+        "test \"$(id -u)\" = 65534 && test \"$HOME\" = /nonexistent && test \"$MARK\" = set";
+    env.assign(
+        &node.name,
+        &probed,
+        spec(json!({
+            "command": ["sleep", "3600"],
+            "user": "nobody",
+            "env": {"MARK": "set"},
+            "terminationGracePeriodSeconds": 1,
+            "healthCheck": {"exec": {"command": ["sh", "-c", check]}, "periodSeconds": 1},
+        })),
+    )
+    .await;
+    let st = env
+        .wait_status(&probed, LIMIT, "Healthy", |s| {
+            s.health == drover_api::instance::Health::Healthy
+        })
+        .await;
+    assert_eq!(st.restart_count, 0);
+    node.agent.stop().await;
+}

@@ -11,6 +11,14 @@ use futures::StreamExt;
 use serde_json::json;
 use support::{assert_exited_with, log_text, poll, request, spec, unique, wait_log, within, LIMIT};
 
+/// A driver under `dir` that, like `--allow-root-tasks`, runs processes as root: these tests
+/// run as root and are about processes, not about whom they run as (see `run_as.rs`).
+fn root_driver(dir: &tempfile::TempDir) -> ProcessDriver {
+    ProcessDriver::new(dir.path())
+        .expect("driver")
+        .allow_root_tasks(true)
+}
+
 fn sh(script: &str) -> serde_json::Value {
     json!({ "command": ["sh", "-c", script] })
 }
@@ -38,7 +46,7 @@ fn group_members(pgid: u32) -> Vec<u32> {
 #[tokio::test]
 async fn logs_follow_and_group_stop() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let driver = ProcessDriver::new(dir.path()).expect("driver");
+    let driver = root_driver(&dir);
     let node = unique("node");
     // The trailing `echo` keeps sh alive as the parent of `sleep`, so the group has two members.
     let req = request(
@@ -113,7 +121,7 @@ async fn logs_follow_and_group_stop() {
 #[tokio::test]
 async fn sigterm_ignored_means_sigkill_after_grace() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let driver = ProcessDriver::new(dir.path()).expect("driver");
+    let driver = root_driver(&dir);
     let req = request(
         &unique("node"),
         "proc",
@@ -151,13 +159,13 @@ async fn recover_adopts_from_pid_files() {
     let node = unique("node");
     let req = request(&node, "proc", 1, spec(sh("sleep 30; echo never")));
     let handle = {
-        let first = ProcessDriver::new(dir.path()).expect("driver");
+        let first = root_driver(&dir);
         within(LIMIT, "start", first.start(&req))
             .await
             .expect("start")
     };
     // A new driver on the same state dir, as after an agent restart.
-    let second = ProcessDriver::new(dir.path()).expect("driver");
+    let second = root_driver(&dir);
     assert!(second
         .recover("some-other-node")
         .await
@@ -198,7 +206,7 @@ async fn recover_adopts_from_pid_files() {
 #[tokio::test]
 async fn exit_code_env_and_working_dir() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let driver = ProcessDriver::new(dir.path()).expect("driver");
+    let driver = root_driver(&dir);
     let workdir = tempfile::tempdir().expect("workdir");
     let mut s = spec(sh(
         "echo \"$GREETING $DROVER_TASK\"; pwd; echo oops >&2; exit 3",
@@ -235,7 +243,7 @@ async fn exit_code_env_and_working_dir() {
 #[tokio::test]
 async fn missing_binary_is_a_start_error_naming_it() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let driver = ProcessDriver::new(dir.path()).expect("driver");
+    let driver = root_driver(&dir);
     let req = request(
         &unique("node"),
         "proc",
@@ -265,7 +273,7 @@ async fn missing_binary_is_a_start_error_naming_it() {
 #[tokio::test]
 async fn a_new_attempt_replaces_a_leftover_copy() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let driver = ProcessDriver::new(dir.path()).expect("driver");
+    let driver = root_driver(&dir);
     let mut req = request(&unique("node"), "proc", 5, spec(sh("sleep 30; echo never")));
     let old = within(LIMIT, "start", driver.start(&req))
         .await

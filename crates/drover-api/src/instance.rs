@@ -121,6 +121,15 @@ pub mod reasons {
     pub const IMAGE_NOT_FOUND: &str = "ImageNotFound";
     /// The runtime failed to start the instance.
     pub const START_ERROR: &str = "StartError";
+    /// The task would run as root on an agent running as root, which was not started with
+    /// `--allow-root-tasks`.
+    pub const RUN_AS_ROOT_REFUSED: &str = "RunAsRootRefused";
+    /// `spec.user` names a user the node does not have.
+    pub const UNKNOWN_USER: &str = "UnknownUser";
+    /// `spec.group` names a group the node does not have.
+    pub const UNKNOWN_GROUP: &str = "UnknownGroup";
+    /// `spec.workingDir` does not exist on the node, or is not a directory.
+    pub const WORKING_DIR_NOT_FOUND: &str = "WorkingDirNotFound";
     /// The run exceeded `timeoutSeconds`.
     pub const DEADLINE_EXCEEDED: &str = "DeadlineExceeded";
     /// The health check failed `failureThreshold` times.

@@ -71,6 +71,12 @@ pub enum NameError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A numeric user or group id does not fit in 32 bits.
+    #[error("numeric id {value} is out of range (at most {max})", max = u32::MAX)]
+    IdOutOfRange {
+        /// The id as written.
+        value: String,
+    },
 }
 
 const LABEL_ALLOWED: &str = "only lowercase letters, digits and '-' are allowed";
@@ -201,6 +207,63 @@ pub fn validate_env_name(name: &str) -> Result<(), NameError> {
                 ch,
                 pos,
                 allowed: "only letters, digits and '_' are allowed",
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Longest user or group name [`validate_account`] accepts, in bytes (the usual `useradd` limit).
+pub const MAX_ACCOUNT_LEN: usize = 32;
+
+/// Validates a user or group as a task may name it (`spec.user`, `spec.group`): a decimal id
+/// that fits in 32 bits, or a name of `[A-Za-z_][A-Za-z0-9_.-]*` with an optional trailing
+/// `$` (Samba machine accounts), at most [`MAX_ACCOUNT_LEN`] bytes.
+///
+/// # Caveats
+/// Only the syntax is checked: whether the account exists is a property of the node, checked
+/// by the agent when it starts the instance.
+pub fn validate_account(name: &str) -> Result<(), NameError> {
+    let Some(first) = name.chars().next() else {
+        return Err(NameError::Empty);
+    };
+    if name.len() > MAX_ACCOUNT_LEN {
+        return Err(NameError::TooLong {
+            len: name.len(),
+            max: MAX_ACCOUNT_LEN,
+        });
+    }
+    if first.is_ascii_digit() {
+        if let Some((pos, ch)) = name.chars().enumerate().find(|(_, c)| !c.is_ascii_digit()) {
+            return Err(NameError::InvalidChar {
+                ch,
+                pos,
+                allowed: "a numeric id has digits only",
+            });
+        }
+        return match name.parse::<u32>() {
+            Ok(_) => Ok(()),
+            Err(_) => Err(NameError::IdOutOfRange {
+                value: name.to_string(),
+            }),
+        };
+    }
+    if !(first.is_ascii_alphabetic() || first == '_') {
+        return Err(NameError::BadStart {
+            ch: first,
+            expected: "letter, '_' or digit (numeric id)",
+        });
+    }
+    let last = name.chars().count() - 1;
+    for (pos, ch) in name.chars().enumerate() {
+        let ok = ch.is_ascii_alphanumeric()
+            || matches!(ch, '_' | '.' | '-')
+            || (ch == '$' && pos == last);
+        if !ok {
+            return Err(NameError::InvalidChar {
+                ch,
+                pos,
+                allowed: "only letters, digits, '_', '.', '-' and a final '$' are allowed",
             });
         }
     }
@@ -399,6 +462,34 @@ mod tests {
         assert!(validate_label_value("").is_ok());
         assert!(validate_label_value("v1.2_3").is_ok());
         assert!(validate_label_value("has space").is_err());
+    }
+
+    #[test]
+    fn accounts() {
+        for ok in [
+            "nobody",
+            "0",
+            "65534",
+            "_svc",
+            "www-data",
+            "a.b",
+            "host$",
+            "4294967295",
+        ] {
+            assert!(validate_account(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "-x",
+            "a b",
+            "1x",
+            "4294967296",
+            "a$b",
+            "root:root",
+            &"a".repeat(33),
+        ] {
+            assert!(validate_account(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

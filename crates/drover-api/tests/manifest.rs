@@ -698,3 +698,40 @@ fn stored_tasks_are_validated_with_apply_rules_and_old_services_are_grandfathere
         "a service stored before the rule is not held: {invalid:?}"
     );
 }
+
+#[test]
+fn a_bad_user_or_group_or_a_relative_working_dir_is_refused_with_its_field() {
+    let text = format!(
+        "{FIRST}{HEAD}metadata:\n  name: job\nspec:\n  command: [/bin/true]\n  user: \"root:root\"\n"
+    );
+    one(
+        "u.yaml",
+        &text,
+        2,
+        DOC2 + 6,
+        "spec.user",
+        "invalid user \"root:root\"",
+    );
+    let text = format!(
+        "{HEAD}metadata: {{name: job}}\nspec:\n  command: [/bin/true]\n  group: 99999999999\n"
+    );
+    one("g.yaml", &text, 1, 6, "spec.group", "out of range");
+    let text = format!(
+        "{HEAD}metadata: {{name: job}}\nspec:\n  command: [/bin/true]\n  workingDir: srv/data\n"
+    );
+    one(
+        "w.yaml",
+        &text,
+        1,
+        6,
+        "spec.workingDir",
+        "must be an absolute path",
+    );
+    // Names and numeric ids are both fine.
+    let text = format!(
+        "{HEAD}metadata: {{name: job}}\nspec:\n  command: [/bin/true]\n  user: nobody\n  group: \"65534\"\n"
+    );
+    let tasks = parse_manifest("ok.yaml", &text).unwrap();
+    assert_eq!(tasks[0].spec.user.as_deref(), Some("nobody"));
+    assert_eq!(tasks[0].spec.group.as_deref(), Some("65534"));
+}

@@ -183,6 +183,7 @@ prop_compose! {
         image in option::of("[a-z]{1,10}(/[a-z]{1,6})?(:[a-z0-9.]{1,5})?"),
         command in vec(TEXT, 0..4),
         working_dir in option::of("/[a-z/]{0,10}"),
+        account in (option::of("[a-z_][a-z0-9_-]{0,8}|[0-9]{1,5}"), option::of("[a-z_][a-z0-9_-]{0,8}|[0-9]{1,5}")),
         env in btree_map("[A-Z_][A-Z0-9_]{0,8}", TEXT, 0..4),
         ports in ports(),
         resources in (any::<u64>(), any::<u64>()),
@@ -215,6 +216,9 @@ prop_compose! {
             image,
             command,
             working_dir,
+            // With an image, a group needs a user (Docker's user[:group]).
+            group: account.0.as_ref().and(account.1),
+            user: account.0,
             env,
             ports,
             replicas: timing.replicas,

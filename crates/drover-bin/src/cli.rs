@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use drover_agent::advertise::AdvertiseAddress;
 use drover_agent::config::DriverChoice;
 use drover_api::duration::HumanDuration;
 use drover_api::quantity::{Cpu, Memory};
@@ -73,9 +74,18 @@ pub struct AgentArgs {
     /// TTL of the node lease; keep-alives go every TTL/6.
     #[arg(long, default_value = "10s")]
     pub lease_ttl: HumanDuration,
-    /// Where the gRPC service (Ping, Logs) listens.
+    /// Where the gRPC service (Ping, Logs) listens (default 127.0.0.1:0, a free port).
     #[arg(long)]
     pub address: Option<SocketAddr>,
+    /// The gRPC address the node key publishes, which `drover logs` dials: HOST (with the
+    /// bound port) or HOST:PORT, never 0.0.0.0 or ::. Default: the bound address; required
+    /// when --address binds every interface.
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub advertise_address: Option<AdvertiseAddress>,
+    /// Let an agent running as root run process tasks as root (tasks that set no spec.user, or
+    /// name root). Without it they fail with RunAsRootRefused.
+    #[arg(long)]
+    pub allow_root_tasks: bool,
     /// CPU the scheduler may place here (default: all cores).
     #[arg(long)]
     pub cpu: Option<Cpu>,

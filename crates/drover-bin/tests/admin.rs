@@ -79,6 +79,8 @@ async fn each_daemon_exports_its_loops_under_its_own_name() {
             "n0",
             "--driver",
             "process",
+            // Tests run as root; their tasks set no spec.user.
+            "--allow-root-tasks",
             "--state-dir",
             state.path().to_str().expect("utf-8"),
             "--metrics-addr",

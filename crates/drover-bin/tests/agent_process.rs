@@ -199,6 +199,8 @@ async fn a_cut_off_agent_stops_its_copy_before_the_replacement_starts() {
             "a",
             "--driver",
             "process",
+            // Tests run as root; their tasks set no spec.user.
+            "--allow-root-tasks",
             "--lease-ttl",
             "3s",
             "--state-dir",
@@ -232,6 +234,8 @@ async fn a_cut_off_agent_stops_its_copy_before_the_replacement_starts() {
             "b",
             "--driver",
             "process",
+            // Tests run as root; their tasks set no spec.user.
+            "--allow-root-tasks",
             "--lease-ttl",
             "3s",
             "--state-dir",

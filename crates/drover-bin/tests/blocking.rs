@@ -43,6 +43,8 @@ async fn second_waits_for_first_to_exit(end: End) {
             "a",
             "--driver",
             "process",
+            // Tests run as root; their tasks set no spec.user.
+            "--allow-root-tasks",
             "--state-dir",
             state.path().to_str().expect("utf-8"),
         ],

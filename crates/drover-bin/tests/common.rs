@@ -113,12 +113,18 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `drover <args>` against `cli`'s etcd and prefix.
     pub fn start(cli: &Cli, args: &[&str]) -> Daemon {
+        Daemon::start_with_env(cli, args, &[])
+    }
+
+    /// [`Daemon::start`], with `env` added to the daemon's own environment.
+    pub fn start_with_env(cli: &Cli, args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = dir.path().join("daemon.log");
         let file = std::fs::File::create(&log).expect("log file");
         let child = cli
             .command(args)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()

@@ -137,6 +137,8 @@ async fn scenario(loss: Loss, budget: usize, task_yaml: impl FnOnce(&Path) -> St
                     node,
                     "--driver",
                     "process",
+                    // Tests run as root; their tasks set no spec.user.
+                    "--allow-root-tasks",
                     "--lease-ttl",
                     "3s",
                     "--state-dir",
@@ -300,6 +302,8 @@ async fn an_agent_restarted_while_etcd_is_down_adopts_its_copies_and_starts_none
         "a",
         "--driver",
         "process",
+        // Tests run as root; their tasks set no spec.user.
+        "--allow-root-tasks",
         "--lease-ttl",
         "10s",
         "--state-dir",
@@ -384,6 +388,8 @@ async fn an_agent_whose_registration_reply_is_lost_keeps_its_node_and_its_copies
             node,
             "--driver",
             "process",
+            // Tests run as root; their tasks set no spec.user.
+            "--allow-root-tasks",
             "--lease-ttl",
             "3s",
             "--state-dir",

@@ -47,6 +47,8 @@ impl Cluster {
                     &node,
                     "--driver",
                     "process",
+                    // Tests run as root; their tasks set no spec.user.
+                    "--allow-root-tasks",
                     "--lease-ttl",
                     "4s",
                     "--state-dir",

@@ -249,6 +249,8 @@ async fn every_key_has_one_writer_across_a_scenario_of_every_verb() {
                 node,
                 "--driver",
                 "process",
+                // Tests run as root; their tasks set no spec.user.
+                "--allow-root-tasks",
                 "--lease-ttl",
                 "4s",
                 "--state-dir",

@@ -239,6 +239,8 @@ impl Cluster {
         let agent_ttl = format!("{}s", AGENT_TTL.as_secs());
         for (i, name) in cluster.agents.iter().enumerate() {
             let octet = 31 + u8::try_from(i).unwrap_or(u8::MAX - 31);
+            // Bound to every interface, so the node key names the host's cluster address.
+            let advertise = format!("{}.{octet}", cluster.net);
             cluster
                 .host(
                     name,
@@ -259,6 +261,10 @@ impl Cluster {
                         "/state",
                         "--address",
                         "0.0.0.0:7000",
+                        "--advertise-address",
+                        &advertise,
+                        // The host container is the boundary here; its tasks run as root.
+                        "--allow-root-tasks",
                     ]
                     .into_iter()
                     .chain(agent_args.iter().copied())

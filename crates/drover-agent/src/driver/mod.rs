@@ -79,6 +79,16 @@ pub enum Error {
         /// Which field is wrong.
         message: String,
     },
+    /// The agent will not start the instance as its spec asks on this node: it would run as
+    /// root without `--allow-root-tasks`, or its user, group or working directory is missing
+    /// here. Retrying does not help until the spec or the node changes.
+    #[error("task {task} refused: {refusal}")]
+    Refused {
+        /// The task, `<namespace>/<name>`.
+        task: String,
+        /// Why.
+        refusal: process::Refusal,
+    },
     /// The runtime's daemon does not answer (socket missing, connection refused, timeout).
     #[error("container runtime unavailable: {message}")]
     DaemonUnavailable {
@@ -116,6 +126,7 @@ impl Error {
             Error::ImageNotFound { .. } => reasons::IMAGE_NOT_FOUND,
             Error::StartError { .. } => reasons::START_ERROR,
             Error::InvalidSpec { .. } => "InvalidSpec",
+            Error::Refused { refusal, .. } => refusal.reason(),
             Error::DaemonUnavailable { .. } => "DaemonUnavailable",
             Error::NotFound { .. } => "NotFound",
             Error::Runtime { .. } => "RuntimeError",

@@ -1,10 +1,13 @@
 //! The process driver: runs `command` as a plain host process, the leader of its own process
 //! group, with output in `<state_dir>/logs/<instance>.log` and a pid file in
 //! `<state_dir>/pids/<instance>.json` so a restarted agent can adopt what is still running.
+//!
+//! A process runs as `spec.user`/`spec.group` ([`identity`]), with a clean environment
+//! ([`environ`]), never the agent's, as its [`Launch`] says; an agent running as root refuses
+//! to run it as root unless built with [`ProcessDriver::allow_root_tasks`].
 
 use std::collections::HashMap;
-use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -18,10 +21,18 @@ use tokio::sync::watch;
 
 use drover_api::names::InstanceId;
 
+mod environ;
+mod identity;
+mod launch;
 mod logfile;
 mod procfs;
 mod statedir;
 
+pub use environ::DEFAULT_PATH;
+pub use identity::Refusal;
+pub use launch::Launch;
+
+pub(crate) use identity::Policy;
 use logfile::follow_file;
 use procfs::{group_alive, read_stat, signal_group};
 use statedir::{PidFile, StateDir};
@@ -55,15 +66,25 @@ struct Child {
 pub struct ProcessDriver {
     state: StateDir,
     children: Arc<Mutex<HashMap<InstanceId, Child>>>,
+    policy: Policy,
 }
 
 impl ProcessDriver {
-    /// A driver keeping pid files and logs under `state_dir` (created if missing).
+    /// A driver keeping pid files and logs under `state_dir` (created if missing). Running as
+    /// root, it refuses to run processes as root (see [`Self::allow_root_tasks`]).
     pub fn new(state_dir: impl Into<PathBuf>) -> Result<Self> {
         Ok(ProcessDriver {
             state: StateDir::create(state_dir.into())?,
             children: Arc::default(),
+            policy: Policy::of_this_process(false),
         })
+    }
+
+    /// With `allow` (`--allow-root-tasks`), a driver running as root also runs processes as
+    /// root: those that set no `spec.user`, or name root.
+    pub fn allow_root_tasks(mut self, allow: bool) -> Self {
+        self.policy.allow_root = allow;
+        self
     }
 
     /// Where an instance's combined stdout/stderr goes.
@@ -71,10 +92,18 @@ impl ProcessDriver {
         self.state.log_path(instance)
     }
 
-    /// See [`super::Driver::start`]. `argv[0]` is looked up on the spec's `PATH` (else the
-    /// agent's); the process inherits the agent's environment, then `DROVER_INSTANCE`,
-    /// `DROVER_NODE`, `DROVER_NAMESPACE`, `DROVER_TASK`, `DROVER_PORT_<containerPort>` (the host
-    /// port) and finally the spec's `env`, which wins.
+    /// See [`super::Driver::start`].
+    ///
+    /// # Guarantees
+    /// - The process runs as `spec.user`/`spec.group` when set (resolved on this node), else
+    ///   as the agent; it is refused ([`Error::Refused`]) if that would be root on an agent
+    ///   running as root without [`Self::allow_root_tasks`], if a named user or group does not
+    ///   exist here, or if `spec.workingDir` is not an existing directory.
+    /// - Switching user drops the agent's supplementary groups: the process has only its
+    ///   primary group.
+    /// - Its environment is the documented minimal set, `DROVER_*` and the spec's `env`
+    ///   ([`Launch`]); nothing of the agent's environment is inherited. `argv[0]` is looked up
+    ///   on that `PATH`.
     pub async fn start(&self, req: &StartRequest) -> Result<Handle> {
         let instance = &req.meta.instance;
         let Some(argv0) = req.spec.command.first() else {
@@ -94,14 +123,8 @@ impl ProcessDriver {
                 self.stop(&pf.handle(), Duration::ZERO).await?;
             }
         }
-        let workdir = req.spec.working_dir.as_ref().map(PathBuf::from);
-        let path_var = req
-            .spec
-            .env
-            .get("PATH")
-            .map(OsString::from)
-            .or_else(|| std::env::var_os("PATH"));
-        let program = resolve(argv0, path_var.as_deref(), workdir.as_deref())?;
+        let launch = Launch::prepare(req, self.policy)?;
+        let (mut cmd, program) = launch.command(&req.spec.command)?;
 
         let log_path = self.log_path(instance);
         let log = std::fs::OpenOptions::new()
@@ -113,27 +136,14 @@ impl ProcessDriver {
             .try_clone()
             .map_err(|e| Error::io("duplicating the log file handle", e))?;
 
-        let mut cmd = tokio::process::Command::new(&program);
-        cmd.args(&req.spec.command[1..])
-            .envs(req.meta.env())
-            .envs(req.ports.iter().map(|p| {
-                (
-                    format!("DROVER_PORT_{}", p.container_port),
-                    p.host_port.to_string(),
-                )
-            }))
-            .envs(&req.spec.env)
-            .stdin(Stdio::null())
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log_err))
             // Its own group, so stop can signal everything it forked.
             .process_group(0);
-        if let Some(dir) = &workdir {
-            cmd.current_dir(dir);
-        }
-        let mut child = cmd.spawn().map_err(|e| Error::StartError {
-            message: format!("cannot execute {argv0:?} ({}): {e}", program.display()),
-        })?;
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| launch.spawn_error(argv0, &program, &e))?;
         let pid = child.id().ok_or_else(|| Error::StartError {
             message: format!("{argv0:?} exited before its pid could be read"),
         })?;
@@ -170,7 +180,7 @@ impl ProcessDriver {
             signal_group(pid, Signal::KILL);
             return Err(e);
         }
-        tracing::debug!(instance = %instance, pid, program = %program.display(), "process started");
+        tracing::debug!(instance = %instance, pid, program = %program.display(), user = %launch.run_as(), "process started");
         Ok(pf.handle())
     }
 
@@ -405,47 +415,4 @@ fn parse_pid(handle: &Handle) -> Result<u32> {
         .ok_or_else(|| Error::NotFound {
             id: handle.id.clone(),
         })
-}
-
-/// Finds the program like `execvp` would, so a missing binary is reported by name before spawning.
-fn resolve(
-    argv0: &str,
-    path_var: Option<&std::ffi::OsStr>,
-    workdir: Option<&Path>,
-) -> Result<PathBuf> {
-    let not_found = |why: &str| Error::StartError {
-        message: format!("executable {argv0:?} {why}"),
-    };
-    if argv0.contains('/') {
-        let path = match workdir {
-            Some(dir) if !argv0.starts_with('/') => dir.join(argv0),
-            _ => PathBuf::from(argv0),
-        };
-        return if is_executable(&path) {
-            Ok(path)
-        } else {
-            Err(not_found("does not exist or is not executable"))
-        };
-    }
-    std::env::split_paths(path_var.unwrap_or_default())
-        .map(|dir| dir.join(argv0))
-        .find(|p| is_executable(p))
-        .ok_or_else(|| not_found("not found on PATH"))
-}
-
-fn is_executable(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-}
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn resolves_on_path() {
-        let path = std::env::var_os("PATH");
-        assert!(resolve("sh", path.as_deref(), None).is_ok());
-        let err = resolve("no-such-binary-xyz", path.as_deref(), None).expect_err("missing");
-        assert!(err.to_string().contains("no-such-binary-xyz"), "{err}");
-    }
 }

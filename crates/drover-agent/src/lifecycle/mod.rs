@@ -220,12 +220,26 @@ impl Engine {
                     .map(|d| (d, run.handle().id.clone())),
                 _ => None,
             };
+            // An exec probe of a process runs as the process does, never as the agent.
+            let host = match e.kind() {
+                DriverKind::Process if check.exec.is_some() => {
+                    let req = StartRequest::from_instance(e.instance()?, e.ports().to_vec());
+                    self.drivers()
+                        .process_launch(&req)
+                        .inspect_err(
+                            |error| tracing::warn!(%error, "exec probe cannot run as the instance"),
+                        )
+                        .ok()
+                }
+                _ => None,
+            };
             Some((
                 run.seq(),
                 Probe {
                     check,
                     ports: e.ports().to_vec(),
                     docker,
+                    host,
                 },
             ))
         });

@@ -53,7 +53,8 @@ pub(crate) async fn rig_with(drivers: Option<DriverSet>) -> Rig {
     let dir = tempfile::tempdir().expect("tempdir");
     let drivers = match drivers {
         Some(d) => d,
-        None => DriverSet::new(DriverChoice::Process, dir.path(), "127.0.0.1")
+        // These tests run as root and are about the lifecycle, not about whom a task runs as.
+        None => DriverSet::new(DriverChoice::Process, dir.path(), "127.0.0.1", true)
             .await
             .expect("process driver"),
     };

@@ -275,6 +275,9 @@ pub fn agent_config(node: &str, driver: DriverChoice, state: &tempfile::TempDir)
     c.port_range = base..=base + 300;
     c.restart_backoff = Duration::from_millis(200);
     c.restart_backoff_max = Duration::from_secs(2);
+    // These tests run as root and run process tasks without `spec.user`: they opt in, as
+    // `--allow-root-tasks` would. The tests of the refusal itself turn it off again.
+    c.allow_root_tasks = true;
     c
 }
 

@@ -397,9 +397,20 @@ pub struct TaskSpec {
     /// process under the process driver. Default empty.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub command: Vec<String>,
-    /// Working directory, absolute. Default: the image's, or the agent's for processes.
+    /// Working directory, absolute. Default: the image's, or the agent's for processes. The
+    /// process driver refuses to start a process whose directory does not exist on the node.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub working_dir: Option<String>,
+    /// Who the instance runs as: a user name or a numeric uid. Under the process driver the
+    /// agent looks it up in the node's `/etc/passwd`; with an image it is the container's user
+    /// (Docker's `--user`). Default: the agent's own user for processes (an agent running as
+    /// root refuses that unless started with `--allow-root-tasks`), the image's for containers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The primary group: a group name or a numeric gid. Default: the user's primary group
+    /// (from `/etc/passwd`); a numeric uid the node does not know needs it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
     /// Environment variables. Default empty.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
@@ -492,6 +503,8 @@ impl Default for TaskSpec {
             image: None,
             command: Vec::new(),
             working_dir: None,
+            user: None,
+            group: None,
             env: BTreeMap::new(),
             ports: Vec::new(),
             replicas: 1,
@@ -591,6 +604,9 @@ impl Task {
     ///   label syntax; `spec.env` keys are identifiers (`[A-Za-z_][A-Za-z0-9_]*`).
     /// - `spec.image` or `spec.command` is set; neither may be empty strings.
     /// - `spec.workingDir` is an absolute path.
+    /// - `spec.user` and `spec.group` are numeric ids (32 bits) or account names
+    ///   (`[A-Za-z_][A-Za-z0-9_.-]*`, optionally ending in `$`, at most 32 characters); with an
+    ///   image, `spec.group` needs `spec.user`.
     /// - `spec.priority` ≤ 100, `spec.replicas` ≤ 1000, `spec.historyLimit` ≤ 1000.
     /// - Ports are non-zero; `(containerPort, protocol)` pairs and names are unique.
     /// - A health check has exactly one of `http`, `tcp`, `exec`; probe ports are non-zero;

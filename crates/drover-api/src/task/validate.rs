@@ -101,6 +101,7 @@ impl Validator {
 
     fn check_spec(&mut self, own_name: &str, spec: &TaskSpec) {
         self.check_what_to_run(spec);
+        self.check_accounts(spec);
         self.check_numbers(spec);
         self.check_ports(spec);
         if let Some(hc) = &spec.health_check {
@@ -157,6 +158,23 @@ impl Validator {
                     format!("must be an absolute path (got {dir:?})"),
                 );
             }
+        }
+    }
+
+    fn check_accounts(&mut self, spec: &TaskSpec) {
+        for (field, what, value) in [
+            ("spec.user", "user", &spec.user),
+            ("spec.group", "group", &spec.group),
+        ] {
+            if let Some(value) = value {
+                self.name(field.into(), what, value, names::validate_account);
+            }
+        }
+        if spec.image.is_some() && spec.group.is_some() && spec.user.is_none() {
+            self.invalid(
+                "spec.group",
+                "with an image, needs spec.user too (the container's user is user[:group])",
+            );
         }
     }
 

@@ -54,6 +54,8 @@ fn config(args: &AgentArgs) -> CliResult<AgentConfig> {
     if let Some(address) = args.address {
         config.address = address;
     }
+    config.advertise_address = args.advertise_address.clone();
+    config.allow_root_tasks = args.allow_root_tasks;
     config.lease_ttl = args.lease_ttl.as_std();
     config.driver = args.driver.into();
     config.keep_running_on_shutdown = args.keep_running;

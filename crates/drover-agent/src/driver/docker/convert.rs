@@ -49,6 +49,7 @@ pub(super) fn create_body(req: &StartRequest, image: String, host_ip: &str) -> C
         cmd: (!spec.command.is_empty()).then(|| spec.command.clone()),
         env: Some(env),
         working_dir: spec.working_dir.clone(),
+        user: container_user(spec),
         labels: Some(req.meta.labels().into_iter().collect()),
         exposed_ports: Some(req.ports.iter().map(port_key).collect()),
         host_config: Some(HostConfig {
@@ -61,6 +62,16 @@ pub(super) fn create_body(req: &StartRequest, image: String, host_ip: &str) -> C
         }),
         ..Default::default()
     }
+}
+
+/// Docker's `--user`: `user` or `user:group` from the spec; `None` keeps the image's user.
+/// (A group without a user is refused by the API's validation for image tasks.)
+fn container_user(spec: &drover_api::task::TaskSpec) -> Option<String> {
+    let user = spec.user.as_deref()?;
+    Some(match spec.group.as_deref() {
+        Some(group) => format!("{user}:{group}"),
+        None => user.to_string(),
+    })
 }
 
 /// Classifies a bollard error: 404 is `NotFound`, transport failures are `DaemonUnavailable`.
@@ -133,4 +144,20 @@ pub(super) fn parse_time(text: Option<&str>) -> Option<DateTime<Utc>> {
         .ok()?
         .with_timezone(&Utc);
     (t.year() > 1).then_some(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use drover_api::task::TaskSpec;
+
+    #[test]
+    fn the_container_user_is_user_or_user_colon_group() {
+        let mut spec = TaskSpec::default();
+        assert_eq!(container_user(&spec), None, "the image's own user");
+        spec.user = Some("nobody".into());
+        assert_eq!(container_user(&spec).as_deref(), Some("nobody"));
+        spec.group = Some("65534".into());
+        assert_eq!(container_user(&spec).as_deref(), Some("nobody:65534"));
+    }
 }
