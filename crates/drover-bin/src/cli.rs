@@ -34,7 +34,8 @@ pub enum Verb {
     /// Run a controller replica (leader election, scheduling, node lifecycle).
     Controller(ControllerArgs),
     /// Run a node agent (heartbeat, convergence of assigned instances, status).
-    Agent(AgentArgs),
+    // Boxed: the agent has by far the most flags.
+    Agent(Box<AgentArgs>),
 }
 
 /// `drover controller`.

@@ -41,14 +41,33 @@ pub enum Error {
     Status(#[from] tonic::Status),
 }
 
+impl Error {
+    /// Whether the call ended because the connection did, not by an answer of the agent (as
+    /// when an mTLS agent refuses the client's certificate after the client's handshake is
+    /// done, on the first request).
+    pub fn is_connection_lost(&self) -> bool {
+        matches!(
+            self,
+            Error::Status(status) if matches!(
+                status.code(),
+                tonic::Code::Cancelled | tonic::Code::Unavailable | tonic::Code::Unknown
+            )
+        )
+    }
+}
+
 /// `error` and its sources, joined: tonic's transport error says only "transport error" and
 /// keeps the reason (a refused certificate, a refused connection) in its sources.
 fn causes(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut next = error.source();
     while let Some(cause) = next {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
+        // Some layers print their source in their own message already.
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
         next = cause.source();
     }
     text

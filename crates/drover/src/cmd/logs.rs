@@ -11,6 +11,7 @@ use super::{connect, store_error};
 use crate::agent_access::{self, Error as AccessError};
 use crate::cli::{Global, LogsArgs};
 use crate::exit::{CliError, CliResult};
+use drover_proto::tls::ClientTls;
 
 pub async fn run(global: &Global, args: LogsArgs) -> CliResult {
     let id: InstanceId = args
@@ -54,8 +55,10 @@ pub async fn run(global: &Global, args: LogsArgs) -> CliResult {
         .await
         .map_err(|error| {
             CliError::failure(format!(
-                "agent {} at {}: {error}",
-                node_name, node.value.address
+                "agent {} at {}: {error}{}",
+                node_name,
+                node.value.address,
+                refusal_hint(tls.as_ref(), &error)
             ))
         })?;
     while let Some(line) = lines.next().await {
@@ -70,5 +73,23 @@ fn access_error(error: AccessError) -> CliError {
         CliError::usage(error.to_string())
     } else {
         CliError::failure(error.to_string())
+    }
+}
+
+/// Why a TLS call may have ended without a status from the agent. An agent serving mTLS
+/// refuses a client certificate after the client already counts the handshake as done (TLS
+/// 1.3), so the client sees only a closed connection on its first request.
+fn refusal_hint(tls: Option<&ClientTls>, error: &drover_proto::client::Error) -> &'static str {
+    let closed = error.is_connection_lost();
+    match tls {
+        Some(tls) if closed && !tls.has_identity() => {
+            " (agents serving mTLS refuse clients without a certificate: give --agent-certfile \
+             and --agent-keyfile)"
+        }
+        Some(_) if closed => {
+            " (the agent closed the connection: is --agent-certfile signed by the CA the agent \
+             trusts, its --client-ca-file?)"
+        }
+        _ => "",
     }
 }
