@@ -35,6 +35,9 @@ pub enum Error {
     /// A driver could not be set up.
     #[error(transparent)]
     Drivers(#[from] crate::drivers::Error),
+    /// The gRPC TLS files cannot be used (exit 64 at the binary).
+    #[error(transparent)]
+    Tls(#[from] crate::grpc_tls::Error),
     /// The gRPC address could not be bound.
     #[error("binding the gRPC address {address}: {source}")]
     Bind {
@@ -158,6 +161,8 @@ impl Agent {
         shutdown: CancellationToken,
     ) -> Result<Agent> {
         config.validate()?;
+        let tls_files = config.grpc_tls()?;
+        let server = crate::grpc_tls::server(tls_files.as_ref())?;
         let started = tokio::time::Instant::now();
         std::fs::create_dir_all(&config.state_dir).ok();
         let drivers = DriverSet::new(
@@ -177,6 +182,14 @@ impl Agent {
             address: config.address,
             source,
         })?;
+        if tls_files.is_none() && !address.ip().is_loopback() {
+            tracing::warn!(
+                %address,
+                "the gRPC service (Logs, Ping) listens beyond loopback without TLS: anyone who \
+                 reaches it can read instance logs; give --tls-cert-file, --tls-key-file and \
+                 --client-ca-file"
+            );
+        }
         let node: Arc<str> = Arc::from(config.node.as_str());
         let built = Built::new(
             store,
@@ -211,6 +224,7 @@ impl Agent {
             labels: config.labels.clone(),
             drivers: drivers.kinds(),
             version: config.version.clone(),
+            tls: tls_files.is_some(),
             started_at: Utc::now(),
         };
         let state_rx = wired.heartbeat(
@@ -223,13 +237,14 @@ impl Agent {
             },
         );
         let grpc = tokio::spawn(grpc::serve(
+            server,
             listener,
             engine.clone(),
             node.clone(),
             config.version.clone(),
             wired.child_token(),
         ));
-        tracing::info!(node = %node, %address, drivers = ?drivers.kinds(), "agent started");
+        tracing::info!(node = %node, %address, tls = tls_files.is_some(), drivers = ?drivers.kinds(), "agent started");
         Ok(Agent {
             handle: AgentHandle {
                 node: config.node.clone(),

@@ -77,6 +77,18 @@ pub struct AgentConfig {
     /// address, which then must not be unspecified.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub advertise_address: Option<AdvertiseAddress>,
+    /// The agent's certificate (PEM, chain first) for serving gRPC over TLS
+    /// (`--tls-cert-file`). With [`tls_key_file`](Self::tls_key_file) and
+    /// [`client_ca_file`](Self::client_ca_file): all three or none. Default `None`: plaintext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The private key of `tls_cert_file` (`--tls-key-file`). Default `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key_file: Option<PathBuf>,
+    /// The CA that client certificates must chain to (`--client-ca-file`): with TLS on, a
+    /// client without such a certificate is refused. Default `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca_file: Option<PathBuf>,
     /// Let the process driver of an agent running as root run processes as root: tasks that
     /// set no `spec.user`, or name root (`--allow-root-tasks`). Default false: they fail with
     /// `RunAsRootRefused`.
@@ -138,6 +150,9 @@ impl AgentConfig {
             node,
             address: SocketAddr::from(([127, 0, 0, 1], 0)),
             advertise_address: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            client_ca_file: None,
             allow_root_tasks: false,
             lease_ttl: Duration::from_secs(10),
             self_fence_margin: None,
@@ -166,8 +181,57 @@ impl AgentConfig {
         self.capacity.unwrap_or_else(detect_capacity)
     }
 
+    /// The gRPC TLS files, when all three are given; `None` when none is.
+    ///
+    /// # Guarantees
+    ///
+    /// A partial set is an error naming the flags that are missing: a half-configured TLS
+    /// never falls back to plaintext.
+    pub fn grpc_tls(&self) -> Result<Option<GrpcTlsFiles>> {
+        let flags = [
+            ("--tls-cert-file", &self.tls_cert_file),
+            ("--tls-key-file", &self.tls_key_file),
+            ("--client-ca-file", &self.client_ca_file),
+        ];
+        let missing: Vec<&str> = flags
+            .iter()
+            .filter(|(_, path)| path.is_none())
+            .map(|(flag, _)| *flag)
+            .collect();
+        match (
+            &self.tls_cert_file,
+            &self.tls_key_file,
+            &self.client_ca_file,
+        ) {
+            (Some(cert), Some(key), Some(client_ca)) => Ok(Some(GrpcTlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: client_ca.clone(),
+            })),
+            (None, None, None) => Ok(None),
+            _ => {
+                let given: Vec<&str> = flags
+                    .iter()
+                    .filter(|(_, path)| path.is_some())
+                    .map(|(flag, _)| *flag)
+                    .collect();
+                Err(invalid(
+                    "tls",
+                    format!(
+                        "{} given without {}: serving gRPC over mutual TLS takes all three of \
+                         --tls-cert-file, --tls-key-file and --client-ca-file (or none, for \
+                         plaintext)",
+                        given.join(" and "),
+                        missing.join(" and ")
+                    ),
+                ))
+            }
+        }
+    }
+
     /// Rejects values the agent cannot honour, naming the field.
     pub fn validate(&self) -> Result<()> {
+        self.grpc_tls()?;
         if !is_valid_label(&self.node) {
             return Err(invalid(
                 "node",
@@ -224,6 +288,18 @@ impl AgentConfig {
         }
         Ok(())
     }
+}
+
+/// The agent's gRPC TLS files ([`AgentConfig::grpc_tls`]): all three, checked for presence
+/// only; their contents are read at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrpcTlsFiles {
+    /// `--tls-cert-file`.
+    pub cert: PathBuf,
+    /// `--tls-key-file`.
+    pub key: PathBuf,
+    /// `--client-ca-file`.
+    pub client_ca: PathBuf,
 }
 
 /// All CPUs × 1000m, and `MemTotal` from `/proc/meminfo` (0 where it cannot be read).
@@ -310,6 +386,44 @@ mod tests {
         c.address = SocketAddr::from(([127, 0, 0, 1], 0));
         c.advertise_address = None;
         c.validate().expect("loopback advertises itself, as before");
+    }
+
+    #[test]
+    fn grpc_tls_takes_all_three_files_or_none() {
+        let mut c = AgentConfig::new("n1");
+        assert_eq!(c.grpc_tls().expect("none is plaintext"), None);
+        c.tls_cert_file = Some("agent.pem".into());
+        let err = c.validate().expect_err("cert alone");
+        assert!(matches!(err, Error::Invalid { field: "tls", .. }), "{err}");
+        let text = err.to_string();
+        assert!(text.contains("--tls-cert-file given without"), "{text}");
+        assert!(
+            text.contains("--tls-key-file and --client-ca-file"),
+            "{text}"
+        );
+        c.tls_key_file = Some("agent-key.pem".into());
+        let text = c.validate().expect_err("no CA").to_string();
+        assert!(
+            text.contains("--tls-cert-file and --tls-key-file given without --client-ca-file"),
+            "{text}"
+        );
+        c.tls_cert_file = None;
+        c.client_ca_file = Some("ca.pem".into());
+        let text = c.validate().expect_err("no cert").to_string();
+        assert!(text.contains("without --tls-cert-file:"), "{text}");
+        c.tls_cert_file = Some("agent.pem".into());
+        c.validate().expect("all three");
+        assert_eq!(
+            c.grpc_tls().expect("all three"),
+            Some(GrpcTlsFiles {
+                cert: "agent.pem".into(),
+                key: "agent-key.pem".into(),
+                client_ca: "ca.pem".into(),
+            })
+        );
+        let json = serde_json::to_string(&c).expect("encode");
+        let back: AgentConfig = serde_json::from_str(&json).expect("decode");
+        assert_eq!(back, c);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The agent's gRPC service (`proto/drover/agent/v1/agent.proto`): `Ping` and `Logs`. The
-//! client side lives in `drover_proto::client` (re-exported here as [`logs_client`], [`ping`]).
+//! client side lives in `drover_proto::client` (re-exported here as [`logs_client`], [`ping`],
+//! [`AgentEndpoint`]).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -109,8 +110,10 @@ impl Agent for Service {
     }
 }
 
-/// Serves the agent service on `listener` until `shutdown`.
+/// Serves the agent service on `listener` until `shutdown`, through `server` (plain, or TLS
+/// with client certificates required: see [`crate::grpc_tls::server`]).
 pub(crate) async fn serve(
+    mut server: tonic::transport::Server,
     listener: tokio::net::TcpListener,
     engine: Arc<Engine>,
     node: Arc<str>,
@@ -122,7 +125,7 @@ pub(crate) async fn serve(
         node,
         version,
     };
-    tonic::transport::Server::builder()
+    server
         .add_service(AgentServer::new(svc))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
@@ -132,4 +135,4 @@ pub(crate) async fn serve(
     Ok(())
 }
 
-pub use drover_proto::client::{logs as logs_client, ping};
+pub use drover_proto::client::{logs as logs_client, ping, AgentEndpoint};

@@ -178,6 +178,7 @@ impl HollowNodes {
                     labels: [("drover.dev/hollow".to_string(), "true".to_string())].into(),
                     drivers: vec![drover_api::task::DriverKind::Hollow],
                     version: env!("CARGO_PKG_VERSION").to_string(),
+                    tls: false,
                     started_at: Utc::now(),
                 };
                 wired.heartbeat(
@@ -294,6 +295,7 @@ mod tests {
             labels: Default::default(),
             drivers: vec![drover_api::task::DriverKind::Hollow],
             version: "test".into(),
+            tls: false,
             started_at: Utc::now(),
         };
         let settings = heartbeat::Settings {

@@ -10,6 +10,7 @@ pub mod driver;
 pub mod drivers;
 pub mod fence;
 pub mod grpc;
+pub mod grpc_tls;
 pub mod heartbeat;
 pub mod hollow_nodes;
 mod instance;
@@ -24,5 +25,5 @@ mod wiring;
 
 pub use agent::{run, Agent, AgentHandle};
 pub use config::AgentConfig;
-pub use grpc::logs_client;
+pub use grpc::{logs_client, AgentEndpoint};
 pub use hollow_nodes::{run_hollow, HollowConfig, HollowHandle, HollowNodes};

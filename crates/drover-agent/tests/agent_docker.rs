@@ -170,7 +170,7 @@ async fn docker_logs_over_grpc_and_follow() {
         .wait_status(&id, LIMIT, "Running", |s| s.phase == Phase::Running)
         .await;
     let port = st.ports[0].host_port;
-    let addr = node.agent.handle.address().to_string();
+    let addr = drover_agent::AgentEndpoint::plaintext(node.agent.handle.address().to_string());
     // The start-up line is there.
     let first = wait_agent_logs(&addr, &id, "startup line", |lines| {
         lines.iter().any(|l| l.contains("listening"))

@@ -73,7 +73,7 @@ async fn process_logs_over_grpc_and_follow() {
     .await;
     env.wait_status(&id, LIMIT, "Running", |s| s.phase == Phase::Running)
         .await;
-    let addr = node.agent.handle.address().to_string();
+    let addr = drover_agent::AgentEndpoint::plaintext(node.agent.handle.address().to_string());
     let lines = wait_agent_logs(&addr, &id, "hello line", |lines| {
         lines.first().map(String::as_str) == Some("hello")
     })

@@ -38,6 +38,11 @@ pub struct Node {
     /// Agent version.
     #[serde(default)]
     pub version: String,
+    /// The gRPC service at `address` is TLS with client certificates required (`drover logs`
+    /// then dials `https://` and verifies the agent's certificate). Absent (false) in records
+    /// of agents before it, and of agents serving plaintext.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tls: bool,
     /// When this agent process registered.
     pub started_at: DateTime<Utc>,
 }
@@ -82,4 +87,24 @@ pub struct NodeState {
     /// When the leader saw the node's lease end; `None` once it registered again.
     #[serde(default)]
     pub dead_since: Option<DateTime<Utc>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_is_false_in_old_records_and_written_only_when_true() {
+        let old = r#"{"name":"n1","address":"10.0.0.5:7400","capacity":{"cpu":"1000m","memory":"64Mi"},"startedAt":"2024-01-01T00:00:00Z"}"#;
+        let node: Node = serde_json::from_str(old).expect("an old record decodes");
+        assert!(!node.tls);
+        let plain = serde_json::to_string(&node).expect("encode");
+        assert!(!plain.contains("tls"), "{plain}");
+        let mut tls = node;
+        tls.tls = true;
+        let json = serde_json::to_string(&tls).expect("encode");
+        assert!(json.contains(r#""tls":true"#), "{json}");
+        let back: Node = serde_json::from_str(&json).expect("decode");
+        assert_eq!(back, tls);
+    }
 }

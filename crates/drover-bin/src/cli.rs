@@ -34,7 +34,8 @@ pub enum Verb {
     /// Run a controller replica (leader election, scheduling, node lifecycle).
     Controller(ControllerArgs),
     /// Run a node agent (heartbeat, convergence of assigned instances, status).
-    Agent(AgentArgs),
+    // Boxed: the agent has by far the most flags.
+    Agent(Box<AgentArgs>),
 }
 
 /// `drover controller`.
@@ -82,6 +83,17 @@ pub struct AgentArgs {
     /// when --address binds every interface.
     #[arg(long, value_name = "HOST[:PORT]")]
     pub advertise_address: Option<AdvertiseAddress>,
+    /// PEM certificate (chain first) the gRPC service (Ping, Logs) serves TLS with; it must
+    /// name the advertised host. Needs --tls-key-file and --client-ca-file.
+    #[arg(long, env = "DROVER_TLS_CERT_FILE", value_name = "FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of --tls-cert-file.
+    #[arg(long, env = "DROVER_TLS_KEY_FILE", value_name = "FILE")]
+    pub tls_key_file: Option<PathBuf>,
+    /// PEM CA bundle that client certificates must chain to: with TLS on, the agent refuses
+    /// clients without one.
+    #[arg(long, env = "DROVER_CLIENT_CA_FILE", value_name = "FILE")]
+    pub client_ca_file: Option<PathBuf>,
     /// Let an agent running as root run process tasks as root (tasks that set no spec.user, or
     /// name root). Without it they fail with RunAsRootRefused.
     #[arg(long)]

@@ -50,6 +50,12 @@ impl Cli {
             .env_remove("DROVER_ETCD_KEYFILE")
             .env_remove("DROVER_ETCD_USER")
             .env_remove("DROVER_ETCD_PASSWORD_FILE")
+            .env_remove("DROVER_AGENT_CAFILE")
+            .env_remove("DROVER_AGENT_CERTFILE")
+            .env_remove("DROVER_AGENT_KEYFILE")
+            .env_remove("DROVER_TLS_CERT_FILE")
+            .env_remove("DROVER_TLS_KEY_FILE")
+            .env_remove("DROVER_CLIENT_CA_FILE")
             .stdin(Stdio::null())
             .kill_on_drop(true);
         command

@@ -63,6 +63,7 @@ impl Cluster {
             labels: Default::default(),
             drivers: vec![DriverKind::Process, DriverKind::Docker],
             version: "test".into(),
+            tls: false,
             started_at: chrono::Utc::now(),
         };
         self.store

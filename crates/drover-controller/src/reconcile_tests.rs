@@ -67,6 +67,7 @@ impl Leader {
             labels: BTreeMap::new(),
             drivers: vec![DriverKind::Process],
             version: "test".into(),
+            tls: false,
             started_at: Utc::now(),
         };
         within("node", direct.put(&keys.node("n1"), &node, None))

@@ -794,6 +794,7 @@ mod tests {
             labels: BTreeMap::new(),
             drivers: vec![],
             version: "v".into(),
+            tls: false,
             started_at: Utc::now(),
         };
         let good = serde_json::to_value(&node).expect("encodes");

@@ -8,6 +8,7 @@ use futures::{Stream, StreamExt};
 
 use crate::agent::v1 as pb;
 use crate::agent::v1::agent_client::AgentClient;
+use crate::tls::ClientTls;
 
 /// How long connecting to an agent may take before it counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -27,7 +28,7 @@ pub enum Error {
         message: String,
     },
     /// Connecting to the agent failed.
-    #[error("connecting to agent at {address}: {source}")]
+    #[error("connecting to agent at {address}: {}", causes(source))]
     Connect {
         /// The address.
         address: String,
@@ -36,22 +37,93 @@ pub enum Error {
         source: tonic::transport::Error,
     },
     /// The agent answered with an error (e.g. `NotFound` for an instance it does not run).
-    #[error("agent: {}: {}", .0.code(), .0.message())]
+    #[error("agent: {}: {}{}", .0.code(), .0.message(), cause_suffix(.0))]
     Status(#[from] tonic::Status),
+}
+
+impl Error {
+    /// Whether the call ended because the connection did, not by an answer of the agent (as
+    /// when an mTLS agent refuses the client's certificate after the client's handshake is
+    /// done, on the first request).
+    pub fn is_connection_lost(&self) -> bool {
+        matches!(
+            self,
+            Error::Status(status) if matches!(
+                status.code(),
+                tonic::Code::Cancelled | tonic::Code::Unavailable | tonic::Code::Unknown
+            )
+        )
+    }
+}
+
+/// `error` and its sources, joined: tonic's transport error says only "transport error" and
+/// keeps the reason (a refused certificate, a refused connection) in its sources.
+fn causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut next = error.source();
+    while let Some(cause) = next {
+        // Some layers print their source in their own message already.
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        next = cause.source();
+    }
+    text
+}
+
+/// The sources of a status (such as a TLS alert that ended the connection), after ": ".
+fn cause_suffix(status: &tonic::Status) -> String {
+    std::error::Error::source(status)
+        .map(|cause| format!(": {}", causes(cause)))
+        .unwrap_or_default()
+}
+
+/// How to reach one agent: the address its node key advertises (`host:port`) and, when it
+/// serves TLS, the client's TLS settings.
+#[derive(Debug, Clone)]
+pub struct AgentEndpoint {
+    address: String,
+    tls: Option<ClientTls>,
+}
+
+impl AgentEndpoint {
+    /// Plaintext gRPC (`http://`), for an agent started without TLS.
+    pub fn plaintext(address: impl Into<String>) -> Self {
+        AgentEndpoint {
+            address: address.into(),
+            tls: None,
+        }
+    }
+
+    /// gRPC over TLS (`https://`): the agent's certificate is verified against the CA of
+    /// `tls` and must name the host of `address` (an IP address SAN for an IP).
+    pub fn tls(address: impl Into<String>, tls: ClientTls) -> Self {
+        AgentEndpoint {
+            address: address.into(),
+            tls: Some(tls),
+        }
+    }
+
+    /// The address.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
 }
 
 /// A stream of an instance's output lines.
 pub type LogLines = Pin<Box<dyn Stream<Item = Result<String>> + Send>>;
 
-/// Streams an instance's output from the agent at `address` (`host:port`, as in the node
-/// key): the last `tail` lines (all with `None`), then new lines while `follow`.
+/// Streams an instance's output from `agent`: the last `tail` lines (all with `None`), then
+/// new lines while `follow`.
 pub async fn logs(
-    address: &str,
+    agent: &AgentEndpoint,
     instance: &str,
     follow: bool,
     tail: Option<u32>,
 ) -> Result<LogLines> {
-    let mut client = connect(address).await?;
+    let mut client = connect(agent).await?;
     let stream = client
         .logs(pb::LogsRequest {
             instance: instance.to_string(),
@@ -65,22 +137,43 @@ pub async fn logs(
     ))
 }
 
-/// Pings the agent at `address`.
-pub async fn ping(address: &str) -> Result<pb::PingReply> {
-    let mut client = connect(address).await?;
+/// Pings `agent`.
+pub async fn ping(agent: &AgentEndpoint) -> Result<pb::PingReply> {
+    let mut client = connect(agent).await?;
     Ok(client.ping(pb::PingRequest {}).await?.into_inner())
 }
 
-async fn connect(address: &str) -> Result<AgentClient<tonic::transport::Channel>> {
+async fn connect(agent: &AgentEndpoint) -> Result<AgentClient<tonic::transport::Channel>> {
+    let address = agent.address.as_str();
+    let bad = |message: String| Error::Address {
+        address: address.to_string(),
+        message,
+    };
+    let scheme = if agent.tls.is_some() { "https" } else { "http" };
     let url = if address.contains("://") {
         address.to_string()
     } else {
-        format!("http://{address}")
+        format!("{scheme}://{address}")
     };
-    let endpoint = tonic::transport::Endpoint::from_shared(url).map_err(|e| Error::Address {
-        address: address.to_string(),
-        message: e.to_string(),
-    })?;
+    let mut endpoint =
+        tonic::transport::Endpoint::from_shared(url).map_err(|e| bad(e.to_string()))?;
+    if let Some(tls) = &agent.tls {
+        if endpoint.uri().scheme_str() != Some("https") {
+            return Err(bad("TLS to an agent needs an https:// address".to_string()));
+        }
+        let host = endpoint
+            .uri()
+            .host()
+            .ok_or_else(|| bad("no host to verify the agent's certificate for".to_string()))?;
+        // The URI keeps an IPv6 host in brackets; the certificate's IP SAN has none.
+        let server_name = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        endpoint = endpoint
+            .tls_config(tls.config(&server_name))
+            .map_err(|e| bad(format!("TLS settings: {e}")))?;
+    }
     let channel = endpoint
         .connect_timeout(CONNECT_TIMEOUT)
         .connect()

@@ -3,8 +3,10 @@
 //! - [`agent::v1`]: the agent service (`Ping`, `Logs`), served by `drover agent` and used by
 //!   `drover logs`.
 //! - [`client`]: the client side of that service, for the CLI and tests.
+//! - [`tls`]: the PEM files and client settings of that service over mutual TLS.
 
 pub mod client;
+pub mod tls;
 
 /// Services of the node agent.
 pub mod agent {

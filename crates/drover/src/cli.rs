@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand, ValueEnum};
 use drover_api::duration::HumanDuration;
 
+use crate::agent_access::AgentAccess;
 use crate::etcd_access::EtcdAccess;
 use crate::output::Format;
 
@@ -145,6 +146,9 @@ pub struct LogsArgs {
     /// Only the last N lines.
     #[arg(long)]
     pub tail: Option<u32>,
+    /// TLS to agents that serve it (`--agent-cafile`, `--agent-certfile`, `--agent-keyfile`).
+    #[command(flatten)]
+    pub agent: AgentAccess,
 }
 
 /// `drover cordon` / `uncordon`.

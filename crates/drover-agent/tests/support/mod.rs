@@ -232,16 +232,16 @@ pub async fn assert_fails_to_start(
     node.agent.stop().await;
 }
 
-/// Polls the agent at `addr` for the whole log of `id` until `ready` accepts it; returns it.
+/// Polls `agent` for the whole log of `id` until `ready` accepts it; returns it.
 pub async fn wait_agent_logs(
-    addr: &str,
+    agent: &drover_agent::AgentEndpoint,
     id: &InstanceId,
     what: &str,
     ready: impl Fn(&[String]) -> bool,
 ) -> Vec<String> {
     let id = id.to_string();
     poll(LIMIT, what, || async {
-        let lines: Vec<String> = drover_agent::logs_client(addr, &id, false, None)
+        let lines: Vec<String> = drover_agent::logs_client(agent, &id, false, None)
             .await
             .ok()?
             .filter_map(|l| async move { l.ok() })

@@ -22,7 +22,10 @@ pub async fn run(global: &Global, args: AgentArgs) -> CliResult {
     let mut registry = Registry::with_prefix("drover");
     let agent = Agent::start(store, keys, config, &mut registry, shutdown.clone())
         .await
-        .map_err(|error| CliError::failure(format!("agent: {error}")))?;
+        .map_err(|error| match error {
+            drover_agent::agent::Error::Tls(_) => CliError::usage(format!("agent: {error}")),
+            _ => CliError::failure(format!("agent: {error}")),
+        })?;
     let handle = agent.handle();
     let (tx, rx) = tokio::sync::watch::channel(false);
     let watcher = handle.clone();
@@ -56,6 +59,9 @@ fn config(args: &AgentArgs) -> CliResult<AgentConfig> {
     }
     config.advertise_address = args.advertise_address.clone();
     config.allow_root_tasks = args.allow_root_tasks;
+    config.tls_cert_file = args.tls_cert_file.clone();
+    config.tls_key_file = args.tls_key_file.clone();
+    config.client_ca_file = args.client_ca_file.clone();
     config.lease_ttl = args.lease_ttl.as_std();
     config.driver = args.driver.into();
     config.keep_running_on_shutdown = args.keep_running;
@@ -82,6 +88,13 @@ fn config(args: &AgentArgs) -> CliResult<AgentConfig> {
     config
         .validate()
         .map_err(|error| CliError::usage(format!("agent config: {error}")))?;
+    // Read the TLS files before etcd is dialed, so a bad one is refused by name (exit 64)
+    // whatever etcd's state; `Agent::start` reads them again to serve.
+    let tls = config
+        .grpc_tls()
+        .map_err(|error| CliError::usage(format!("agent config: {error}")))?;
+    drover_agent::grpc_tls::server(tls.as_ref())
+        .map_err(|error| CliError::usage(format!("agent: {error}")))?;
     Ok(config)
 }
 

@@ -17,6 +17,6 @@ pub async fn run(cli: Cli) -> CliResult {
         Verb::Client(command) => drover_cli::cmd::run(&global, command).await,
         Verb::Up(args) => up::run(&global, args).await,
         Verb::Controller(args) => controller::run(&global, args).await,
-        Verb::Agent(args) => agent::run(&global, args).await,
+        Verb::Agent(args) => agent::run(&global, *args).await,
     }
 }

@@ -67,6 +67,7 @@ impl Sim {
                 .collect(),
             drivers: vec![DriverKind::Process, DriverKind::Docker],
             version: "test".into(),
+            tls: false,
             started_at: at(0),
         };
         self.s

@@ -200,6 +200,7 @@ impl Env {
                 .collect(),
             drivers: vec![DriverKind::Process, DriverKind::Docker, DriverKind::Hollow],
             version: "test".into(),
+            tls: false,
             started_at: Utc::now(),
         };
         within(
@@ -229,6 +230,7 @@ pub fn node_record(name: &str, cpu_millis: u64, memory_mib: u64) -> Node {
         labels: Default::default(),
         drivers: vec![DriverKind::Process],
         version: "test".into(),
+        tls: false,
         started_at: Utc::now(),
     }
 }
