@@ -69,7 +69,7 @@ async fn drover_logs_over_mtls_reads_the_output_and_clients_without_a_valid_cert
     let pki = TlsFiles::generate(pki_dir.path());
     let state = tempfile::tempdir().expect("tempdir");
     let _controller = Daemon::start(&etcd.cli, &["controller", "--id", "c"]);
-    let agent = Daemon::start(
+    let mut agent = Daemon::start(
         &etcd.cli,
         &[
             "agent",
@@ -185,6 +185,12 @@ async fn drover_logs_over_mtls_reads_the_output_and_clients_without_a_valid_cert
         !log.contains("without TLS"),
         "no plaintext warning with TLS on: {log}"
     );
+    // SIGTERM: the agent stops its copy before it exits (a SIGKILL would leave it running).
+    agent.signal("TERM");
+    assert!(
+        agent.wait_exit(WAIT).await.is_some(),
+        "the agent did not stop"
+    );
 }
 
 #[tokio::test]
@@ -265,7 +271,7 @@ async fn an_agent_serving_plaintext_beyond_loopback_warns_and_plaintext_logs_sti
     let etcd = Etcd::start().await;
     let state = tempfile::tempdir().expect("tempdir");
     let _controller = Daemon::start(&etcd.cli, &["controller", "--id", "c"]);
-    let agent = Daemon::start(
+    let mut agent = Daemon::start(
         &etcd.cli,
         &[
             "agent",
@@ -308,4 +314,10 @@ async fn an_agent_serving_plaintext_beyond_loopback_warns_and_plaintext_logs_sti
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("serves plaintext"), "{stderr}");
     assert!(!stdout.contains("hello"), "{stdout}");
+    // SIGTERM: the agent stops its copy before it exits (a SIGKILL would leave it running).
+    agent.signal("TERM");
+    assert!(
+        agent.wait_exit(WAIT).await.is_some(),
+        "the agent did not stop"
+    );
 }

@@ -2,7 +2,7 @@
 //! controller's, the users' and one role per node and turns auth on; then etcd itself refuses
 //! an agent's writes outside its own node and a user's writes to what the leader decides, and
 //! a cluster whose every process holds only its own credentials runs, survives a node's death
-//! and a leader's.
+//! and a leader's, and serves `drover logs` over mTLS.
 
 mod common;
 
@@ -256,4 +256,113 @@ async fn a_cluster_on_per_role_credentials_runs_reschedules_and_fails_over() {
     .unwrap_or_else(|_| panic!("{}", logs("not rescheduled", &c2, &agents)));
     let listed = user.ok(&["get", "instances"]).await;
     assert_eq!(listed.matches("Running").count(), 2, "{listed}");
+}
+
+#[tokio::test]
+async fn drover_logs_works_over_mtls_with_per_role_credentials() {
+    let etcd = EtcdServer::start_with(EtcdOptions::tls()).await;
+    let files = etcd.tls_files().expect("TLS member").clone();
+    let base = Cli::with_access(etcd.endpoints(), tls_flags(&files));
+    let dir = bootstrap(&base, &["gamma"]).await;
+    let creds = dir.path().join("creds");
+    let user = as_user(&base, &files, &creds, "drover-user");
+    let watcher = store_as(&etcd, &files, &creds, "drover-user").await;
+    let keys = Keys::new(&base.prefix);
+
+    let controller = Daemon::start(
+        &as_user(&base, &files, &creds, "drover-controller"),
+        &["controller", "--id", "c1"],
+    );
+    // The test PKI's server certificate names 127.0.0.1, the agent's address; the same CA
+    // signs the client certificate `drover logs` presents.
+    let state = dir.path().join("gamma").display().to_string();
+    let (ca, cert, key) = (
+        files.ca.display().to_string(),
+        files.server_cert.display().to_string(),
+        files.server_key.display().to_string(),
+    );
+    let mut agent = Daemon::start(
+        &as_user(&base, &files, &creds, "drover-node-gamma"),
+        &[
+            "agent",
+            "--node",
+            "gamma",
+            "--driver",
+            "process",
+            // Tests run as root; the task sets no spec.user.
+            "--allow-root-tasks",
+            "--state-dir",
+            &state,
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--client-ca-file",
+            &ca,
+        ],
+    );
+    let doc = "apiVersion: drover.dev/v1\nkind: Task\nmetadata:\n  name: greet\nspec:\n  command: [sh, -c, \"echo hello with roles; exec sleep 3600\"]\n";
+    let (_m, path) = manifest(doc);
+    user.ok(&["apply", "-f", path.to_str().expect("utf-8")])
+        .await;
+    let running = wait_for(
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || async {
+            running_statuses(&watcher, &keys)
+                .await
+                .filter(|r| r.len() == 1)
+        },
+    )
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "not Running\ncontroller:\n{}\nagent:\n{}",
+            controller.log_text(),
+            agent.log_text()
+        )
+    });
+    let id = running[0].id.to_string();
+    let (client_cert, client_key) = (
+        files.client_cert.display().to_string(),
+        files.client_key.display().to_string(),
+    );
+    let text = wait_for(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || async {
+            let out = user
+                .run(&[
+                    "logs",
+                    &id,
+                    "--agent-cafile",
+                    &ca,
+                    "--agent-certfile",
+                    &client_cert,
+                    "--agent-keyfile",
+                    &client_key,
+                ])
+                .await;
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            (out.status.success() && stdout.contains("hello with roles")).then_some(stdout)
+        },
+    )
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "drover logs over mTLS as drover-user\nagent:\n{}",
+            agent.log_text()
+        )
+    });
+    assert!(text.contains("hello with roles"), "{text}");
+    // Without a client certificate the agent answers nothing.
+    let refused = user.run(&["logs", &id, "--agent-cafile", &ca]).await;
+    assert!(!refused.status.success());
+    assert!(!String::from_utf8_lossy(&refused.stdout).contains("hello with roles"));
+    // SIGTERM: the agent stops its copy before it exits (a SIGKILL would leave it running).
+    agent.signal("TERM");
+    assert!(
+        agent.wait_exit(Duration::from_secs(45)).await.is_some(),
+        "the agent did not stop on SIGTERM"
+    );
 }
