@@ -305,9 +305,12 @@ impl Limits {
 ///   the call returns [`CommitError::Fenced`].
 /// - A [`Step`] is never split: a dead node's assignment and its replacement, or a dead letter
 ///   and the removal it records, land together or not at all.
-/// - A transaction that creates instances of a task also writes that task's state, comparing
-///   its mod revision (chained from one transaction to the next), so a plan made from a stale
-///   snapshot cannot create a second set of instances.
+/// - A transaction that creates instances of a task compares that task's state's mod revision
+///   (chained from one transaction to the next), so a plan made from a stale snapshot cannot
+///   create a second set of instances; the first such transaction of a lane also writes the
+///   state, so no instance lands without it, and later ones only compare it.
+/// - A lane made only of placements is ordered by node, so each transaction reaches few
+///   nodes' watches (see [`group_placements_by_node`]).
 /// - Steps are dealt to lanes, every step of one task to the same lane (so that chain holds);
 ///   each lane sends its transactions in plan order, one at a time, and the lanes run at once.
 ///   Steps of different lanes are independent: each carries every compare it relies on.
@@ -406,7 +409,29 @@ fn deal<'a>(steps: impl Iterator<Item = &'a Step>, lanes: usize) -> Vec<Vec<(usi
         out[lane].push((index, step));
     }
     out.retain(|lane| !lane.is_empty());
+    for lane in &mut out {
+        group_placements_by_node(lane);
+    }
     out
+}
+
+/// The node a step places one instance on, when that is all the step does.
+fn placement_node(step: &Step) -> Option<&str> {
+    match step.writes.as_slice() {
+        [Write::Assign(i)] => Some(i.node.as_str()),
+        _ => None,
+    }
+}
+
+/// Orders a lane made only of placements by node (stably), so that one transaction carries
+/// several instances of each of a few nodes instead of one instance of each of a hundred:
+/// every node whose assignments a transaction touches is one watch response etcd sends (and
+/// on etcd 3.4 one copy of its write buffer), and one wake-up of that node's agent. A lane
+/// with any other kind of step keeps plan order.
+fn group_placements_by_node(lane: &mut [(usize, &Step)]) {
+    if lane.iter().all(|(_, step)| placement_node(step).is_some()) {
+        lane.sort_by(|(_, a), (_, b)| placement_node(a).cmp(&placement_node(b)));
+    }
 }
 
 /// Commits one lane's steps in order, batched within `limits`.
@@ -419,7 +444,7 @@ async fn commit_lane(
     // One compare of every transaction is the fence.
     let budget = limits.max_ops.saturating_sub(1).max(4);
     let byte_budget = limits.max_bytes.saturating_sub(REQUEST_HEADROOM);
-    let mut expected: BTreeMap<TaskRef, i64> = BTreeMap::new();
+    let mut chain = Chain::default();
     // The encoded size of the state of each task the lane writes.
     let mut sizes: BTreeMap<TaskRef, usize> = BTreeMap::new();
     let mut done = Committed::default();
@@ -440,9 +465,9 @@ async fn commit_lane(
             .as_ref()
             .filter(|t| plan.taskstates.contains_key(*t));
         if let Some(t) = tracked {
-            if !expected.contains_key(t) {
+            if !chain.expected.contains_key(t) {
                 let revision = plan.taskstates.get(t).map_or(0, |w| w.mod_revision);
-                expected.insert(t.clone(), revision);
+                chain.expected.insert(t.clone(), revision);
                 sizes.insert(t.clone(), state_bytes(keys, plan, t));
             }
         }
@@ -465,7 +490,7 @@ async fn commit_lane(
             if ctx.stop.load(Ordering::SeqCst) {
                 return Ok(done);
             }
-            flush(ctx, &mut batch, &mut expected, &mut done).await?;
+            flush(ctx, &mut batch, &mut chain, &mut done).await?;
         }
         // After a flush the task's state must be written again, in the new batch.
         if let Some(t) = tracked {
@@ -479,7 +504,7 @@ async fn commit_lane(
         });
     }
     if !ctx.stop.load(Ordering::SeqCst) {
-        flush(ctx, &mut batch, &mut expected, &mut done).await?;
+        flush(ctx, &mut batch, &mut chain, &mut done).await?;
     }
     Ok(done)
 }
@@ -499,11 +524,11 @@ fn state_bytes(keys: &Keys, plan: &Plan, t: &TaskRef) -> usize {
 async fn flush(
     ctx: &Ctx<'_>,
     batch: &mut Batch,
-    expected: &mut BTreeMap<TaskRef, i64>,
+    chain: &mut Chain,
     done: &mut Committed,
 ) -> Result<(), CommitError> {
     let Batch { parts, tasks } = std::mem::take(batch);
-    let reason = match ctx.send(&parts, &tasks, expected, done).await? {
+    let reason = match ctx.send(&parts, &tasks, chain, done).await? {
         Sent::Landed => return Ok(()),
         Sent::Refused(reason) => reason,
     };
@@ -524,7 +549,7 @@ async fn flush(
             .cloned()
             .collect();
         let one = std::slice::from_ref(&part);
-        if let Sent::Refused(reason) = ctx.send(one, &own, expected, done).await? {
+        if let Sent::Refused(reason) = ctx.send(one, &own, chain, done).await? {
             tracing::warn!(
                 step = part.index,
                 task = ?part.task,
@@ -541,6 +566,16 @@ async fn flush(
     Ok(())
 }
 
+/// One lane's chain of task-state compares.
+#[derive(Default)]
+struct Chain {
+    /// The mod revision each task's state must have in the next transaction.
+    expected: BTreeMap<TaskRef, i64>,
+    /// Tasks whose state a landed transaction of the lane has written: later transactions
+    /// only compare it (it stays at that revision, since only the leader writes it).
+    written: BTreeSet<TaskRef>,
+}
+
 /// What every transaction of one commit shares.
 struct Ctx<'a> {
     store: &'a Store,
@@ -552,17 +587,19 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    /// One fenced transaction: the parts' compares and operations, plus the compare and put of
-    /// the state of every task in `tasks` (chained through `expected`).
+    /// One fenced transaction: the parts' compares and operations, plus the compare of the
+    /// state of every task in `tasks` (chained through `chain`) and its put, the first time a
+    /// transaction of the lane creates instances of that task.
     async fn send(
         &self,
         parts: &[Part],
         tasks: &BTreeSet<TaskRef>,
-        expected: &mut BTreeMap<TaskRef, i64>,
+        chain: &mut Chain,
         done: &mut Committed,
     ) -> Result<Sent, CommitError> {
         let mut cmps: Vec<Cmp> = parts.iter().flat_map(|p| p.cmps.iter().cloned()).collect();
         let mut ops: Vec<Op> = parts.iter().flat_map(|p| p.ops.iter().cloned()).collect();
+        let mut putting = Vec::new();
         for t in tasks {
             let Some(w) = self.plan.taskstates.get(t) else {
                 continue;
@@ -570,9 +607,12 @@ impl Ctx<'_> {
             let key = self.keys.taskstate(&t.namespace, &t.name);
             cmps.push(Cmp::ModRevision(
                 key.clone(),
-                expected.get(t).copied().unwrap_or(0),
+                chain.expected.get(t).copied().unwrap_or(0),
             ));
-            ops.push(Op::put(key, &w.state, None).map_err(encode_err)?);
+            if !chain.written.contains(t) {
+                ops.push(Op::put(key, &w.state, None).map_err(encode_err)?);
+                putting.push(t);
+            }
         }
         if ops.is_empty() {
             return Ok(Sent::Landed);
@@ -601,8 +641,10 @@ impl Ctx<'_> {
             )));
         }
         done.revision = outcome.revision;
-        for t in tasks {
-            expected.insert(t.clone(), outcome.revision);
+        // The compares of the next transaction: what this one wrote.
+        for t in putting {
+            chain.expected.insert(t.clone(), outcome.revision);
+            chain.written.insert(t.clone());
         }
         Ok(Sent::Landed)
     }
@@ -611,6 +653,59 @@ impl Ctx<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn placing(task: &str, slot: u32, node: &str) -> Step {
+        let i = drover_api::Instance {
+            id: drover_api::InstanceId::service("default", task, slot).expect("id"),
+            namespace: "default".into(),
+            task: task.into(),
+            slot,
+            run: None,
+            node: node.into(),
+            generation: 1,
+            attempt: 0,
+            spec: drover_api::TaskSpec::default(),
+            assigned_at: chrono::Utc::now(),
+            stop: None,
+        };
+        Step {
+            task: Some(TaskRef::new("default", task)),
+            writes: vec![Write::Assign(Box::new(i))],
+        }
+    }
+
+    fn nodes_of<'a>(lane: &[(usize, &'a Step)]) -> Vec<&'a str> {
+        lane.iter()
+            .map(|(_, s)| placement_node(s).unwrap_or("-"))
+            .collect()
+    }
+
+    #[test]
+    fn a_lane_of_placements_is_ordered_by_node_and_a_mixed_lane_keeps_plan_order() {
+        let steps = [
+            placing("a", 0, "n2"),
+            placing("a", 1, "n1"),
+            placing("b", 0, "n2"),
+            placing("b", 1, "n1"),
+        ];
+        let mut lane: Vec<(usize, &Step)> = steps.iter().enumerate().collect();
+        group_placements_by_node(&mut lane);
+        assert_eq!(nodes_of(&lane), ["n1", "n1", "n2", "n2"]);
+        // Stable: within a node, plan order.
+        assert_eq!(
+            lane.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+            [1, 3, 0, 2]
+        );
+
+        let gone = Step {
+            task: None,
+            writes: vec![Write::NodeGone { node: "n9".into() }],
+        };
+        let mixed = [placing("a", 0, "n2"), gone, placing("a", 1, "n1")];
+        let mut lane: Vec<(usize, &Step)> = mixed.iter().enumerate().collect();
+        group_placements_by_node(&mut lane);
+        assert_eq!(nodes_of(&lane), ["n2", "-", "n1"]);
+    }
 
     #[test]
     fn node_gone_compares_the_node_key_absent_and_writes_nothing() {

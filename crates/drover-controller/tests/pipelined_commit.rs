@@ -69,6 +69,8 @@ async fn a_plan_commits_on_several_lanes_at_once_and_a_stale_copy_lands_nothing(
         .expect("get")
         .expect("written");
         assert_eq!(state.value.next_slot, 300, "{t}");
+        // Written by the first of its transactions only; the others compared it.
+        assert_eq!(state.version, 1, "{t}: its state was put more than once");
     }
 
     // The lanes ran at once: the transactions of different tasks interleave in etcd's
