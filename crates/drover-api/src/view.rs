@@ -64,17 +64,38 @@ pub struct InstanceView {
     pub assignment: Option<Instance>,
     /// The last status the agent reported, if any yet.
     pub status: Option<InstanceStatus>,
-    /// Whether `status` came from a `status/<instance>` key of before statuses moved under
-    /// their node: such a status gives way to one under the node, and its removal leaves
-    /// that one alone.
+    /// Every status key's value, by the node it is under (`None`: the `status/<instance>` key
+    /// of before statuses moved under their node). `status` is the one under the assigned
+    /// node, else the legacy one; one under another node is never shown as this copy's.
     #[serde(skip)]
-    pub status_is_legacy: bool,
+    pub status_sources: BTreeMap<Option<String>, InstanceStatus>,
     /// Set when its assignment or status key holds a value that does not decode: the error.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub invalid: Option<String>,
 }
 
 impl InstanceView {
+    /// Sets `status` from `status_sources`: the status under the assigned node's key, else the
+    /// legacy one; with no assignment, the legacy one or the only node's (several nodes
+    /// claiming an unassigned instance: none is shown).
+    fn pick_status(&mut self) {
+        let sources = &self.status_sources;
+        self.status = match &self.assignment {
+            Some(a) => sources
+                .get(&Some(a.node.clone()))
+                .or_else(|| sources.get(&None))
+                .cloned(),
+            None => {
+                let mut nodes = sources.iter().filter(|(k, _)| k.is_some());
+                match (nodes.next(), nodes.next()) {
+                    (None, _) => sources.get(&None).cloned(),
+                    (Some((_, only)), None) => Some(only.clone()),
+                    (Some(_), Some(_)) => None,
+                }
+            }
+        };
+    }
+
     /// Namespace and task name.
     pub fn task(&self) -> (&str, &str) {
         (self.id.namespace(), self.id.task())
@@ -270,19 +291,19 @@ impl ClusterView {
             }
             Record::Assignment(value) => {
                 let id = value.id.clone();
-                self.instance(&id).assignment = Some(value);
+                let view = self.instance(&id);
+                view.assignment = Some(value);
+                view.pick_status();
             }
             Record::Status(id, value) => {
                 let view = self.instance(&id);
-                view.status = Some(value);
-                view.status_is_legacy = false;
+                view.status_sources.insert(Some(value.node.clone()), value);
+                view.pick_status();
             }
             Record::LegacyStatus(id, value) => {
                 let view = self.instance(&id);
-                if view.status.is_none() || view.status_is_legacy {
-                    view.status = Some(value);
-                    view.status_is_legacy = true;
-                }
+                view.status_sources.insert(None, value);
+                view.pick_status();
             }
             Record::Node(name, value) => self.node(&name).node = Some(value),
             Record::NodeInfo(name, value) => self.node(&name).info = Some(value),
@@ -366,22 +387,20 @@ impl ClusterView {
                 if let Some(view) = self.instances.get_mut(&instance.to_string()) {
                     if view.assignment.as_ref().is_some_and(|a| &a.node == node) {
                         view.assignment = None;
+                        view.pick_status();
                     }
                 }
             }
-            Key::Status { instance, .. } => {
+            Key::Status { node, instance } => {
                 if let Some(view) = self.instances.get_mut(&instance.to_string()) {
-                    if !view.status_is_legacy {
-                        view.status = None;
-                    }
+                    view.status_sources.remove(&Some(node.clone()));
+                    view.pick_status();
                 }
             }
             Key::LegacyStatus(id) => {
                 if let Some(view) = self.instances.get_mut(&id.to_string()) {
-                    if view.status_is_legacy {
-                        view.status = None;
-                        view.status_is_legacy = false;
-                    }
+                    view.status_sources.remove(&None);
+                    view.pick_status();
                 }
             }
             Key::Node(name) => {
@@ -450,7 +469,7 @@ impl ClusterView {
                 id: id.clone(),
                 assignment: None,
                 status: None,
-                status_is_legacy: false,
+                status_sources: BTreeMap::new(),
                 invalid: None,
             })
     }
@@ -582,6 +601,37 @@ mod tests {
         view.remove(&keys, &own, 10);
         view.settle(&keys);
         assert_eq!(view.instances["default.web.0"].display_status(), "Pending");
+    }
+
+    #[test]
+    fn a_status_under_another_nodes_key_is_not_shown_and_its_removal_keeps_the_real_one() {
+        let keys = Keys::new("/p");
+        let id: InstanceId = "default.web.0".parse().unwrap();
+        let mut view = ClusterView::default();
+        view.apply(
+            &keys,
+            &keys.assignment("n1", &id),
+            Ok(assignment("default.web.0", "n1")),
+            5,
+        );
+        view.apply(
+            &keys,
+            &keys.status("n1", &id),
+            Ok(status("default.web.0", "n1", "Running")),
+            6,
+        );
+        let forged = keys.status("n2", &id);
+        view.apply(
+            &keys,
+            &forged,
+            Ok(status("default.web.0", "n2", "Failed")),
+            7,
+        );
+        view.settle(&keys);
+        assert_eq!(view.instances["default.web.0"].display_status(), "Running");
+        view.remove(&keys, &forged, 8);
+        view.settle(&keys);
+        assert_eq!(view.instances["default.web.0"].display_status(), "Running");
     }
 
     #[test]

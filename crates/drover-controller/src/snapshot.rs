@@ -40,12 +40,45 @@ pub struct OpaqueAssignment {
 }
 
 /// Which key a status is under.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum StatusKey {
     /// `status/<node>/<instance>`.
     Node(String),
     /// `status/<instance>`, from before statuses moved under their node.
     Legacy,
+}
+
+/// The status the planner reads among `held` (every key of one instance), for an instance
+/// assigned to `assigned` (see [`Snapshot::statuses`]).
+fn pick_status<'a>(
+    held: &'a BTreeMap<StatusKey, Option<Versioned<InstanceStatus>>>,
+    assigned: Option<&str>,
+) -> Option<(StatusKey, &'a Versioned<InstanceStatus>)> {
+    let decoded = |at: &StatusKey| {
+        held.get(at)
+            .and_then(Option::as_ref)
+            .map(|s| (at.clone(), s))
+    };
+    match assigned {
+        Some(node) => {
+            let own = StatusKey::Node(node.to_string());
+            if held.contains_key(&own) {
+                // Undecodable: it says nothing, and nothing older stands in for it.
+                decoded(&own)
+            } else {
+                decoded(&StatusKey::Legacy)
+            }
+        }
+        None => {
+            let mut nodes = held.keys().filter(|k| matches!(k, StatusKey::Node(_)));
+            match (nodes.next(), nodes.next()) {
+                (None, _) => decoded(&StatusKey::Legacy),
+                (Some(only), None) => decoded(only),
+                // Several nodes claim it: none of them is believed.
+                (Some(_), Some(_)) => None,
+            }
+        }
+    }
 }
 
 /// The cluster as etcd holds it at one revision.
@@ -63,15 +96,18 @@ pub struct Snapshot {
     pub nodestates: BTreeMap<String, Versioned<NodeState>>,
     /// Assignments by instance id; `value.node` is the node of the key.
     pub assignments: BTreeMap<InstanceId, Versioned<Instance>>,
-    /// Agent-reported statuses, one per instance: the one under its node
-    /// (`status/<node>/<instance>`, `value.node` is the key's node), else a legacy one.
+    /// The status the planner reads for each instance ([`Snapshot::status_key_of`] says which
+    /// key it came from): the one under the node the instance is assigned to; while that node
+    /// has no key for it, the legacy `status/<instance>`; for an instance with no assignment,
+    /// the legacy one or the only node's. A status under another node's key is never read as
+    /// this copy's (it is stray, and deleted), and one under the assigned node that does not
+    /// decode says nothing (no other key stands in for it). `value.node` is the key's node.
     pub statuses: BTreeMap<InstanceId, Versioned<InstanceStatus>>,
-    /// Statuses under the key of before statuses moved under their node (`status/<instance>`),
-    /// as written. One stands in [`Snapshot::statuses`] while its instance has no status under
-    /// a node; once it has, the leader deletes it ([`Snapshot::superseded_legacy_statuses`]).
-    pub legacy_statuses: BTreeMap<InstanceId, Versioned<InstanceStatus>>,
-    /// The instances whose entry in [`Snapshot::statuses`] is their legacy status.
-    pub statuses_from_legacy: BTreeSet<InstanceId>,
+    /// Every status key of every instance, by the key it is under; `None` for a value that
+    /// does not decode.
+    pub status_keys: BTreeMap<InstanceId, BTreeMap<StatusKey, Option<Versioned<InstanceStatus>>>>,
+    /// Which key each entry of [`Snapshot::statuses`] came from.
+    pub status_from: BTreeMap<InstanceId, StatusKey>,
     /// Controller-owned task state.
     pub taskstates: BTreeMap<TaskRef, Versioned<TaskStateRecord>>,
     /// Dead letters by instance id.
@@ -192,7 +228,8 @@ impl Snapshot {
             Some(Key::Assignment { node, instance }) => {
                 self.assignments.remove(&instance);
                 self.opaque_assignments
-                    .insert(instance, OpaqueAssignment { node, mod_revision });
+                    .insert(instance.clone(), OpaqueAssignment { node, mod_revision });
+                self.refresh_status(&instance);
             }
             Some(Key::NodeInfo(node)) => {
                 self.nodeinfos.remove(&node);
@@ -212,8 +249,10 @@ impl Snapshot {
             }
             // A status that no longer decodes says nothing: the copy may be live
             // (never "gone" on a stale terminal phase).
-            Some(Key::Status { instance, .. }) => self.remove_status(&instance),
-            Some(Key::LegacyStatus(id)) => self.remove_legacy_status(&id),
+            Some(Key::Status { node, instance }) => {
+                self.set_status(&instance, StatusKey::Node(node), Some(None));
+            }
+            Some(Key::LegacyStatus(id)) => self.set_status(&id, StatusKey::Legacy, Some(None)),
             // Requests, triggers and dead letters that no longer decode are void:
             // acting on (or deleting by) their stale value would compare a revision
             // that is gone, every plan. A voided letter no longer holds its slot.
@@ -247,6 +286,7 @@ impl Snapshot {
             }
             Some(Key::Assignment { instance, .. }) => {
                 self.opaque_assignments.remove(&instance);
+                self.refresh_status(&instance);
             }
             Some(Key::NodeInfo(node)) => {
                 self.opaque_nodeinfos.remove(&node);
@@ -302,11 +342,17 @@ impl Snapshot {
                 self.nodestates.insert(node, raw.map(|_| value));
             }
             Record::Assignment(value) => {
-                self.assignments
-                    .insert(value.id.clone(), raw.map(|_| value));
+                let id = value.id.clone();
+                self.assignments.insert(id.clone(), raw.map(|_| value));
+                self.refresh_status(&id);
             }
-            Record::Status(id, value) => self.put_status(id, raw.map(|_| value)),
-            Record::LegacyStatus(id, value) => self.put_legacy_status(id, raw.map(|_| value)),
+            Record::Status(id, value) => {
+                let at = StatusKey::Node(value.node.clone());
+                self.set_status(&id, at, Some(Some(raw.map(|_| value))));
+            }
+            Record::LegacyStatus(id, value) => {
+                self.set_status(&id, StatusKey::Legacy, Some(Some(raw.map(|_| value))));
+            }
             Record::TaskState(task, value) => {
                 self.taskstates.insert(task, raw.map(|_| value));
             }
@@ -365,10 +411,13 @@ impl Snapshot {
                     .is_some_and(|a| a.value.node == node)
                 {
                     self.assignments.remove(&instance);
+                    self.refresh_status(&instance);
                 }
             }
-            Key::Status { instance, .. } => self.remove_status(&instance),
-            Key::LegacyStatus(id) => self.remove_legacy_status(&id),
+            Key::Status { node, instance } => {
+                self.set_status(&instance, StatusKey::Node(node), None)
+            }
+            Key::LegacyStatus(id) => self.set_status(&id, StatusKey::Legacy, None),
             Key::TaskState { namespace, name } => {
                 self.taskstates.remove(&TaskRef::new(namespace, name));
             }
@@ -437,62 +486,100 @@ impl Snapshot {
         self.nodes.contains_key(node) || self.opaque_nodes.contains(node)
     }
 
-    /// Records the status of `id` under its node (`value.node` is the key's node).
-    pub(crate) fn put_status(&mut self, id: InstanceId, status: Versioned<InstanceStatus>) {
-        self.statuses_from_legacy.remove(&id);
-        self.statuses.insert(id, status);
+    /// Sets what the key `at` of `id` holds: `Some(Some(v))` a status, `Some(None)` a value
+    /// that does not decode, `None` no key; then picks the status the planner reads.
+    pub(crate) fn set_status(
+        &mut self,
+        id: &InstanceId,
+        at: StatusKey,
+        entry: Option<Option<Versioned<InstanceStatus>>>,
+    ) {
+        match entry {
+            Some(entry) => {
+                self.status_keys
+                    .entry(id.clone())
+                    .or_default()
+                    .insert(at, entry);
+            }
+            None => {
+                if let Some(held) = self.status_keys.get_mut(id) {
+                    held.remove(&at);
+                    if held.is_empty() {
+                        self.status_keys.remove(id);
+                    }
+                }
+            }
+        }
+        self.refresh_status(id);
     }
 
-    /// Records a legacy status of `id`; it stands in while `id` has no status under its node.
-    pub(crate) fn put_legacy_status(&mut self, id: InstanceId, status: Versioned<InstanceStatus>) {
-        if !self.statuses.contains_key(&id) || self.statuses_from_legacy.contains(&id) {
-            self.statuses.insert(id.clone(), status.clone());
-            self.statuses_from_legacy.insert(id.clone());
-        }
-        self.legacy_statuses.insert(id, status);
+    /// The node `id` is assigned to, decodable or not.
+    fn assigned_node(&self, id: &InstanceId) -> Option<&str> {
+        self.assignments
+            .get(id)
+            .map(|a| a.value.node.as_str())
+            .or_else(|| self.opaque_assignments.get(id).map(|o| o.node.as_str()))
     }
 
-    /// Forgets the status of `id` under its node; its legacy status, if any, stands in again.
-    pub(crate) fn remove_status(&mut self, id: &InstanceId) {
-        if self.statuses_from_legacy.contains(id) {
-            return;
-        }
-        match self.legacy_statuses.get(id) {
-            Some(legacy) => {
-                self.statuses.insert(id.clone(), legacy.clone());
-                self.statuses_from_legacy.insert(id.clone());
+    /// Picks the status of `id` the planner reads (see [`Snapshot::statuses`]).
+    fn refresh_status(&mut self, id: &InstanceId) {
+        let picked = self
+            .status_keys
+            .get(id)
+            .and_then(|held| pick_status(held, self.assigned_node(id)))
+            .map(|(at, status)| (at, status.clone()));
+        match picked {
+            Some((at, status)) => {
+                self.statuses.insert(id.clone(), status);
+                self.status_from.insert(id.clone(), at);
             }
             None => {
                 self.statuses.remove(id);
+                self.status_from.remove(id);
             }
         }
     }
 
-    /// Forgets the legacy status of `id`, and the status of `id` if that is where it came from.
-    pub(crate) fn remove_legacy_status(&mut self, id: &InstanceId) {
-        self.legacy_statuses.remove(id);
-        if self.statuses_from_legacy.remove(id) {
-            self.statuses.remove(id);
-        }
+    /// Which key the status of `id` the planner reads is under, if it has one.
+    pub fn status_key_of(&self, id: &InstanceId) -> Option<StatusKey> {
+        self.status_from.get(id).cloned()
     }
 
-    /// Where the status of `id` that the planner reads is kept, if it has one.
-    pub fn status_key_of(&self, id: &InstanceId) -> Option<StatusKey> {
-        let status = self.statuses.get(id)?;
-        Some(if self.statuses_from_legacy.contains(id) {
-            StatusKey::Legacy
-        } else {
-            StatusKey::Node(status.value.node.clone())
+    /// Legacy statuses that a key under a node has replaced, with their mod revisions:
+    /// nothing reads them any more, and the leader deletes them.
+    pub fn superseded_legacy_statuses(&self) -> impl Iterator<Item = (&InstanceId, i64)> + '_ {
+        self.status_keys.iter().filter_map(|(id, held)| {
+            let legacy = held.get(&StatusKey::Legacy)?.as_ref()?;
+            let replaced = held.keys().any(|k| matches!(k, StatusKey::Node(_)))
+                && self.status_from.get(id) != Some(&StatusKey::Legacy);
+            replaced.then_some((id, legacy.mod_revision))
         })
     }
 
-    /// Legacy statuses of instances that also have a status under their node, with their mod
-    /// revisions: nothing reads them any more, and the leader deletes them.
-    pub fn superseded_legacy_statuses(&self) -> impl Iterator<Item = (&InstanceId, i64)> + '_ {
-        self.legacy_statuses
-            .iter()
-            .filter(|(id, _)| !self.statuses_from_legacy.contains(*id))
-            .map(|(id, s)| (id, s.mod_revision))
+    /// Statuses of assigned instances under a node other than the one they are assigned to
+    /// (another client wrote them, or a node's agent wrote for a copy it does not run), with
+    /// their keys and mod revisions: never read, deleted by the leader.
+    pub fn stray_statuses(&self) -> impl Iterator<Item = (&InstanceId, StatusKey, i64)> + '_ {
+        self.status_keys.iter().flat_map(move |(id, held)| {
+            let assigned = self.assigned_node(id);
+            held.iter().filter_map(move |(at, entry)| {
+                let StatusKey::Node(node) = at else {
+                    return None;
+                };
+                let status = entry.as_ref()?;
+                (assigned.is_some_and(|a| a != node)).then(|| (id, at.clone(), status.mod_revision))
+            })
+        })
+    }
+
+    /// Every status key of `id` that holds a decodable value, with its mod revision: what
+    /// removing the instance deletes.
+    pub fn status_keys_of(&self, id: &InstanceId) -> Vec<(StatusKey, i64)> {
+        self.status_keys.get(id).map_or_else(Vec::new, |held| {
+            held.iter()
+                .filter_map(|(at, e)| e.as_ref().map(|s| (at.clone(), s.mod_revision)))
+                .collect()
+        })
     }
 
     /// Whether the copy of instance `id` on `node` is known to have no live process: its node
@@ -709,7 +796,7 @@ mod tests {
         assert_eq!(s.statuses[&id].value.phase, Phase::Running);
         assert_eq!(s.status_key_of(&id), Some(StatusKey::Legacy));
         s.remove(&keys, &legacy, 7);
-        assert!(!s.statuses.contains_key(&id) && s.legacy_statuses.is_empty());
+        assert!(!s.statuses.contains_key(&id) && s.status_keys.is_empty());
     }
 
     #[test]
@@ -729,6 +816,65 @@ mod tests {
             "n1's copy is not shown gone"
         );
         assert_eq!(s.terminal_status(&id, "n2"), Some(3));
+    }
+
+    /// removing a status under another node's key must not forget the
+    /// status the instance's own node wrote.
+    #[test]
+    fn deleting_another_nodes_status_key_keeps_this_nodes_status() {
+        let keys = Keys::new("/t");
+        let mut s = Snapshot::default();
+        let id = InstanceId::service("default", "web", 0).expect("id");
+        s.apply(
+            &keys,
+            raw(keys.status("n1", &id), status_json(&id, "n1", "Failed"), 3),
+        )
+        .expect("decodes");
+        // A foreign write (n2's role may write status/n2/<anything>) and its removal.
+        s.apply(
+            &keys,
+            raw(keys.status("n2", &id), status_json(&id, "n2", "Running"), 4),
+        )
+        .expect("decodes");
+        s.remove(&keys, &keys.status("n2", &id), 5);
+        assert_eq!(
+            s.statuses
+                .get(&id)
+                .map(|v| (v.value.node.clone(), v.value.phase)),
+            Some(("n1".to_string(), Phase::Failed)),
+            "n1's own status is lost"
+        );
+    }
+
+    /// a status under the node that no longer decodes says nothing (the
+    /// copy may be live); it must not bring back a stale legacy status that says it ended.
+    #[test]
+    fn an_undecodable_node_status_does_not_revive_a_stale_terminal_legacy_one() {
+        let keys = Keys::new("/t");
+        let mut s = Snapshot::default();
+        let id = InstanceId::service("default", "web", 0).expect("id");
+        s.apply(
+            &keys,
+            raw(
+                keys.legacy_status(&id),
+                status_json(&id, "n1", "Stopped"),
+                3,
+            ),
+        )
+        .expect("decodes");
+        s.apply(
+            &keys,
+            raw(keys.status("n1", &id), status_json(&id, "n1", "Running"), 4),
+        )
+        .expect("decodes");
+        assert_eq!(s.terminal_status(&id, "n1"), None);
+        let bad = serde_json::json!({"phase": "Sideways"});
+        assert!(s.apply(&keys, raw(keys.status("n1", &id), bad, 5)).is_err());
+        assert_eq!(
+            s.terminal_status(&id, "n1"),
+            None,
+            "the stale legacy Stopped now reads as 'the copy on n1 is gone'"
+        );
     }
 
     #[test]

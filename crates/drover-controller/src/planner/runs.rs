@@ -11,7 +11,6 @@ use drover_api::{
 };
 use drover_store::Versioned;
 
-use super::service::status_at;
 use super::{Plan, Reason, Step, Write};
 use crate::snapshot::{Snapshot, StatusKey};
 use drover_api::records::{DeadLetterRecord, TaskRef, TaskStateRecord};
@@ -25,8 +24,8 @@ pub(super) const DEADLINE_SLACK_SECS: i64 = 5;
 pub(super) struct RunInstances<'a> {
     pub(super) assignments: BTreeMap<u32, &'a Versioned<Instance>>,
     pub(super) statuses: BTreeMap<u32, &'a Versioned<InstanceStatus>>,
-    /// Which key each of `statuses` is under.
-    pub(super) status_keys: BTreeMap<u32, StatusKey>,
+    /// Every status key of each slot, with its mod revision (what removing it deletes).
+    pub(super) status_keys: BTreeMap<u32, (InstanceId, Vec<(StatusKey, i64)>)>,
 }
 
 /// Job instances of every run, indexed by `(task, run)`.
@@ -43,9 +42,15 @@ pub(super) fn index(snapshot: &Snapshot) -> BTreeMap<(TaskRef, u64), RunInstance
     }
     for (id, s) in &snapshot.statuses {
         if let Some(k) = key(id) {
-            let entry = idx.entry(k).or_default();
-            entry.statuses.insert(id.slot(), s);
-            entry.status_keys.insert(id.slot(), status_at(snapshot, id));
+            idx.entry(k).or_default().statuses.insert(id.slot(), s);
+        }
+    }
+    for id in snapshot.status_keys.keys() {
+        if let Some(k) = key(id) {
+            idx.entry(k)
+                .or_default()
+                .status_keys
+                .insert(id.slot(), (id.clone(), snapshot.status_keys_of(id)));
         }
     }
     idx
@@ -224,18 +229,17 @@ pub(super) fn remove_instances(inst: Option<&RunInstances<'_>>, plan: &mut Plan)
             }],
         });
     }
-    for (slot, s) in &inst.statuses {
-        if !inst.assignments.contains_key(slot) {
+    for (slot, (id, held)) in &inst.status_keys {
+        if inst.assignments.contains_key(slot) {
+            continue;
+        }
+        for (at, mod_revision) in held {
             plan.steps.push(Step {
                 task: None,
                 writes: vec![Write::DeleteStatus {
-                    id: s.value.id.clone(),
-                    at: inst
-                        .status_keys
-                        .get(slot)
-                        .cloned()
-                        .unwrap_or(StatusKey::Legacy),
-                    mod_revision: s.mod_revision,
+                    id: id.clone(),
+                    at: at.clone(),
+                    mod_revision: *mod_revision,
                 }],
             });
         }
@@ -355,7 +359,12 @@ pub(super) fn cleanup(
                     .filter(|(slot, _)| !inst.assignments.contains_key(slot))
                     .map(|(k, v)| (*k, *v))
                     .collect(),
-                status_keys: inst.status_keys.clone(),
+                status_keys: inst
+                    .status_keys
+                    .iter()
+                    .filter(|(slot, _)| !inst.assignments.contains_key(slot))
+                    .map(|(k, v)| (*k, v.clone()))
+                    .collect(),
             };
             remove_instances(Some(&orphans), plan);
             continue;

@@ -365,22 +365,32 @@ fn escalate(
 }
 
 /// Deletes statuses of service instances that have no assignment (their assignment was removed
-/// by something other than this controller).
+/// by something other than this controller), every key of each, and statuses under a node the
+/// instance is not assigned to.
 pub(super) fn orphan_statuses(snapshot: &Snapshot, plan: &mut Plan) {
-    for (id, status) in &snapshot.statuses {
+    for id in snapshot.status_keys.keys() {
         if id.run().is_none()
             && !snapshot.assignments.contains_key(id)
             && !snapshot.opaque_assignments.contains_key(id)
         {
-            plan.steps.push(Step {
-                task: None,
-                writes: vec![Write::DeleteStatus {
-                    id: id.clone(),
-                    at: status_at(snapshot, id),
-                    mod_revision: status.mod_revision,
-                }],
-            });
+            for (at, mod_revision) in snapshot.status_keys_of(id) {
+                plan.steps.push(delete_status(id, at, mod_revision));
+            }
         }
+    }
+    for (id, at, mod_revision) in snapshot.stray_statuses() {
+        plan.steps.push(delete_status(id, at, mod_revision));
+    }
+}
+
+fn delete_status(id: &InstanceId, at: StatusKey, mod_revision: i64) -> Step {
+    Step {
+        task: None,
+        writes: vec![Write::DeleteStatus {
+            id: id.clone(),
+            at,
+            mod_revision,
+        }],
     }
 }
 
@@ -388,18 +398,7 @@ pub(super) fn orphan_statuses(snapshot: &Snapshot, plan: &mut Plan) {
 /// status under its node: the migration to per-node statuses, one key at a time.
 pub(super) fn superseded_legacy_statuses(snapshot: &Snapshot, plan: &mut Plan) {
     for (id, mod_revision) in snapshot.superseded_legacy_statuses() {
-        plan.steps.push(Step {
-            task: None,
-            writes: vec![Write::DeleteStatus {
-                id: id.clone(),
-                at: StatusKey::Legacy,
-                mod_revision,
-            }],
-        });
+        plan.steps
+            .push(delete_status(id, StatusKey::Legacy, mod_revision));
     }
-}
-
-/// Which key the status of `id` (which the snapshot holds) is under.
-pub(super) fn status_at(snapshot: &Snapshot, id: &InstanceId) -> StatusKey {
-    snapshot.status_key_of(id).unwrap_or(StatusKey::Legacy)
 }

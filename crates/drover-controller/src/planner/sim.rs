@@ -127,16 +127,36 @@ impl Sim {
     ) {
         let rev = self.bump();
         let status = self.status_of(id, phase, finished);
+        let at = StatusKey::Node(status.node.clone());
+        let key = format!("status/{}/{id}", status.node);
         self.s
-            .put_status(id.clone(), versioned(format!("status/n/{id}"), status, rev));
+            .set_status(id, at, Some(Some(versioned(key, status, rev))));
+    }
+
+    /// Deletes the status of `id` under the node it is assigned to.
+    pub(super) fn forget_status(&mut self, id: &InstanceId) {
+        let node = self.s.assignments[id].value.node.clone();
+        self.s.set_status(id, StatusKey::Node(node), None);
+    }
+
+    /// The mod revision of the legacy status of `id`.
+    pub(super) fn legacy_revision(&self, id: &InstanceId) -> i64 {
+        self.s
+            .status_keys_of(id)
+            .into_iter()
+            .find_map(|(at, rev)| (at == StatusKey::Legacy).then_some(rev))
+            .expect("a legacy status")
     }
 
     /// As [`Sim::set_phase`], under the key of before statuses moved under their node.
     pub(super) fn set_legacy_phase(&mut self, id: &InstanceId, phase: Phase) {
         let rev = self.bump();
         let status = self.status_of(id, phase, None);
-        self.s
-            .put_legacy_status(id.clone(), versioned(format!("status/{id}"), status, rev));
+        self.s.set_status(
+            id,
+            StatusKey::Legacy,
+            Some(Some(versioned(format!("status/{id}"), status, rev))),
+        );
     }
 
     fn status_of(
@@ -203,9 +223,10 @@ impl Sim {
                         id, mod_revision, ..
                     } => {
                         assert_eq!(self.s.assignments[id].mod_revision, *mod_revision);
+                        let node = self.s.assignments[id].value.node.clone();
                         self.s.assignments.remove(id);
                         // etcd deletes the status under the node; a legacy one stays.
-                        self.s.remove_status(id);
+                        self.s.set_status(id, StatusKey::Node(node), None);
                     }
                     Write::StatusUnchanged {
                         id,
@@ -233,10 +254,7 @@ impl Sim {
                     Write::DeleteDeadLetter { instance, .. } => {
                         self.s.deadletters.remove(instance);
                     }
-                    Write::DeleteStatus { id, at, .. } => match at {
-                        StatusKey::Node(_) => self.s.remove_status(id),
-                        StatusKey::Legacy => self.s.remove_legacy_status(id),
-                    },
+                    Write::DeleteStatus { id, at, .. } => self.s.set_status(id, at.clone(), None),
                     Write::DeleteTaskState { task, .. } => {
                         self.s.taskstates.remove(task);
                     }

@@ -364,14 +364,14 @@ fn a_legacy_status_is_read_until_its_node_has_one_then_deleted() {
     sim.converge(at(0));
     let id = sim.ids("web")[0].clone();
     // An agent from before statuses moved under their node reported it Running.
-    sim.s.remove_status(&id);
+    sim.forget_status(&id);
     sim.set_legacy_phase(&id, Phase::Running);
     let p = plan(&sim.s, at(1), &sim.config);
     assert!(p.is_empty(), "nothing to move yet: {p:?}");
 
     // The upgraded agent writes under its node: the legacy key is deleted, compared.
     sim.set_phase(&id, Phase::Running, None);
-    let legacy_rev = sim.s.legacy_statuses[&id].mod_revision;
+    let legacy_rev = sim.legacy_revision(&id);
     let p = plan(&sim.s, at(2), &sim.config);
     assert!(
         p.steps.iter().any(|s| matches!(
@@ -382,7 +382,11 @@ fn a_legacy_status_is_read_until_its_node_has_one_then_deleted() {
         p.steps
     );
     sim.apply(&p);
-    assert!(sim.s.legacy_statuses.is_empty());
+    assert_eq!(
+        sim.s.status_keys_of(&id).len(),
+        1,
+        "only the node's status is left"
+    );
     assert_eq!(sim.s.statuses[&id].value.phase, Phase::Running);
     assert_eq!(sim.converge(at(3)), 0);
 }
@@ -395,9 +399,9 @@ fn a_copy_known_gone_only_from_its_legacy_status_is_deleted_comparing_that_key()
     sim.converge(at(0));
     let id = sim.ids("web")[0].clone();
     sim.task("web", 0, |_| {});
-    sim.s.remove_status(&id);
+    sim.forget_status(&id);
     sim.set_legacy_phase(&id, Phase::Stopped);
-    let rev = sim.s.legacy_statuses[&id].mod_revision;
+    let rev = sim.legacy_revision(&id);
     let p = plan(&sim.s, at(1), &sim.config);
     assert!(
         p.steps.iter().any(|s| matches!(
@@ -423,7 +427,7 @@ fn a_copy_known_gone_only_from_its_legacy_status_is_deleted_comparing_that_key()
         p.steps
     );
     sim.apply(&p);
-    assert!(sim.s.statuses.is_empty() && sim.s.legacy_statuses.is_empty());
+    assert!(sim.s.statuses.is_empty() && sim.s.status_keys.is_empty());
 }
 
 #[test]
