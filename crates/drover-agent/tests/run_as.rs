@@ -45,9 +45,8 @@ fn ids_of(pid: &str) -> (u32, u32, Vec<u32>) {
     (uid[0], gid[0], field("Groups:"))
 }
 
-/// `/proc/<pid>/environ` as a map.
-fn environ_of(pid: &str) -> BTreeMap<String, String> {
-    let raw = std::fs::read(format!("/proc/{pid}/environ")).expect("environ");
+/// A NUL-separated environment (as in `/proc/<pid>/environ`) as a map.
+fn environ_map(raw: &[u8]) -> BTreeMap<String, String> {
     raw.split(|b| *b == 0)
         .filter(|kv| !kv.is_empty())
         .filter_map(|kv| {
@@ -141,13 +140,32 @@ async fn the_environment_is_the_minimal_set_drover_and_the_spec_only() {
     let driver = ProcessDriver::new(dir.path()).expect("driver");
     // This test process has a full environment (CARGO_*, PATH, ...): none of it may pass.
     assert!(std::env::vars().any(|(k, _)| k.starts_with("CARGO")));
+    // The task copies its own /proc/self/environ out: a root without CAP_SYS_PTRACE (as in a
+    // container) may not read another user's environ, but every process may read its own.
+    let out = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(
+        out.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .expect("chmod");
+    let copy = out.path().join("environ");
     let h = start(
         &driver,
         0,
-        json!({"command": ["sleep", "30"], "user": "nobody", "env": {"GREETING": "hi"}}),
+        json!({"command": ["cp", "/proc/self/environ", copy.to_str().expect("utf-8")],
+               "user": "nobody", "env": {"GREETING": "hi"}}),
     )
     .await;
-    let env = environ_of(&h.id);
+    let raw = within(LIMIT, "the task's copy of its environment", async {
+        loop {
+            match std::fs::read(&copy) {
+                Ok(raw) if !raw.is_empty() => break raw,
+                _ => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            }
+        }
+    })
+    .await;
+    let env = environ_map(&raw);
     let keys: Vec<&str> = env.keys().map(String::as_str).collect();
     assert_eq!(
         keys,

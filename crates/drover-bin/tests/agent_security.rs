@@ -67,9 +67,8 @@ fn proc_id(pid: &str, field: &str) -> u32 {
         .unwrap_or_else(|| panic!("{field} in {status}"))
 }
 
-/// The variable names in `/proc/<pid>/environ`.
-fn environ_names(pid: &str) -> Vec<String> {
-    let raw = std::fs::read(format!("/proc/{pid}/environ")).expect("environ");
+/// The variable names of a NUL-separated environment (as in `/proc/<pid>/environ`).
+fn environ_names(raw: &[u8]) -> Vec<String> {
     raw.split(|b| *b == 0)
         .filter_map(|kv| {
             let kv = String::from_utf8_lossy(kv);
@@ -214,12 +213,24 @@ async fn process_tasks_run_as_their_user_without_the_agents_environment_and_root
         ],
         &[(secret.as_str(), "must-not-leak")],
     );
-    let doc = "apiVersion: drover.dev/v1\nkind: Task\nmetadata:\n  name: as-nobody\nspec:\n  \
-               command: [sleep, \"3600\"]\n  user: nobody\n  env: {GREETING: hi}\n  \
+    // The task copies its own /proc/self/environ out: a root without CAP_SYS_PTRACE (as in a
+    // container) may not read another user's environ, but every process may read its own.
+    let out = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(
+        out.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .expect("chmod");
+    let copy = out.path().join("environ");
+    let doc = format!(
+        "apiVersion: drover.dev/v1\nkind: Task\nmetadata:\n  name: as-nobody\nspec:\n  \
+               command: [sh, -c, \"cp /proc/self/environ {}; exec sleep 3600\"]\n  user: nobody\n  env: {{GREETING: hi}}\n  \
                terminationGracePeriodSeconds: 1\n---\n\
                apiVersion: drover.dev/v1\nkind: Task\nmetadata:\n  name: as-root\nspec:\n  \
-               command: [sleep, \"3600\"]\n  terminationGracePeriodSeconds: 1\n";
-    let (_dir, path) = manifest(doc);
+               command: [sleep, \"3600\"]\n  terminationGracePeriodSeconds: 1\n",
+        copy.display()
+    );
+    let (_dir, path) = manifest(&doc);
     etcd.cli
         .ok(&["apply", "-f", path.to_str().expect("utf-8")])
         .await;
@@ -231,7 +242,12 @@ async fn process_tasks_run_as_their_user_without_the_agents_environment_and_root
         (65534, 65534),
         "the real child runs as nobody"
     );
-    let names = environ_names(&pid);
+    let raw = wait_for(WAIT, Duration::from_millis(50), || async {
+        std::fs::read(&copy).ok().filter(|raw| !raw.is_empty())
+    })
+    .await
+    .expect("the task's copy of its environment");
+    let names = environ_names(&raw);
     assert!(
         !names.contains(&secret) && !names.iter().any(|n| n == "RUST_LOG"),
         "the agent's environment leaked into the task: {names:?}"
