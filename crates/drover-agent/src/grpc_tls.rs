@@ -72,24 +72,8 @@ pub fn server(files: Option<&GrpcTlsFiles>) -> Result<Server> {
             cert: files.cert.clone(),
             key: files.key.clone(),
             client_ca: files.client_ca.clone(),
-            message: causes(&e),
+            message: drover_proto::client::causes(&e),
         })
-}
-
-/// `error` and its sources, joined (tonic's transport error keeps rustls' reason in a source).
-fn causes(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut next = error.source();
-    while let Some(cause) = next {
-        // Some layers print their source in their own message already.
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        next = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

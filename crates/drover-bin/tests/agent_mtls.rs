@@ -8,29 +8,14 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{manifest, Cli, Daemon, Etcd};
+use common::{manifest, node_key, Cli, Daemon, Etcd};
 use drover_api::instance::{InstanceStatus, Phase};
-use drover_api::node::Node;
 use drover_testkit::{wait_for, TlsFiles};
 
 const WAIT: Duration = Duration::from_secs(60);
 
 fn path(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
-}
-
-/// Waits for the node key of `node` and decodes it.
-async fn node_key(etcd: &Etcd, node: &str) -> Node {
-    wait_for(WAIT, Duration::from_millis(100), || async {
-        etcd.store
-            .get::<Node>(&etcd.keys.node(node))
-            .await
-            .ok()
-            .flatten()
-            .map(|v| v.value)
-    })
-    .await
-    .unwrap_or_else(|_| panic!("node {node} never registered"))
 }
 
 /// The first Running status of `task`.

@@ -6,9 +6,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{manifest, Cli, Daemon, Etcd};
+use common::{manifest, node_key, Cli, Daemon, Etcd};
 use drover_api::instance::{reasons, InstanceStatus, Phase};
-use drover_api::node::Node;
 use drover_testkit::wait_for;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -19,20 +18,6 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port()
-}
-
-/// Waits for the node key of `node` and decodes it.
-async fn node_key(etcd: &Etcd, node: &str) -> Node {
-    wait_for(WAIT, Duration::from_millis(100), || async {
-        etcd.store
-            .get::<Node>(&etcd.keys.node(node))
-            .await
-            .ok()
-            .flatten()
-            .map(|v| v.value)
-    })
-    .await
-    .unwrap_or_else(|_| panic!("node {node} never registered"))
 }
 
 /// The first status of `task` that satisfies `pred`.

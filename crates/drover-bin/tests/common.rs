@@ -314,3 +314,21 @@ pub async fn dead_letter_of(
         .map(|i| i.value)
         .find(|d| d.task == task)
 }
+
+/// Waits (up to a minute) for the node key of `node` and decodes it.
+pub async fn node_key(etcd: &Etcd, node: &str) -> drover_api::node::Node {
+    drover_testkit::wait_for(
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        || async {
+            etcd.store
+                .get::<drover_api::node::Node>(&etcd.keys.node(node))
+                .await
+                .ok()
+                .flatten()
+                .map(|v| v.value)
+        },
+    )
+    .await
+    .unwrap_or_else(|_| panic!("node {node} never registered"))
+}

@@ -58,7 +58,8 @@ impl Error {
 
 /// `error` and its sources, joined: tonic's transport error says only "transport error" and
 /// keeps the reason (a refused certificate, a refused connection) in its sources.
-fn causes(error: &dyn std::error::Error) -> String {
+#[must_use]
+pub fn causes(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut next = error.source();
     while let Some(cause) = next {
