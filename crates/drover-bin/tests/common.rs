@@ -332,3 +332,26 @@ pub async fn node_key(etcd: &Etcd, node: &str) -> drover_api::node::Node {
     .await
     .unwrap_or_else(|_| panic!("node {node} never registered"))
 }
+
+/// Waits up to a minute until exactly `n` statuses say Running; panics with `daemons`' logs
+/// (each `(name, daemon)`) otherwise.
+pub async fn wait_running(
+    store: &drover_store::Store,
+    keys: &drover_api::keys::Keys,
+    n: usize,
+    daemons: &[(&str, &Daemon)],
+) -> Vec<drover_api::instance::InstanceStatus> {
+    drover_testkit::wait_for(
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || async { running_statuses(store, keys).await.filter(|r| r.len() == n) },
+    )
+    .await
+    .unwrap_or_else(|_| {
+        let logs: Vec<String> = daemons
+            .iter()
+            .map(|(name, d)| format!("{name}:\n{}", d.log_text()))
+            .collect();
+        panic!("{n} instances not Running within 60 s\n{}", logs.join("\n"))
+    })
+}

@@ -9,7 +9,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{manifest, running_statuses, task_doc, Cli, Daemon};
+use common::{manifest, running_statuses, task_doc, wait_running, Cli, Daemon};
 use drover_api::keys::Keys;
 use drover_api::InstanceId;
 use drover_store::{Store, StoreConfig, TlsConfig, UserConfig};
@@ -218,17 +218,13 @@ async fn a_cluster_on_per_role_credentials_runs_reschedules_and_fails_over() {
                 .join("\n---\n")
         )
     };
-    let running = wait_for(
-        Duration::from_secs(60),
-        Duration::from_millis(200),
-        || async {
-            running_statuses(&watcher, &keys)
-                .await
-                .filter(|r| r.len() == 2)
-        },
+    let running = wait_running(
+        &watcher,
+        &keys,
+        2,
+        &[("c1", &c1), ("alpha", &agents[0]), ("beta", &agents[1])],
     )
-    .await
-    .unwrap_or_else(|_| panic!("{}", logs("2 not Running", &c1, &agents)));
+    .await;
     assert!(!running.is_empty());
 
     // A second controller stands by; the first is killed: the second leads.
@@ -305,23 +301,13 @@ async fn drover_logs_works_over_mtls_with_per_role_credentials() {
     let (_m, path) = manifest(doc);
     user.ok(&["apply", "-f", path.to_str().expect("utf-8")])
         .await;
-    let running = wait_for(
-        Duration::from_secs(60),
-        Duration::from_millis(200),
-        || async {
-            running_statuses(&watcher, &keys)
-                .await
-                .filter(|r| r.len() == 1)
-        },
+    let running = wait_running(
+        &watcher,
+        &keys,
+        1,
+        &[("controller", &controller), ("agent", &agent)],
     )
-    .await
-    .unwrap_or_else(|_| {
-        panic!(
-            "not Running\ncontroller:\n{}\nagent:\n{}",
-            controller.log_text(),
-            agent.log_text()
-        )
-    });
+    .await;
     let id = running[0].id.to_string();
     let (client_cert, client_key) = (
         files.client_cert.display().to_string(),

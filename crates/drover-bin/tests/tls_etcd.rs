@@ -7,10 +7,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{manifest, running_statuses, task_doc, Cli, Daemon};
+use common::{manifest, task_doc, wait_running, Cli, Daemon};
 use drover_api::keys::Keys;
 use drover_store::{Store, StoreConfig, TlsConfig, UserConfig};
-use drover_testkit::{wait_for, EtcdOptions, EtcdServer, EtcdUser, TlsFiles};
+use drover_testkit::{EtcdOptions, EtcdServer, EtcdUser, TlsFiles};
 
 /// The global flags for the TLS files and, when given, a user.
 fn access(files: &TlsFiles, user: Option<&EtcdUser>) -> Vec<String> {
@@ -76,23 +76,13 @@ async fn a_task_runs_with_controller_and_agent_on_a_tls_etcd_with_auth() {
     let (_dir, path) = manifest(&task_doc("secure", 2));
     cli.ok(&["apply", "-f", path.to_str().expect("utf-8")])
         .await;
-    let running = wait_for(
-        Duration::from_secs(60),
-        Duration::from_millis(200),
-        || async {
-            running_statuses(&store, &keys)
-                .await
-                .filter(|r| r.len() == 2)
-        },
+    let running = wait_running(
+        &store,
+        &keys,
+        2,
+        &[("controller", &controller), ("agent", &agent)],
     )
-    .await
-    .unwrap_or_else(|_| {
-        panic!(
-            "2 instances not Running within 60 s\ncontroller:\n{}\nagent:\n{}",
-            controller.log_text(),
-            agent.log_text()
-        )
-    });
+    .await;
     assert!(running.iter().all(|s| s.node == "tls-node"), "{running:?}");
     // The CLI reads it back over the same connection settings.
     let listed = cli.ok(&["get", "instances"]).await;

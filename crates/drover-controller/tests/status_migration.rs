@@ -5,22 +5,10 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::{eventually, within, Env, FakeAgent, T};
 use drover_api::{InstanceStatus, Phase};
-
-/// Every assignment key with its create revision: a moved or replaced instance changes it.
-async fn assignment_keys(env: &Env) -> BTreeMap<String, i64> {
-    within("list", env.store.list_raw(&env.keys.assignments()))
-        .await
-        .expect("list")
-        .items
-        .into_iter()
-        .map(|v| (v.key, v.create_revision))
-        .collect()
-}
 
 async fn exists(env: &Env, key: &str) -> bool {
     within("get", env.store.get_raw(key))
@@ -68,7 +56,7 @@ async fn a_leader_reads_old_status_keys_moves_nothing_and_deletes_each_once_repl
             .await
             .expect("delete");
     }
-    let before = assignment_keys(&env).await;
+    let before = env.assignment_keys().await;
 
     let second = env.replica("c2").await;
     let mut status = second.status.clone();
@@ -77,7 +65,7 @@ async fn a_leader_reads_old_status_keys_moves_nothing_and_deletes_each_once_repl
         .expect("status");
     // Its first plan is committed: had it read the old keys as no status at all, or deleted
     // them as foreign, it would have done so in that plan.
-    assert_eq!(assignment_keys(&env).await, before, "nothing moved");
+    assert_eq!(env.assignment_keys().await, before, "nothing moved");
     for i in &instances {
         assert!(
             exists(&env, &env.keys.legacy_status(&i.id)).await,
@@ -114,6 +102,6 @@ async fn a_leader_reads_old_status_keys_moves_nothing_and_deletes_each_once_repl
         exists(&env, &env.keys.legacy_status(&instances[1].id)).await,
         "the other instance's old key is still its status"
     );
-    assert_eq!(assignment_keys(&env).await, before, "still nothing moved");
+    assert_eq!(env.assignment_keys().await, before, "still nothing moved");
     second.stop().await;
 }

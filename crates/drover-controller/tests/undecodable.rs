@@ -4,23 +4,10 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::{eventually, within, Env, FakeAgent, T};
 use drover_api::{Event, Phase};
-
-/// Every assignment key with its create revision (a moved instance would have a new key or
-/// a new create revision), read raw so that undecodable values are listed too.
-async fn assignment_keys(env: &Env) -> BTreeMap<String, i64> {
-    within("list", env.store.list_raw(&env.keys.assignments()))
-        .await
-        .expect("list")
-        .items
-        .into_iter()
-        .map(|v| (v.key, v.create_revision))
-        .collect()
-}
 
 /// Rewrites `key` as JSON that no longer decodes (`edit` spoils it), keeping its lease.
 async fn spoil(env: &Env, key: &str, edit: impl FnOnce(&mut serde_json::Value)) {
@@ -75,7 +62,7 @@ async fn a_new_leader_moves_nothing_off_an_undecodable_node_or_assignment() {
         v["spec"] = serde_json::json!("not a spec")
     })
     .await;
-    let before = assignment_keys(&env).await;
+    let before = env.assignment_keys().await;
     assert_eq!(before.len(), 4);
 
     // A fresh leader lists everything, plans, and reports both keys.
@@ -104,7 +91,7 @@ async fn a_new_leader_moves_nothing_off_an_undecodable_node_or_assignment() {
     assert!(reported.iter().any(|e| e.message.contains(&spoiled)));
     // `synced` means the first plan was committed: a move would be visible now.
     assert_eq!(
-        assignment_keys(&env).await,
+        env.assignment_keys().await,
         before,
         "nothing moved or added"
     );

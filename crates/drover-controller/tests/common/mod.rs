@@ -148,6 +148,18 @@ impl Env {
     }
 
     /// Assignments of `task`, counted per node.
+    /// Every assignment key with its create revision (a moved or replaced instance would have
+    /// a new key or a new create revision), read raw so that undecodable values are listed too.
+    pub async fn assignment_keys(&self) -> BTreeMap<String, i64> {
+        within("list", self.store.list_raw(&self.keys.assignments()))
+            .await
+            .expect("list")
+            .items
+            .into_iter()
+            .map(|v| (v.key, v.create_revision))
+            .collect()
+    }
+
     pub async fn per_node(&self, task: &str) -> BTreeMap<String, usize> {
         let mut m = BTreeMap::new();
         for i in self.assignments().await.values().filter(|i| i.task == task) {
