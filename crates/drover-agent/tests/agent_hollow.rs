@@ -88,6 +88,7 @@ async fn scale(nodes: usize, per_node: usize) {
                 run: None,
                 node: node.clone(),
                 generation: 1,
+                revision: 0,
                 attempt: 1,
                 spec: forever.clone(),
                 assigned_at: chrono::Utc::now(),

@@ -124,6 +124,7 @@ async fn a_stale_status_write_is_rejected() {
         generation: 1,
         attempt: 1,
         started_at: None,
+        healthy_since: None,
         finished_at: None,
         updated_at: chrono::Utc::now(),
     };

@@ -56,6 +56,8 @@ pub enum Record {
     Trigger(TaskRef, String, TriggerRequest),
     /// `requests/<ns>/<task>/<id>`.
     Request(TaskRef, String, TaskRequest),
+    /// `revisions/<ns>/<task>/<n>`.
+    Revision(TaskRef, u64, crate::rollout::RevisionRecord),
     /// `controllers/<id>`.
     Controller(String, ControllerInfo),
     /// `events/<ns>/<id>`.
@@ -76,6 +78,7 @@ pub fn kind_of(key: &Key) -> &'static str {
         Key::Run { .. } => "RunRecord",
         Key::Trigger { .. } => "TriggerRequest",
         Key::Request { .. } => "TaskRequest",
+        Key::Revision { .. } => "RevisionRecord",
         Key::Controller(_) => "ControllerInfo",
         Key::Event { .. } => "Event",
     }
@@ -159,6 +162,11 @@ fn record(key: Key, value: serde_json::Value) -> Result<Record, serde_json::Erro
             task,
             id,
         } => Record::Request(TaskRef::new(namespace, task), id, from(value)?),
+        Key::Revision {
+            namespace,
+            task,
+            revision,
+        } => Record::Revision(TaskRef::new(namespace, task), revision, from(value)?),
         Key::Controller(id) => Record::Controller(id, from(value)?),
         Key::Event { .. } => Record::Event(from(value)?),
     })

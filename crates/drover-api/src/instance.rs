@@ -28,6 +28,9 @@ pub struct Instance {
     pub node: String,
     /// Task generation this assignment was made from.
     pub generation: u64,
+    /// The revision of the task's copy template this runs (0: placed before revisions).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub revision: u64,
     /// Attempt number (1 for the first placement, bumped on each retry or reschedule).
     pub attempt: u32,
     /// The task spec, resolved: the agent runs exactly this.
@@ -40,6 +43,10 @@ pub struct Instance {
     /// assignment deleted. Absent in the common case.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop: Option<StopRequest>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The controller's request that a copy stop (see [`Instance::stop`]).
@@ -185,6 +192,10 @@ pub struct InstanceStatus {
     /// When the current process started.
     #[serde(default)]
     pub started_at: Option<DateTime<Utc>>,
+    /// Since when the health check has passed without a failure in between (set while
+    /// `health` is `Healthy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy_since: Option<DateTime<Utc>>,
     /// When it finished.
     #[serde(default)]
     pub finished_at: Option<DateTime<Utc>>,
@@ -230,6 +241,7 @@ mod tests {
             generation: 1,
             attempt: 1,
             started_at: None,
+            healthy_since: None,
             finished_at: None,
             updated_at: DateTime::<Utc>::UNIX_EPOCH,
         }

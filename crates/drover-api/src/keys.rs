@@ -18,7 +18,8 @@
 //! | `taskstate/<ns>/<name>` | leader controller | [`TaskState`](crate::taskstate::TaskState): suspended, failures, last/next run | deleted with the task |
 //! | `runs/<ns>/<task>/<run>` | leader controller | [`RunRecord`](crate::run::RunRecord) | pruned to `historyLimit` |
 //! | `triggers/<ns>/<task>/<id>` | users (`drover trigger`) | trigger request (free-form JSON) | deleted once consumed |
-//! | `requests/<ns>/<task>/<id>` | users (`drover enable`, `drover retry`) | [`TaskRequest`](crate::request::TaskRequest) | deleted by the leader once carried out |
+//! | `requests/<ns>/<task>/<id>` | users (`drover enable`, `drover retry`, `drover rollout pause\|resume\|promote`) | [`TaskRequest`](crate::request::TaskRequest) | deleted by the leader once carried out |
+//! | `revisions/<ns>/<task>/<n>` | leader controller | [`RevisionRecord`](crate::rollout::RevisionRecord): a service's copy template, numbered | pruned to the newest [`REVISION_HISTORY`](crate::rollout::REVISION_HISTORY), deleted with the task |
 //!
 //! Statuses sit under their node (`status/<node>/`) so that etcd's prefix permissions can let
 //! one node's agent write its own statuses and no other's (docs/security.md). Before that they
@@ -26,7 +27,7 @@
 //! which the leader reads as the instance's status until the agent writes one under its node,
 //! and then deletes.
 //!
-//! Run numbers are zero-padded to 20 digits in keys, so etcd's lexical order is numeric order
+//! Run and revision numbers are zero-padded to 20 digits in keys, so etcd's lexical order is numeric order
 //! and a range read over `runs/<ns>/<task>/` returns runs oldest first.
 //!
 //! # Guarantees
@@ -63,6 +64,7 @@ const TASKSTATE: &str = "taskstate";
 const RUNS: &str = "runs";
 const TRIGGERS: &str = "triggers";
 const REQUESTS: &str = "requests";
+const REVISIONS: &str = "revisions";
 
 /// A Drover key, parsed: which kind it is and the names in it ([`Keys::parse`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,6 +148,15 @@ pub enum Key {
         task: String,
         /// Request id.
         id: String,
+    },
+    /// `revisions/<ns>/<task>/<n>`.
+    Revision {
+        /// Namespace.
+        namespace: String,
+        /// Task name.
+        task: String,
+        /// Revision number.
+        revision: u64,
     },
 }
 
@@ -556,12 +567,45 @@ impl Keys {
                 id,
             });
         }
+        if let Some((namespace, task, revision)) = self.parse_revision_key(key) {
+            return Some(Key::Revision {
+                namespace,
+                task,
+                revision,
+            });
+        }
         self.parse_request_key(key)
             .map(|(namespace, task, id)| Key::Request {
                 namespace,
                 task,
                 id,
             })
+    }
+
+    // ---- revisions ----
+
+    /// `revisions/<ns>/<task>/<n>`: one copy template of a service.
+    pub fn revision(&self, ns: &str, task: &str, revision: u64) -> String {
+        format!("{}{}", self.revisions_of(ns, task), run_segment(revision))
+    }
+
+    /// Prefix of one task's revisions, oldest first: `revisions/<ns>/<task>/`.
+    pub fn revisions_of(&self, ns: &str, task: &str) -> String {
+        format!("{}{}/{}/", self.revisions(), seg(ns), seg(task))
+    }
+
+    /// Prefix of all revisions: `revisions/`.
+    pub fn revisions(&self) -> String {
+        self.dir(REVISIONS)
+    }
+
+    /// `(namespace, task, revision)` of a revision key.
+    pub fn parse_revision_key(&self, key: &str) -> Option<(String, String, u64)> {
+        let p = self.parts(key, REVISIONS, 3)?;
+        if !(is_valid_label(p[0]) && is_valid_label(p[1])) {
+            return None;
+        }
+        Some((p[0].to_string(), p[1].to_string(), parse_run_segment(p[2])?))
     }
 
     // ---- requests ----
@@ -652,6 +696,14 @@ mod tests {
                     namespace: "a".into(),
                     task: "b".into(),
                     run: 3,
+                },
+            ),
+            (
+                k.revision("a", "b", 4),
+                Key::Revision {
+                    namespace: "a".into(),
+                    task: "b".into(),
+                    revision: 4,
                 },
             ),
             (

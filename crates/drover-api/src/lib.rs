@@ -9,8 +9,8 @@
 //! - [`task`]: the Task resource and its semantic validation.
 //! - [`manifest`]: multi-document YAML manifests → validated tasks, or every problem found.
 //! - [`names`], [`quantity`], [`duration`], [`schedule`]: the value types tasks are made of.
-//! - [`node`], [`instance`], [`event`], [`deadletter`], [`taskstate`], [`run`]: the records
-//!   the controller and the agents write.
+//! - [`node`], [`instance`], [`event`], [`deadletter`], [`taskstate`], [`run`], [`rollout`]:
+//!   the records the controller and the agents write.
 
 pub mod deadletter;
 pub mod decode;
@@ -25,6 +25,7 @@ pub mod node;
 pub mod quantity;
 pub mod records;
 pub mod request;
+pub mod rollout;
 pub mod run;
 pub mod schedule;
 pub mod task;
@@ -44,10 +45,11 @@ pub use names::{InstanceId, NameError};
 pub use node::{Capacity, Node, NodeInfo, NodeState};
 pub use quantity::{Cpu, Memory, QuantityError};
 pub use request::{RequestAction, TaskRequest};
+pub use rollout::{RevisionRecord, Rollout, RolloutFailure, RolloutPhase};
 pub use run::{RunCause, RunOutcome, RunRecord, TriggerRequest};
 pub use schedule::{Schedule, ScheduleError};
 pub use task::{
-    ConcurrencyPolicy, DriverKind, HealthCheck, HollowScript, Mode, ObjectMeta, PortSpec, Protocol,
-    Resources, RestartPolicy, Task, TaskError, TaskSpec, Trigger, UpdateStrategy,
+    Budget, ConcurrencyPolicy, DriverKind, HealthCheck, HollowScript, Mode, ObjectMeta, PortSpec,
+    Protocol, Resources, RestartPolicy, Task, TaskError, TaskSpec, Trigger, UpdateStrategy,
 };
 pub use taskstate::TaskState;

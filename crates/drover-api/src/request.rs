@@ -19,6 +19,16 @@ pub enum RequestAction {
         /// The dead-lettered instance.
         instance: InstanceId,
     },
+    /// `drover rollout pause`: replace no more copies for a new revision until resumed.
+    Pause,
+    /// `drover rollout resume`: go on with the rollout.
+    Resume,
+    /// `drover rollout promote`: the canaries of this revision are good, roll out the rest.
+    Promote {
+        /// The revision whose canaries are promoted (a promote meant for an older revision
+        /// does nothing).
+        revision: u64,
+    },
 }
 
 /// A request about one task, consumed by the leader.

@@ -29,4 +29,7 @@ pub struct TaskState {
     /// Why a due run is waiting (e.g. a dependency has not succeeded, a blocker runs).
     #[serde(default)]
     pub pending_reason: Option<String>,
+    /// A service's rollout: the revision it runs or moves to, and how far it got.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<crate::rollout::Rollout>,
 }

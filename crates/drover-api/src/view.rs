@@ -227,6 +227,7 @@ fn held(key: &Key) -> Option<InvalidKind> {
         | Key::Run { .. }
         | Key::Trigger { .. }
         | Key::Request { .. }
+        | Key::Revision { .. }
         | Key::Controller(_)
         | Key::Event { .. } => None,
     }
@@ -313,6 +314,7 @@ impl ClusterView {
             Record::NodeState(..)
             | Record::DeadLetter(..)
             | Record::Run(..)
+            | Record::Revision(..)
             | Record::Trigger(..)
             | Record::Request(..)
             | Record::Controller(..)
@@ -416,6 +418,7 @@ impl ClusterView {
             Key::NodeState(_)
             | Key::DeadLetter { .. }
             | Key::Run { .. }
+            | Key::Revision { .. }
             | Key::Trigger { .. }
             | Key::Request { .. }
             | Key::Controller(_)

@@ -244,8 +244,13 @@ prop_compose! {
             history_limit,
             hollow,
             // Services only; derived from another drawn field to keep the strategy's arity.
-            update: drover_api::UpdateStrategy {
-                max_surge: if is_service { max_restarts % 3 } else { 0 },
+            update: if is_service {
+                drover_api::UpdateStrategy {
+                    max_surge: drover_api::Budget::Count(max_restarts % 3),
+                    ..drover_api::UpdateStrategy::default()
+                }
+            } else {
+                drover_api::UpdateStrategy::default()
             },
         };
         let mut task = Task::new(&namespace, &name, spec);

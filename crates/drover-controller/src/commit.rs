@@ -208,6 +208,28 @@ fn write_parts(keys: &Keys, w: &Write) -> Result<(Vec<Cmp>, Vec<Op>), CommitErro
                 vec![Op::delete(key)],
             )
         }
+        Write::PutRevision(record) => {
+            let key = keys.revision(
+                &record.task.namespace,
+                &record.task.name,
+                record.record.revision,
+            );
+            (
+                vec![Cmp::Absent(key.clone())],
+                vec![Op::put(key, &record.record, None).map_err(encode_err)?],
+            )
+        }
+        Write::DeleteRevision {
+            task,
+            revision,
+            mod_revision,
+        } => {
+            let key = keys.revision(&task.namespace, &task.name, *revision);
+            (
+                vec![Cmp::ModRevision(key.clone(), *mod_revision)],
+                vec![Op::delete(key)],
+            )
+        }
         Write::DeleteDeadLetter {
             namespace,
             instance,
@@ -663,6 +685,7 @@ mod tests {
             run: None,
             node: node.into(),
             generation: 1,
+            revision: 0,
             attempt: 0,
             spec: drover_api::TaskSpec::default(),
             assigned_at: chrono::Utc::now(),

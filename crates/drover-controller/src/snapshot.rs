@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use drover_api::decode::{decode_parsed, Record};
 use drover_api::{
     keys::Key, Event, EventKind, Instance, InstanceId, InstanceStatus, Keys, Node, NodeInfo,
-    NodeState, RunRecord, Task, TaskRequest, TriggerRequest,
+    NodeState, RevisionRecord, RunRecord, Task, TaskRequest, TriggerRequest,
 };
 use drover_store::Versioned;
 
@@ -118,6 +118,11 @@ pub struct Snapshot {
     pub triggers: BTreeMap<TaskRef, BTreeMap<String, Versioned<TriggerRequest>>>,
     /// Operators' requests (`requests/<ns>/<task>/<id>`), by task then id.
     pub requests: BTreeMap<TaskRef, BTreeMap<String, Versioned<TaskRequest>>>,
+    /// Services' revisions (`revisions/<ns>/<task>/<n>`), by task then number.
+    pub revisions: BTreeMap<TaskRef, BTreeMap<u64, Versioned<RevisionRecord>>>,
+    /// Revision records that do not decode, by task then number, with their mod revisions:
+    /// their numbers are taken (never handed out again) and they are pruned like the others.
+    pub opaque_revisions: BTreeMap<TaskRef, BTreeMap<u64, i64>>,
     /// Every key whose current value does not decode, by key (reported as events by the leader).
     pub undecodable: BTreeMap<String, Undecodable>,
     /// Nodes whose key exists but does not decode: alive (their instances stay) but
@@ -272,6 +277,20 @@ impl Snapshot {
             // A run record keeps its last good value: without it the run's live
             // instances would look orphaned.
             Some(Key::Run { .. }) => {}
+            // Its number stays taken; its last good value (if any) is forgotten, so a revert
+            // never restores a template nobody can read any more.
+            Some(Key::Revision {
+                namespace,
+                task,
+                revision,
+            }) => {
+                let task = TaskRef::new(namespace, task);
+                remove_nested(&mut self.revisions, task.clone(), &revision);
+                self.opaque_revisions
+                    .entry(task)
+                    .or_default()
+                    .insert(revision, mod_revision);
+            }
             Some(Key::Controller(_) | Key::Event { .. }) | None => {}
         }
     }
@@ -301,6 +320,15 @@ impl Snapshot {
             Some(Key::Task { namespace, name }) => {
                 self.opaque_tasks.remove(&TaskRef::new(namespace, name));
             }
+            Some(Key::Revision {
+                namespace,
+                task,
+                revision,
+            }) => remove_nested(
+                &mut self.opaque_revisions,
+                TaskRef::new(namespace, task),
+                &revision,
+            ),
             // Kinds with no opaque set: nothing to forget.
             Some(
                 Key::Status { .. }
@@ -377,6 +405,12 @@ impl Snapshot {
                     .or_default()
                     .insert(id, raw.map(|_| value));
             }
+            Record::Revision(task, revision, value) => {
+                self.revisions
+                    .entry(task)
+                    .or_default()
+                    .insert(revision, raw.map(|_| value));
+            }
             Record::Controller(..) | Record::Event(_) => {}
         }
         Ok(())
@@ -439,6 +473,15 @@ impl Snapshot {
                 task,
                 id,
             } => remove_nested(&mut self.requests, TaskRef::new(namespace, task), &id),
+            Key::Revision {
+                namespace,
+                task,
+                revision,
+            } => remove_nested(
+                &mut self.revisions,
+                TaskRef::new(namespace, task),
+                &revision,
+            ),
             Key::Controller(_) | Key::Event { .. } => {}
         }
     }

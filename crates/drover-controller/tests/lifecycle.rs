@@ -227,7 +227,8 @@ async fn drain_with_surge_moves_everything_and_never_drops_below_replicas_runnin
     let replicas = 6;
     let surge = 2;
     let mut spec = service(replicas, 100);
-    spec.update.max_surge = surge;
+    spec.update.max_surge = drover_api::Budget::Count(surge);
+    spec.update.min_healthy_seconds = 0;
     env.apply("web", spec).await;
     settled(&env, "web", replicas as usize).await;
 

@@ -33,6 +33,8 @@ struct Report {
     exit_code: Option<i32>,
     health: Health,
     started_at: Option<DateTime<Utc>>,
+    /// Since when the health check has passed without a failure in between.
+    healthy_since: Option<DateTime<Utc>>,
     finished_at: Option<DateTime<Utc>>,
 }
 
@@ -85,6 +87,7 @@ impl Entry {
                 exit_code: None,
                 health: Health::Unknown,
                 started_at: None,
+                healthy_since: None,
                 finished_at: None,
             },
             first_started: None,
@@ -217,6 +220,7 @@ impl Entry {
             generation: self.meta.generation,
             attempt: self.meta.attempt,
             started_at: r.started_at,
+            healthy_since: r.healthy_since,
             finished_at: r.finished_at,
             updated_at: Utc::now(),
         }
@@ -265,6 +269,7 @@ impl Entry {
         r.reason = None;
         r.message = None;
         r.health = Health::Unknown;
+        r.healthy_since = None;
         r.started_at = Some(handle.started_at);
         r.finished_at = None;
         self.first_started.get_or_insert(now);
@@ -282,6 +287,11 @@ impl Entry {
     pub fn health(&mut self, seq: u64, health: Health, message: Option<String>) {
         if !self.state.health(seq, health == Health::Unhealthy) {
             return;
+        }
+        if health != Health::Healthy {
+            self.report.healthy_since = None;
+        } else if self.report.health != Health::Healthy {
+            self.report.healthy_since = Some(Utc::now());
         }
         self.report.health = health;
         if health == Health::Unhealthy {

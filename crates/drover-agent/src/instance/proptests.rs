@@ -171,6 +171,7 @@ fn instance(spec: &Spec, generation: u64, attempt: u32) -> Instance {
         run: id.run(),
         node: "n1".into(),
         generation,
+        revision: 0,
         attempt,
         spec: serde_json::from_value(json).unwrap_or_else(|e| panic!("spec: {e}")),
         assigned_at: chrono::Utc::now(),

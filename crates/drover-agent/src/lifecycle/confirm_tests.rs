@@ -38,6 +38,7 @@ fn status(phase: Phase, node: &str, attempt: u32) -> Option<Versioned<Vec<u8>>> 
         generation: 1,
         attempt,
         started_at: None,
+        healthy_since: None,
         finished_at: None,
         updated_at: chrono::Utc::now(),
     };

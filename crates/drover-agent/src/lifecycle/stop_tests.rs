@@ -112,6 +112,7 @@ async fn a_copy_an_earlier_agent_reported_failed_is_not_started_again() {
         generation: 1,
         attempt: 1,
         started_at: None,
+        healthy_since: None,
         finished_at: Some(chrono::Utc::now()),
         updated_at: chrono::Utc::now(),
     };

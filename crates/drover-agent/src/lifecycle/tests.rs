@@ -96,6 +96,7 @@ pub(crate) fn instance(id: &InstanceId) -> Instance {
         run: id.run(),
         node: NODE.to_string(),
         generation: 1,
+        revision: 0,
         attempt: 1,
         spec: serde_json::from_value(serde_json::json!({
             "command": ["/bin/sh", "-c", "sleep 600"],

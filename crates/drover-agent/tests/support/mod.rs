@@ -106,6 +106,7 @@ impl Env {
             run: id.run(),
             node: node.to_string(),
             generation: 1,
+            revision: 0,
             attempt: 1,
             spec,
             assigned_at: Utc::now(),

@@ -475,26 +475,10 @@ pub struct TaskSpec {
     /// Script for the `hollow` driver. Default none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hollow: Option<HollowScript>,
-    /// How a service's copies are moved and replaced (services only). Default: no extra copy.
+    /// How a service's copies are replaced: rollouts, drains, failures (services only).
+    /// Default: one extra copy at a time, none unavailable (see [`UpdateStrategy`]).
     #[serde(skip_serializing_if = "UpdateStrategy::is_default")]
     pub update: UpdateStrategy,
-}
-
-/// The copy budget of a service: how far its live copies may exceed `replicas` while copies
-/// are moved (drain) or replaced. A copy counts as live until its process has exited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
-pub struct UpdateStrategy {
-    /// Extra copies allowed at once, so a replacement can start before the copy it replaces
-    /// stops. Default 0: the old copy stops first (a short gap instead of an overlap).
-    pub max_surge: u32,
-}
-
-impl UpdateStrategy {
-    /// True for the default (nothing to write).
-    pub fn is_default(&self) -> bool {
-        *self == UpdateStrategy::default()
-    }
 }
 
 impl Default for TaskSpec {
@@ -567,6 +551,55 @@ impl TaskSpec {
     }
 }
 
+/// The spec fields that do not change what a running copy is: a change to only these (or
+/// to labels) starts no new revision and restarts nothing.
+///
+/// `replicas` (scaling), `priority` and `preemption` (the scheduler's order), `update` (how
+/// copies are replaced), `historyLimit`, `maxConsecutiveFailures`, `dependsOn` and `blocks`
+/// (when runs may start).
+pub const NON_TEMPLATE_FIELDS: [&str; 8] = [
+    "replicas",
+    "priority",
+    "preemption",
+    "update",
+    "historyLimit",
+    "maxConsecutiveFailures",
+    "dependsOn",
+    "blocks",
+];
+
+impl TaskSpec {
+    /// The copy template: this spec with every [`NON_TEMPLATE_FIELDS`] field at its default.
+    /// Two specs with equal templates run identical copies.
+    pub fn template(&self) -> TaskSpec {
+        let d = TaskSpec::default();
+        TaskSpec {
+            replicas: d.replicas,
+            priority: d.priority,
+            preemption: d.preemption,
+            update: d.update,
+            history_limit: d.history_limit,
+            max_consecutive_failures: d.max_consecutive_failures,
+            depends_on: d.depends_on,
+            blocks: d.blocks,
+            ..self.clone()
+        }
+    }
+
+    /// A stable digest of [`TaskSpec::template`] (FNV-1a over its JSON, 16 hex digits): a
+    /// revision's identity. Fields left at their defaults are not written, so adding a field
+    /// to a later Drover does not change the digest of specs that do not use it.
+    pub fn template_hash(&self) -> String {
+        let json = serde_json::to_vec(&self.template()).unwrap_or_default();
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in json {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        format!("{h:016x}")
+    }
+}
+
 impl Task {
     /// A task with default spec and metadata, for tests and builders.
     pub fn new(namespace: &str, name: &str, spec: TaskSpec) -> Self {
@@ -621,6 +654,9 @@ impl Task {
     /// - `startingDeadlineSeconds` and a non-default `concurrencyPolicy` need `schedule`,
     ///   `every` or `trigger`.
     /// - Work that finishes (not a service) needs at least 1 replica.
+    /// - A service's `update`: `maxSurge` and `maxUnavailable` are not both 0, percentages
+    ///   are at most 100%, `healthyDeadlineSeconds` exceeds `minHealthySeconds`, and
+    ///   `progressDeadlineSeconds` is at least `healthyDeadlineSeconds`.
     /// - `timeoutSeconds`, `startingDeadlineSeconds` and `maxConsecutiveFailures` are at
     ///   least 1 when set.
     /// - A task may not depend on or block itself, nor list the same task twice.
@@ -630,7 +666,10 @@ impl Task {
     }
 }
 
+mod update;
 mod validate;
+
+pub use update::{Budget, ResolvedBudget, UpdateStrategy};
 
 #[cfg(test)]
 mod tests;

@@ -89,13 +89,13 @@ fn a_service_refuses_gates_and_the_circuit_breaker() {
 #[test]
 fn a_copy_budget_is_for_services_only() {
     let mut t = svc();
-    t.spec.update.max_surge = 2;
+    t.spec.update.max_surge = crate::Budget::Count(2);
     assert!(fields(&t).is_empty(), "a service may surge");
     t.spec.restart_policy = RestartPolicy::Never;
     assert_eq!(fields(&t), ["spec.update"]);
     // The manifest spelling, and unknown fields under it are refused.
     let spec: TaskSpec = serde_json::from_str(r#"{"update":{"maxSurge":1}}"#).unwrap();
-    assert_eq!(spec.update.max_surge, 1);
+    assert_eq!(spec.update.max_surge, crate::Budget::Count(1));
     assert!(serde_json::from_str::<TaskSpec>(r#"{"update":{"maxSurj":1}}"#).is_err());
 }
 
@@ -216,4 +216,35 @@ fn size_limits_per_task_and_per_job_run() {
         err.to_string().contains("default/"),
         "names the task: {err}"
     );
+}
+
+#[test]
+fn only_fields_that_change_a_running_copy_change_its_template() {
+    let base = svc();
+    let hash = base.spec.template_hash();
+    let mut same = base.clone();
+    same.spec.replicas = 7;
+    same.spec.priority = 90;
+    same.spec.preemption = true;
+    same.spec.update.max_surge = crate::Budget::Percent(25);
+    same.spec.history_limit = 3;
+    same.metadata.labels.insert("team".into(), "a".into());
+    same.metadata.generation = 9;
+    assert_eq!(same.spec.template_hash(), hash);
+    for change in [
+        |s: &mut TaskSpec| {
+            s.env
+                .insert("V".into(), "2".into())
+                .map(|_| ())
+                .unwrap_or(())
+        },
+        |s: &mut TaskSpec| s.command.push("--flag".into()),
+        |s: &mut TaskSpec| s.termination_grace_period_seconds = 5,
+        |s: &mut TaskSpec| s.image = Some("other:1".into()),
+    ] {
+        let mut t = base.clone();
+        change(&mut t.spec);
+        assert_ne!(t.spec.template_hash(), hash, "{:?}", t.spec);
+    }
+    assert_eq!(hash.len(), 16);
 }

@@ -385,6 +385,9 @@ impl Validator {
                     self.invalid(field, format!("not allowed for a service: {why}"));
                 }
             }
+            for (field, message) in spec.update.problems() {
+                self.invalid(format!("spec.update.{field}"), message);
+            }
             return;
         }
         if !spec.update.is_default() {

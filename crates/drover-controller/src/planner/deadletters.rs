@@ -28,7 +28,10 @@ pub(super) fn trim(snapshot: &Snapshot, plan: &mut Plan) {
         .flat_map(BTreeMap::values)
         .filter_map(|r| match &r.value.action {
             drover_api::RequestAction::Retry { instance } => Some(instance),
-            drover_api::RequestAction::Enable => None,
+            drover_api::RequestAction::Enable
+            | drover_api::RequestAction::Pause
+            | drover_api::RequestAction::Resume
+            | drover_api::RequestAction::Promote { .. } => None,
         })
         .collect();
     for (id, d) in &snapshot.deadletters {

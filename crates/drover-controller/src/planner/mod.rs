@@ -8,7 +8,8 @@
 //! `planner/tests.rs` checks.
 //!
 //! Work is split by concern: [`nodes`] (node lifecycle), [`service`] (services: replicas,
-//! generations, node loss, failure escalation, drain), and [`placement`] (turning the scheduler's
+//! node loss, failure escalation, drain, all in one copy budget), [`rollout`] (revisions
+//! and rollouts of services), and [`placement`] (turning the scheduler's
 //! decisions into assignments), [`jobs`] (jobs, scheduled and triggered tasks: runs, retries,
 //! the circuit breaker), [`runs`] (judging and finishing one run) and [`gates`] (`dependsOn`,
 //! `blocks`).
@@ -21,6 +22,7 @@ mod placement;
 mod preempt;
 mod reason;
 mod requests;
+mod rollout;
 mod runs;
 mod service;
 mod ticks;
@@ -28,7 +30,9 @@ mod ticks;
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use drover_api::{Event, EventKind, Instance, InstanceId, Mode, NodeState, RunRecord};
+use drover_api::{
+    Event, EventKind, Instance, InstanceId, Mode, NodeState, RevisionRecord, RunRecord,
+};
 
 use crate::config::ControllerConfig;
 use crate::snapshot::{Snapshot, StatusKey};
@@ -146,6 +150,19 @@ pub enum Write {
         /// The request's mod revision in the snapshot.
         mod_revision: i64,
     },
+    /// Create `revisions/<ns>/<task>/<n>` (compare: absent). Always in a step with its
+    /// task's state, so two plans can never hand out the same number for two templates.
+    PutRevision(Box<NewRevision>),
+    /// Delete a revision pruned from the history, or of a deleted task (compare: mod
+    /// revision).
+    DeleteRevision {
+        /// Its task.
+        task: TaskRef,
+        /// The revision number.
+        revision: u64,
+        /// The record's mod revision in the snapshot.
+        mod_revision: i64,
+    },
     /// Delete the task state of a deleted task (compare: mod revision).
     DeleteTaskState {
         /// The deleted task.
@@ -153,6 +170,15 @@ pub enum Write {
         /// The state's mod revision in the snapshot.
         mod_revision: i64,
     },
+}
+
+/// A revision record and the task it belongs to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewRevision {
+    /// The task.
+    pub task: TaskRef,
+    /// The record.
+    pub record: RevisionRecord,
 }
 
 /// Writes that must land in one transaction (a removal and its replacement, say).
@@ -323,6 +349,7 @@ pub fn plan(snapshot: &Snapshot, now: DateTime<Utc>, config: &ControllerConfig) 
     }
     let starts = jobs::plan_jobs(snapshot, now, config, &mut plan);
     service::orphan_statuses(snapshot, &mut plan);
+    rollout::orphan_revisions(snapshot, &mut plan);
     service::superseded_legacy_statuses(snapshot, &mut plan);
     deadletters::trim(snapshot, &mut plan);
     requests::plan_requests(snapshot, now, &mut plan);
@@ -478,6 +505,8 @@ fn fence_dead_nodes(snapshot: &Snapshot, plan: &mut Plan) {
 mod jobs_tests;
 #[cfg(test)]
 mod proptests;
+#[cfg(test)]
+mod rollout_tests;
 #[cfg(test)]
 mod sim;
 #[cfg(test)]

@@ -119,7 +119,7 @@ pub(super) fn place(
         let Some(task) = snapshot.tasks.get(&w.task) else {
             continue;
         };
-        let spec = &task.value.spec;
+        let spec = w.spec.as_deref().unwrap_or(&task.value.spec);
         requests.push(Request {
             task: w.task.to_string(),
             name: format!("{}/{:010}", w.task, w.seq),
@@ -201,8 +201,13 @@ pub(super) fn place(
             run: None,
             node: node.clone(),
             generation: task.value.metadata.generation,
+            revision: w.revision,
             attempt: w.attempt,
-            spec: task.value.spec.clone(),
+            spec: w
+                .spec
+                .as_deref()
+                .cloned()
+                .unwrap_or_else(|| task.value.spec.clone()),
             assigned_at: now,
             stop: None,
         };
@@ -288,10 +293,17 @@ pub(super) fn place(
             .pending_reason
             .as_deref()
             .is_some_and(|r| r.starts_with(UNSCHEDULABLE));
-        if is_service && ours && !plan.taskstates.contains_key(task_ref) {
+        let planned_clear = plan
+            .taskstates
+            .get(task_ref)
+            .is_none_or(|w| w.state.state.pending_reason.is_some());
+        if is_service && ours && planned_clear {
             let wanted = wants.iter().any(|w| &w.task == task_ref);
             if !wanted {
-                let mut next = state.value.clone();
+                let mut next = plan
+                    .taskstates
+                    .get(task_ref)
+                    .map_or_else(|| state.value.clone(), |w| w.state.clone());
                 next.state.pending_reason = None;
                 plan.taskstates.insert(
                     task_ref.clone(),
@@ -354,6 +366,7 @@ fn place_runs(
                 run: Some(run),
                 node,
                 generation: task.value.metadata.generation,
+                revision: 0,
                 attempt: start.record.attempt,
                 spec: task.value.spec.clone(),
                 assigned_at: now,
@@ -433,7 +446,13 @@ fn finish_task(
         .get(task_ref)
         .is_some_and(|t| t.value.spec.mode() == Mode::Service);
     if is_service {
-        let mut next: TaskStateRecord = old.map(|s| s.value.clone()).unwrap_or_default();
+        // Start from what this plan already decided (the rollout record), else the stored.
+        let mut next: TaskStateRecord = plan
+            .taskstates
+            .get(task_ref)
+            .map(|w| w.state.clone())
+            .or_else(|| old.map(|s| s.value.clone()))
+            .unwrap_or_default();
         next.next_slot = next.next_slot.max(out.next_slot);
         let old_reason = next.state.pending_reason.clone();
         next.state.pending_reason = out.pending_reason.clone();

@@ -53,7 +53,24 @@ fn check_invariants(sim: &Sim) -> Result<(), TestCaseError> {
             .s
             .tasks
             .get(&TaskRef::new(&a.value.namespace, &a.value.task));
-        prop_assert!(task.is_some_and(|t| t.value.metadata.generation == a.value.generation));
+        // Every copy runs the task's template (a change to labels or priority alone moves
+        // nothing, so its generation may be older),
+        let tr = TaskRef::new(&a.value.namespace, &a.value.task);
+        // unless the new template fits nowhere (the old copy keeps serving rather than leave
+        // nothing running) or its rollout failed (a failed rollout holds).
+        let pending = sim.s.taskstates.get(&tr).is_some_and(|s| {
+            s.value.state.pending_reason.is_some()
+                || s.value
+                    .state
+                    .rollout
+                    .as_ref()
+                    .is_some_and(|r| r.phase == drover_api::RolloutPhase::Failed)
+        });
+        let runs_template = task.is_some_and(|t| {
+            (pending || t.value.spec.template_hash() == a.value.spec.template_hash())
+                && t.value.metadata.generation >= a.value.generation
+        });
+        prop_assert!(runs_template, "{} runs another template", a.value.id);
     }
     for (n, cpu) in used {
         prop_assert!(
@@ -116,7 +133,8 @@ fn check_budget(s: &Snapshot, p: &Plan) -> Result<(), TestCaseError> {
             .filter(|a| a.value.namespace == task.namespace && a.value.task == task.name)
             .filter(|a| !s.copy_gone(&a.value.id, &a.value.node))
             .count();
-        let cap = t.value.spec.replicas as usize + t.value.spec.update.max_surge as usize;
+        let cap = t.value.spec.replicas as usize
+            + t.value.spec.update.budget(t.value.spec.replicas).surge as usize;
         prop_assert!(
             live + added <= cap,
             "{}: {} live + {} new copies > {} (replicas + surge)",
@@ -160,7 +178,7 @@ proptest! {
             sim.task(&format!("t{i}"), *replicas, |s| {
                 s.resources.cpu = Cpu::millis(*cpu);
                 s.priority = *prio;
-                s.update.max_surge = u32::from(*prio % 2);
+                s.update.max_surge = drover_api::Budget::Count(u32::from(*prio % 2));
                 if *sel { s.node_selector.insert("disk".into(), "ssd".into()); }
             });
         }

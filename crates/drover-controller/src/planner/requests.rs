@@ -89,6 +89,16 @@ pub(super) fn plan_requests(snapshot: &Snapshot, now: DateTime<Utc>, plan: &mut 
                     format!("request {id} by {by} refused: the task does not exist"),
                 ),
                 (RequestAction::Enable, _) if is_job => continue,
+                // Carried out by the service's rollout (`super::rollout`).
+                (
+                    RequestAction::Pause | RequestAction::Resume | RequestAction::Promote { .. },
+                    Some(Mode::Service),
+                ) => continue,
+                (RequestAction::Pause | RequestAction::Resume | RequestAction::Promote { .. }, Some(_)) => (
+                    vec![delete],
+                    "RequestRefused",
+                    format!("request {id} by {by} refused: rollouts are for services; this task runs to completion"),
+                ),
                 (RequestAction::Enable, Some(_)) => (
                     vec![delete],
                     "Enabled",

@@ -1,16 +1,18 @@
-//! Services (`restartPolicy: Always`): keep `replicas` instances of the current generation on
-//! live nodes, replace what a dead node or a new generation took away, escalate instances their
-//! agent reports `Failed` (reschedule with exponential delay, then dead-letter), and move
-//! instances off draining nodes — all within one copy budget: live copies (a copy is live
-//! until its process has exited, stopping copies included) never exceed `replicas +
-//! update.maxSurge`.
+//! Services (`restartPolicy: Always`): keep `replicas` instances of the target revision (see
+//! [`super::rollout`]) on live nodes, replace what a dead node or a new revision took away,
+//! escalate instances their agent reports `Failed` (reschedule with exponential delay, then
+//! dead-letter), and move instances off draining nodes — all within one copy budget: live
+//! copies (a copy is live until its process has exited, stopping copies included) never exceed
+//! `replicas + update.maxSurge`, and available copies never drop below `replicas -
+//! update.maxUnavailable` because of a replacement.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use drover_api::{DeadLetter, EventKind, Instance, InstanceId, Phase, Task};
 
 use super::reason::Reason;
+use super::rollout;
 use super::{Plan, Step, Write};
 use crate::config::ControllerConfig;
 use crate::snapshot::{Snapshot, StatusKey};
@@ -54,6 +56,10 @@ pub(super) struct Want {
     pub(super) replaces: Option<InstanceId>,
     /// Why it is wanted: `Lost`, `Rescheduled` or `Scale`.
     pub(super) why: Reason,
+    /// The spec to place it from (a revision's), instead of the task's.
+    pub(super) spec: Option<Box<drover_api::TaskSpec>>,
+    /// The revision that spec is (0: unknown).
+    pub(super) revision: u64,
 }
 
 /// Where a task's planning puts its results.
@@ -99,11 +105,16 @@ fn phase(snapshot: &Snapshot, id: &InstanceId) -> Option<Phase> {
     snapshot.statuses.get(id).map(|s| s.value.phase)
 }
 
-fn running(snapshot: &Snapshot, i: &Instance) -> bool {
-    phase(snapshot, &i.id) == Some(Phase::Running)
-}
-
 /// Plans one service task. `mine` are the task's assignments, in instance-id order.
+///
+/// # Guarantees
+///
+/// - Live copies (a copy is live until its agent reports its process gone) never exceed
+///   `replicas + maxSurge`, whatever moves them: a rollout, a drain, a failure, a lost node.
+/// - A copy that is available (healthy for `minHealthySeconds`) is asked to stop only while
+///   at least `replicas - maxUnavailable` others are available.
+/// - While the rollout holds (paused, awaiting promotion, failed) no copy is replaced by the
+///   new revision; lost and failed copies are replaced as they were.
 pub(super) fn plan_service(
     snapshot: &Snapshot,
     now: DateTime<Utc>,
@@ -113,6 +124,10 @@ pub(super) fn plan_service(
     mine: &[&Instance],
     out: &mut Out<'_>,
 ) {
+    let mut target = rollout::target(snapshot, now, task_ref, task, mine);
+    let mode = target.mode;
+    let min_healthy = task.spec.update.min_healthy_seconds;
+    let is_available = |i: &Instance| rollout::available(snapshot, now, i, min_healthy);
     let generation = task.metadata.generation;
     let dead_lettered = out
         .dead_letters
@@ -134,26 +149,25 @@ pub(super) fn plan_service(
         .saturating_sub(dead_lettered)
         .saturating_sub(opaque.len());
 
+    let mut seen = rollout::Observed::default();
     // Copies going away that may still be live: stop requested, or being requested now.
     let mut departing = 0usize;
-
-    // Classify. `live` count towards `desired`; `moving` (on a draining node, or of an older
-    // generation) are replaced, within the budget, before or after they go.
-    let mut live: Vec<&Instance> = Vec::new();
-    let mut moving: Vec<(&Instance, Reason)> = Vec::new();
+    // Copies of the target on live nodes that stay; copies of other revisions that stay (until
+    // the rollout replaces them); copies on draining nodes (replaced, whatever their
+    // revision); copies to replace one for one (lost, or failed and rescheduled).
+    let mut new_live: Vec<&Instance> = Vec::new();
+    let mut old_live: Vec<&Instance> = Vec::new();
+    let mut moving: Vec<&Instance> = Vec::new();
     let mut replace: Vec<(&Instance, Reason)> = Vec::new();
     for &i in mine.iter().filter(|i| i.run.is_none()) {
+        let current = target.is_current(i);
         if let Some(stop) = &i.stop {
             // Already asked to stop: deleted once gone, counted until then.
             let reason = Reason::parse(&stop.reason);
-            departing += depart(snapshot, out, i, reason);
-            continue;
-        }
-        if i.generation != generation {
-            if snapshot.copy_gone(&i.id, &i.node) {
-                depart(snapshot, out, i, Reason::Outdated);
-            } else {
-                moving.push((i, Reason::Outdated));
+            let live = depart(snapshot, out, i, reason);
+            departing += live;
+            if !current {
+                seen.others += u32::try_from(live).unwrap_or(0);
             }
             continue;
         }
@@ -162,9 +176,18 @@ pub(super) fn plan_service(
             continue;
         }
         if phase(snapshot, &i.id) == Some(Phase::Failed) {
+            if current {
+                seen.target_copy(snapshot, now, task, i);
+            }
+            if !current && mode != rollout::Mode::Hold {
+                // Gone already; the rollout fills its place with the target.
+                depart(snapshot, out, i, Reason::Outdated);
+                continue;
+            }
             match escalate(snapshot, now, config, task_ref, i, out) {
                 Escalation::Reschedule => replace.push((i, Reason::Rescheduled)),
-                Escalation::Wait => live.push(i),
+                Escalation::Wait if current => new_live.push(i),
+                Escalation::Wait => old_live.push(i),
                 // Its slot is not refilled while the task keeps this generation.
                 Escalation::DeadLettered => desired = desired.saturating_sub(1),
             }
@@ -175,14 +198,107 @@ pub(super) fn plan_service(
             .get(&i.node)
             .is_some_and(|n| n.value.draining);
         if is_draining {
-            moving.push((i, Reason::Drained));
+            moving.push(i);
+        } else if current {
+            seen.target_copy(snapshot, now, task, i);
+            new_live.push(i);
         } else {
-            live.push(i);
+            old_live.push(i);
         }
     }
+    seen.desired = u32::try_from(desired).unwrap_or(u32::MAX);
+    seen.others +=
+        u32::try_from(old_live.len() + moving.iter().filter(|i| !target.is_current(i)).count())
+            .unwrap_or(u32::MAX);
 
+    // How many copies of the target this plan may aim for, and how many older copies must
+    // stay (a canary replaces only so many).
+    let (new_cap, old_floor) = match mode {
+        rollout::Mode::Rolling => (desired, 0),
+        rollout::Mode::Canary(n) => {
+            let n = usize::try_from(n).unwrap_or(usize::MAX).min(desired);
+            (n, desired - n)
+        }
+        rollout::Mode::Hold => (new_live.len().min(desired), desired),
+    };
+
+    // Scale down first: it frees budget. Copies of the target beyond what is aimed for, then
+    // (holding) other revisions beyond what is wanted; unavailable copies and the newest
+    // slots first.
+    let by_keep = |i: &&Instance| (is_available(i), std::cmp::Reverse(i.slot));
+    if new_live.len() > desired {
+        new_live.sort_by_key(by_keep);
+        let excess = new_live.len() - desired;
+        for i in new_live.drain(..excess) {
+            departing += depart(snapshot, out, i, Reason::ScaledDown);
+        }
+    }
+    let budget = task.spec.update.budget(task.spec.replicas);
+    // Holding keeps what runs. Paused or awaiting promotion, the surge copies of the new
+    // revision stay (the rollout goes on from there); only copies beyond `replicas +
+    // maxSurge` (fewer replicas wanted) go, older revisions first. A failed rollout settles
+    // back to `replicas` copies: unavailable ones go first, then those of the failed revision.
+    let failed = target.rollout.phase == drover_api::RolloutPhase::Failed;
+    let held_cap = if failed {
+        desired
+    } else {
+        desired.saturating_add(usize::try_from(budget.surge).unwrap_or(0))
+    };
+    if mode == rollout::Mode::Hold && new_live.len() + old_live.len() > held_cap {
+        let mut all: Vec<(&Instance, bool)> = new_live
+            .iter()
+            .map(|i| (*i, true))
+            .chain(old_live.iter().map(|i| (*i, false)))
+            .collect();
+        all.sort_by_key(|(i, new)| {
+            (
+                is_available(i),
+                // Failed: the failed revision's copies go first; else the older ones.
+                *new != failed,
+                std::cmp::Reverse(i.slot),
+            )
+        });
+        let excess = all.len() - held_cap;
+        let gone: BTreeSet<&InstanceId> = all[..excess].iter().map(|(i, _)| &i.id).collect();
+        for (i, _) in &all[..excess] {
+            departing += depart(snapshot, out, i, Reason::ScaledDown);
+        }
+        new_live.retain(|i| !gone.contains(&i.id));
+        old_live.retain(|i| !gone.contains(&i.id));
+    }
+    // The copy budget: every copy that may be live, whatever its revision or fate, counts.
+    let cap = desired.saturating_add(usize::try_from(budget.surge).unwrap_or(0));
+    let occupied = new_live.len() + old_live.len() + moving.len() + departing + opaque.len();
+    let room = cap.saturating_add(opaque.len()).saturating_sub(occupied);
+
+    // New copies: the target's up to what is aimed for; the rest (holding, or a canary
+    // keeping older copies) as the copies they stand in for.
+    let stays = new_live.len()
+        + match mode {
+            rollout::Mode::Rolling => 0,
+            rollout::Mode::Canary(_) => old_live.len().min(old_floor),
+            rollout::Mode::Hold => old_live.len(),
+        };
+    let mut deficit = desired.saturating_sub(stays).min(room);
+    let mut new_count = new_live.len();
+    let mut placing = 0u32;
+    let fallback = old_live.first().copied();
     let mut seq = 0u32;
-    let mut want = |out: &mut Out<'_>, attempt, avoid: Option<String>, replaces, why| {
+    let mut want = |out: &mut Out<'_>, attempt, avoid, replaces, why, like: Option<&Instance>| {
+        let of_target = match like {
+            _ if mode == rollout::Mode::Rolling => true,
+            Some(i) if target.is_current(i) => true,
+            _ if new_count < new_cap => true,
+            _ => false,
+        };
+        let (spec, revision) = match (of_target, like.or(fallback)) {
+            (false, Some(i)) => (Some(Box::new(i.spec.clone())), i.revision),
+            _ => {
+                new_count += 1;
+                placing += 1;
+                (Some(Box::new(target.spec.clone())), target.revision)
+            }
+        };
         out.wants.push(Want {
             task: task_ref.clone(),
             seq,
@@ -190,27 +306,13 @@ pub(super) fn plan_service(
             avoid_node: avoid,
             replaces,
             why,
+            spec,
+            revision,
         });
         seq += 1;
     };
 
-    // Scale down first: it frees budget. Drop instances that are not running first, then the
-    // newest slots.
-    if live.len() > desired {
-        live.sort_by_key(|i| (running(snapshot, i), std::cmp::Reverse(i.slot)));
-        let excess = live.len() - desired;
-        for i in live.drain(..excess) {
-            departing += depart(snapshot, out, i, Reason::ScaledDown);
-        }
-    }
-    // The copy budget: every copy that may be live, whatever its generation or fate, counts.
-    let cap = desired.saturating_add(usize::try_from(task.spec.update.max_surge).unwrap_or(0));
-    // Room for new copies under the budget (opaque assignments hold theirs).
-    let occupied = live.len() + moving.len() + departing + opaque.len();
-    let room = cap.saturating_add(opaque.len()).saturating_sub(occupied);
-
     // Replacements first, carrying the attempt (a failure bumps it; a lost node does not).
-    let mut deficit = desired.saturating_sub(live.len()).min(room);
     for (i, why) in replace {
         let removal = Removal::plain(snapshot, i, why);
         if deficit > 0 {
@@ -219,14 +321,15 @@ pub(super) fn plan_service(
             } else {
                 (i.attempt, None)
             };
-            want(out, attempt, avoid, Some(i.id.clone()), why);
+            let like = (mode == rollout::Mode::Hold).then_some(i);
+            want(out, attempt, avoid, Some(i.id.clone()), why, like);
             deficit -= 1;
         }
         out.removals.push(removal);
     }
     for (id, a) in opaque_lost {
         if deficit > 0 {
-            want(out, 1, None, Some(id.clone()), Reason::Lost);
+            want(out, 1, None, Some(id.clone()), Reason::Lost, None);
             deficit -= 1;
         }
         out.removals.push(Removal {
@@ -238,43 +341,72 @@ pub(super) fn plan_service(
         });
     }
     for _ in 0..deficit {
-        want(out, 1, None, None, Reason::Scale);
+        want(out, 1, None, None, Reason::Scale, None);
     }
+    seen.placing = placing;
 
-    // Moving copies (drain, new generation). With surge room, replacement first: a moving
-    // copy goes once enough current copies exist elsewhere, and (if it runs) only while the
-    // Running count stays at or above `desired`. Without room (no surge, or all of it spent),
-    // stop first: one copy at a time, once every other copy runs, so the gap is one copy for
-    // as long as it takes to stop and replace.
-    if moving.is_empty() {
-        return;
-    }
-    let running_live = live.iter().filter(|i| running(snapshot, i)).count();
-    let running_moving = moving.iter().filter(|(i, _)| running(snapshot, i)).count();
-    moving.sort_by_key(|(i, _)| (running(snapshot, i), i.slot));
-    if live.len() >= desired {
-        let mut allowance = (running_live + running_moving).saturating_sub(desired);
-        for (i, reason) in moving {
-            if running(snapshot, i) {
-                if allowance == 0 {
-                    continue;
-                }
-                allowance -= 1;
+    // Copies to stop: off draining nodes always; of older revisions unless holding (and a
+    // canary keeps `old_floor` of them). Unavailable ones first, since they cost no
+    // availability; available ones only while `replicas - maxUnavailable` stay available.
+    let mut candidates: Vec<(&Instance, Reason)> =
+        moving.iter().map(|i| (*i, Reason::Drained)).collect();
+    let old_removable = if mode == rollout::Mode::Hold {
+        0
+    } else {
+        old_live.len().saturating_sub(old_floor)
+    };
+    candidates.extend(old_live.iter().map(|i| (*i, Reason::Outdated)));
+    candidates.sort_by_key(|(i, _)| (is_available(i), i.slot));
+    let total = new_live.len() + old_live.len() + moving.len();
+    // A replacement that fits nowhere while the copies it would replace hold their room (one
+    // small node, say) would wait forever: unless the task forbids unavailability outright
+    // (`maxUnavailable` written), one copy may then stop first.
+    let stuck = departing == 0
+        && task.spec.update.max_unavailable.is_none()
+        && unschedulable(snapshot, task_ref);
+    let unavailable = if stuck {
+        budget.unavailable.max(1)
+    } else {
+        budget.unavailable
+    };
+    let min_available = desired.saturating_sub(usize::try_from(unavailable).unwrap_or(0));
+    let new_available = new_live.iter().filter(|i| is_available(i)).count();
+    let all_available = new_available
+        + old_live.iter().filter(|i| is_available(i)).count()
+        + moving.iter().filter(|i| is_available(i)).count();
+    let mut scale_down = total
+        .saturating_sub(min_available)
+        .saturating_sub(new_live.len() - new_available);
+    let mut spare_available = all_available.saturating_sub(min_available);
+    let mut old_left = old_removable;
+    for (i, reason) in candidates {
+        if scale_down == 0 {
+            break;
+        }
+        if reason == Reason::Outdated && old_left == 0 {
+            continue;
+        }
+        let up = is_available(i);
+        if up {
+            if spare_available == 0 {
+                continue;
             }
-            depart(snapshot, out, i, reason);
+            spare_available -= 1;
         }
-        return;
-    }
-    let no_room = occupied + deficit >= cap.saturating_add(opaque.len());
-    let settled = departing == 0 && running_live == live.len() && wanted_none(out, task_ref);
-    // A replacement that fits nowhere while the copies it would replace hold their room
-    // (one small node, say) would wait forever: then stop first, one copy at a time.
-    let stuck = departing == 0 && unschedulable(snapshot, task_ref);
-    if (no_room && settled) || stuck {
-        if let Some((i, reason)) = moving.first() {
-            depart(snapshot, out, i, *reason);
+        if reason == Reason::Outdated {
+            old_left -= 1;
+            target.events.push((
+                "RolloutStep",
+                format!(
+                    "stopping {} on {} (revision {}) for revision {}",
+                    i.id, i.node, i.revision, target.revision
+                ),
+            ));
         }
+        scale_down -= 1;
+        depart(snapshot, out, i, reason);
     }
+    rollout::finish(snapshot, now, task_ref, task, target, seen, out.plan);
 }
 
 /// Removes `i` for `reason`; 1 when its copy may still be live (it then departs under a stop
@@ -291,11 +423,6 @@ fn unschedulable(snapshot: &Snapshot, task_ref: &TaskRef) -> bool {
         .get(task_ref)
         .and_then(|s| s.value.state.pending_reason.as_deref())
         .is_some_and(|r| r.starts_with(super::placement::UNSCHEDULABLE))
-}
-
-/// Whether this plan wants no new copy of the task (nothing is being placed for it).
-fn wanted_none(out: &Out<'_>, task_ref: &TaskRef) -> bool {
-    !out.wants.iter().any(|w| &w.task == task_ref)
 }
 
 enum Escalation {

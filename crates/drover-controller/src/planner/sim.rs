@@ -87,6 +87,8 @@ impl Sim {
             replicas,
             ..TaskSpec::default()
         };
+        // A copy counts as available as soon as it runs, unless a test says otherwise.
+        spec.update.min_healthy_seconds = 0;
         f(&mut spec);
         let tr = TaskRef::new("default", name);
         let generation = self
@@ -131,6 +133,40 @@ impl Sim {
         let key = format!("status/{}/{id}", status.node);
         self.s
             .set_status(id, at, Some(Some(versioned(key, status, rev))));
+    }
+
+    /// Writes a status for `id` under its node: `phase`, then whatever `f` changes.
+    pub(super) fn set_status_with(
+        &mut self,
+        id: &InstanceId,
+        phase: Phase,
+        f: impl FnOnce(&mut InstanceStatus),
+    ) {
+        let rev = self.bump();
+        let mut status = self.status_of(id, phase, None);
+        f(&mut status);
+        let at = StatusKey::Node(status.node.clone());
+        let key = format!("status/{}/{id}", status.node);
+        self.s
+            .set_status(id, at, Some(Some(versioned(key, status, rev))));
+    }
+
+    /// An operator's request about `task`, as `drover` writes it.
+    pub(super) fn request(&mut self, task: &str, id: &str, action: drover_api::RequestAction) {
+        let rev = self.bump();
+        let request = drover_api::TaskRequest {
+            action,
+            requested_at: at(0),
+            by: "test".into(),
+        };
+        self.s
+            .requests
+            .entry(TaskRef::new("default", task))
+            .or_default()
+            .insert(
+                id.into(),
+                versioned(format!("requests/default/{task}/{id}"), request, rev),
+            );
     }
 
     /// Deletes the status of `id` under the node it is assigned to.
@@ -180,6 +216,7 @@ impl Sim {
             generation: a.generation,
             attempt: a.attempt,
             started_at: None,
+            healthy_since: None,
             finished_at: finished,
             updated_at: finished.unwrap_or(at(0)),
         }
@@ -281,6 +318,24 @@ impl Sim {
                             m.remove(id);
                         }
                     }
+                    Write::PutRevision(r) => {
+                        let m = self.s.revisions.entry(r.task.clone()).or_default();
+                        assert!(
+                            !m.contains_key(&r.record.revision),
+                            "revision {} of {} written twice",
+                            r.record.revision,
+                            r.task
+                        );
+                        m.insert(
+                            r.record.revision,
+                            versioned(String::new(), r.record.clone(), rev),
+                        );
+                    }
+                    Write::DeleteRevision { task, revision, .. } => {
+                        if let Some(m) = self.s.revisions.get_mut(task) {
+                            m.remove(revision);
+                        }
+                    }
                 }
             }
             if let Some(t) = &step.task {
@@ -305,12 +360,17 @@ impl Sim {
         }
     }
 
-    /// Plans and applies until a plan is empty; returns the number of rounds.
+    /// Plans and applies until a plan is empty; returns the number of rounds that wrote
+    /// more than a rollout record catching up with what it observed ([`only_bookkeeping`]).
     pub(super) fn converge(&mut self, now: DateTime<Utc>) -> usize {
-        for round in 0..40 {
+        let mut rounds = 0;
+        for _ in 0..40 {
             let p = plan(&self.s, now, &self.config);
             if p.is_empty() {
-                return round;
+                return rounds;
+            }
+            if !only_bookkeeping(&self.s, &p) {
+                rounds += 1;
             }
             self.apply(&p);
         }
@@ -333,4 +393,20 @@ impl Sim {
             .map(|a| a.value.id.clone())
             .collect()
     }
+}
+
+/// Whether `p` writes nothing but rollout records (a rollout noting the copies a previous
+/// plan placed have started): no step, and task states that differ only in `rollout`.
+pub(super) fn only_bookkeeping(s: &Snapshot, p: &Plan) -> bool {
+    p.steps.is_empty()
+        && p.taskstates.iter().all(|(t, w)| {
+            let mut next = w.state.clone();
+            let old = s
+                .taskstates
+                .get(t)
+                .map(|v| v.value.clone())
+                .unwrap_or_default();
+            next.state.rollout = old.state.rollout.clone();
+            next == old
+        })
 }

@@ -411,6 +411,7 @@ fn status(i: &Instance, phase: Phase) -> InstanceStatus {
         generation: i.generation,
         attempt: i.attempt,
         started_at: Some(Utc::now()),
+        healthy_since: None,
         finished_at: None,
         updated_at: Utc::now(),
     }

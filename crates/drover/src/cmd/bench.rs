@@ -49,6 +49,7 @@ fn instance(i: usize) -> Result<Instance, CliError> {
         run: None,
         node: format!("node-{}", i % 100),
         generation: 1,
+        revision: 0,
         attempt: 1,
         spec: TaskSpec {
             command: vec!["sleep".into(), "3600".into()],

@@ -148,6 +148,7 @@ pub fn baseline_values(settings: &Settings) -> CliResult<Vec<Vec<u8>>> {
                 run: None,
                 node: format!("hollow-{}", i % settings.nodes),
                 generation: 1,
+                revision: 0,
                 attempt: 1,
                 spec: task.spec.clone(),
                 assigned_at: Utc::now(),
