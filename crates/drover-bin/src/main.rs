@@ -19,7 +19,9 @@ async fn main() {
     let code = match cmd::run(cli).await {
         Ok(()) => 0,
         Err(error) => {
-            eprintln!("error: {error}");
+            if !error.is_silent() {
+                eprintln!("error: {error}");
+            }
             error.exit_code()
         }
     };

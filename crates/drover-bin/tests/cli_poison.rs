@@ -118,15 +118,35 @@ async fn every_read_verb_shows_invalid_keys_and_apply_keeps_working() {
         "{out}"
     );
 
-    // JSON stays a document a script can parse; the bad keys go to stderr.
+    // JSON stays a document a script can parse, the bad keys also on stderr; every task is an
+    // item, the ones that do not decode or break the rules with `status.phase: Invalid`.
     let json = cli.run(&["get", "tasks", "-o", "json"]).await;
     assert!(json.status.success());
     let parsed: serde_json::Value = serde_json::from_slice(&json.stdout).expect("json parses");
-    assert_eq!(
-        parsed["items"].as_array().map(Vec::len),
-        Some(2),
-        "{parsed}"
-    );
+    let phases: Vec<(String, String)> = parsed["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|i| {
+            (
+                i["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                i["status"]["phase"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
+        .collect();
+    let invalid: Vec<&str> = phases
+        .iter()
+        .filter(|(_, p)| p == "Invalid")
+        .map(|(n, _)| n.as_str())
+        .collect();
+    assert_eq!(invalid, ["bad", "badcron"], "{parsed}");
+    assert_eq!(phases.len(), 3, "{parsed}");
     assert!(String::from_utf8_lossy(&json.stderr).contains("Invalid"));
 
     // apply keeps working, and applying "bad" replaces the value that did not decode.

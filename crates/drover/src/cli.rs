@@ -60,8 +60,10 @@ pub enum Command {
     Apply(ApplyArgs),
     /// List tasks, instances or nodes.
     Get(GetArgs),
-    /// Show one task in detail: spec, instances, state and recent events.
+    /// Show one task, node or instance in detail, with recent events.
     Describe(DescribeArgs),
+    /// Show how the stored tasks differ from the manifests (exit 0: none, 1: some, >1: error).
+    Diff(DiffArgs),
     /// Delete tasks by name or by manifest.
     Delete(DeleteArgs),
     /// Measure Drover's etcd paths against raw etcd baselines on the same etcd.
@@ -250,6 +252,9 @@ pub enum Resource {
     /// Instances that exhausted their retries.
     #[value(alias = "deadletter", alias = "dl")]
     Deadletters,
+    /// Recent events (`--for task/NAME|node/NAME|instance/ID`), oldest first.
+    #[value(alias = "event", alias = "ev")]
+    Events,
 }
 
 /// `drover get`.
@@ -265,20 +270,48 @@ pub struct GetArgs {
     /// Every namespace.
     #[arg(short = 'A', long)]
     pub all_namespaces: bool,
-    /// Output format.
-    #[arg(short, long, value_enum, default_value = "table")]
+    /// Output format: table, wide, json, yaml, name or jsonpath=TEMPLATE (kubectl's subset:
+    /// `{.items[*].metadata.name}`, `{range .items[*]}...{end}`, `[?(@.status.phase=="Running")]`).
+    #[arg(short, long, default_value = "table", value_parser = Format::parse)]
     pub output: Format,
     /// After listing, print every change as it happens.
     #[arg(short, long)]
     pub watch: bool,
+    /// Only objects whose labels match (kubectl syntax: `k=v`, `k!=v`, `k`, `!k`,
+    /// `k in (a,b)`, `k notin (a)`, comma-separated; instances carry their task's labels).
+    #[arg(short = 'l', long = "selector", value_name = "SELECTOR")]
+    pub selector: Option<String>,
+    /// Add a LABELS column to the table.
+    #[arg(long)]
+    pub show_labels: bool,
+    /// Events: only those about this object (`task/NAME` also shows its instances').
+    #[arg(long = "for", value_name = "KIND/NAME")]
+    pub for_object: Option<String>,
+}
+
+impl GetArgs {
+    /// A plain listing of `resource` in the default namespace, as a table.
+    pub fn new(resource: Resource) -> Self {
+        GetArgs {
+            resource,
+            name: None,
+            namespace: "default".to_string(),
+            all_namespaces: false,
+            output: Format::Table,
+            watch: false,
+            selector: None,
+            show_labels: false,
+            for_object: None,
+        }
+    }
 }
 
 /// `drover describe`.
 #[derive(Debug, Args)]
 pub struct DescribeArgs {
-    /// The kind of object (only `task` for now).
+    /// The kind of object.
     pub kind: DescribeKind,
-    /// Its name.
+    /// Its name (an instance: its id, as `get instances` shows it).
     pub name: String,
     /// Its namespace.
     #[arg(short, long, default_value = "default")]
@@ -291,6 +324,20 @@ pub enum DescribeKind {
     /// A task.
     #[value(alias = "tasks")]
     Task,
+    /// A node: its registration, record, capacity, instances and events.
+    #[value(alias = "nodes", alias = "no")]
+    Node,
+    /// An instance: its assignment, the agent's status and events.
+    #[value(alias = "instances", alias = "inst")]
+    Instance,
+}
+
+/// `drover diff`.
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// A manifest file, a directory of them, or `-` for standard input (repeatable).
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub files: Vec<PathBuf>,
 }
 
 /// `drover delete`.

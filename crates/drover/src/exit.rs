@@ -43,6 +43,17 @@ impl CliError {
         Self::new(FAILURE, message)
     }
 
+    /// An outcome that is not success but needs no message: `diff` exits 1 when it printed a
+    /// difference, as `diff(1)` and kubectl do.
+    pub fn silent(code: i32) -> Self {
+        Self::new(code, "")
+    }
+
+    /// Whether there is nothing to print (see [`CliError::silent`]).
+    pub fn is_silent(&self) -> bool {
+        self.message.is_empty()
+    }
+
     /// The process exit code for this error.
     pub fn exit_code(&self) -> i32 {
         self.code

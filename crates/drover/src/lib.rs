@@ -8,4 +8,6 @@ pub mod cmd;
 pub mod etcd_access;
 pub mod exit;
 pub mod input;
+pub mod jsonpath;
 pub mod output;
+pub mod selector;

@@ -1,22 +1,90 @@
-//! Output formatting shared by the read verbs: kubectl-style tables, JSON and YAML, and short
-//! ages ("5s", "3m", "2h", "4d").
+//! Output formatting shared by the read verbs: kubectl-style tables, JSON and YAML, `-o name`
+//! and `-o jsonpath=...`, and short ages ("5s", "3m", "2h", "4d").
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use serde_json::Value;
 
 use crate::exit::{CliError, CliResult};
+use crate::jsonpath::Template;
 
-/// How `get` prints what it found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+/// How `get` prints what it found (`-o`).
+#[derive(Debug, Clone, PartialEq)]
 pub enum Format {
     /// An aligned table with the most useful columns.
     Table,
     /// The table with more columns.
     Wide,
-    /// A JSON array of the stored objects (round-trips through `apply`).
+    /// A JSON `List` of the objects, each with its `status` (round-trips through `apply`).
     Json,
     /// A YAML document per object.
     Yaml,
+    /// `KIND/NAME`, one per line.
+    Name,
+    /// kubectl's `jsonpath=TEMPLATE`, over the `List` that `-o json` prints.
+    JsonPath(Template),
+}
+
+impl Format {
+    /// Parses `-o`'s value: `table`, `wide`, `json`, `yaml`, `name` or `jsonpath=TEMPLATE`.
+    pub fn parse(text: &str) -> Result<Format, String> {
+        if let Some(template) = text
+            .strip_prefix("jsonpath=")
+            .or_else(|| text.strip_prefix("jsonpath-as-json="))
+        {
+            return Template::parse(template)
+                .map(Format::JsonPath)
+                .map_err(|error| error.to_string());
+        }
+        match text {
+            "table" => Ok(Format::Table),
+            "wide" => Ok(Format::Wide),
+            "json" => Ok(Format::Json),
+            "yaml" => Ok(Format::Yaml),
+            "name" => Ok(Format::Name),
+            "jsonpath" => Err("jsonpath needs a template: -o jsonpath='{.items[*].metadata.name}'".into()),
+            other => Err(format!(
+                "unknown output format {other:?} (expected table, wide, json, yaml, name or jsonpath=TEMPLATE)"
+            )),
+        }
+    }
+
+    /// Whether the output is a table (`table` or `wide`).
+    pub fn is_table(&self) -> bool {
+        matches!(self, Format::Table | Format::Wide)
+    }
+}
+
+/// What one listing prints, in every format: the table, the objects (JSON, YAML, jsonpath)
+/// and their `KIND/NAME` (`-o name`).
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// The table, for `table` and `wide`.
+    pub table: Table,
+    /// The objects, for `json`, `yaml` and `jsonpath`.
+    pub objects: Vec<Value>,
+    /// `KIND/NAME` of each object, for `name`.
+    pub names: Vec<String>,
+}
+
+impl Listing {
+    /// The listing in `format`; an empty table prints nothing.
+    pub fn render(&self, format: &Format) -> CliResult<String> {
+        match format {
+            Format::Json => to_json(&self.objects),
+            Format::Yaml => to_yaml(&self.objects),
+            Format::Name => Ok(self.names.iter().map(|n| format!("{n}\n")).collect()),
+            Format::JsonPath(template) => {
+                let list = serde_json::to_value(drover_api::manifest::List::new(
+                    self.objects.iter().collect(),
+                ))
+                .map_err(|error| CliError::failure(format!("cannot encode JSON: {error}")))?;
+                Ok(template.render(&list))
+            }
+            Format::Table | Format::Wide if self.table.is_empty() => Ok(String::new()),
+            Format::Table | Format::Wide => Ok(self.table.render()),
+        }
+    }
 }
 
 /// A table: column headers and rows of cells, printed with columns padded to their widest cell.
@@ -33,6 +101,11 @@ impl Table {
             headers,
             rows: Vec::new(),
         }
+    }
+
+    /// Adds a column at the end (for `--show-labels`).
+    pub fn add_column(&mut self, header: &'static str) {
+        self.headers.push(header);
     }
 
     /// Adds one row; missing cells print empty.

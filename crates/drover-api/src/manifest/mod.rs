@@ -513,9 +513,12 @@ fn parse_file(source_name: &str, text: &str) -> (Vec<(Location, Task)>, Vec<Prob
             .and_then(|idx| idx.scalar("kind"))
             .is_some_and(|k| k == LIST_KIND);
         if is_list {
-            match serde_saphyr::from_str_with_options::<List<Task>>(chunk.text, yaml_options()) {
+            match serde_saphyr::from_str_with_options::<List<document::Document>>(
+                chunk.text,
+                yaml_options(),
+            ) {
                 Ok(list) => {
-                    for (j, task) in list.items.into_iter().enumerate() {
+                    for (j, task) in list.items.into_iter().map(Task::from).enumerate() {
                         problems.extend(task.validate().iter().map(|e| {
                             loc.problem(&format!("items[{j}].{}", e.field()), e.message())
                         }));
@@ -526,9 +529,13 @@ fn parse_file(source_name: &str, text: &str) -> (Vec<(Location, Task)>, Vec<Prob
             }
             continue;
         }
-        match serde_saphyr::from_str_with_options::<Option<Task>>(chunk.text, yaml_options()) {
+        match serde_saphyr::from_str_with_options::<Option<document::Document>>(
+            chunk.text,
+            yaml_options(),
+        ) {
             Ok(None) => {}
             Ok(Some(task)) => {
+                let task = Task::from(task);
                 problems.extend(
                     task.validate()
                         .iter()
@@ -656,6 +663,7 @@ impl Task {
     }
 }
 
+mod document;
 mod set;
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

@@ -107,3 +107,20 @@ fn a_cycle_through_stored_tasks_is_refused_at_the_new_task() {
     ];
     assert!(parse_many_against(&fixed, &stored).is_ok());
 }
+
+#[test]
+fn a_top_level_status_is_ignored_on_apply_and_anything_else_still_refused() {
+    let with_status = "apiVersion: drover.dev/v1\nkind: Task\nmetadata:\n  name: web\nspec:\n  command: [\"true\"]\nstatus:\n  phase: Running\n  conditions: [{type: Available, status: \"True\"}]\n";
+    let tasks = parse_manifest("t.yaml", with_status).unwrap();
+    let plain = parse_manifest(
+        "t.yaml",
+        &with_status[..with_status.find("status:").unwrap()],
+    )
+    .unwrap();
+    assert_eq!(tasks, plain);
+    let list = r#"{"apiVersion":"drover.dev/v1","kind":"List","items":[{"apiVersion":"drover.dev/v1","kind":"Task","metadata":{"name":"web"},"spec":{"command":["true"]},"status":{"phase":"Suspended","state":{"suspended":true}}}]}"#;
+    assert_eq!(parse_manifest("l.json", list).unwrap(), plain);
+    let unknown = with_status.replace("status:", "statuz:");
+    let error = parse_manifest("t.yaml", &unknown).unwrap_err().to_string();
+    assert!(error.contains("statuz"), "{error}");
+}

@@ -24,7 +24,6 @@ use drover_cli::cmd::snapshot;
 use drover_cli::cmd::{connect, get, store_config};
 use drover_cli::exit::{CliError, CliResult, UNAVAILABLE};
 use drover_cli::input::Source;
-use drover_cli::output::Format;
 
 /// How long `up` waits, on the way out, for the agent to stop its instances (each within its
 /// own grace period) and for the controller to resign. A bound, not a sleep: `up` goes on as
@@ -298,14 +297,7 @@ async fn echo(port: u16) -> CliResult<String> {
 }
 
 fn list(resource: Resource) -> GetArgs {
-    GetArgs {
-        resource,
-        name: None,
-        namespace: "default".to_string(),
-        all_namespaces: false,
-        output: Format::Table,
-        watch: false,
-    }
+    GetArgs::new(resource)
 }
 
 /// Whether etcd already answers at the configured endpoints, reached as the global flags say

@@ -1,5 +1,6 @@
 //! `drover describe task NAME`: the task's spec in words, its controller state, its instances,
 //! dead letters and recent events — what an operator reads first when something is off.
+//! (`describe node` and `describe instance` are in `describe_node`.)
 
 use std::fmt::Write as _;
 
@@ -14,11 +15,19 @@ use drover_api::taskstate::TaskState;
 use super::connect;
 use super::rows::{self, Columns};
 use super::snapshot::{self, list_valid, ClusterView, InvalidEntry, InvalidKind};
-use crate::cli::{DescribeArgs, Global};
+use crate::cli::{DescribeArgs, DescribeKind, Global};
 use crate::exit::{CliError, CliResult};
 use crate::output::{age, pairs, Table};
 
 pub async fn run(global: &Global, args: DescribeArgs) -> CliResult {
+    match args.kind {
+        DescribeKind::Task => task(global, args).await,
+        DescribeKind::Node => super::describe_node::node(global, &args.name).await,
+        DescribeKind::Instance => super::describe_node::instance(global, &args.name).await,
+    }
+}
+
+async fn task(global: &Global, args: DescribeArgs) -> CliResult {
     let (store, keys) = connect(global).await?;
     let snapshot = snapshot::read(&store, &keys).await?;
     let ns = args.namespace.as_str();
@@ -261,6 +270,6 @@ fn render(
     out
 }
 
-fn indent(text: String) -> String {
+pub fn indent(text: String) -> String {
     text.lines().map(|l| format!("  {l}\n")).collect()
 }

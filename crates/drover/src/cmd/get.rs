@@ -12,27 +12,41 @@ use drover_api::deadletter::DeadLetter;
 use drover_api::keys::Keys;
 use drover_api::records::ControllerInfo;
 use drover_api::run::RunRecord;
-use drover_api::task::Task;
 use drover_store::{watcher, Event, Fed, Relisting, Sink, Store, Versioned, WatchEvents};
 use futures::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
 
 use super::get_jobs;
+use super::get_view::{list_instances, list_nodes, list_tasks, one, Filter};
+use super::objects;
 use super::rows::{self, Columns};
 use super::snapshot::{self, list_valid, ClusterView, InvalidEntry, InvalidKind};
 use super::{connect, store_error};
 use crate::cli::{GetArgs, Global, Resource};
 use crate::exit::{CliError, CliResult};
-use crate::output::{to_json, to_yaml, Format, Table};
+use crate::output::{Format, Listing, Table};
+use crate::selector::Selector;
 
 pub async fn run(global: &Global, args: GetArgs) -> CliResult {
+    // A bad selector is a usage error before anything is read.
+    let selector = match &args.selector {
+        Some(text) => Selector::parse(text).map_err(|error| CliError::usage(error.to_string()))?,
+        None => Selector::default(),
+    };
+    if args.resource == Resource::Events {
+        return super::get_events::run(global, &args, &selector).await;
+    }
+    if args.for_object.is_some() {
+        return Err(CliError::usage("--for applies to `get events` only"));
+    }
     let (store, keys) = connect(global).await?;
     // Tasks, instances and nodes come from the cluster view: one listing at one revision, and
     // with -w that listing is the watch's own, so every later change is seen exactly once.
+    // Runs and dead letters are selected by their task's labels, which the view holds.
     let from_view = matches!(
         args.resource,
         Resource::Tasks | Resource::Instances | Resource::Nodes
-    );
+    ) || (!selector.requirements().is_empty() && !args.watch);
     let mut events = None;
     let snapshot = match (from_view, args.watch) {
         (false, _) => ClusterView::default(),
@@ -49,56 +63,92 @@ pub async fn run(global: &Global, args: GetArgs) -> CliResult {
         namespace: args.all_namespaces,
         wide: args.output == Format::Wide,
     };
-    let mut invalid: Vec<InvalidEntry> = Vec::new();
-    let text = match args.resource {
-        Resource::Tasks => list_tasks(&snapshot, &args, columns)?,
-        Resource::Instances => list_instances(&snapshot, &args, columns)?,
-        Resource::Nodes => list_nodes(&snapshot, &args, columns)?,
-        Resource::Controllers => {
-            list_controllers(&store, &keys, &args, columns, &mut invalid).await?
-        }
-        Resource::Runs => {
-            let runs = get_jobs::runs(&store, &keys, &args, &mut invalid).await?;
-            let mut table = get_jobs::run_table();
-            let now = Utc::now();
-            for run in &runs {
-                table.row(get_jobs::run_row(run, now));
-            }
-            render(args.output, &runs, table)?
-        }
-        Resource::Deadletters => {
-            let letters = get_jobs::deadletters(&store, &keys, &args, &mut invalid).await?;
-            let mut table = get_jobs::deadletter_table();
-            let now = Utc::now();
-            for letter in &letters {
-                table.row(get_jobs::deadletter_row(letter, now));
-            }
-            render(args.output, &letters, table)?
-        }
+    let filter = Filter {
+        args: &args,
+        selector: &selector,
     };
+    let task_labels = |namespace: &str, task: &str| {
+        snapshot
+            .tasks
+            .get(&(namespace.to_string(), task.to_string()))
+            .map(|t| &t.metadata.labels)
+    };
+    let none = std::collections::BTreeMap::new();
+    let mut invalid: Vec<InvalidEntry> = Vec::new();
+    let text =
+        match args.resource {
+            Resource::Tasks => list_tasks(&snapshot, &keys, &filter, columns)?,
+            Resource::Instances => list_instances(&snapshot, &filter, columns)?,
+            Resource::Nodes => list_nodes(&snapshot, &filter, columns)?,
+            Resource::Controllers => {
+                list_controllers(&store, &keys, &filter, columns, &mut invalid).await?
+            }
+            Resource::Runs => {
+                let runs = get_jobs::runs(&store, &keys, &args, &mut invalid).await?;
+                let mut listing = Listing {
+                    table: get_jobs::run_table(),
+                    ..Listing::default()
+                };
+                let now = Utc::now();
+                for run in runs.iter().filter(|r| {
+                    selector.matches(task_labels(&r.namespace, &r.task).unwrap_or(&none))
+                }) {
+                    listing.table.row(get_jobs::run_row(run, now));
+                    listing.names.push(format!("run/{}.{}", run.task, run.run));
+                    listing.objects.push(objects_value(run));
+                }
+                listing.render(&args.output)?
+            }
+            Resource::Deadletters => {
+                let letters = get_jobs::deadletters(&store, &keys, &args, &mut invalid).await?;
+                let mut listing = Listing {
+                    table: get_jobs::deadletter_table(),
+                    ..Listing::default()
+                };
+                let now = Utc::now();
+                for letter in letters.iter().filter(|l| {
+                    selector.matches(task_labels(&l.namespace, &l.task).unwrap_or(&none))
+                }) {
+                    listing.table.row(get_jobs::deadletter_row(letter, now));
+                    listing
+                        .names
+                        .push(format!("deadletter/{}", letter.instance));
+                    listing.objects.push(objects_value(letter));
+                }
+                listing.render(&args.output)?
+            }
+            Resource::Events => String::new(),
+        };
     let kinds: &[InvalidKind] = match args.resource {
         Resource::Tasks => &[InvalidKind::Task, InvalidKind::TaskState],
         Resource::Instances => &[InvalidKind::Assignment, InvalidKind::Status],
         Resource::Nodes => &[InvalidKind::Node, InvalidKind::NodeRecord],
-        Resource::Controllers | Resource::Runs | Resource::Deadletters => &[],
+        Resource::Controllers | Resource::Runs | Resource::Deadletters | Resource::Events => &[],
     };
     invalid.extend(
         snapshot
             .invalid
             .iter()
             .filter(|entry| kinds.contains(&entry.kind))
+            .filter(|entry| filter.keeps_invalid(entry, &snapshot, &keys))
             .cloned(),
     );
     print_now(&text);
-    report_invalid(&invalid, args.output);
+    report_invalid(&invalid, &args.output);
     match events {
         Some((events, relist)) => {
-            follow_view(&store, &keys, events, relist, &args, columns).await?;
+            follow_view(&store, &keys, events, relist, &filter, columns).await?;
         }
-        None if args.watch => follow(&store, &keys, &args, columns).await?,
+        None if args.watch => follow(&store, &keys, &filter, columns).await?,
         None => {}
     }
     Ok(())
+}
+
+/// A record as a JSON object for `-o json|yaml|jsonpath`.
+fn objects_value<T: serde::Serialize>(value: &T) -> serde_json::Value {
+    serde_json::to_value(value)
+        .unwrap_or_else(|error| serde_json::json!({"error": error.to_string()}))
 }
 
 /// The CLI's view as the watch of the whole prefix keeps it current.
@@ -158,9 +208,10 @@ async fn follow_view(
     keys: &Keys,
     mut events: WatchEvents<serde_json::Value>,
     mut relist: Relisting<Watched>,
-    args: &GetArgs,
+    filter: &Filter<'_>,
     columns: Columns,
 ) -> CliResult {
+    let args = filter.args;
     while let Some(item) = events.next().await {
         let fed = relist
             .feed(keys, item)
@@ -172,9 +223,9 @@ async fn follow_view(
             Fed::Listed => {
                 let view = &relist.live().0;
                 let table = match args.resource {
-                    Resource::Tasks => list_tasks(view, args, columns)?,
-                    Resource::Instances => list_instances(view, args, columns)?,
-                    _ => list_nodes(view, args, columns)?,
+                    Resource::Tasks => list_tasks(view, keys, filter, columns)?,
+                    Resource::Instances => list_instances(view, filter, columns)?,
+                    _ => list_nodes(view, filter, columns)?,
                 };
                 print_now(&table);
                 continue;
@@ -194,7 +245,7 @@ async fn follow_view(
             .cloned();
         if let Some(entry) = invalid_task {
             if args.resource == Resource::Tasks {
-                report_invalid_line(&entry, args.output);
+                report_invalid_line(&entry, &args.output);
             }
             continue;
         }
@@ -203,7 +254,7 @@ async fn follow_view(
         } else {
             Change::Applied(key)
         };
-        let text = watch_lines(store, &relist.live().0, keys, &change, args, columns).await?;
+        let text = watch_lines(store, &relist.live().0, keys, &change, filter, columns).await?;
         print_now(&text);
     }
     Ok(())
@@ -211,21 +262,18 @@ async fn follow_view(
 
 /// One key that became Invalid while watching: a row of the listing's Invalid table, or a
 /// warning on stderr for `-o json|yaml`.
-fn report_invalid_line(entry: &InvalidEntry, format: Format) {
-    match format {
-        Format::Table | Format::Wide => {
-            print_now(&format!("{}   Invalid   {}\n", entry.key, entry.error));
-        }
-        Format::Json | Format::Yaml => {
-            eprintln!("warning: {}: Invalid: {}", entry.key, entry.error);
-        }
+fn report_invalid_line(entry: &InvalidEntry, format: &Format) {
+    if format.is_table() {
+        print_now(&format!("{}   Invalid   {}\n", entry.key, entry.error));
+    } else {
+        eprintln!("warning: {}: Invalid: {}", entry.key, entry.error);
     }
 }
 
 /// Keys whose values do not decode are listed, never fatal: after the table as `Invalid` rows
-/// (key and error), and on stderr for `-o json|yaml`, so the document on stdout stays one a
-/// script can parse and `apply` back.
-fn report_invalid(invalid: &[InvalidEntry], format: Format) {
+/// (key and error), and on stderr for the other formats, so the document on stdout stays one
+/// a script can parse (for tasks, `-o json|yaml` also hold them as `status.phase: Invalid`).
+pub fn report_invalid(invalid: &[InvalidEntry], format: &Format) {
     if invalid.is_empty() {
         return;
     }
@@ -241,7 +289,7 @@ fn report_invalid(invalid: &[InvalidEntry], format: Format) {
             }
             print_now(&format!("\n{}", table.render()));
         }
-        Format::Json | Format::Yaml => {
+        _ => {
             for entry in invalid {
                 eprintln!("warning: {}: Invalid: {}", entry.key, entry.error);
             }
@@ -249,102 +297,14 @@ fn report_invalid(invalid: &[InvalidEntry], format: Format) {
     }
 }
 
-fn in_scope(args: &GetArgs, namespace: &str, name: &str) -> bool {
-    (args.all_namespaces || namespace == args.namespace)
-        && args.name.as_deref().is_none_or(|wanted| wanted == name)
-}
-
-fn render<T: serde::Serialize>(format: Format, items: &[T], table: Table) -> CliResult<String> {
-    match format {
-        Format::Json => to_json(items),
-        Format::Yaml => to_yaml(items),
-        Format::Table | Format::Wide if table.is_empty() => Ok(String::new()),
-        Format::Table | Format::Wide => Ok(table.render()),
-    }
-}
-
-fn not_found(args: &GetArgs, kind: &str, count: usize) -> CliResult {
-    match &args.name {
-        Some(name) if count == 0 && !args.watch => Err(CliError::failure(format!(
-            "{kind} \"{name}\" not found in namespace \"{}\"",
-            args.namespace
-        ))),
-        _ => Ok(()),
-    }
-}
-
-fn list_tasks(snapshot: &ClusterView, args: &GetArgs, columns: Columns) -> CliResult<String> {
-    let tasks: Vec<&Task> = snapshot
-        .tasks
-        .values()
-        .filter(|t| in_scope(args, &t.metadata.namespace, &t.metadata.name))
-        .collect();
-    not_found(args, "task", tasks.len())?;
-    let mut table = rows::task_table(columns);
-    for task in &tasks {
-        table.row(rows::task_row(task, snapshot, columns));
-    }
-    if tasks.is_empty() && matches!(args.output, Format::Table | Format::Wide) && !args.watch {
-        return Ok(no_resources(args));
-    }
-    render(args.output, &tasks, table)
-}
-
-fn list_instances(snapshot: &ClusterView, args: &GetArgs, columns: Columns) -> CliResult<String> {
-    let now = Utc::now();
-    let views: Vec<_> = snapshot
-        .instances
-        .values()
-        .filter(|view| {
-            let (namespace, task) = view.task();
-            let id = view.id.to_string();
-            (args.all_namespaces || namespace == args.namespace)
-                && args
-                    .name
-                    .as_deref()
-                    .is_none_or(|wanted| wanted == id || wanted == task)
-        })
-        .collect();
-    not_found(args, "instance", views.len())?;
-    let mut table = rows::instance_table(columns);
-    for view in &views {
-        table.row(rows::instance_row(view, columns, now));
-    }
-    if views.is_empty() && matches!(args.output, Format::Table | Format::Wide) && !args.watch {
-        return Ok(no_resources(args));
-    }
-    render(args.output, &views, table)
-}
-
-fn list_nodes(snapshot: &ClusterView, args: &GetArgs, columns: Columns) -> CliResult<String> {
-    let now = Utc::now();
-    let views: Vec<_> = snapshot
-        .nodes
-        .values()
-        .filter(|view| {
-            args.name
-                .as_deref()
-                .is_none_or(|wanted| wanted == view.name)
-        })
-        .collect();
-    not_found(args, "node", views.len())?;
-    let mut table = rows::node_table(columns);
-    for view in &views {
-        table.row(rows::node_row(view, snapshot, columns, now));
-    }
-    if views.is_empty() && matches!(args.output, Format::Table | Format::Wide) && !args.watch {
-        return Ok("No nodes found.\n".to_string());
-    }
-    render(args.output, &views, table)
-}
-
 async fn list_controllers(
     store: &Store,
     keys: &Keys,
-    args: &GetArgs,
+    filter: &Filter<'_>,
     columns: Columns,
     invalid: &mut Vec<InvalidEntry>,
 ) -> CliResult<String> {
+    let args = filter.args;
     let prefix = keys.controllers();
     let listed = list_valid::<ControllerInfo>(
         store,
@@ -358,25 +318,28 @@ async fn list_controllers(
         .into_iter()
         .map(|item| item.value)
         .filter(|info| args.name.as_deref().is_none_or(|wanted| wanted == info.id))
+        // Controllers carry no labels: only a selector that holds for none keeps them.
+        .filter(|_| filter.selector.matches(&Default::default()))
         .collect();
-    not_found(args, "controller", replicas.len())?;
-    let mut table = rows::controller_table(columns);
+    if let (Some(name), true) = (&args.name, replicas.is_empty() && !args.watch) {
+        return Err(CliError::failure(format!(
+            "controller \"{name}\" not found"
+        )));
+    }
+    let mut listing = Listing {
+        table: rows::controller_table(columns),
+        ..Listing::default()
+    };
     let now = Utc::now();
     for info in &replicas {
-        table.row(rows::controller_row(info, now));
+        listing.table.row(rows::controller_row(info, now));
+        listing.names.push(format!("controller/{}", info.id));
+        listing.objects.push(objects_value(info));
     }
-    if replicas.is_empty() && matches!(args.output, Format::Table | Format::Wide) && !args.watch {
+    if replicas.is_empty() && args.output.is_table() && !args.watch {
         return Ok("No controllers found.\n".to_string());
     }
-    render(args.output, &replicas, table)
-}
-
-fn no_resources(args: &GetArgs) -> String {
-    if args.all_namespaces {
-        "No resources found.\n".to_string()
-    } else {
-        format!("No resources found in {} namespace.\n", args.namespace)
-    }
+    listing.render(&args.output)
 }
 
 fn print_now(text: &str) {
@@ -388,19 +351,20 @@ fn print_now(text: &str) {
 
 /// Follows controllers, runs or dead letters after the first listing: each change prints the
 /// row of the key it touched, read back from etcd.
-async fn follow(store: &Store, keys: &Keys, args: &GetArgs, columns: Columns) -> CliResult {
+async fn follow(store: &Store, keys: &Keys, filter: &Filter<'_>, columns: Columns) -> CliResult {
+    let args = filter.args;
     let prefix = match args.resource {
         Resource::Controllers => keys.controllers(),
         Resource::Runs => keys.runs_of(&args.namespace, args.name.as_deref().unwrap_or_default()),
         Resource::Deadletters => keys.deadletters(),
         // The view's kinds follow the watch in `follow_view`.
-        Resource::Tasks | Resource::Instances | Resource::Nodes => return Ok(()),
+        Resource::Tasks | Resource::Instances | Resource::Nodes | Resource::Events => return Ok(()),
     };
     let mut changes = changed_keys::<serde_json::Value>(store.clone(), prefix).boxed();
     let nothing = ClusterView::default();
     while let Some(change) = changes.next().await {
         let key = change.map_err(|error| store_error("watching", error))?;
-        let text = watch_lines(store, &nothing, keys, &key, args, columns).await?;
+        let text = watch_lines(store, &nothing, keys, &key, filter, columns).await?;
         print_now(&text);
     }
     Ok(())
@@ -434,14 +398,19 @@ async fn watch_lines(
     snapshot: &ClusterView,
     keys: &Keys,
     change: &Change,
-    args: &GetArgs,
+    filter: &Filter<'_>,
     columns: Columns,
 ) -> CliResult<String> {
+    let args = filter.args;
     let (key, deleted) = match change {
         Change::Applied(key) => (key.as_str(), false),
         Change::Deleted(key) => (key.as_str(), true),
     };
     let now = Utc::now();
+    let table = || rows::table_for(args.resource, columns);
+    let record = |value: serde_json::Value, name: String, row: Vec<String>| {
+        one(args, value, name, table(), row, None)
+    };
     match args.resource {
         Resource::Tasks => {
             let name = keys
@@ -454,12 +423,19 @@ async fn watch_lines(
             let Some((namespace, name)) = name else {
                 return Ok(String::new());
             };
-            if !in_scope(args, &namespace, &name) {
-                return Ok(String::new());
-            }
             match snapshot.tasks.get(&(namespace.clone(), name.clone())) {
-                Some(task) => one(args, task, rows::task_row(task, snapshot, columns), columns),
-                None if deleted => Ok(format!("task/{name} deleted\n")),
+                Some(task) if filter.keeps(&namespace, &name, Some(&task.metadata.labels)) => one(
+                    args,
+                    objects::task_object(task, snapshot, keys),
+                    format!("task/{name}"),
+                    table(),
+                    rows::task_row(task, snapshot, columns),
+                    Some(&task.metadata.labels),
+                ),
+                Some(_) => Ok(String::new()),
+                None if deleted && filter.keeps(&namespace, &name, None) => {
+                    Ok(format!("task/{name} deleted\n"))
+                }
                 None => Ok(String::new()),
             }
         }
@@ -470,14 +446,51 @@ async fn watch_lines(
             let Some(id) = id else {
                 return Ok(String::new());
             };
-            if !in_scope(args, id.namespace(), id.task())
-                && args.name.as_deref() != Some(&id.to_string())
-            {
+            match snapshot.instances.get(&id.to_string()) {
+                Some(view) if filter.keeps_instance(view, snapshot) => {
+                    let labels = objects::instance_labels(view, snapshot);
+                    one(
+                        args,
+                        objects::instance_object(view, snapshot),
+                        format!("instance/{id}"),
+                        table(),
+                        rows::instance_row(view, columns, now),
+                        labels,
+                    )
+                }
+                Some(_) => Ok(String::new()),
+                None if (args.all_namespaces || id.namespace() == args.namespace)
+                    && args
+                        .name
+                        .as_deref()
+                        .is_none_or(|n| n == id.task() || n == id.to_string()) =>
+                {
+                    Ok(format!("instance/{id} deleted\n"))
+                }
+                None => Ok(String::new()),
+            }
+        }
+        Resource::Nodes => {
+            let name = keys
+                .parse_node_key(key)
+                .or_else(|| keys.parse_nodeinfo_key(key));
+            let Some(name) = name else {
+                return Ok(String::new());
+            };
+            if args.name.as_deref().is_some_and(|wanted| wanted != name) {
                 return Ok(String::new());
             }
-            match snapshot.instances.get(&id.to_string()) {
-                Some(view) => one(args, view, rows::instance_row(view, columns, now), columns),
-                None => Ok(format!("instance/{id} deleted\n")),
+            match snapshot.nodes.get(&name) {
+                Some(view) if filter.keeps_node(view) => one(
+                    args,
+                    objects::node_object(view, snapshot),
+                    format!("node/{name}"),
+                    table(),
+                    rows::node_row(view, snapshot, columns, now),
+                    view.node.as_ref().map(|n| &n.labels),
+                ),
+                Some(_) => Ok(String::new()),
+                None => Ok(format!("node/{name} deleted\n")),
             }
         }
         Resource::Runs => match store
@@ -485,11 +498,10 @@ async fn watch_lines(
             .await
             .map_err(|error| store_error("reading a run", error))?
         {
-            Some(run) => one(
-                args,
-                &run.value,
+            Some(run) => record(
+                objects_value(&run.value),
+                format!("run/{}.{}", run.value.task, run.value.run),
                 get_jobs::run_row(&run.value, now),
-                columns,
             ),
             None => Ok(format!("{key} deleted\n")),
         },
@@ -498,11 +510,10 @@ async fn watch_lines(
             .await
             .map_err(|error| store_error("reading a dead letter", error))?
         {
-            Some(letter) => one(
-                args,
-                &letter.value,
+            Some(letter) => record(
+                objects_value(&letter.value),
+                format!("deadletter/{}", letter.value.instance),
                 get_jobs::deadletter_row(&letter.value, now),
-                columns,
             ),
             None => Ok(format!("{key} deleted\n")),
         },
@@ -518,54 +529,14 @@ async fn watch_lines(
                 .await
                 .map_err(|error| store_error("reading a controller", error))?;
             match info {
-                Some(info) => one(
-                    args,
-                    &info.value,
+                Some(info) => record(
+                    objects_value(&info.value),
+                    format!("controller/{id}"),
                     rows::controller_row(&info.value, now),
-                    columns,
                 ),
                 None => Ok(format!("controller/{id} gone\n")),
             }
         }
-        Resource::Nodes => {
-            let name = keys
-                .parse_node_key(key)
-                .or_else(|| keys.parse_nodeinfo_key(key));
-            let Some(name) = name else {
-                return Ok(String::new());
-            };
-            if args.name.as_deref().is_some_and(|wanted| wanted != name) {
-                return Ok(String::new());
-            }
-            match snapshot.nodes.get(&name) {
-                Some(view) => one(
-                    args,
-                    view,
-                    rows::node_row(view, snapshot, columns, now),
-                    columns,
-                ),
-                None => Ok(format!("node/{name} deleted\n")),
-            }
-        }
-    }
-}
-
-/// One object in the listing's format: a table row without header, or a JSON/YAML document.
-fn one<T: serde::Serialize>(
-    args: &GetArgs,
-    item: &T,
-    row: Vec<String>,
-    columns: Columns,
-) -> CliResult<String> {
-    match args.output {
-        Format::Json => serde_json::to_string(item)
-            .map(|line| line + "\n")
-            .map_err(|error| CliError::failure(format!("cannot encode JSON: {error}"))),
-        Format::Yaml => to_yaml(std::slice::from_ref(item)),
-        Format::Table | Format::Wide => {
-            let mut table = rows::table_for(args.resource, columns);
-            table.row(row);
-            Ok(table.render_rows())
-        }
+        Resource::Events => Ok(String::new()),
     }
 }

@@ -8,12 +8,17 @@ mod bench_scale;
 mod bootstrap;
 mod delete;
 mod describe;
+mod describe_node;
+mod diff;
 pub mod get;
+mod get_events;
 mod get_jobs;
+mod get_view;
 mod jobs;
 mod logs;
 mod node;
 mod node_admin;
+mod objects;
 mod rows;
 pub mod snapshot;
 
@@ -29,6 +34,7 @@ pub async fn run(global: &Global, command: Command) -> CliResult {
         Command::Apply(args) => apply::run(global, args).await,
         Command::Get(args) => get::run(global, args).await,
         Command::Describe(args) => describe::run(global, args).await,
+        Command::Diff(args) => diff::run(global, args).await,
         Command::Delete(args) => delete::run(global, args).await,
         Command::Bench(args) => match args.what {
             BenchKind::Store => bench::run(global, args).await,

@@ -18,6 +18,7 @@ pub fn table_for(resource: Resource, columns: Columns) -> Table {
         Resource::Controllers => controller_table(columns),
         Resource::Runs => super::get_jobs::run_table(),
         Resource::Deadletters => super::get_jobs::deadletter_table(),
+        Resource::Events => super::get_events::event_table(columns),
     }
 }
 
