@@ -296,6 +296,29 @@ async fn process_previous_shows_the_crashed_process_and_a_finished_run_survives_
         .await;
     assert_eq!(by_id.trim(), done);
 
+    // A run of two instances: each printed after a header naming it and its node.
+    let pair = token("pair");
+    cluster
+        .apply(&format!(
+            "apiVersion: drover.dev/v1\nkind: Task\nmetadata:\n  name: pair\nspec:\n  command: [sh, -c, \"echo {pair} $DROVER_INSTANCE\"]\n  replicas: 2\n  restartPolicy: Never\n  resources: {{cpu: 10m, memory: 1Mi}}\n"
+        ))
+        .await;
+    cluster.finished_run("pair").await;
+    let both = cluster
+        .logs_until(&["task/pair"], "default.pair.r1.1", Duration::from_secs(30))
+        .await;
+    let node = &cluster.node;
+    assert_eq!(
+        both.lines().collect::<Vec<_>>(),
+        [
+            format!("==> default.pair.r1.0 (node {node}) <=="),
+            format!("{pair} default.pair.r1.0"),
+            format!("==> default.pair.r1.1 (node {node}) <=="),
+            format!("{pair} default.pair.r1.1"),
+        ],
+        "{both}"
+    );
+
     // A run that does not exist, and the node of a run gone: both named.
     let missing = cluster
         .etcd
