@@ -467,6 +467,16 @@ mod tests {
         assert_eq!(buf.into_parts().1, 1);
     }
 
+    /// Bounds a file operation of the test, so a hang fails instead of stalling the suite.
+    async fn within<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        tokio::time::timeout(Duration::from_secs(10), f)
+            .await
+            .map_err(|_| Error::Io {
+                path: PathBuf::from("test"),
+                source: std::io::Error::other("timed out"),
+            })?
+    }
+
     #[tokio::test]
     async fn outputs_round_trip_and_are_collected_beyond_the_bounds() -> Result<()> {
         let dir = tempfile::tempdir().map_err(io(Path::new("tempdir")))?;
@@ -487,15 +497,15 @@ mod tests {
             };
             let mut buf = TailBuffer::new(config.max_bytes);
             buf.push(line(&format!("run {n}")));
-            store.keep("n1", DriverKind::Docker, &handle, buf).await?;
+            within(store.keep("n1", DriverKind::Docker, &handle, buf)).await?;
         }
-        let outputs = store.list(&id).await?;
+        let outputs = within(store.list(&id)).await?;
         assert_eq!(outputs.iter().map(|o| o.seq).collect::<Vec<_>>(), [1, 2, 3]);
-        let newest = store.read(&outputs[2]).await?;
+        let newest = within(store.read(&outputs[2])).await?;
         assert_eq!(newest, [line("run 2")]);
         let live = BTreeSet::from([id.to_string()]);
-        assert_eq!(store.collect(live).await?, 1);
-        let left = store.list(&id).await?;
+        assert_eq!(within(store.collect(live)).await?, 1);
+        let left = within(store.list(&id)).await?;
         assert_eq!(left.iter().map(|o| o.seq).collect::<Vec<_>>(), [2, 3]);
         Ok(())
     }
