@@ -20,6 +20,7 @@ use crate::drivers::DriverSet;
 use crate::heartbeat::{self, State};
 use crate::local::{Records, StopRecord};
 use crate::ports::PortAllocator;
+use crate::retained::Retained;
 use crate::wiring::{Built, Setup, Wired};
 use crate::{grpc, restart};
 
@@ -46,6 +47,15 @@ pub enum Error {
         /// The I/O error.
         #[source]
         source: std::io::Error,
+    },
+    /// The retained-output directory cannot be created.
+    #[error("retained output under {}: {source}", dir.display())]
+    Retained {
+        /// The directory (`<state_dir>/retained`).
+        dir: std::path::PathBuf,
+        /// What failed.
+        #[source]
+        source: crate::retained::Error,
     },
     /// The reconcile loop could not be built or did not drain.
     #[error(transparent)]
@@ -191,6 +201,13 @@ impl Agent {
             );
         }
         let node: Arc<str> = Arc::from(config.node.as_str());
+        let retained_dir = config.state_dir.join("retained");
+        let retained = Arc::new(Retained::open(retained_dir.clone(), config.logs).map_err(
+            |source| Error::Retained {
+                dir: retained_dir,
+                source,
+            },
+        )?);
         let built = Built::new(
             store,
             keys,
@@ -199,6 +216,7 @@ impl Agent {
                 ports: PortAllocator::new(config.port_range.clone()),
                 nodes: vec![node.clone()],
                 records: Records::new(Some(config.state_dir.clone())),
+                retained: Some(retained.clone()),
                 config: EngineConfig {
                     backoff: restart::Backoff {
                         initial: config.restart_backoff,
@@ -242,6 +260,11 @@ impl Agent {
             engine.clone(),
             node.clone(),
             config.version.clone(),
+            wired.child_token(),
+        ));
+        tokio::spawn(collect_retained(
+            engine.clone(),
+            retained,
             wired.child_token(),
         ));
         tracing::info!(node = %node, %address, tls = tls_files.is_some(), drivers = ?drivers.kinds(), "agent started");
@@ -298,5 +321,34 @@ impl Agent {
             wired.revoke(reg).await.map_err(Error::Revoke)?;
         }
         Ok(())
+    }
+}
+
+/// How often retained output is checked against the age bound; writes check the other bounds
+/// as they happen.
+const COLLECT_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Deletes retained output beyond its bounds every [`COLLECT_EVERY`], until `stop`. Not at
+/// once: right after start the table does not hold every assigned instance yet, and an
+/// instance missing from it would count as finished.
+async fn collect_retained(engine: Arc<Engine>, retained: Arc<Retained>, stop: CancellationToken) {
+    let mut tick =
+        tokio::time::interval_at(tokio::time::Instant::now() + COLLECT_EVERY, COLLECT_EVERY);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let live = engine
+            .instances()
+            .slots()
+            .iter()
+            .map(|s| s.id.to_string())
+            .collect();
+        match retained.collect(live).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "retained output beyond its bounds deleted"),
+            Err(error) => tracing::warn!(%error, "cannot delete retained output beyond its bounds"),
+        }
     }
 }

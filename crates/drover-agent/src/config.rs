@@ -13,6 +13,7 @@ use drover_api::task::DriverKind;
 use serde::{Deserialize, Serialize};
 
 use crate::advertise::AdvertiseAddress;
+use crate::retained::RetainConfig;
 
 /// `Result` with this module's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -137,6 +138,10 @@ pub struct AgentConfig {
     pub restart_backoff_max: Duration,
     /// Reconciles running at once. Default 16.
     pub concurrency: usize,
+    /// How much output of removed runs is kept under `<state_dir>/retained`, for
+    /// `drover logs --previous` and `--run`. Defaults: see [`RetainConfig`].
+    #[serde(default)]
+    pub logs: RetainConfig,
     /// Version string published in the node key and `Ping`. Default: this crate's version.
     pub version: String,
 }
@@ -166,6 +171,7 @@ impl AgentConfig {
             restart_backoff: Duration::from_secs(1),
             restart_backoff_max: Duration::from_secs(30),
             concurrency: 16,
+            logs: RetainConfig::default(),
             version: env!("CARGO_PKG_VERSION").to_string(),
         }
     }
@@ -276,6 +282,12 @@ impl AgentConfig {
         }
         if self.concurrency == 0 {
             return Err(invalid("concurrency", "must be at least 1"));
+        }
+        if self.logs.keep_per_instance == 0 || self.logs.max_bytes == 0 {
+            return Err(invalid(
+                "logs",
+                "--logs-keep-per-instance and --logs-max-bytes must be at least 1",
+            ));
         }
         if self.state_dir.as_os_str().is_empty() {
             return Err(invalid("stateDir", "must not be empty"));

@@ -40,6 +40,7 @@ use crate::local::{Records, Slot, StopReason};
 use crate::metrics::Metrics;
 use crate::ports::PortAllocator;
 use crate::restart;
+use crate::retained::Retained;
 use crate::status::{self, Written};
 
 /// `Result` with this module's [`Error`].
@@ -91,6 +92,8 @@ pub(crate) struct EngineParts {
     pub nodes: Vec<(Arc<str>, Reader<Instance>)>,
     /// The stop log.
     pub records: Records,
+    /// Where removed runs' output is kept (`None`: not kept, as for hollow nodes).
+    pub retained: Option<Arc<Retained>>,
     /// Settings.
     pub config: EngineConfig,
     /// The agent's metrics.
@@ -119,6 +122,7 @@ pub(crate) struct Engine {
     nodes: HashMap<Arc<str>, Served>,
     trigger: OnceLock<Trigger<Slot>>,
     records: Records,
+    retained: Option<Arc<Retained>>,
     config: EngineConfig,
     metrics: Metrics,
     kill: CancellationToken,
@@ -135,6 +139,7 @@ impl Engine {
             ports,
             nodes,
             records,
+            retained,
             config,
             metrics,
             kill,
@@ -158,6 +163,7 @@ impl Engine {
                 .collect(),
             trigger: OnceLock::new(),
             records,
+            retained,
             config,
             metrics,
             kill,
@@ -193,6 +199,11 @@ impl Engine {
     /// The stop log.
     pub fn records(&self) -> &Records {
         &self.records
+    }
+
+    /// The retained output of removed runs, where this engine keeps it.
+    pub fn retained(&self) -> Option<&Arc<Retained>> {
+        self.retained.as_ref()
     }
 
     /// The agent's metrics.
@@ -470,6 +481,7 @@ impl Engine {
             (self.drivers.get(e.kind()).cloned(), e.handle().cloned())
         });
         if let Some((Some(driver), Some(handle))) = run {
+            self.retain_output(slot, driver.as_ref(), &handle).await;
             driver.destroy(&handle).await?;
         }
         let message = format!("{}; restart {restart} in {after:?}", describe(ended));

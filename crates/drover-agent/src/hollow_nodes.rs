@@ -155,6 +155,8 @@ impl HollowNodes {
                 ports: PortAllocator::default(),
                 nodes,
                 records: Records::new(None),
+                // Simulated instances have no output worth keeping.
+                retained: None,
                 config: EngineConfig {
                     backoff: restart::Backoff {
                         initial: Duration::from_secs(1),

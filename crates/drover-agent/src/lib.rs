@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod ports;
 pub mod probe;
 pub mod restart;
+pub mod retained;
 pub mod status;
 mod wiring;
 

@@ -22,6 +22,7 @@ use crate::heartbeat::{self, Registration, State};
 use crate::local::Records;
 use crate::metrics::{self, Metrics};
 use crate::ports::PortAllocator;
+use crate::retained::Retained;
 
 /// What differs between an agent's engine and a hollow-node engine.
 pub(crate) struct Setup {
@@ -33,6 +34,8 @@ pub(crate) struct Setup {
     pub nodes: Vec<Arc<str>>,
     /// The stop log.
     pub records: Records,
+    /// Where removed runs' output is kept, if anywhere.
+    pub retained: Option<Arc<Retained>>,
     /// Engine settings.
     pub config: EngineConfig,
 }
@@ -65,6 +68,7 @@ impl Built {
             ports: setup.ports,
             nodes,
             records: setup.records,
+            retained: setup.retained,
             config: setup.config,
             metrics: Metrics::register(registry),
             kill: kill.clone(),

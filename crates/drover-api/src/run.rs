@@ -1,5 +1,6 @@
 //! Job run records, one per run of a job, scheduled or triggered task.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use chrono::{DateTime, Utc};
@@ -75,6 +76,12 @@ pub struct RunRecord {
     pub attempt: u32,
     /// What started it.
     pub cause: RunCause,
+    /// Which node ran each of the run's instances (instance id → node), written when the run
+    /// finishes, so `drover logs task/NAME --run N` can find the agents that retained the
+    /// output after the instances' assignments and statuses are gone. Empty while running (the
+    /// assignments say it then) and in records written before it existed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub nodes: BTreeMap<String, String>,
 }
 
 /// Value of `triggers/<ns>/<task>/<id>`: a request for one run, written by `drover trigger`

@@ -123,6 +123,19 @@ pub struct AgentArgs {
     /// Serve /metrics, /healthz and /readyz here.
     #[arg(long)]
     pub metrics_addr: Option<SocketAddr>,
+    /// Outputs of removed runs kept per instance (for `drover logs --previous`).
+    #[arg(long, default_value_t = 3)]
+    pub logs_keep_per_instance: usize,
+    /// Bytes of one removed run's output kept (its last lines).
+    #[arg(long, default_value = "4Mi")]
+    pub logs_max_bytes: Memory,
+    /// Finished instances (no longer assigned here) whose output is kept (for `drover logs
+    /// --run`).
+    #[arg(long, default_value_t = 100)]
+    pub logs_keep_finished: usize,
+    /// A finished instance's output is deleted this long after it ended.
+    #[arg(long, default_value = "24h")]
+    pub logs_max_age: HumanDuration,
 }
 
 /// `--driver`: which driver an agent runs instances with.

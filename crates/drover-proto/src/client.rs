@@ -116,6 +116,24 @@ impl AgentEndpoint {
 /// A stream of an instance's output lines.
 pub type LogLines = Pin<Box<dyn Stream<Item = Result<String>> + Send>>;
 
+/// What to ask an agent's `Logs` for (see `proto/drover/agent/v1/agent.proto`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogsQuery {
+    /// The instance id, e.g. `default.echo.0`.
+    pub instance: String,
+    /// Keep the stream open for new lines.
+    pub follow: bool,
+    /// Only the last N lines (`None`: all).
+    pub tail: Option<u32>,
+    /// The previous container's or process's output instead of the current one.
+    pub previous: bool,
+    /// Only lines written at or after this time, in Unix nanoseconds.
+    pub since_unix_nanos: Option<i64>,
+}
+
+/// A stream of an instance's output lines as the agent sends them (text, source, time).
+pub type LogRecords = Pin<Box<dyn Stream<Item = Result<pb::LogLine>> + Send>>;
+
 /// Streams an instance's output from `agent`: the last `tail` lines (all with `None`), then
 /// new lines while `follow`.
 pub async fn logs(
@@ -124,18 +142,30 @@ pub async fn logs(
     follow: bool,
     tail: Option<u32>,
 ) -> Result<LogLines> {
+    let query = LogsQuery {
+        instance: instance.to_string(),
+        follow,
+        tail,
+        ..LogsQuery::default()
+    };
+    let records = logs_with(agent, &query).await?;
+    Ok(Box::pin(records.map(|item| item.map(|l| l.line))))
+}
+
+/// Streams what `query` asks for from `agent`, each line with its source and time.
+pub async fn logs_with(agent: &AgentEndpoint, query: &LogsQuery) -> Result<LogRecords> {
     let mut client = connect(agent).await?;
     let stream = client
         .logs(pb::LogsRequest {
-            instance: instance.to_string(),
-            follow,
-            tail_lines: tail.unwrap_or(0),
+            instance: query.instance.clone(),
+            follow: query.follow,
+            tail_lines: query.tail.unwrap_or(0),
+            previous: query.previous,
+            since_unix_nanos: query.since_unix_nanos.unwrap_or(0),
         })
         .await?
         .into_inner();
-    Ok(Box::pin(
-        stream.map(|item| item.map(|l| l.line).map_err(Error::from)),
-    ))
+    Ok(Box::pin(stream.map(|item| item.map_err(Error::from))))
 }
 
 /// Pings `agent`.

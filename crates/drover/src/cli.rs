@@ -140,14 +140,33 @@ pub struct RetryArgs {
 /// `drover logs`.
 #[derive(Debug, Args)]
 pub struct LogsArgs {
-    /// The instance (as `drover get instances` names it).
+    /// The instance (as `drover get instances` names it), or `task/NAME` for the instances
+    /// of one of a job's runs (see --run).
     pub instance: String,
     /// Keep printing new lines.
     #[arg(short, long)]
     pub follow: bool,
-    /// Only the last N lines.
+    /// Only the last N lines (of each instance, with task/NAME).
     #[arg(long)]
     pub tail: Option<u32>,
+    /// The output of the instance's previous container or process: the one before its last
+    /// restart (kept by the agent after it was removed).
+    #[arg(long)]
+    pub previous: bool,
+    /// With task/NAME: which run (as `drover get runs` numbers them). Default: the latest.
+    #[arg(long, value_name = "N")]
+    pub run: Option<u64>,
+    /// The namespace of task/NAME.
+    #[arg(short, long, default_value = "default")]
+    pub namespace: String,
+    /// Only lines written since then: a duration ago (`10m`, `1h30m`) or a time (RFC 3339,
+    /// `2024-05-01T10:00:00Z`). Needs line times, which the docker driver records and the
+    /// process driver does not.
+    #[arg(long, value_name = "DURATION|RFC3339")]
+    pub since: Option<String>,
+    /// Start each line with the time it was written (RFC 3339, UTC), where it is known.
+    #[arg(long)]
+    pub timestamps: bool,
     /// TLS to agents that serve it (`--agent-cafile`, `--agent-certfile`, `--agent-keyfile`).
     #[command(flatten)]
     pub agent: AgentAccess,

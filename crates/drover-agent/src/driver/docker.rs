@@ -335,6 +335,8 @@ impl DockerDriver {
             .follow(follow)
             .stdout(true)
             .stderr(true)
+            // Line times, for `drover logs --since/--timestamps` and retained output.
+            .timestamps(true)
             .tail(&tail)
             .build();
         let id = handle.id.clone();
@@ -343,7 +345,7 @@ impl DockerDriver {
             .flat_map(move |chunk| {
                 let lines = match chunk {
                     Ok(bollard::container::LogOutput::StdErr { message }) => {
-                        super::split_lines(LogStream::Stderr, &message)
+                        super::split_timed_lines(LogStream::Stderr, &message)
                             .into_iter()
                             .map(Ok)
                             .collect()
@@ -351,7 +353,7 @@ impl DockerDriver {
                     Ok(
                         bollard::container::LogOutput::StdOut { message }
                         | bollard::container::LogOutput::Console { message },
-                    ) => super::split_lines(LogStream::Stdout, &message)
+                    ) => super::split_timed_lines(LogStream::Stdout, &message)
                         .into_iter()
                         .map(Ok)
                         .collect(),

@@ -181,6 +181,7 @@ impl HollowDriver {
             let started = LogLine {
                 stream: LogStream::Stdout,
                 line: format!("hollow instance {} started", handle.instance),
+                time: None,
             };
             let mut state = driver.inspect(&handle);
             if state == TaskState::NotFound {
@@ -197,6 +198,7 @@ impl HollowDriver {
                         "hollow instance {} exited with code {code:?}",
                         handle.instance
                     ),
+                    time: None,
                 });
             }
             let skip = tail.map_or(0, |n| lines.len().saturating_sub(n));

@@ -295,6 +295,10 @@ pub struct LogLine {
     pub stream: LogStream,
     /// The text (lossily decoded as UTF-8).
     pub line: String,
+    /// When it was written, where the runtime records it (docker does; the process driver's
+    /// output goes straight from the process to a file, so its lines have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<DateTime<Utc>>,
 }
 
 /// Whether a driver can run here, and why (or why not). Reported in the node record.
@@ -391,6 +395,27 @@ pub(crate) fn split_lines(stream: LogStream, bytes: &[u8]) -> Vec<LogLine> {
         .map(|l| LogLine {
             stream,
             line: l.strip_suffix('\r').unwrap_or(l).to_string(),
+            time: None,
+        })
+        .collect()
+}
+
+/// Splits a chunk of Docker output requested with `timestamps`: each line starts with its
+/// RFC 3339 time and a space, which becomes [`LogLine::time`]. A line without one is kept
+/// whole, untimed.
+pub(crate) fn split_timed_lines(stream: LogStream, bytes: &[u8]) -> Vec<LogLine> {
+    split_lines(stream, bytes)
+        .into_iter()
+        .map(|mut l| {
+            let parsed = l.line.split_once(' ').and_then(|(t, rest)| {
+                let time = DateTime::parse_from_rfc3339(t).ok()?;
+                Some((time.with_timezone(&Utc), rest.to_string()))
+            });
+            if let Some((time, rest)) = parsed {
+                l.time = Some(time);
+                l.line = rest;
+            }
+            l
         })
         .collect()
 }
@@ -419,6 +444,23 @@ mod tests {
         let lines = split_lines(LogStream::Stdout, b"a\r\nb\n");
         let text: Vec<_> = lines.iter().map(|l| l.line.as_str()).collect();
         assert_eq!(text, ["a", "b"]);
+    }
+
+    #[test]
+    fn docker_timestamps_become_line_times() {
+        let lines = split_timed_lines(
+            LogStream::Stderr,
+            b"2024-05-01T10:00:00.123456789Z hello world\nno time here\n",
+        );
+        assert_eq!(lines[0].line, "hello world");
+        assert_eq!(
+            lines[0].time.map(|t| t.to_rfc3339()),
+            Some("2024-05-01T10:00:00.123456789+00:00".to_string())
+        );
+        assert_eq!(
+            (lines[1].line.as_str(), lines[1].time),
+            ("no time here", None)
+        );
     }
 
     #[test]

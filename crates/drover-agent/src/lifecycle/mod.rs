@@ -8,6 +8,7 @@ mod confirm_tests;
 mod fencing;
 #[cfg(test)]
 mod race_tests;
+mod retain;
 #[cfg(test)]
 mod stop_tests;
 #[cfg(test)]
@@ -347,6 +348,7 @@ impl Engine {
                 tracing::info!(?reason, ?grace, "stopping");
             }
             driver.stop(&handle, grace).await?;
+            self.retain_output(slot, driver.as_ref(), &handle).await;
             driver.destroy(&handle).await?;
         }
         if reason == StopReason::Shutdown {

@@ -67,6 +67,7 @@ pub(crate) async fn rig_with(drivers: Option<DriverSet>) -> Rig {
         ports: PortAllocator::default(),
         nodes: vec![(Arc::from(NODE), reader)],
         records: Records::new(None),
+        retained: None,
         config: EngineConfig {
             backoff: restart::Backoff {
                 initial: Duration::from_millis(200),

@@ -2,6 +2,7 @@
 //! the chosen driver and reports status. With `--hollow-nodes N` one process simulates N nodes
 //! (scale tests). SIGTERM revokes the lease and stops instances (`--keep-running` leaves them).
 
+use drover_agent::retained::RetainConfig;
 use drover_agent::{Agent, AgentConfig, HollowConfig};
 use drover_api::node::Capacity;
 use prometheus_client::registry::Registry;
@@ -69,6 +70,12 @@ fn config(args: &AgentArgs) -> CliResult<AgentConfig> {
     if let Some(dir) = &args.state_dir {
         config.state_dir = dir.clone();
     }
+    config.logs = RetainConfig {
+        keep_per_instance: args.logs_keep_per_instance,
+        max_bytes: args.logs_max_bytes.as_bytes(),
+        keep_finished: args.logs_keep_finished,
+        max_age: args.logs_max_age.as_std(),
+    };
     if let Some(ip) = &args.publish_ip {
         config.publish_ip = ip.clone();
     }

@@ -467,6 +467,7 @@ impl TaskCx<'_> {
                 exit_code: None,
                 attempt,
                 cause,
+                nodes: std::collections::BTreeMap::new(),
             },
             replicas: spec.replicas,
             writes,

@@ -101,6 +101,16 @@ fn a_job_runs_once_per_generation_and_its_run_is_recorded() {
     let r = runs(&sim, "once");
     assert_eq!(r[0].outcome, Some(RunOutcome::Succeeded));
     assert_eq!(r[0].finished_at, Some(at(4)));
+    // The finished record names where each instance ran, for `drover logs --run`.
+    let nodes: Vec<(&str, &str)> = r[0]
+        .nodes
+        .iter()
+        .map(|(i, n)| (i.as_str(), n.as_str()))
+        .collect();
+    assert_eq!(
+        nodes,
+        [("default.once.r1.0", "n1"), ("default.once.r1.1", "n1")]
+    );
     assert!(sim.ids("once").is_empty() && sim.s.statuses.is_empty());
     assert_eq!(
         state(&sim, "once").last_outcome,

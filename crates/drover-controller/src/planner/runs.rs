@@ -271,6 +271,7 @@ pub(super) fn finish(
     rec.finished_at = Some(now);
     rec.outcome = Some(outcome);
     rec.exit_code = exit_code;
+    rec.nodes = nodes_of(inst);
     let mut writes = vec![Write::PutRun {
         record: rec.clone(),
         mod_revision: record.mod_revision,
@@ -338,6 +339,23 @@ pub(super) fn finish(
         writes,
     });
     remove_instances(inst, plan);
+}
+
+/// Where each instance of a run ran: its assignment's node, else its status's (an instance
+/// whose assignment is already gone). The agents there keep its output after the run.
+fn nodes_of(inst: Option<&RunInstances<'_>>) -> BTreeMap<String, String> {
+    let Some(inst) = inst else {
+        return BTreeMap::new();
+    };
+    let mut nodes: BTreeMap<String, String> = inst
+        .statuses
+        .values()
+        .map(|s| (s.value.id.to_string(), s.value.node.clone()))
+        .collect();
+    for a in inst.assignments.values() {
+        nodes.insert(a.value.id.to_string(), a.value.node.clone());
+    }
+    nodes
 }
 
 /// Removes what finished or deleted runs left behind: instances of finished or unknown runs,
