@@ -82,6 +82,8 @@ pub enum Command {
     Enable(TaskArgs),
     /// Re-queue a dead-lettered instance: a job runs again, a service refills its slot.
     Retry(RetryArgs),
+    /// Watch and steer a service's rollout: status, history, undo, pause, resume, promote.
+    Rollout(RolloutArgs),
     /// Cluster administration: etcd users and roles.
     Admin(AdminArgs),
 }
@@ -128,6 +130,71 @@ pub struct TaskArgs {
     /// Its namespace.
     #[arg(short, long, default_value = "default")]
     pub namespace: String,
+}
+
+/// `drover rollout`.
+#[derive(Debug, Args)]
+pub struct RolloutArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub verb: RolloutVerb,
+}
+
+/// The rollout verbs.
+#[derive(Debug, Subcommand)]
+pub enum RolloutVerb {
+    /// Wait for the rollout of the task's current spec: exit 0 once every copy runs it and is
+    /// available, 1 when it fails, is reverted or is paused (naming why).
+    Status(RolloutStatusArgs),
+    /// List the task's revisions (the copy templates it has rolled out).
+    History(RolloutHistoryArgs),
+    /// Apply an earlier revision's template to the task (the previous one by default).
+    Undo(RolloutUndoArgs),
+    /// Replace no more copies for the rollout until resumed.
+    Pause(TaskArgs),
+    /// Go on with a paused rollout.
+    Resume(TaskArgs),
+    /// The canaries are good: roll out the rest.
+    Promote(TaskArgs),
+}
+
+/// `drover rollout status`.
+#[derive(Debug, Args)]
+pub struct RolloutStatusArgs {
+    /// The service.
+    #[command(flatten)]
+    pub task: TaskArgs,
+    /// Wait until the rollout ends (`--watch=false`: print where it stands and exit 0).
+    #[arg(short, long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub watch: bool,
+    /// Give up (exit 1) after this long, e.g. `5m` [default: wait as long as it takes].
+    #[arg(long, value_name = "DURATION")]
+    pub timeout: Option<HumanDuration>,
+}
+
+/// `drover rollout history`.
+#[derive(Debug, Args)]
+pub struct RolloutHistoryArgs {
+    /// The service.
+    #[command(flatten)]
+    pub task: TaskArgs,
+    /// Show this revision's whole record (YAML).
+    #[arg(long)]
+    pub revision: Option<u64>,
+    /// Output format: table, json or yaml.
+    #[arg(short, long, default_value = "table", value_parser = Format::parse)]
+    pub output: Format,
+}
+
+/// `drover rollout undo`.
+#[derive(Debug, Args)]
+pub struct RolloutUndoArgs {
+    /// The service.
+    #[command(flatten)]
+    pub task: TaskArgs,
+    /// The revision to go back to [default: the last stable one, else the one before].
+    #[arg(long)]
+    pub to_revision: Option<u64>,
 }
 
 /// `drover retry`.

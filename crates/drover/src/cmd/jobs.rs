@@ -167,7 +167,7 @@ pub async fn retry(global: &Global, args: RetryArgs) -> CliResult {
 /// # Guarantees
 /// A reply lost in transport is settled by reading the key back, so the caller never sees a
 /// failure for a request that was stored.
-async fn submit(
+pub(super) async fn submit(
     store: &Store,
     keys: &Keys,
     namespace: &str,
@@ -186,7 +186,7 @@ async fn submit(
 }
 
 /// Waits until the leader has carried out (and deleted) the request at `key`.
-async fn consumed(store: &Store, key: &str) -> CliResult {
+pub(super) async fn consumed(store: &Store, key: &str) -> CliResult {
     let deadline = tokio::time::Instant::now() + REQUEST_WAIT;
     loop {
         let left = store

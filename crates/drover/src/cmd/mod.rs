@@ -19,6 +19,7 @@ mod logs;
 mod node;
 mod node_admin;
 mod objects;
+mod rollout;
 mod rows;
 pub mod snapshot;
 
@@ -48,6 +49,7 @@ pub async fn run(global: &Global, command: Command) -> CliResult {
         Command::Trigger(args) => jobs::trigger(global, args).await,
         Command::Enable(args) => jobs::enable(global, args).await,
         Command::Retry(args) => jobs::retry(global, args).await,
+        Command::Rollout(args) => rollout::run(global, args).await,
         Command::Admin(args) => match args.verb {
             AdminVerb::Bootstrap(args) => bootstrap::run(global, args).await,
         },
