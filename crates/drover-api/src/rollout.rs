@@ -134,7 +134,11 @@ impl Rollout {
         if self.paused && self.phase != RolloutPhase::Paused {
             s.push_str(" (paused)");
         }
-        if let Some(f) = &self.failure {
+        if let Some(f) = self
+            .failure
+            .as_ref()
+            .filter(|_| self.reverted_hash.is_some() || self.phase == RolloutPhase::Failed)
+        {
             if self.reverted_hash.is_some() {
                 s.push_str(&format!(
                     ", reverted from revision {}: {}",

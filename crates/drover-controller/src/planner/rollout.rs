@@ -163,7 +163,6 @@ pub(super) fn target(
             if r.reverted_hash.is_some() && reverted.is_none() {
                 // The spec moved on from the template that failed (to this very revision).
                 r.reverted_hash = None;
-                r.failure = None;
                 changed = true;
             }
             r
@@ -198,7 +197,8 @@ pub(super) fn target(
                 progressed_at: now,
                 stable_revision: stable,
                 reverted_hash: None,
-                failure: None,
+                // The last failure stays on record (`rollout history` shows it).
+                failure: prev.and_then(|p| p.failure.clone()),
             }
         }
     };
