@@ -51,6 +51,10 @@ pub struct TaskStateRecord {
     /// The task generation whose `Apply` run has started (plain jobs run once per generation).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_generation: Option<u64>,
+    /// The copy template ([`crate::task::TaskSpec::template_hash`]) of that run: a new
+    /// generation that changes only labels, priority or the like does not run the job again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_template: Option<String>,
 }
 
 /// Value of `deadletter/<ns>/<instance>` as the controller writes it.

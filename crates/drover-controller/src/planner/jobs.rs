@@ -270,7 +270,12 @@ impl TaskCx<'_> {
             && spec.mode() == Mode::Job
             && state.run_generation != Some(task.metadata.generation)
         {
-            due = Some(Due::Apply);
+            if state.run_template.as_deref() == Some(spec.template_hash().as_str()) {
+                // Only labels, priority or the like changed: this job has run as it is.
+                state.run_generation = Some(task.metadata.generation);
+            } else {
+                due = Some(Due::Apply);
+            }
         }
         if spec.mode() == Mode::Scheduled {
             if let Some(tick) = self.tick(&mut state, plan) {
@@ -448,6 +453,7 @@ impl TaskCx<'_> {
             }
             Due::Apply => {
                 started.run_generation = Some(task.metadata.generation);
+                started.run_template = Some(task.spec.template_hash());
                 (RunCause::Apply, 1)
             }
             Due::Tick { following } => {

@@ -117,9 +117,19 @@ fn a_job_runs_once_per_generation_and_its_run_is_recorded() {
         Some(RunOutcome::Succeeded)
     );
     assert_eq!(runs(&sim, "once").len(), 1, "no second run");
-    // A new generation runs again.
-    sim.task("once", 1, job);
+    // A new generation that changes only priority or parallelism does not run it again...
+    sim.task("once", 1, |s| {
+        job(s);
+        s.priority = 90;
+    });
     step(&mut sim, 10);
+    assert_eq!(runs(&sim, "once").len(), 1, "same template: no second run");
+    // ...one that changes what runs does.
+    sim.task("once", 1, |s| {
+        job(s);
+        s.env.insert("V".into(), "2".into());
+    });
+    step(&mut sim, 11);
     assert_eq!(runs(&sim, "once").len(), 2);
 }
 
