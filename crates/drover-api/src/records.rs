@@ -99,6 +99,7 @@ mod tests {
             },
             next_slot: 7,
             run_generation: Some(2),
+            run_template: Some("00ff".into()),
         };
         let json = serde_json::to_string(&rec).expect("encodes");
         assert!(json.contains("\"nextSlot\":7"), "{json}");

@@ -192,6 +192,24 @@ fn render(
     if let Some(schedule) = &spec.schedule {
         line("Schedule", schedule.clone());
     }
+    if spec.mode() == drover_api::Mode::Service {
+        let u = &spec.update;
+        let b = u.budget(spec.replicas);
+        line(
+            "Update",
+            format!(
+                "maxSurge {} ({}), maxUnavailable {}, minHealthy {}s, healthyDeadline {}s, progressDeadline {}s{}{}",
+                u.max_surge,
+                b.surge,
+                b.unavailable,
+                u.min_healthy_seconds,
+                u.healthy_deadline_seconds,
+                u.progress_deadline_seconds,
+                if u.canary > 0 { format!(", canary {}", u.canary) } else { String::new() },
+                if u.auto_revert { ", autoRevert" } else { "" },
+            ),
+        );
+    }
     if !spec.depends_on.is_empty() {
         line("Depends on", spec.depends_on.join(", "));
     }
@@ -210,6 +228,14 @@ fn render(
         }
         if let Some(reason) = &state.pending_reason {
             line("Waiting", reason.clone());
+        }
+        if let Some(rollout) = &state.rollout {
+            line("Rollout", rollout.summary());
+            if let Some(f) = rollout.failure.as_ref().filter(|_| {
+                rollout.reverted_hash.is_some() || rollout.phase == drover_api::RolloutPhase::Failed
+            }) {
+                line("Rollout failure", format!("{}: {}", f.reason, f.message));
+            }
         }
         if state.consecutive_failures > 0 {
             line(
