@@ -266,6 +266,22 @@ pub fn records(path: &Path) -> Vec<(String, u32, u128)> {
         .collect()
 }
 
+/// The most copies alive at once, from a witness workload's [`records`] alone.
+pub fn max_live(records: &[(String, u32, u128)]) -> usize {
+    let mut events: Vec<(u128, i32)> = records
+        .iter()
+        .map(|(kind, _, t)| (*t, if kind == "start" { 1 } else { -1 }))
+        .collect();
+    // A stop and a start at the same instant: count the stop first.
+    events.sort();
+    let (mut live, mut max) = (0i32, 0i32);
+    for (_, delta) in events {
+        live += delta;
+        max = max.max(live);
+    }
+    usize::try_from(max).unwrap_or(0)
+}
+
 /// A real etcd with what every test talks to it with: the CLI under a fresh prefix, a store
 /// client and the key schema. Dropping it stops etcd.
 pub struct Etcd {

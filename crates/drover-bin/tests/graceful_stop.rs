@@ -16,7 +16,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{manifest, records, Cli, Daemon};
+use common::{manifest, max_live, records, Cli, Daemon};
 use drover_api::instance::{InstanceStatus, Phase};
 use drover_api::keys::Keys;
 use drover_store::{Store, StoreConfig};
@@ -46,28 +46,18 @@ fn surging_service(records: &Path) -> String {
     format!("{}  update:\n    maxSurge: 1\n", solo_service(records))
 }
 
+/// The single-replica witness service allowed no extra copy (`maxSurge` defaults to 1): a move
+/// stops the copy first.
+fn unsurging_service(records: &Path) -> String {
+    format!("{}  update:\n    maxSurge: 0\n", solo_service(records))
+}
+
 /// A job running the witness workload, retried when a run fails.
 fn retried_job(records: &Path) -> String {
     format!(
         "apiVersion: drover.dev/v1\nkind: Task\nmetadata:\n  name: once\nspec:\n  command: [sh, -c, \"{}\"]\n  restartPolicy: Never\n  maxRetries: 2\n  terminationGracePeriodSeconds: 30\n",
         witness_command(records)
     )
-}
-
-/// The most copies alive at once, from the records alone.
-fn max_live(records: &[(String, u32, u128)]) -> usize {
-    let mut events: Vec<(u128, i32)> = records
-        .iter()
-        .map(|(kind, _, t)| (*t, if kind == "start" { 1 } else { -1 }))
-        .collect();
-    // A stop and a start at the same instant: count the stop first.
-    events.sort();
-    let (mut live, mut max) = (0i32, 0i32);
-    for (_, delta) in events {
-        live += delta;
-        max = max.max(live);
-    }
-    usize::try_from(max).unwrap_or(0)
 }
 
 /// How the agent holding the copy loses it.
@@ -264,7 +254,7 @@ async fn a_job_run_on_a_cut_off_agent_is_gone_before_its_retry_starts() {
 
 #[tokio::test]
 async fn a_drain_without_surge_stops_the_copy_before_its_replacement_starts() {
-    scenario(Loss::Drain, 1, solo_service).await;
+    scenario(Loss::Drain, 1, unsurging_service).await;
 }
 
 #[tokio::test]
