@@ -96,6 +96,9 @@ pub struct Snapshot {
     pub nodestates: BTreeMap<String, Versioned<NodeState>>,
     /// Assignments by instance id; `value.node` is the node of the key.
     pub assignments: BTreeMap<InstanceId, Versioned<Instance>>,
+    /// The template hash of each assignment placed before revisions existed (revision 0),
+    /// computed once when it is decoded rather than on every plan.
+    pub legacy_templates: BTreeMap<InstanceId, String>,
     /// The status the planner reads for each instance ([`Snapshot::status_key_of`] says which
     /// key it came from): the one under the node the instance is assigned to; while that node
     /// has no key for it, the legacy `status/<instance>`; for an instance with no assignment,
@@ -232,6 +235,7 @@ impl Snapshot {
             }
             Some(Key::Assignment { node, instance }) => {
                 self.assignments.remove(&instance);
+                self.legacy_templates.remove(&instance);
                 self.opaque_assignments
                     .insert(instance.clone(), OpaqueAssignment { node, mod_revision });
                 self.refresh_status(&instance);
@@ -371,6 +375,12 @@ impl Snapshot {
             }
             Record::Assignment(value) => {
                 let id = value.id.clone();
+                if value.revision == 0 {
+                    self.legacy_templates
+                        .insert(id.clone(), value.spec.template_hash());
+                } else {
+                    self.legacy_templates.remove(&id);
+                }
                 self.assignments.insert(id.clone(), raw.map(|_| value));
                 self.refresh_status(&id);
             }
@@ -406,6 +416,30 @@ impl Snapshot {
                     .insert(id, raw.map(|_| value));
             }
             Record::Revision(task, revision, value) => {
+                // Validated as the leader writes it: a record that claims another number or
+                // a template its spec does not have, or whose spec `apply` would refuse, is
+                // Invalid (it could make old copies look current, or be restored by a revert).
+                let spec_task = Task::new(&task.namespace, &task.name, value.spec.clone());
+                let problem = if value.revision != revision {
+                    Some(format!(
+                        "holds revision {} under number {revision}",
+                        value.revision
+                    ))
+                } else if value.template_hash != value.spec.template_hash() {
+                    Some("its templateHash is not its spec's".to_string())
+                } else {
+                    spec_task
+                        .validate()
+                        .first()
+                        .map(|e| format!("its spec is not valid: {e}"))
+                };
+                if let Some(problem) = problem {
+                    return Err(DecodeError {
+                        key: raw.key.clone(),
+                        kind: "RevisionRecord",
+                        source: <serde_json::Error as serde::de::Error>::custom(problem),
+                    });
+                }
                 self.revisions
                     .entry(task)
                     .or_default()
@@ -445,6 +479,7 @@ impl Snapshot {
                     .is_some_and(|a| a.value.node == node)
                 {
                     self.assignments.remove(&instance);
+                    self.legacy_templates.remove(&instance);
                     self.refresh_status(&instance);
                 }
             }

@@ -242,3 +242,49 @@ fn undecodable_nodes_and_assignments_stay_present_until_fixed_or_deleted() {
     assert!(s.opaque_nodes.is_empty() && s.undecodable.is_empty());
     assert!(s.node_present("n2"));
 }
+
+#[test]
+fn a_revision_record_that_lies_about_its_number_or_template_is_invalid() {
+    let keys = Keys::new("/t");
+    let mut s = Snapshot::default();
+    let spec = TaskSpec {
+        command: vec!["/bin/web".into()],
+        ..TaskSpec::default()
+    };
+    let record = |revision: u64, hash: String| {
+        serde_json::to_value(drover_api::RevisionRecord {
+            revision,
+            template_hash: hash,
+            spec: spec.clone(),
+            generation: 1,
+            created_at: chrono::DateTime::<chrono::Utc>::UNIX_EPOCH,
+        })
+        .expect("encodes")
+    };
+    let task = TaskRef::new("default", "web");
+    s.apply(
+        &keys,
+        raw(
+            keys.revision("default", "web", 1),
+            record(1, spec.template_hash()),
+            2,
+        ),
+    )
+    .expect("a true record decodes");
+    assert!(s.revisions[&task].contains_key(&1));
+    // Another client's record claiming the spec's template under a number it does not hold,
+    // or a template its spec does not have: Invalid, its number taken, never planned from.
+    for (n, value) in [
+        (2, record(3, spec.template_hash())),
+        (3, record(3, "0000000000000000".into())),
+    ] {
+        assert!(s
+            .apply(
+                &keys,
+                raw(keys.revision("default", "web", n), value, 3 + n as i64)
+            )
+            .is_err());
+        assert!(!s.revisions[&task].contains_key(&n));
+        assert!(s.opaque_revisions[&task].contains_key(&n));
+    }
+}

@@ -506,6 +506,8 @@ mod jobs_tests;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]
+mod rollout_review_tests;
+#[cfg(test)]
 mod rollout_tests;
 #[cfg(test)]
 mod sim;

@@ -19,6 +19,9 @@ use super::{NewRevision, Plan, Step, TaskStateWrite, Write};
 use crate::snapshot::Snapshot;
 use drover_api::records::{TaskRef, TaskStateRecord};
 
+/// Rollout requests carried out per task and plan (the rest wait for the next plan).
+const REQUESTS_PER_PLAN: usize = 64;
+
 /// How copies may be replaced in this plan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Mode {
@@ -55,13 +58,38 @@ pub(super) struct Target {
 
 impl Target {
     /// Whether `i` runs the target revision. Copies placed before revisions existed carry
-    /// none: their spec's template decides.
-    pub fn is_current(&self, i: &Instance) -> bool {
+    /// none: their spec's template decides (hashed once, when the snapshot decoded them).
+    pub fn is_current(&self, snapshot: &Snapshot, i: &Instance) -> bool {
         if i.revision != 0 {
-            i.revision == self.revision
-        } else {
-            i.spec.template_hash() == self.hash
+            return i.revision == self.revision;
         }
+        match snapshot.legacy_templates.get(&i.id) {
+            Some(hash) => *hash == self.hash,
+            None => i.spec.template_hash() == self.hash,
+        }
+    }
+
+    /// The spec and revision copies of an older revision are placed from while the rollout
+    /// holds or keeps older copies: any copy's of another revision, else the last stable
+    /// revision's record.
+    pub fn older(
+        &self,
+        snapshot: &Snapshot,
+        task: &TaskRef,
+        mine: &[&Instance],
+    ) -> Option<(TaskSpec, u64)> {
+        mine.iter()
+            .find(|i| i.run.is_none() && !self.is_current(snapshot, i))
+            .map(|i| (i.spec.clone(), i.revision))
+            .or_else(|| {
+                let stable = self
+                    .rollout
+                    .stable_revision
+                    .filter(|s| *s != self.revision)?;
+                records(snapshot, task)
+                    .find(|r| r.revision == stable)
+                    .map(|r| (r.spec.clone(), stable))
+            })
     }
 }
 
@@ -143,15 +171,31 @@ pub(super) fn target(
         None => match records(snapshot, task_ref).find(|r| r.template_hash == spec_hash) {
             Some(r) => (r.revision, spec_hash, task.spec.clone(), None),
             None => {
-                let n = next_number(snapshot, task_ref, mine, prev);
-                let record = RevisionRecord {
+                // No readable record of this template: its number is the rollout record's or
+                // a copy's when either knows the template (a record lost, deleted by another
+                // client or unreadable restarts nothing), else a new one.
+                let known = prev
+                    .filter(|p| p.template_hash == spec_hash)
+                    .map(|p| p.revision)
+                    .or_else(|| {
+                        mine.iter()
+                            .find(|i| i.revision != 0 && i.spec.template_hash() == spec_hash)
+                            .map(|i| i.revision)
+                    });
+                let n = known.unwrap_or_else(|| next_number(snapshot, task_ref, mine, prev));
+                // Rewritten only where no key is (an unreadable one is left alone).
+                let taken = snapshot
+                    .opaque_revisions
+                    .get(task_ref)
+                    .is_some_and(|m| m.contains_key(&n));
+                let record = (!taken).then(|| RevisionRecord {
                     revision: n,
                     template_hash: spec_hash.clone(),
                     spec: task.spec.clone(),
                     generation: task.metadata.generation,
                     created_at: now,
-                };
-                (n, spec_hash, task.spec.clone(), Some(record))
+                });
+                (n, spec_hash, task.spec.clone(), record)
             }
         },
     };
@@ -203,9 +247,13 @@ pub(super) fn target(
         }
     };
 
-    // Pause, resume and promote, in request order.
+    // Pause, resume and promote, in request order; at most [`REQUESTS_PER_PLAN`] in one plan,
+    // so the step deleting them stays inside etcd's limit on operations per transaction.
     let mut requests = Vec::new();
     for (id, request) in snapshot.requests.get(task_ref).into_iter().flatten() {
+        if requests.len() >= REQUESTS_PER_PLAN {
+            break;
+        }
         let by = &request.value.by;
         let done = match &request.value.action {
             RequestAction::Pause => {
@@ -343,6 +391,9 @@ pub(super) struct Observed {
     pub next_check: Option<DateTime<Utc>>,
     /// New copies of the target this plan wants placed.
     pub placing: u32,
+    /// Whether the target's copies are judged (health gate, deadlines): not in a first
+    /// deployment, where nothing older would take their place.
+    pub judge: bool,
 }
 
 impl Observed {
@@ -365,7 +416,7 @@ impl Observed {
             Some(at) => self.check_at(at),
             None => {}
         }
-        if self.failure.is_some() {
+        if !self.judge || self.failure.is_some() {
             return;
         }
         let what = |s: &InstanceStatus| {
@@ -486,10 +537,17 @@ pub(super) fn finish(
         let failure = seen.failure.or_else(|| {
             // A plan that places copies of the target is progress in the making: the
             // deadline is judged by the plans that see how they fared.
+            // (Unless the last plan could not place them either: then nothing is in the
+            // making.)
+            let unschedulable = snapshot
+                .taskstates
+                .get(task_ref)
+                .and_then(|s| s.value.state.pending_reason.as_deref())
+                .is_some_and(|r| r.starts_with(super::placement::UNSCHEDULABLE));
             let counting = rollout.phase == RolloutPhase::Progressing
                 && !rollout.paused
                 && !first
-                && seen.placing == 0;
+                && (seen.placing == 0 || unschedulable);
             (counting && !complete && now >= progress_deadline).then(|| {
                 (
                     "ProgressDeadlineExceeded",
@@ -520,16 +578,18 @@ pub(super) fn finish(
                 .filter(|s| update.auto_revert && *s != rollout.revision)
             {
                 Some(stable) => {
-                    events.push((
-                        "RolloutReverted",
-                        format!("restoring revision {stable}, the last that rolled out healthy"),
-                    ));
                     let failed_hash = rollout.template_hash.clone();
                     let stable_hash = records(snapshot, task_ref)
                         .find(|r| r.revision == stable)
                         .map(|r| r.template_hash.clone());
                     match stable_hash {
                         Some(stable_hash) => {
+                            events.push((
+                                "RolloutReverted",
+                                format!(
+                                    "restoring revision {stable}, the last that rolled out healthy"
+                                ),
+                            ));
                             rollout = Rollout {
                                 revision: stable,
                                 template_hash: stable_hash,

@@ -149,7 +149,15 @@ pub(super) fn plan_service(
         .saturating_sub(dead_lettered)
         .saturating_sub(opaque.len());
 
-    let mut seen = rollout::Observed::default();
+    let mut seen = rollout::Observed {
+        judge: target.rollout.from_revision.is_some(),
+        ..rollout::Observed::default()
+    };
+    let failed = target.rollout.phase == drover_api::RolloutPhase::Failed;
+    // What older copies are placed from while holding: a copy's of another revision, else the
+    // stable revision's record.
+    let older = target.older(snapshot, task_ref, mine);
+    let mut current_ids: BTreeSet<&InstanceId> = BTreeSet::new();
     // Copies going away that may still be live: stop requested, or being requested now.
     let mut departing = 0usize;
     // Copies of the target on live nodes that stay; copies of other revisions that stay (until
@@ -160,7 +168,10 @@ pub(super) fn plan_service(
     let mut moving: Vec<&Instance> = Vec::new();
     let mut replace: Vec<(&Instance, Reason)> = Vec::new();
     for &i in mine.iter().filter(|i| i.run.is_none()) {
-        let current = target.is_current(i);
+        let current = target.is_current(snapshot, i);
+        if current {
+            current_ids.insert(&i.id);
+        }
         if let Some(stop) = &i.stop {
             // Already asked to stop: deleted once gone, counted until then.
             let reason = Reason::parse(&stop.reason);
@@ -181,10 +192,20 @@ pub(super) fn plan_service(
             }
             if !current && mode != rollout::Mode::Hold {
                 // Gone already; the rollout fills its place with the target.
-                depart(snapshot, out, i, Reason::Outdated);
+                departing += depart(snapshot, out, i, Reason::Outdated);
                 continue;
             }
-            match escalate(snapshot, now, config, task_ref, i, out) {
+            if current && failed && older.is_some() {
+                // A copy of the revision that failed is not tried again: an older copy
+                // takes its place.
+                departing += depart(snapshot, out, i, Reason::Outdated);
+                continue;
+            }
+            // A dead letter of a copy of the target names the task's generation, so it holds
+            // its slot for as long as the template stays (a change to replicas or priority
+            // alone keeps the copy, and so must keep its letter).
+            let stamp = if current { generation } else { i.generation };
+            match escalate(snapshot, now, config, task_ref, i, stamp, out) {
                 Escalation::Reschedule => replace.push((i, Reason::Rescheduled)),
                 Escalation::Wait if current => new_live.push(i),
                 Escalation::Wait => old_live.push(i),
@@ -207,9 +228,14 @@ pub(super) fn plan_service(
         }
     }
     seen.desired = u32::try_from(desired).unwrap_or(u32::MAX);
-    seen.others +=
-        u32::try_from(old_live.len() + moving.iter().filter(|i| !target.is_current(i)).count())
-            .unwrap_or(u32::MAX);
+    seen.others += u32::try_from(
+        old_live.len()
+            + moving
+                .iter()
+                .filter(|i| !current_ids.contains(&i.id))
+                .count(),
+    )
+    .unwrap_or(u32::MAX);
 
     // How many copies of the target this plan may aim for, and how many older copies must
     // stay (a canary replaces only so many).
@@ -282,17 +308,19 @@ pub(super) fn plan_service(
     let mut deficit = desired.saturating_sub(stays).min(room);
     let mut new_count = new_live.len();
     let mut placing = 0u32;
-    let fallback = old_live.first().copied();
     let mut seq = 0u32;
     let mut want = |out: &mut Out<'_>, attempt, avoid, replaces, why, like: Option<&Instance>| {
         let of_target = match like {
             _ if mode == rollout::Mode::Rolling => true,
-            Some(i) if target.is_current(i) => true,
+            // A failed revision's copy is replaced by an older one when there is one.
+            Some(i) if current_ids.contains(&i.id) => !failed || older.is_none(),
             _ if new_count < new_cap => true,
             _ => false,
         };
-        let (spec, revision) = match (of_target, like.or(fallback)) {
-            (false, Some(i)) => (Some(Box::new(i.spec.clone())), i.revision),
+        let like = like.filter(|i| !current_ids.contains(&i.id));
+        let (spec, revision) = match (of_target, like, &older) {
+            (false, Some(i), _) => (Some(Box::new(i.spec.clone())), i.revision),
+            (false, None, Some((spec, revision))) => (Some(Box::new(spec.clone())), *revision),
             _ => {
                 new_count += 1;
                 placing += 1;
@@ -432,12 +460,14 @@ enum Escalation {
 }
 
 /// Decides what happens to an instance its agent reports `Failed`.
+#[allow(clippy::too_many_arguments)]
 fn escalate(
     snapshot: &Snapshot,
     now: DateTime<Utc>,
     config: &ControllerConfig,
     task_ref: &TaskRef,
     i: &Instance,
+    generation: u64,
     out: &mut Out<'_>,
 ) -> Escalation {
     let Some(status) = snapshot.statuses.get(&i.id).map(|s| &s.value) else {
@@ -462,7 +492,7 @@ fn escalate(
                 exit_code: status.exit_code,
                 time: now,
             },
-            generation: i.generation,
+            generation,
         };
         out.plan.event(
             now,
