@@ -4,44 +4,15 @@
 
 use std::collections::BTreeSet;
 
-use drover_api::{Health, InstanceId, Phase, RequestAction, RolloutPhase, TaskSpec};
+use drover_api::{InstanceId, Phase, RequestAction, RolloutPhase, TaskSpec};
 
 use super::sim::{at, Sim};
 use super::*;
 
-const MIN_HEALTHY: u32 = 5;
+use super::rollout_tests::{agent, ids, rollout, settled, MIN_HEALTHY};
 
 fn web() -> TaskRef {
     TaskRef::new("default", "web")
-}
-
-fn settled(f: impl Fn(&mut TaskSpec) + Copy) -> Sim {
-    let mut sim = Sim::new();
-    for n in ["n1", "n2", "n3"] {
-        sim.node(n, 8000, &[]);
-    }
-    sim.task("web", 4, |s| {
-        s.update.min_healthy_seconds = MIN_HEALTHY;
-        f(s);
-    });
-    sim.converge(at(0));
-    sim.converge(at(100));
-    assert_eq!(rollout(&sim).phase, RolloutPhase::Complete);
-    sim.agent_runs = false;
-    sim
-}
-
-fn rollout(sim: &Sim) -> drover_api::Rollout {
-    sim.s.taskstates[&web()]
-        .value
-        .state
-        .rollout
-        .clone()
-        .expect("a rollout record")
-}
-
-fn ids(sim: &Sim) -> BTreeSet<InstanceId> {
-    sim.s.assignments.keys().cloned().collect()
 }
 
 fn by_revision(sim: &Sim, revision: u64) -> usize {
@@ -74,34 +45,6 @@ fn live(sim: &Sim) -> usize {
                     .is_some_and(|s| s.value.phase.is_terminal())
         })
         .count()
-}
-
-fn agent(sim: &mut Sim, now: i64, sick: impl Fn(u64) -> bool) {
-    let todo: Vec<_> = sim
-        .s
-        .assignments
-        .values()
-        .filter_map(|a| {
-            let phase = sim.s.statuses.get(&a.value.id).map(|s| s.value.phase);
-            match (&a.value.stop, phase) {
-                (Some(_), Some(p)) if !p.is_terminal() => Some((a.value.id.clone(), None)),
-                (None, None) => Some((a.value.id.clone(), Some(sick(a.value.revision)))),
-                _ => None,
-            }
-        })
-        .collect();
-    for (id, start) in todo {
-        match start {
-            None => sim.set_phase(&id, Phase::Stopped, None),
-            Some(sick) => sim.set_status_with(&id, Phase::Running, |s| {
-                s.started_at = Some(at(now));
-                if sick {
-                    s.health = Health::Unhealthy;
-                    s.message = Some("HTTP 500".into());
-                }
-            }),
-        }
-    }
 }
 
 /// Promise 7: the record of the revision that runs turns undecodable (a foreign write).

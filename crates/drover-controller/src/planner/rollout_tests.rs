@@ -11,11 +11,11 @@ use proptest::prelude::*;
 use super::sim::{at, Sim};
 use super::*;
 
-const MIN_HEALTHY: u32 = 5;
+pub(super) const MIN_HEALTHY: u32 = 5;
 
 /// Four copies of `web` on three nodes, rolled out and settled, with copies that must stay
 /// healthy `MIN_HEALTHY` seconds to count.
-fn settled(f: impl Fn(&mut TaskSpec) + Copy) -> Sim {
+pub(super) fn settled(f: impl Fn(&mut TaskSpec) + Copy) -> Sim {
     let mut sim = Sim::new();
     for n in ["n1", "n2", "n3"] {
         sim.node(n, 8000, &[]);
@@ -36,7 +36,7 @@ fn settled(f: impl Fn(&mut TaskSpec) + Copy) -> Sim {
     sim
 }
 
-fn rollout(sim: &Sim) -> drover_api::Rollout {
+pub(super) fn rollout(sim: &Sim) -> drover_api::Rollout {
     sim.s.taskstates[&TaskRef::new("default", "web")]
         .value
         .state
@@ -45,7 +45,7 @@ fn rollout(sim: &Sim) -> drover_api::Rollout {
         .expect("a rollout record")
 }
 
-fn ids(sim: &Sim) -> BTreeSet<InstanceId> {
+pub(super) fn ids(sim: &Sim) -> BTreeSet<InstanceId> {
     sim.s.assignments.keys().cloned().collect()
 }
 
@@ -77,6 +77,13 @@ fn round(sim: &mut Sim, now: i64, sick: impl Fn(u64) -> bool) -> (usize, usize) 
         .values()
         .filter(|a| rollout::available(&sim.s, at(now), &a.value, min))
         .count();
+    agent(sim, now, sick);
+    (live, available)
+}
+
+/// The agent acting on what it sees at `now`: new copies start (Running since `now`, healthy
+/// unless `sick` says otherwise for their revision), stop requests end.
+pub(super) fn agent(sim: &mut Sim, now: i64, sick: impl Fn(u64) -> bool) {
     let todo: Vec<_> = sim
         .s
         .assignments
@@ -102,7 +109,6 @@ fn round(sim: &mut Sim, now: i64, sick: impl Fn(u64) -> bool) -> (usize, usize) 
             }),
         }
     }
-    (live, available)
 }
 
 #[test]
