@@ -533,7 +533,12 @@ fn describe(ended: restart::Ended) -> String {
 
 /// The reconcile function handed to the runtime: one span per reconcile with the instance.
 pub(crate) async fn reconcile(slot: Slot, engine: Arc<Engine>) -> Result<Action> {
-    let span = tracing::info_span!("reconcile", node = %slot.node, instance = %slot.id);
+    let span = tracing::info_span!(
+        "reconcile",
+        node = %slot.node,
+        task = slot.id.task(),
+        instance = %slot.id
+    );
     engine.reconcile(&slot).instrument(span).await
 }
 

@@ -20,6 +20,16 @@ pub struct Cli {
     /// More log output on stderr (-v info, -vv debug); RUST_LOG overrides it.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// How stderr log records look: text (for people) or json (one object per line, with the
+    /// fields of the span it was logged in and of the spans around it, for log pipelines).
+    #[arg(
+        long,
+        env = "DROVER_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Verb,
 }
@@ -36,6 +46,47 @@ pub enum Verb {
     /// Run a node agent (heartbeat, convergence of assigned instances, status).
     // Boxed: the agent has by far the most flags.
     Agent(Box<AgentArgs>),
+    /// Print a shell completion script for drover (every verb, daemons included) to stdout.
+    Completion(CompletionArgs),
+    /// Print drover's man page to stdout, or write one page per verb into a directory.
+    Man(ManArgs),
+}
+
+/// `--log-format`: how log records are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per record.
+    Text,
+    /// One JSON object per line: timestamp, level, target, fields, span and spans.
+    Json,
+}
+
+/// `drover completion`.
+#[derive(Debug, Args)]
+pub struct CompletionArgs {
+    /// The shell to complete in.
+    #[arg(value_enum)]
+    pub shell: Shell,
+}
+
+/// The shells `drover completion` writes scripts for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Shell {
+    /// Bash (source it, or put it in /etc/bash_completion.d/drover).
+    Bash,
+    /// Zsh (put it as `_drover` in a directory on $fpath).
+    Zsh,
+    /// Fish (put it in ~/.config/fish/completions/drover.fish).
+    Fish,
+}
+
+/// `drover man`.
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write `drover.1` and one page per verb (`drover-apply.1`, `drover-rollout-status.1`,
+    /// ...) here, creating the directory, instead of printing the main page.
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: Option<PathBuf>,
 }
 
 /// `drover controller`.

@@ -3,6 +3,7 @@
 
 mod cli;
 mod cmd;
+mod logging;
 
 use drover_cli::exit;
 
@@ -15,7 +16,8 @@ async fn main() {
         Err(error) => exit_on_parse_error(error),
     };
     let daemon = matches!(cli.command, cli::Verb::Controller(_) | cli::Verb::Agent(_));
-    init_tracing(cli.verbose, daemon);
+    // Logs go to stderr so that `-o json` output and generated scripts on stdout stay clean.
+    logging::init(cli.verbose, daemon, cli.log_format);
     let code = match cmd::run(cli).await {
         Ok(()) => 0,
         Err(error) => {
@@ -79,21 +81,4 @@ fn suggest_nearest_verb(error: &mut clap::Error) {
             ContextValue::Strings(vec![name]),
         );
     }
-}
-
-/// Logs go to stderr so that `-o json` output on stdout stays machine-readable. Daemons log at
-/// info by default, other verbs only errors; `-v` raises the level and `RUST_LOG` overrides it.
-fn init_tracing(verbose: u8, daemon: bool) {
-    let default = match (verbose, daemon) {
-        (0, true) => "info",
-        (0, false) => "error",
-        (1, _) => "info",
-        _ => "debug",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
 }

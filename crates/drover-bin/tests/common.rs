@@ -56,6 +56,7 @@ impl Cli {
             .env_remove("DROVER_TLS_CERT_FILE")
             .env_remove("DROVER_TLS_KEY_FILE")
             .env_remove("DROVER_CLIENT_CA_FILE")
+            .env_remove("DROVER_LOG_FORMAT")
             .stdin(Stdio::null())
             .kill_on_drop(true);
         command

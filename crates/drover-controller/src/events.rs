@@ -86,3 +86,30 @@ impl EventWriter {
         Ok(())
     }
 }
+
+/// Logs each of a plan's events at debug, inside a span that names its object (`task`,
+/// `instance` with its `task`, or `node`) and the `reason`, so that a JSON log pipeline can
+/// follow one object through the leader's decisions by span field alone. Debug, not info: a
+/// plan for thousands of instances has an event for each.
+pub fn log(events: &[Event]) {
+    use drover_api::{EventKind, InstanceId};
+    if !tracing::enabled!(tracing::Level::DEBUG) {
+        return;
+    }
+    for event in events {
+        let (ns, name, reason) = (&event.namespace, &event.name, &event.reason);
+        let span = match event.kind {
+            EventKind::Task => {
+                tracing::debug_span!("event", namespace = %ns, task = %name, %reason)
+            }
+            EventKind::Instance => {
+                let task = name.parse::<InstanceId>().ok();
+                let task = task.as_ref().map_or("", InstanceId::task);
+                tracing::debug_span!("event", namespace = %ns, task, instance = %name, %reason)
+            }
+            EventKind::Node => tracing::debug_span!("event", node = %name, %reason),
+        };
+        let _entered = span.enter();
+        tracing::debug!(detail = %event.message, "event");
+    }
+}

@@ -15,6 +15,7 @@ use drover_store::{Fence, Store};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::commit::{self, CommitError};
 use crate::config::ControllerConfig;
@@ -202,7 +203,10 @@ async fn reconcile(_key: Cluster, term: Arc<Term>) -> Result<Action, ReconcileEr
         .take();
     let planned = {
         let term = term.clone();
-        tokio::task::spawn_blocking(move || plan_now(&term, now)).await
+        // The blocking thread does not inherit the reconcile span: hand it over, so whatever
+        // is logged while planning carries the controller, key and reason.
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || span.in_scope(|| plan_now(&term, now))).await
     };
     let Planned {
         plan,
@@ -234,7 +238,17 @@ async fn reconcile(_key: Cluster, term: Arc<Term>) -> Result<Action, ReconcileEr
             term.config.commit_lanes,
         );
         let committing = Instant::now();
-        match commit::commit_pipelined(&term.store, &term.keys, &term.fence, &plan, limits).await {
+        let span = tracing::info_span!(
+            "commit",
+            revision = snapshot_revision,
+            steps = plan.steps.len(),
+            tasks = plan.taskstates.len(),
+        );
+        let committed =
+            commit::commit_pipelined(&term.store, &term.keys, &term.fence, &plan, limits)
+                .instrument(span)
+                .await;
+        match committed {
             Ok(done) => {
                 if done.rejected.is_empty() {
                     term.metrics.commit("ok");
@@ -305,6 +319,7 @@ async fn reconcile(_key: Cluster, term: Arc<Term>) -> Result<Action, ReconcileEr
                 return Err(CommitError::Store(e).into());
             }
         }
+        crate::events::log(&plan.events);
         let mut events = term.events.lock().await;
         if let Err(error) = events.write(&plan.events, Some(&term.fence)).await {
             tracing::warn!(%error, count = plan.events.len(), "could not record events");
