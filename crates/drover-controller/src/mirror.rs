@@ -2,8 +2,9 @@
 //! leader or standby, so that a new leader plans from a snapshot it already holds instead of
 //! listing the whole prefix (200,000 keys at 100,000 instances) after its election.
 //!
-//! The watch task only queues items (a short lock, no decoding) and publishes the revision
-//! they reach; whoever holds the [`PlannerState`] applies them on a blocking thread: the
+//! The watch task only queues items (a short lock; a value is checked to be JSON and kept as
+//! its text, never built into a tree, so 100,000 queued assignments cost about their bytes)
+//! and publishes the revision they reach; whoever holds the [`PlannerState`] applies them on a blocking thread: the
 //! leader's planner before each plan, a standby's background applier every so often.
 
 use std::collections::BTreeMap;
@@ -17,6 +18,7 @@ use drover_runtime::Trigger;
 use drover_store::watcher::Event as WatchEvent;
 use drover_store::{Relisting, Sink, Store, Versioned};
 use futures::{FutureExt, StreamExt};
+use serde_json::value::RawValue;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -76,7 +78,7 @@ impl Mirror {
 
     /// Keeps the mirror equal to etcd until `stop`.
     pub(crate) async fn run(self: Arc<Self>, store: Store, stop: CancellationToken) {
-        let mut stream = pin!(drover_store::watcher::<serde_json::Value>(
+        let mut stream = pin!(drover_store::watcher::<Box<RawValue>>(
             store,
             self.keys.all()
         ));
@@ -202,7 +204,7 @@ impl Drop for Leading {
 /// so a large burst never keeps the async reactor busy.
 pub(crate) struct Feed {
     /// Watch items received and not yet applied, in order.
-    pub(crate) queued: Vec<drover_store::Result<WatchEvent<serde_json::Value>>>,
+    pub(crate) queued: Vec<drover_store::Result<WatchEvent<Box<RawValue>>>>,
     /// When the first change not yet planned for arrived.
     pub(crate) dirty_since: Option<Instant>,
     /// A change arriving now is planned for no earlier than this: the last plan's end plus
@@ -237,7 +239,7 @@ impl Seen {
     pub(crate) fn track(
         &mut self,
         keys: &Keys,
-        item: &drover_store::Result<WatchEvent<serde_json::Value>>,
+        item: &drover_store::Result<WatchEvent<Box<RawValue>>>,
     ) -> bool {
         let (key, revision) = match item {
             Ok(WatchEvent::Init) => {
@@ -273,7 +275,7 @@ impl Seen {
 fn apply(
     keys: &Keys,
     relist: &mut Relisting<Snapshot>,
-    item: drover_store::Result<WatchEvent<serde_json::Value>>,
+    item: drover_store::Result<WatchEvent<Box<RawValue>>>,
 ) {
     if let Err(error) = relist.feed(keys, item) {
         tracing::warn!(%error, "watch error");
@@ -282,14 +284,14 @@ fn apply(
 
 /// The leader's snapshot is what its watch of the whole prefix keeps current.
 impl Sink for Snapshot {
-    type Value = serde_json::Value;
+    type Value = Box<RawValue>;
     type Context = Keys;
 
     fn fresh(&self, _: &Keys) -> Self {
         Snapshot::default()
     }
 
-    fn apply(&mut self, keys: &Keys, item: Versioned<serde_json::Value>) {
+    fn apply(&mut self, keys: &Keys, item: Versioned<Box<RawValue>>) {
         if let Err(error) = Snapshot::apply(self, keys, item) {
             warn_undecodable(&error);
         }

@@ -321,10 +321,12 @@ async fn a_lost_commit_reply_under_foreign_writes_does_not_stall_the_leader() {
 #[test]
 fn only_keys_the_planner_reads_trigger_a_plan_but_every_key_moves_the_revision() {
     let keys = Keys::new("/p");
-    let put = |key: String, rev: i64| -> drover_store::Result<WatchEvent<serde_json::Value>> {
+    let put = |key: String,
+               rev: i64|
+     -> drover_store::Result<WatchEvent<Box<serde_json::value::RawValue>>> {
         Ok(WatchEvent::Apply(Versioned {
             key,
-            value: serde_json::json!({}),
+            value: serde_json::value::to_raw_value(&serde_json::json!({})).expect("JSON"),
             create_revision: rev,
             mod_revision: rev,
             version: 1,
@@ -335,7 +337,7 @@ fn only_keys_the_planner_reads_trigger_a_plan_but_every_key_moves_the_revision()
     assert!(!seen.track(&keys, &Ok(WatchEvent::Init)));
     let listed = Ok(WatchEvent::InitApply(Versioned {
         key: keys.task("default", "web"),
-        value: serde_json::json!({}),
+        value: serde_json::value::to_raw_value(&serde_json::json!({})).expect("JSON"),
         create_revision: 3,
         mod_revision: 3,
         version: 1,

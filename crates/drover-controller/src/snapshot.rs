@@ -7,12 +7,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
-use drover_api::decode::{decode_parsed, Record};
+use drover_api::decode::{decode_parsed_raw, Record};
 use drover_api::{
     keys::Key, Event, EventKind, Instance, InstanceId, InstanceStatus, Keys, Node, NodeInfo,
     NodeState, RevisionRecord, RunRecord, Task, TaskRequest, TriggerRequest,
 };
 use drover_store::Versioned;
+use serde_json::value::RawValue;
 
 use drover_api::records::{DeadLetterRecord, TaskRef, TaskStateRecord};
 
@@ -176,11 +177,7 @@ impl Snapshot {
     /// node or assignment becomes opaque ([`Snapshot::opaque_nodes`],
     /// [`Snapshot::opaque_assignments`]) so it keeps counting; any other kind keeps its previous
     /// value (like the reflector), so one corrupt key cannot make the planner forget a task.
-    pub fn apply(
-        &mut self,
-        keys: &Keys,
-        raw: Versioned<serde_json::Value>,
-    ) -> Result<(), DecodeError> {
+    pub fn apply(&mut self, keys: &Keys, raw: Versioned<Box<RawValue>>) -> Result<(), DecodeError> {
         self.revision = self.revision.max(raw.mod_revision);
         let (key, mod_revision) = (raw.key.clone(), raw.mod_revision);
         let result = self.apply_decoded(keys, raw);
@@ -351,15 +348,14 @@ impl Snapshot {
     fn apply_decoded(
         &mut self,
         keys: &Keys,
-        mut raw: Versioned<serde_json::Value>,
+        raw: Versioned<Box<RawValue>>,
     ) -> Result<(), DecodeError> {
         let key = match keys.parse(&raw.key) {
             // Not planner input.
             Some(Key::Controller(_) | Key::Event { .. }) | None => return Ok(()),
             Some(key) => key,
         };
-        let value = std::mem::take(&mut raw.value);
-        match decode_parsed(key, &raw.key, value)? {
+        match decode_parsed_raw(key, &raw.key, &raw.value)? {
             Record::Task(task, value) => {
                 self.tasks_changed = true;
                 self.tasks.insert(task, raw.map(|_| value));

@@ -4,10 +4,10 @@
 use super::*;
 use drover_api::{Phase, TaskSpec};
 
-fn raw(key: String, value: serde_json::Value, rev: i64) -> Versioned<serde_json::Value> {
+fn raw(key: String, value: serde_json::Value, rev: i64) -> Versioned<Box<RawValue>> {
     Versioned {
         key,
-        value,
+        value: serde_json::value::to_raw_value(&value).expect("JSON"),
         create_revision: rev,
         mod_revision: rev,
         version: 1,

@@ -266,7 +266,8 @@ impl Env {
     pub async fn snapshot(&self) -> drover_controller::Snapshot {
         let listing = within(
             "list",
-            self.store.list::<serde_json::Value>(&self.keys.all()),
+            self.store
+                .list::<Box<serde_json::value::RawValue>>(&self.keys.all()),
         )
         .await
         .expect("list");
