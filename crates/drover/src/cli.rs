@@ -292,6 +292,10 @@ pub struct BenchArgs {
     /// scale: bound on the whole run; on expiry it reports how far it got and fails.
     #[arg(long, default_value = "15m")]
     pub timeout: HumanDuration,
+    /// scale: keep the controllers' and the agent's logs after the run (their directory is
+    /// printed) instead of removing them.
+    #[arg(long)]
+    pub keep_logs: bool,
 }
 
 /// The benchmarks `drover bench` runs.

@@ -118,7 +118,7 @@ pub async fn run(global: &Global, args: BenchArgs) -> CliResult {
         },
     };
     let (store, keys) = connect(&ours).await?;
-    let mut fleet = Fleet::new(&endpoints, &prefix, &ours.access)?;
+    let mut fleet = Fleet::new(&endpoints, &prefix, &ours.access, settings.keep_logs)?;
     let mut report = Report::new(title(&settings, etcd.as_ref(), &endpoints));
     let (progress_tx, progress) = watch::channel(Progress::default());
     let (control_tx, control) = watch::channel(Control::default());

@@ -65,7 +65,7 @@ pub struct Replica {
 ///
 /// Every child has `kill_on_drop` and its own process group (a Ctrl-C at the terminal reaches
 /// only the bench, which stops them itself); [`Fleet::stop`] kills and reaps them all; dropping
-/// the fleet removes the log dir.
+/// the fleet removes the log dir (unless it was asked to keep it).
 pub struct Fleet {
     exe: PathBuf,
     etcd: String,
@@ -73,6 +73,8 @@ pub struct Fleet {
     access: Vec<std::ffi::OsString>,
     prefix: String,
     logs: PathBuf,
+    /// Whether dropping the fleet leaves the log dir (and says where it is).
+    keep_logs: bool,
     /// The hollow agent, once started.
     pub agent: Option<Proc>,
     /// The controller replicas, in start order.
@@ -81,8 +83,14 @@ pub struct Fleet {
 
 impl Fleet {
     /// A fleet of `current_exe()` processes against `endpoints` under `prefix`, reaching etcd
-    /// as `access` says; creates the log dir.
-    pub fn new(endpoints: &[String], prefix: &str, access: &EtcdAccess) -> CliResult<Fleet> {
+    /// as `access` says; creates the log dir, removed when the fleet is dropped unless
+    /// `keep_logs`.
+    pub fn new(
+        endpoints: &[String],
+        prefix: &str,
+        access: &EtcdAccess,
+        keep_logs: bool,
+    ) -> CliResult<Fleet> {
         let exe = std::env::current_exe().map_err(|error| {
             CliError::failure(format!("cannot find the drover binary: {error}"))
         })?;
@@ -96,6 +104,7 @@ impl Fleet {
             access: access.child_args(),
             prefix: prefix.to_string(),
             logs,
+            keep_logs,
             agent: None,
             replicas: Vec::new(),
         })
@@ -263,7 +272,9 @@ impl Drop for Fleet {
             // SIGKILL without waiting: `Drop` cannot await the reaping (`stop` does).
             let _ = proc.child.start_kill();
         }
-        if let Err(error) = std::fs::remove_dir_all(&self.logs) {
+        if self.keep_logs {
+            eprintln!("the fleet's logs are kept in {}", self.logs.display());
+        } else if let Err(error) = std::fs::remove_dir_all(&self.logs) {
             eprintln!("could not remove {}: {error}", self.logs.display());
         }
     }

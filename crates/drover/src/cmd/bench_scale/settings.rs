@@ -41,6 +41,8 @@ pub struct Settings {
     pub commit_lanes: Option<usize>,
     /// `--timeout`.
     pub timeout: Duration,
+    /// Keep the fleet's logs after the run.
+    pub keep_logs: bool,
     /// The manifests, as `drover apply` reads them.
     pub sources: Vec<Source>,
     /// The tasks they hold, validated.
@@ -87,6 +89,7 @@ impl Settings {
             failover: args.failover,
             commit_lanes: args.commit_lanes,
             timeout: args.timeout.as_std(),
+            keep_logs: args.keep_logs,
             sources,
             tasks,
         })
