@@ -20,6 +20,7 @@ use crate::drivers::DriverSet;
 use crate::heartbeat::{self, State};
 use crate::local::{Records, StopRecord};
 use crate::ports::PortAllocator;
+use crate::readiness::{self, NotReady};
 use crate::retained::Retained;
 use crate::wiring::{Built, Setup, Wired};
 use crate::{grpc, restart};
@@ -118,7 +119,18 @@ impl AgentHandle {
 
     /// Ready: registered, and the assignment cache has its first listing.
     pub fn is_ready(&self) -> bool {
-        matches!(*self.state.borrow(), State::Registered(_)) && self.engine.is_listed()
+        self.readiness().is_ok()
+    }
+
+    /// Ready now, or why not (what `/readyz` answers). Not ready while fenced or
+    /// re-registering after a lost lease, whatever it was before.
+    pub fn readiness(&self) -> Result<(), NotReady> {
+        readiness::readiness(*self.state.borrow(), self.engine.is_listed())
+    }
+
+    /// The heartbeat's state as it changes (registering, registered, fenced, refused).
+    pub fn state_changes(&self) -> watch::Receiver<State> {
+        self.state.clone()
     }
 
     /// The heartbeat's state.

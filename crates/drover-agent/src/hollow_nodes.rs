@@ -90,7 +90,9 @@ impl HollowConfig {
 }
 
 /// Runs `config.count` hollow nodes until `shutdown`; `ready` (if given) receives the number
-/// of nodes registered so far whenever it changes.
+/// of nodes registered so far whenever it changes. The nodes' metrics go into `registry`
+/// before this awaits anything; a caller that serves that registry while the nodes run uses
+/// [`HollowNodes::start`] and [`HollowNodes::run_until`] instead.
 pub async fn run_hollow(
     store: Store,
     keys: Keys,
@@ -99,21 +101,9 @@ pub async fn run_hollow(
     shutdown: CancellationToken,
     ready: Option<watch::Sender<usize>>,
 ) -> Result<()> {
-    let hollow = HollowNodes::start(store, keys, config, registry)?;
-    let handle = hollow.handle();
-    loop {
-        if let Some(tx) = &ready {
-            tx.send_if_modified(|n| {
-                let now = handle.registered();
-                std::mem::replace(n, now) != now
-            });
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => break,
-            () = tokio::time::sleep(Duration::from_millis(200)) => {}
-        }
-    }
-    hollow.stop().await;
+    HollowNodes::start(store, keys, config, registry)?
+        .run_until(shutdown, ready)
+        .await;
     Ok(())
 }
 
@@ -133,6 +123,25 @@ pub struct HollowHandle {
 }
 
 impl HollowNodes {
+    /// Runs the started nodes until `shutdown`, then stops them (see [`HollowNodes::stop`]);
+    /// `ready` (if given) receives the number of nodes registered whenever it changes.
+    pub async fn run_until(self, shutdown: CancellationToken, ready: Option<watch::Sender<usize>>) {
+        let handle = self.handle();
+        loop {
+            if let Some(tx) = &ready {
+                tx.send_if_modified(|n| {
+                    let now = handle.registered();
+                    std::mem::replace(n, now) != now
+                });
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+        }
+        self.stop().await;
+    }
+
     /// Validates the node names, builds the engine and starts every node's watch, the shared
     /// reconcile loop and every node's heartbeat. Returns at once.
     pub fn start(

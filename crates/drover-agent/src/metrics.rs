@@ -1,5 +1,6 @@
 //! The agent's Prometheus metrics, registered into the caller's registry under [`PREFIX`]
 //! (the binary's registry adds `drover_`, so the families read `drover_agent_restarts_total`).
+//! Names, types and labels are listed in `docs/metrics.md`.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -8,6 +9,9 @@ use prometheus_client::registry::Registry;
 
 /// The sub-registry the agent's families go in, the reconcile loop's included.
 pub const PREFIX: &str = "agent";
+
+/// The `outcome` label values of `agent_status_writes_total`.
+const OUTCOMES: [&str; 3] = ["ok", "stale", "error"];
 
 /// Label of [`Metrics::status_writes`].
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -54,6 +58,10 @@ impl Metrics {
             "Node registrations with a new lease",
             m.registrations.clone(),
         );
+        // Every outcome from the start, so dashboards see zeros rather than no series.
+        for outcome in OUTCOMES {
+            let _ = m.status_writes.get_or_create(&Outcome { outcome });
+        }
         m
     }
 

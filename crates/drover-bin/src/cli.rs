@@ -226,4 +226,8 @@ pub struct UpArgs {
     /// Stop everything after showing the result instead of running until Ctrl-C.
     #[arg(long)]
     pub exit: bool,
+    /// Serve the local cluster's /metrics, /healthz and /readyz here (controller and agent in
+    /// one registry); port 0 picks a free one. The address served is printed.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    pub metrics_addr: SocketAddr,
 }

@@ -7,8 +7,8 @@
 //! - `controller_scheduling_latency_seconds`: from the first change seen to the commit of the
 //!   placements it caused
 //! - `controller_plan_duration_seconds`: time spent in the pure planner
-//! - `controller_commits_total{result}`: plan commits by result (`ok`, `conflict`, `fenced`,
-//!   `error`)
+//! - `controller_commits_total{result}`: plan commits by result (`ok`, `partial`, `conflict`,
+//!   `fenced`, `error`), every result exported from the start
 //! - the runtime's reconcile-loop families under this component's name:
 //!   `controller_reconciles_total{reconciler}`, `controller_reconcile_duration_seconds`,
 //!   `controller_queue_depth`, `controller_in_flight`, `controller_requeues_total`
@@ -19,6 +19,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+
+/// The `result` label values of `controller_commits_total`.
+const COMMIT_RESULTS: [&str; 5] = ["ok", "partial", "conflict", "fenced", "error"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
@@ -91,10 +94,18 @@ impl Metrics {
             "Plan commits by result",
             m.commits.clone(),
         );
+        // Every result from the start, so dashboards see zeros rather than no series.
+        for result in COMMIT_RESULTS {
+            let _ = m.commits.get_or_create(&ResultLabels { result });
+        }
         m
     }
 
     pub(crate) fn commit(&self, result: &'static str) {
+        debug_assert!(
+            COMMIT_RESULTS.contains(&result),
+            "undocumented result {result}"
+        );
         self.commits.get_or_create(&ResultLabels { result }).inc();
     }
 }

@@ -10,7 +10,8 @@
 //! - [`Metrics`] exports what happens, into a caller-supplied Prometheus registry.
 //!
 //! It also holds the daemons' other shared plumbing: the [`admin`] endpoint (`/metrics`,
-//! `/healthz`, `/readyz`) and Drover's one HTTP client and server, [`http`].
+//! `/healthz`, `/readyz`), the one metrics [`registry`] of a process, and Drover's one HTTP
+//! client and server, [`http`].
 
 pub mod action;
 pub mod admin;
@@ -19,6 +20,7 @@ pub mod http;
 pub mod metrics;
 pub mod queue;
 pub mod reconciler;
+pub mod registry;
 mod runner;
 
 pub use action::Action;
@@ -26,3 +28,4 @@ pub use backoff::BackoffConfig;
 pub use metrics::Metrics;
 pub use queue::{Reason, WorkQueue};
 pub use reconciler::{Error, KeyStream, Reconciler, ReconcilerConfig, Result, Trigger};
+pub use registry::process_registry;

@@ -111,6 +111,13 @@ impl Metrics {
     /// The handles one reconciler writes to, resolved once for its name.
     pub(crate) fn for_reconciler(&self, name: &'static str) -> ReconcilerMetrics {
         let labels = ReconcilerLabels { reconciler: name };
+        // Every reason from the start, so dashboards see zeros rather than no series.
+        for reason in Reason::LABELS {
+            let _ = self.requeues.get_or_create(&ReasonLabels {
+                reconciler: name,
+                reason,
+            });
+        }
         ReconcilerMetrics {
             name,
             ok: self.reconciles.get_or_create_owned(&ResultLabels {

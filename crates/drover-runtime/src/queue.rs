@@ -26,6 +26,9 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every value [`Reason::as_str`] returns.
+    pub const LABELS: [&'static str; 4] = ["watch", "trigger", "requeue", "backoff"];
+
     /// A short, bounded label for metrics: `watch`, `trigger`, `requeue` or `backoff`.
     #[must_use]
     pub fn as_str(&self) -> &'static str {
@@ -206,6 +209,19 @@ impl<K: Clone + Eq + Hash> WorkQueue<K> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn labels_list_every_reason() {
+        use super::Reason;
+        for reason in [
+            Reason::Watch,
+            Reason::Trigger("x"),
+            Reason::Requeue,
+            Reason::Backoff,
+        ] {
+            assert!(Reason::LABELS.contains(&reason.as_str()), "{reason:?}");
+        }
+    }
+
     use super::*;
     use std::time::Duration;
 

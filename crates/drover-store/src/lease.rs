@@ -428,6 +428,7 @@ async fn keep_alive_loop(
                 return;
             }
             Ping::Failed(reason) => {
+                store.inner.pool.metrics.retried("lease_keep_alive");
                 let from = store.inner.pool.at(endpoint).url;
                 endpoint = store.inner.pool.after(endpoint);
                 tracing::debug!(

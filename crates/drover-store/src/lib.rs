@@ -13,6 +13,8 @@
 //! - [`bare_client`]: an etcd-client of its own with the same TLS and user, for benchmarks.
 //! - [`Store::ensure_role`], [`Store::ensure_user`], [`Store::enable_auth`]: etcd's users and
 //!   roles, for `drover admin bootstrap`.
+//! - [`Store::register_metrics`]: request latency, retries and endpoint failovers as
+//!   `store_*` families in a Prometheus registry ([`metrics`]).
 //! - [`ETCD_SERVER_FLAGS`]: the server flags of every etcd Drover starts itself.
 //! - [`Election`]: campaign, [`Leadership`] with its [`Fence`], `leader`/`observe`.
 //! - [`watcher()`]: list + watch as a state machine; [`reflector`] keeps a local cache of it, and
@@ -26,6 +28,7 @@ pub mod election;
 mod error;
 pub mod lease;
 mod maintenance;
+pub mod metrics;
 mod pool;
 pub mod reflector;
 mod security;

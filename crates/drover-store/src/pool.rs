@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use crate::backoff::Backoff;
 use crate::config::StoreConfig;
 use crate::error::{classify, describe, Class, Error, Result};
+use crate::metrics::StoreMetrics;
 use crate::security::{self, Credentials};
 
 /// One endpoint with its client and health mark.
@@ -50,6 +51,8 @@ pub(crate) struct Pool {
     cooldown: Duration,
     user: Option<Credentials>,
     auth_timeout: Duration,
+    /// Latency, retries and failovers of every call made through this pool.
+    pub(crate) metrics: StoreMetrics,
 }
 
 /// A client picked for one attempt, and where it points.
@@ -107,6 +110,8 @@ impl Pool {
                 auth: tokio::sync::Mutex::new(()),
             });
         }
+        let metrics = StoreMetrics::default();
+        metrics.endpoints(endpoints.iter().map(|e| e.url.as_str()));
         Ok(Pool {
             endpoints,
             preferred: AtomicUsize::new(0),
@@ -114,6 +119,7 @@ impl Pool {
             cooldown: cfg.dead_endpoint_cooldown,
             user: loaded.user,
             auth_timeout: cfg.request_timeout,
+            metrics,
         })
     }
 
@@ -263,6 +269,7 @@ impl Pool {
     pub(crate) async fn mark_dead(&self, index: usize, reason: &str) {
         let e = &self.endpoints[index];
         tracing::warn!(endpoint = %e.url, %reason, "etcd endpoint failed; avoiding it for a while");
+        self.metrics.failed_over(&e.url);
         let fresh = build_client(&e.url, &self.options).await.ok();
         {
             let mut st = lock(&e.state);
@@ -297,7 +304,29 @@ impl Pool {
     ///   that is retried for every call.
     /// - Compaction, a missing lease, rejections and a refused user are returned at once,
     ///   never retried.
+    /// - Every call is timed into `store_request_duration_seconds{op}` (retries included), and
+    ///   each repeated attempt counts in `store_retries_total{op}` (see [`crate::metrics`]).
     pub(crate) async fn call<T, F, Fut>(
+        &self,
+        op: &'static str,
+        idem: Idempotency,
+        timeout: Duration,
+        backoff: &mut Backoff,
+        f: F,
+    ) -> Result<T>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let started = Instant::now();
+        let result = self.attempts(op, idem, timeout, backoff, f).await;
+        self.metrics
+            .finished(op, started.elapsed(), result.is_err());
+        result
+    }
+
+    /// [`call`](Self::call)'s retry loop, untimed.
+    async fn attempts<T, F, Fut>(
         &self,
         op: &'static str,
         idem: Idempotency,
@@ -346,6 +375,7 @@ impl Pool {
             match backoff.next_wait() {
                 Some(wait) => {
                     tracing::debug!(op, endpoint = %p.url, %reason, ?wait, "retrying etcd call");
+                    self.metrics.retried(op);
                     tokio::time::sleep(wait).await;
                 }
                 None => {

@@ -247,6 +247,16 @@ impl Store {
         &self.inner.cfg
     }
 
+    /// Exports this store's request latency, retries and endpoint failovers as `store_*`
+    /// families in `registry` (see [`crate::metrics`]). Clones of a store share the counts.
+    ///
+    /// # Caveats
+    /// Once per registry, even for several clones of one store: twice would export every
+    /// family twice, which Prometheus rejects.
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.inner.pool.metrics.register(registry);
+    }
+
     pub(crate) fn backoff(&self) -> Backoff {
         Backoff::new(&self.inner.cfg.retry)
     }

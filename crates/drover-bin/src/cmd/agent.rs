@@ -3,11 +3,12 @@
 //! (scale tests). SIGTERM revokes the lease and stops instances (`--keep-running` leaves them).
 
 use drover_agent::retained::RetainConfig;
-use drover_agent::{Agent, AgentConfig, HollowConfig};
+use drover_agent::{Agent, AgentConfig, HollowConfig, HollowNodes};
 use drover_api::node::Capacity;
-use prometheus_client::registry::Registry;
 
-use super::daemon::{readiness, serve_admin, shutdown_on_signals};
+use super::daemon::{
+    polled_readiness, process_registry, readiness, serve_admin, shutdown_on_signals,
+};
 use crate::cli::{AgentArgs, DriverFlag};
 use drover_cli::cli::Global;
 use drover_cli::cmd::connect;
@@ -20,7 +21,7 @@ pub async fn run(global: &Global, args: AgentArgs) -> CliResult {
     let config = config(&args)?;
     let shutdown = shutdown_on_signals()?;
     let (store, keys) = connect(global).await?;
-    let mut registry = Registry::with_prefix("drover");
+    let mut registry = process_registry(&store);
     let agent = Agent::start(store, keys, config, &mut registry, shutdown.clone())
         .await
         .map_err(|error| match error {
@@ -28,19 +29,12 @@ pub async fn run(global: &Global, args: AgentArgs) -> CliResult {
             _ => CliError::failure(format!("agent: {error}")),
         })?;
     let handle = agent.handle();
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    let watcher = handle.clone();
-    tokio::spawn(async move {
-        watcher.wait_ready().await;
-        let _ = tx.send(true);
-    });
-    let ready = readiness(rx, |ready| {
-        if *ready {
-            Ok(())
-        } else {
-            Err("not registered yet".to_string())
-        }
-    });
+    // Live, not latched: a fenced or re-registering agent answers 503 again.
+    let watched = handle.clone();
+    let ready = polled_readiness(
+        move || watched.readiness().map_err(|why| why.to_string()),
+        shutdown.clone(),
+    );
     serve_admin(args.metrics_addr, registry, ready, shutdown.clone()).await?;
     tracing::info!(node = %handle.node(), address = %handle.address(), "agent started");
     agent
@@ -121,7 +115,7 @@ async fn run_hollow(global: &Global, args: AgentArgs, count: usize) -> CliResult
     }
     let shutdown = shutdown_on_signals()?;
     let (store, keys) = connect(global).await?;
-    let mut registry = Registry::with_prefix("drover");
+    let mut registry = process_registry(&store);
     let (tx, rx) = tokio::sync::watch::channel(0usize);
     let ready = readiness(rx, move |registered| {
         if *registered == count {
@@ -130,9 +124,10 @@ async fn run_hollow(global: &Global, args: AgentArgs, count: usize) -> CliResult
             Err(format!("{registered}/{count} hollow nodes registered"))
         }
     });
-    let admin_registry = Registry::default();
-    serve_admin(args.metrics_addr, admin_registry, ready, shutdown.clone()).await?;
-    drover_agent::run_hollow(store, keys, config, &mut registry, shutdown, Some(tx))
-        .await
-        .map_err(|error| CliError::failure(format!("hollow agent: {error}")))
+    // The nodes register their families first, so the endpoint serves the registry they count in.
+    let hollow = HollowNodes::start(store, keys, config, &mut registry)
+        .map_err(|error| CliError::failure(format!("hollow agent: {error}")))?;
+    serve_admin(args.metrics_addr, registry, ready, shutdown.clone()).await?;
+    hollow.run_until(shutdown, Some(tx)).await;
+    Ok(())
 }

@@ -3,9 +3,8 @@
 //! so a standby takes over without waiting for the lease to expire.
 
 use drover_controller::{Controller, ControllerConfig, Metrics};
-use prometheus_client::registry::Registry;
 
-use super::daemon::{readiness, serve_admin, shutdown_on_signals};
+use super::daemon::{process_registry, readiness, serve_admin, shutdown_on_signals};
 use crate::cli::ControllerArgs;
 use drover_cli::cli::Global;
 use drover_cli::cmd::connect;
@@ -24,7 +23,7 @@ pub async fn run(global: &Global, args: ControllerArgs) -> CliResult {
         .map_err(|error| CliError::usage(format!("controller config: {error}")))?;
     let shutdown = shutdown_on_signals()?;
     let (store, keys) = connect(global).await?;
-    let mut registry = Registry::with_prefix("drover");
+    let mut registry = process_registry(&store);
     let metrics = Metrics::register(&mut registry);
     let id = config.id.clone();
     let controller = Controller::with_metrics(store, keys, config, metrics)

@@ -1,8 +1,9 @@
-//! What the daemons (`controller`, `agent`) share: a Prometheus registry, the admin endpoint,
-//! and a shutdown token cancelled by SIGTERM or Ctrl-C.
+//! What the daemons (`controller`, `agent`, `up`) share: the process's one Prometheus
+//! registry, the admin endpoint, and a shutdown token cancelled by SIGTERM or Ctrl-C.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use prometheus_client::registry::Registry;
 use tokio::signal::unix::{signal, SignalKind};
@@ -11,6 +12,18 @@ use tokio_util::sync::CancellationToken;
 
 use drover_cli::exit::{CliError, CliResult};
 use drover_runtime::admin::{self, Readiness};
+use drover_store::Store;
+
+/// How often [`polled_readiness`] looks again.
+const READINESS_POLL: Duration = Duration::from_millis(100);
+
+/// The process's one registry (`drover_*`, with `drover_build_info`), with `store`'s
+/// request metrics in it. Register every component of the process into this one.
+pub fn process_registry(store: &Store) -> Registry {
+    let mut registry = drover_runtime::process_registry(env!("CARGO_PKG_VERSION"));
+    store.register_metrics(&mut registry);
+    registry
+}
 
 /// A token cancelled on the first SIGTERM or SIGINT.
 pub fn shutdown_on_signals() -> CliResult<CancellationToken> {
@@ -57,6 +70,33 @@ where
             let state = update(&source.borrow());
             if tx.send(state).is_err() {
                 break;
+            }
+        }
+    });
+    rx
+}
+
+/// A readiness channel that follows `check`, looked at every [`READINESS_POLL`] until
+/// `shutdown`: for states that change without a channel of their own to watch.
+pub fn polled_readiness<F>(check: F, shutdown: CancellationToken) -> Readiness
+where
+    F: Fn() -> Result<(), String> + Send + 'static,
+{
+    let (tx, rx) = watch::channel(check());
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(READINESS_POLL) => {}
+            }
+            let state = check();
+            tx.send_if_modified(|old| {
+                let changed = *old != state;
+                *old = state;
+                changed
+            });
+            if tx.is_closed() {
+                return;
             }
         }
     });

@@ -1,8 +1,9 @@
 //! `drover up`: a whole local cluster in one command. Uses the etcd at `--etcd` when one answers
 //! there, otherwise starts `etcd` from PATH with its data under `--state-dir`; runs one
 //! controller and one agent (docker where the daemon answers, processes otherwise) in this
-//! process; applies the example manifest, waits until its instances run, lists them, and sends
-//! the echo request to the first published port.
+//! process; serves their metrics (one registry) with `/healthz` and `/readyz` on
+//! `--metrics-addr` and prints where; applies the example manifest, waits until its instances
+//! run, lists them, and sends the echo request to the first published port.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -14,10 +15,10 @@ use drover_api::keys::Keys;
 use drover_api::task::Task;
 use drover_controller::{Controller, ControllerConfig};
 use drover_store::Store;
-use prometheus_client::registry::Registry;
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
+use super::daemon::{polled_readiness, process_registry, serve_admin};
 use crate::cli::UpArgs;
 use drover_cli::cli::{GetArgs, Global, Resource};
 use drover_cli::cmd::snapshot;
@@ -171,7 +172,7 @@ async fn bring_up(
     running: &mut Running,
 ) -> CliResult {
     let (store, keys) = connect(global).await?;
-    let mut registry = Registry::default();
+    let mut registry = process_registry(&store);
     let controller = Controller::new(
         store.clone(),
         keys.clone(),
@@ -179,6 +180,7 @@ async fn bring_up(
         &mut registry,
     )
     .map_err(|error| CliError::failure(format!("controller: {error}")))?;
+    let controller_status = controller.status();
     running.controller = Some(tokio::spawn(controller.run(shutdown.clone())));
     let mut agent_config = AgentConfig::new(UP_NODE);
     agent_config.state_dir = args.state_dir.join("agent").join(UP_NODE);
@@ -198,6 +200,22 @@ async fn bring_up(
             tracing::error!(%error, "agent stopped");
         }
     }));
+    let watched = handle.clone();
+    let ready = polled_readiness(
+        move || {
+            if !controller_status.borrow().ready() {
+                return Err("controller: not leading and synced yet".to_string());
+            }
+            watched
+                .readiness()
+                .map_err(|why| format!("agent {UP_NODE}: {why}"))
+        },
+        shutdown.clone(),
+    );
+    let served = serve_admin(Some(args.metrics_addr), registry, ready, shutdown.clone()).await?;
+    if let Some(bound) = served {
+        eprintln!("metrics at http://{bound}/metrics (health: /healthz, readiness: /readyz)");
+    }
     tokio::time::timeout(READY_TIMEOUT, handle.wait_ready())
         .await
         .map_err(|_| CliError::failure("the local agent did not register in time"))?;
