@@ -40,12 +40,16 @@ async fn controller_with_view(etcd: &Etcd) -> (Daemon, SocketAddr) {
             &addr.to_string(),
         ],
     );
-    wait_for(Duration::from_secs(20), Duration::from_millis(100), || async {
-        drover_runtime::http::get(addr, "/api/summary", HTTP_TIMEOUT)
-            .await
-            .ok()
-            .filter(|r| r.status == 200)
-    })
+    wait_for(
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || async {
+            drover_runtime::http::get(addr, "/api/summary", HTTP_TIMEOUT)
+                .await
+                .ok()
+                .filter(|r| r.status == 200)
+        },
+    )
     .await
     .unwrap_or_else(|_| panic!("the web view answers; log:\n{}", daemon.log_text()));
     (daemon, addr)
@@ -97,7 +101,12 @@ async fn pages_and_stream_show_foreign_values_as_invalid_and_push_changes() {
     let raw = |key: String, value: &str| {
         let store = etcd.store.clone();
         let value = value.to_string();
-        async move { store.put_raw(&key, value.into_bytes(), None).await.expect("put") }
+        async move {
+            store
+                .put_raw(&key, value.into_bytes(), None)
+                .await
+                .expect("put")
+        }
     };
     raw(etcd.keys.node("stranger"), "{\"not\": \"a node\"}").await;
     raw(etcd.keys.task("default", "garbled"), "not json at all").await;
@@ -106,10 +115,14 @@ async fn pages_and_stream_show_foreign_values_as_invalid_and_push_changes() {
         next["revision"].as_i64() > first["revision"].as_i64(),
         "{first} then {next}"
     );
-    let nodes = wait_for(Duration::from_secs(10), Duration::from_millis(100), || async {
-        let page = get_json(addr, "/api/nodes").await;
-        (page["total"] == 1).then_some(page)
-    })
+    let nodes = wait_for(
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || async {
+            let page = get_json(addr, "/api/nodes").await;
+            (page["total"] == 1).then_some(page)
+        },
+    )
     .await
     .expect("the undecodable node is listed");
     let row = &nodes["items"][0];
@@ -118,7 +131,10 @@ async fn pages_and_stream_show_foreign_values_as_invalid_and_push_changes() {
     assert_eq!(row["invalid"]["key"], etcd.keys.node("stranger"));
     let tasks = get_json(addr, "/api/tasks").await;
     assert_eq!(tasks["items"][0]["name"], "garbled");
-    assert_eq!(tasks["items"][0]["invalid"]["key"], etcd.keys.task("default", "garbled"));
+    assert_eq!(
+        tasks["items"][0]["invalid"]["key"],
+        etcd.keys.task("default", "garbled")
+    );
     let invalid = get_json(addr, "/api/invalid").await;
     assert_eq!(invalid["total"], 2, "{invalid}");
     let summary = get_json(addr, "/api/summary").await;
@@ -126,15 +142,22 @@ async fn pages_and_stream_show_foreign_values_as_invalid_and_push_changes() {
     assert_eq!(summary["replica"]["id"], "c0");
 
     // Read-only, and the page and its script are served.
-    let page = drover_runtime::http::get(addr, "/", HTTP_TIMEOUT).await.expect("GET /");
-    assert!(String::from_utf8_lossy(&page.body).contains("/app.js"));
-    let script = drover_runtime::http::get(addr, "/app.js", HTTP_TIMEOUT).await.expect("GET");
-    assert!(String::from_utf8_lossy(&script.body).contains("EventSource"));
-    let post = drover_runtime::http::post(addr, "/api/tasks", "application/json", "{}", HTTP_TIMEOUT)
+    let page = drover_runtime::http::get(addr, "/", HTTP_TIMEOUT)
         .await
-        .expect("POST answers");
+        .expect("GET /");
+    assert!(String::from_utf8_lossy(&page.body).contains("/app.js"));
+    let script = drover_runtime::http::get(addr, "/app.js", HTTP_TIMEOUT)
+        .await
+        .expect("GET");
+    assert!(String::from_utf8_lossy(&script.body).contains("EventSource"));
+    let post =
+        drover_runtime::http::post(addr, "/api/tasks", "application/json", "{}", HTTP_TIMEOUT)
+            .await
+            .expect("POST answers");
     assert_eq!(post.status, 405);
-    let missing = drover_runtime::http::get(addr, "/api/nope", HTTP_TIMEOUT).await.expect("GET");
+    let missing = drover_runtime::http::get(addr, "/api/nope", HTTP_TIMEOUT)
+        .await
+        .expect("GET");
     assert_eq!(missing.status, 404);
 }
 
@@ -186,15 +209,21 @@ impl Browser {
         // Keep draining its stderr so chromium never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         let devtools: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-        let ws_url = wait_for(Duration::from_secs(20), Duration::from_millis(200), || async {
-            let r = drover_runtime::http::get(devtools, "/json/list", HTTP_TIMEOUT).await.ok()?;
-            let targets: serde_json::Value = serde_json::from_slice(&r.body).ok()?;
-            targets
-                .as_array()?
-                .iter()
-                .find(|t| t["type"] == "page")
-                .and_then(|t| t["webSocketDebuggerUrl"].as_str().map(str::to_string))
-        })
+        let ws_url = wait_for(
+            Duration::from_secs(20),
+            Duration::from_millis(200),
+            || async {
+                let r = drover_runtime::http::get(devtools, "/json/list", HTTP_TIMEOUT)
+                    .await
+                    .ok()?;
+                let targets: serde_json::Value = serde_json::from_slice(&r.body).ok()?;
+                targets
+                    .as_array()?
+                    .iter()
+                    .find(|t| t["type"] == "page")
+                    .and_then(|t| t["webSocketDebuggerUrl"].as_str().map(str::to_string))
+            },
+        )
         .await
         .expect("chromium lists its page");
         let (ws, _) = tokio_tungstenite::connect_async(ws_url.as_str())
@@ -223,7 +252,9 @@ impl Browser {
                 .expect("a devtools answer within 30 s")
                 .expect("devtools open")
                 .expect("devtools message");
-            let Message::Text(text) = message else { continue };
+            let Message::Text(text) = message else {
+                continue;
+            };
             let reply: serde_json::Value = serde_json::from_str(&text).expect("devtools json");
             if reply["id"] == id {
                 assert!(reply.get("error").is_none(), "{method}: {reply}");
@@ -294,7 +325,10 @@ impl Browser {
 
     async fn screenshot(&mut self, path: &Path) {
         let shot = self
-            .call("Page.captureScreenshot", serde_json::json!({"format": "png"}))
+            .call(
+                "Page.captureScreenshot",
+                serde_json::json!({"format": "png"}),
+            )
             .await;
         let png = base64::engine::general_purpose::STANDARD
             .decode(shot["data"].as_str().expect("png data"))
@@ -337,14 +371,18 @@ fn process_agent(etcd: &Etcd, node: &str, state: &Path) -> Daemon {
 }
 
 async fn wait_node(etcd: &Etcd, node: &str) {
-    wait_for(Duration::from_secs(20), Duration::from_millis(100), || async {
-        etcd.store
-            .get_raw(&etcd.keys.node(node))
-            .await
-            .ok()
-            .flatten()
-            .map(|_| ())
-    })
+    wait_for(
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || async {
+            etcd.store
+                .get_raw(&etcd.keys.node(node))
+                .await
+                .ok()
+                .flatten()
+                .map(|_| ())
+        },
+    )
     .await
     .unwrap_or_else(|_| panic!("{node} registers"));
 }
@@ -353,7 +391,12 @@ async fn wait_node(etcd: &Etcd, node: &str) {
 /// SIGKILLed agent leaves its copy behind, as a crashed host's would be gone).
 fn kill_recorded(file: &Path) {
     for pid in std::fs::read_to_string(file).unwrap_or_default().lines() {
-        if let Some(pid) = pid.trim().parse().ok().and_then(rustix::process::Pid::from_raw) {
+        if let Some(pid) = pid
+            .trim()
+            .parse()
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+        {
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
         }
     }
@@ -371,11 +414,15 @@ async fn a_real_browser_shows_apply_and_node_death_live() {
     };
     let etcd = Etcd::start().await;
     let (_controller, addr) = controller_with_view(&etcd).await;
-    let (state_a, state_b) = (tempfile::tempdir().expect("dir"), tempfile::tempdir().expect("dir"));
+    let (state_a, state_b) = (
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    );
     let mut agent_a = process_agent(&etcd, "node-a", state_a.path());
     wait_node(&etcd, "node-a").await;
 
-    let mut browser = Browser::open(&chromium, &format!("http://{addr}/#task/default/webtest")).await;
+    let mut browser =
+        Browser::open(&chromium, &format!("http://{addr}/#task/default/webtest")).await;
     // The page is up and shows the task as absent; mark this page load.
     browser
         .wait_text("No such task", Duration::from_secs(30))
@@ -389,7 +436,9 @@ async fn a_real_browser_shows_apply_and_node_death_live() {
         pid_file.display()
     );
     let (_dir, path) = manifest(&doc);
-    etcd.cli.ok(&["apply", "-f", path.to_str().expect("utf-8")]).await;
+    etcd.cli
+        .ok(&["apply", "-f", path.to_str().expect("utf-8")])
+        .await;
     browser
         .wait_running_on("webtest", "node-a", Duration::from_secs(30))
         .await;
@@ -401,17 +450,27 @@ async fn a_real_browser_shows_apply_and_node_death_live() {
     let text = browser
         .wait_running_on("webtest", "node-b", Duration::from_secs(30))
         .await;
-    assert!(!text.contains("\tnode-a\tRunning"), "the old copy is gone from the page:\n{text}");
+    assert!(
+        !text.contains("\tnode-a\tRunning"),
+        "the old copy is gone from the page:\n{text}"
+    );
     assert_eq!(
         browser.eval("window.__droverLoad").await,
         "first",
         "the page was never reloaded"
     );
-    assert_eq!(browser.eval("document.querySelector('#live').textContent").await, "live");
+    assert_eq!(
+        browser
+            .eval("document.querySelector('#live').textContent")
+            .await,
+        "live"
+    );
     if let Some(path) = std::env::var_os("DROVER_WEB_SCREENSHOT") {
         browser.eval("location.hash = '#tasks'").await;
         tokio::time::sleep(Duration::from_millis(300)).await;
-        browser.eval("location.hash = '#task/default/webtest'").await;
+        browser
+            .eval("location.hash = '#task/default/webtest'")
+            .await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         browser.screenshot(Path::new(&path)).await;
     }

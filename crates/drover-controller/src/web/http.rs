@@ -158,22 +158,29 @@ fn text(status: StatusCode, body: &'static str) -> Response {
     respond(status, "text/plain; charset=utf-8", body)
 }
 
+/// Builds a page with `build` on a blocking thread (it takes the mirror's lock) and answers it
+/// as JSON.
+async fn page<F>(source: &WebSource, build: F) -> Response
+where
+    F: FnOnce(&WebSource) -> serde_json::Result<Vec<u8>> + Send + 'static,
+{
+    let source = source.clone();
+    match tokio::task::spawn_blocking(move || build(&source)).await {
+        Ok(Ok(body)) => respond(StatusCode::OK, "application/json", body),
+        Ok(Err(_)) | Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "page failed\n"),
+    }
+}
+
 async fn handle(web: &Web, method: &Method, uri: &Uri) -> Response {
     if method != Method::GET && method != Method::HEAD {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "the web view is read-only\n");
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "the web view is read-only\n",
+        );
     }
     let paging = Paging::from_query(uri.query());
     let route = route(web.source.keys(), uri.path());
     let replica = web.source.replica();
-    let json = |build: Box<dyn FnOnce(&WebSource) -> serde_json::Result<Vec<u8>> + Send>| {
-        let source = web.source.clone();
-        async move {
-            match tokio::task::spawn_blocking(move || build(&source)).await {
-                Ok(Ok(body)) => respond(StatusCode::OK, "application/json", body),
-                Ok(Err(_)) | Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "page failed\n"),
-            }
-        }
-    };
     match route {
         Route::Index => respond(StatusCode::OK, "text/html; charset=utf-8", INDEX_HTML),
         Route::Script => respond(StatusCode::OK, "text/javascript; charset=utf-8", APP_JS),
@@ -181,53 +188,53 @@ async fn handle(web: &Web, method: &Method, uri: &Uri) -> Response {
         Route::NotFound => text(StatusCode::NOT_FOUND, "not found\n"),
         Route::Stream => stream(web),
         Route::Summary => {
-            json(Box::new(move |src| {
+            page(&web.source, move |src| {
                 src.read(|s, ring| serde_json::to_vec(&pages::summary(s, replica, ring)))
-            }))
+            })
             .await
         }
         Route::Nodes => {
-            json(Box::new(move |src| {
+            page(&web.source, move |src| {
                 src.read(|s, _| serde_json::to_vec(&pages::nodes(s, src.keys(), paging)))
-            }))
+            })
             .await
         }
         Route::Tasks => {
-            json(Box::new(move |src| {
+            page(&web.source, move |src| {
                 src.read(|s, _| serde_json::to_vec(&pages::tasks(s, src.keys(), paging)))
-            }))
+            })
             .await
         }
         Route::Instances(task) => {
-            json(Box::new(move |src| {
+            page(&web.source, move |src| {
                 src.read(|s, _| {
                     serde_json::to_vec(&pages::task_instances(s, src.keys(), &task, paging))
                 })
-            }))
+            })
             .await
         }
         Route::Runs(task) => {
-            json(Box::new(move |src| {
+            page(&web.source, move |src| {
                 src.read(|s, _| serde_json::to_vec(&pages::runs(s, &task, paging)))
-            }))
+            })
             .await
         }
         Route::DeadLetters => {
-            json(Box::new(move |src| {
+            page(&web.source, move |src| {
                 src.read(|s, _| serde_json::to_vec(&pages::dead_letters(s, paging)))
-            }))
+            })
             .await
         }
         Route::Events => {
-            json(Box::new(move |src| {
+            page(&web.source, move |src| {
                 src.read(|_, ring| serde_json::to_vec(&pages::events(ring, paging)))
-            }))
+            })
             .await
         }
         Route::Invalid => {
-            json(Box::new(move |src| {
+            page(&web.source, move |src| {
                 src.read(|s, _| serde_json::to_vec(&pages::invalid(s, src.keys(), paging)))
-            }))
+            })
             .await
         }
     }
@@ -251,7 +258,10 @@ struct Stream {
 
 fn stream(web: &Web) -> Response {
     let Ok(slot) = web.streams.clone().try_acquire_owned() else {
-        return text(StatusCode::SERVICE_UNAVAILABLE, "too many open change streams\n");
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many open change streams\n",
+        );
     };
     let state = Stream {
         notices: web.source.notices(),
@@ -280,7 +290,11 @@ fn stream(web: &Web) -> Response {
             () = tokio::time::sleep(KEEPALIVE) => Some((Ok(Bytes::from_static(b": keepalive\n\n")), st)),
         }
     });
-    let mut response = respond(StatusCode::OK, "text/event-stream", Body::from_stream(frames));
+    let mut response = respond(
+        StatusCode::OK,
+        "text/event-stream",
+        Body::from_stream(frames),
+    );
     response.headers_mut().insert(
         header::CACHE_CONTROL,
         header::HeaderValue::from_static("no-cache"),
@@ -322,7 +336,10 @@ mod tests {
             instances: 3,
             events: 0,
         });
-        assert!(f.starts_with("event: change\ndata: {\"revision\":3,"), "{f}");
+        assert!(
+            f.starts_with("event: change\ndata: {\"revision\":3,"),
+            "{f}"
+        );
         assert!(f.ends_with("\n\n"));
         assert_eq!(f.matches('\n').count(), 3);
     }

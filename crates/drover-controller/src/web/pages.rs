@@ -84,7 +84,10 @@ where
     let pages = total.div_ceil(paging.limit).max(1);
     let page = paging.page.min(pages);
     Page {
-        items: rows.skip((page - 1) * paging.limit).take(paging.limit).collect(),
+        items: rows
+            .skip((page - 1) * paging.limit)
+            .take(paging.limit)
+            .collect(),
         page,
         pages,
         total,
@@ -338,12 +341,7 @@ pub struct TaskRow {
     pub invalid: Option<Invalid>,
 }
 
-fn task_row(
-    s: &Snapshot,
-    keys: &Keys,
-    task: &TaskRef,
-    counts: Option<&(usize, usize)>,
-) -> TaskRow {
+fn task_row(s: &Snapshot, keys: &Keys, task: &TaskRef, counts: Option<&(usize, usize)>) -> TaskRow {
     let spec = s.tasks.get(task).map(|t| &t.value);
     let state = s.taskstates.get(task).map(|t| &t.value.state);
     let task_key = keys.task(&task.namespace, &task.name);
@@ -498,7 +496,10 @@ fn instance_row(s: &Snapshot, keys: &Keys, id: &InstanceId) -> InstanceRow {
         id: id.to_string(),
         node,
         phase: instance_state(s, id).to_string(),
-        status: status.map_or_else(|| instance_state(s, id).to_string(), |st| st.display_status()),
+        status: status.map_or_else(
+            || instance_state(s, id).to_string(),
+            |st| st.display_status(),
+        ),
         restarts: status.map_or(0, |st| st.restart_count),
         exit_code: status.and_then(|st| st.exit_code),
         health: status.map(|st| format!("{:?}", st.health)),

@@ -53,13 +53,25 @@ fn cluster(nodes: usize, instances: u32, running: u32) -> (Keys, Snapshot) {
         let name = format!("n{n}");
         put(&mut s, keys.node(&name), node_json(&name));
     }
-    put(&mut s, keys.task("default", "web"), task_json("web", instances));
+    put(
+        &mut s,
+        keys.task("default", "web"),
+        task_json("web", instances),
+    );
     for slot in 0..instances {
         let id = InstanceId::service("default", "web", slot).expect("id");
         let node = format!("n{}", slot as usize % nodes.max(1));
-        put(&mut s, keys.assignment(&node, &id), assignment_json(&id, &node));
+        put(
+            &mut s,
+            keys.assignment(&node, &id),
+            assignment_json(&id, &node),
+        );
         if slot < running {
-            put(&mut s, keys.status(&node, &id), status_json(&id, &node, "Running"));
+            put(
+                &mut s,
+                keys.status(&node, &id),
+                status_json(&id, &node, "Running"),
+            );
         }
     }
     (keys, s)
@@ -86,7 +98,10 @@ fn paging_reads_the_query_and_clamps() {
             limit: MAX_LIMIT
         }
     );
-    assert_eq!(Paging::from_query(Some("page=abc&limit=")), Paging::default());
+    assert_eq!(
+        Paging::from_query(Some("page=abc&limit=")),
+        Paging::default()
+    );
 }
 
 #[test]
@@ -108,15 +123,34 @@ fn tasks_and_instances_pages() {
     let page = tasks(&s, &keys, Paging::default());
     assert_eq!(page.total, 1);
     let row = &page.items[0];
-    assert_eq!((row.desired, row.running, row.instances), (Some(250), 250, 250));
+    assert_eq!(
+        (row.desired, row.running, row.instances),
+        (Some(250), 250, 250)
+    );
     assert_eq!(row.mode.as_deref(), Some("service"));
 
     let web = TaskRef::new("default", "web");
-    let inst = task_instances(&s, &keys, &web, Paging { page: 3, limit: 100 });
-    assert_eq!((inst.page.page, inst.page.pages, inst.page.items.len()), (3, 3, 50));
+    let inst = task_instances(
+        &s,
+        &keys,
+        &web,
+        Paging {
+            page: 3,
+            limit: 100,
+        },
+    );
+    assert_eq!(
+        (inst.page.page, inst.page.pages, inst.page.items.len()),
+        (3, 3, 50)
+    );
     assert_eq!(inst.phases["Running"], 250);
     assert!(inst.page.items.iter().all(|r| r.phase == "Running"));
-    let none = task_instances(&s, &keys, &TaskRef::new("default", "nope"), Paging::default());
+    let none = task_instances(
+        &s,
+        &keys,
+        &TaskRef::new("default", "nope"),
+        Paging::default(),
+    );
     assert!(none.task.is_none());
     assert_eq!(none.page.total, 0);
 }
@@ -137,11 +171,25 @@ fn values_that_do_not_decode_are_rows_marked_invalid_with_their_key() {
     );
 
     let nodes = nodes(&s, &keys, Paging::default());
-    let n1 = nodes.items.iter().find(|n| n.name == "n1").expect("n1 is a row");
+    let n1 = nodes
+        .items
+        .iter()
+        .find(|n| n.name == "n1")
+        .expect("n1 is a row");
     assert!(n1.alive, "an undecodable node counts as alive");
-    assert_eq!(n1.invalid.as_ref().map(|i| i.key.as_str()), Some("/t/nodes/n1"));
-    let n0 = nodes.items.iter().find(|n| n.name == "n0").expect("n0 is a row");
-    assert_eq!(n0.invalid.as_ref().map(|i| i.key.as_str()), Some("/t/nodeinfo/n0"));
+    assert_eq!(
+        n1.invalid.as_ref().map(|i| i.key.as_str()),
+        Some("/t/nodes/n1")
+    );
+    let n0 = nodes
+        .items
+        .iter()
+        .find(|n| n.name == "n0")
+        .expect("n0 is a row");
+    assert_eq!(
+        n0.invalid.as_ref().map(|i| i.key.as_str()),
+        Some("/t/nodeinfo/n0")
+    );
 
     let tasks = tasks(&s, &keys, Paging::default());
     let other = tasks.items.iter().find(|t| t.name == "other").expect("row");
@@ -151,8 +199,18 @@ fn values_that_do_not_decode_are_rows_marked_invalid_with_their_key() {
     );
     assert!(other.mode.is_none());
 
-    let inst = task_instances(&s, &keys, &TaskRef::new("default", "web"), Paging::default());
-    let row = inst.page.items.iter().find(|r| r.id == id.to_string()).expect("row");
+    let inst = task_instances(
+        &s,
+        &keys,
+        &TaskRef::new("default", "web"),
+        Paging::default(),
+    );
+    let row = inst
+        .page
+        .items
+        .iter()
+        .find(|r| r.id == id.to_string())
+        .expect("row");
     assert_eq!(row.phase, "Invalid");
     assert_eq!(
         row.invalid.as_ref().map(|i| i.key.clone()),
@@ -177,7 +235,11 @@ fn a_task_breaking_applys_rules_is_invalid_with_the_reason() {
         .expect("decodes");
     s.revalidate();
     let page = tasks(&s, &keys, Paging::default());
-    let row = page.items.iter().find(|t| t.name == "mismatch").expect("row");
+    let row = page
+        .items
+        .iter()
+        .find(|t| t.name == "mismatch")
+        .expect("row");
     assert!(row.invalid.is_some(), "{row:?}");
 }
 

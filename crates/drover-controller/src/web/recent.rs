@@ -153,7 +153,10 @@ mod tests {
         let mut r = RecentEvents::default();
         for i in 0..(RECENT_EVENTS as i64 + 20) {
             let key = format!("/drover/events/default/e{i:05}");
-            r.observe(&k, &Ok(WatchEvent::Apply(item(&key, i + 1, event("Scheduled")))));
+            r.observe(
+                &k,
+                &Ok(WatchEvent::Apply(item(&key, i + 1, event("Scheduled")))),
+            );
         }
         assert_eq!(r.live().len(), RECENT_EVENTS);
         let bad = item("/drover/events/default/zz", 10_000, serde_json::json!([1]));
@@ -163,25 +166,59 @@ mod tests {
         assert!(matches!(first, Kept::Invalid(_)));
         let key = key.to_string();
         // Other keys are not events.
-        r.observe(&k, &Ok(WatchEvent::Apply(item("/drover/nodes/n1", 20_000, event("x")))));
-        assert_eq!(r.live().newest_first().next().map(|(k, _)| k), Some(key.as_str()));
+        r.observe(
+            &k,
+            &Ok(WatchEvent::Apply(item(
+                "/drover/nodes/n1",
+                20_000,
+                event("x"),
+            ))),
+        );
+        assert_eq!(
+            r.live().newest_first().next().map(|(k, _)| k),
+            Some(key.as_str())
+        );
     }
 
     #[test]
     fn a_relist_is_swapped_in_whole_and_deletes_remove() {
         let k = Keys::new("/drover");
         let mut r = RecentEvents::default();
-        r.observe(&k, &Ok(WatchEvent::Apply(item("/drover/events/default/a", 1, event("A")))));
-        r.observe(&k, &Ok(WatchEvent::Init));
-        r.observe(&k, &Ok(WatchEvent::InitApply(item("/drover/events/default/b", 5, event("B")))));
-        // Until the listing is done the old ring is shown.
-        assert_eq!(r.live().newest_first().next().map(|(k, _)| k), Some("/drover/events/default/a"));
-        r.observe(&k, &Ok(WatchEvent::InitDone { revision: 5 }));
-        assert_eq!(r.live().len(), 1);
-        assert_eq!(r.live().newest_first().next().map(|(k, _)| k), Some("/drover/events/default/b"));
         r.observe(
             &k,
-            &Ok(WatchEvent::Delete { key: "/drover/events/default/b".into(), mod_revision: 6, prev: None }),
+            &Ok(WatchEvent::Apply(item(
+                "/drover/events/default/a",
+                1,
+                event("A"),
+            ))),
+        );
+        r.observe(&k, &Ok(WatchEvent::Init));
+        r.observe(
+            &k,
+            &Ok(WatchEvent::InitApply(item(
+                "/drover/events/default/b",
+                5,
+                event("B"),
+            ))),
+        );
+        // Until the listing is done the old ring is shown.
+        assert_eq!(
+            r.live().newest_first().next().map(|(k, _)| k),
+            Some("/drover/events/default/a")
+        );
+        r.observe(&k, &Ok(WatchEvent::InitDone { revision: 5 }));
+        assert_eq!(r.live().len(), 1);
+        assert_eq!(
+            r.live().newest_first().next().map(|(k, _)| k),
+            Some("/drover/events/default/b")
+        );
+        r.observe(
+            &k,
+            &Ok(WatchEvent::Delete {
+                key: "/drover/events/default/b".into(),
+                mod_revision: 6,
+                prev: None,
+            }),
         );
         assert!(r.live().is_empty());
     }

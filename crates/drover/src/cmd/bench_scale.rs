@@ -344,8 +344,8 @@ impl Run<'_> {
                     duration(view.slowest.0)
                 ),
             );
-            let growth = (view.rss_after_kib as f64 / view.rss_before_kib.max(1) as f64 - 1.0)
-                * 100.0;
+            let growth =
+                (view.rss_after_kib as f64 / view.rss_before_kib.max(1) as f64 - 1.0) * 100.0;
             report.row(
                 "web view: c0 RSS before → with the view open",
                 format!(

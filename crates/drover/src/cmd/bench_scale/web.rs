@@ -62,9 +62,8 @@ async fn fetch(addr: SocketAddr, path: &'static str) -> CliResult<Duration> {
 
 /// Measures the view served at `addr` by the controller process `pid`.
 pub async fn measure(addr: SocketAddr, pid: u32) -> CliResult<Figures> {
-    let rss = || {
-        vm_rss_kib(pid).ok_or_else(|| CliError::failure("cannot read the controller's VmRSS"))
-    };
+    let rss =
+        || vm_rss_kib(pid).ok_or_else(|| CliError::failure("cannot read the controller's VmRSS"));
     let rss_before_kib = rss()?;
     let first = [
         "/",
