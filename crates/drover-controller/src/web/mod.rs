@@ -90,3 +90,66 @@ impl WebSource {
         f(state.relist.live(), state.events.live())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use drover_store::watcher::Event as WatchEvent;
+    use drover_store::Versioned;
+
+    use super::*;
+
+    fn put(key: String, value: serde_json::Value, rev: i64) -> WatchEvent<serde_json::Value> {
+        WatchEvent::Apply(Versioned {
+            key,
+            value,
+            create_revision: rev,
+            mod_revision: rev,
+            version: 1,
+            lease: None,
+        })
+    }
+
+    /// A notice goes out once the mirror has applied what it names, never before: a browser
+    /// that re-fetches on it reads the change.
+    #[test]
+    fn the_notice_follows_the_applied_snapshot_and_events_reach_the_ring() {
+        let keys = Keys::new("/t");
+        let mirror = Mirror::new(keys.clone(), Duration::from_millis(20));
+        let status = watch::channel(ControllerStatus::default()).1;
+        let source = WebSource::new(mirror.clone(), keys.clone(), "c0".into(), status);
+        let mut notices = source.notices();
+        let node = serde_json::json!({"name": "n1", "address": "a:1",
+            "capacity": {"cpu": "1000m", "memory": "1Gi"}, "startedAt": "2026-01-01T00:00:00Z"});
+        let event = serde_json::json!({"time": "2026-01-01T00:00:00Z", "namespace": "default",
+            "kind": "Node", "name": "n1", "reason": "Registered", "message": "m",
+            "source": "agent"});
+        {
+            let mut feed = mirror.feed.lock().expect("feed");
+            feed.queued.extend([
+                Ok(WatchEvent::Init),
+                Ok(WatchEvent::InitDone { revision: 1 }),
+                Ok(put(keys.node("n1"), node, 2)),
+                Ok(put(keys.event("default", "e1"), event, 3)),
+            ]);
+        }
+        assert!(!notices.has_changed().expect("open"), "nothing applied yet");
+        {
+            let mut state = mirror.planner.lock().expect("state");
+            mirror.apply_queued(&mut state);
+        }
+        assert!(notices.has_changed().expect("open"));
+        let n = *notices.borrow_and_update();
+        assert_eq!((n.revision, n.nodes, n.events, n.tasks), (3, 2, 3, 1));
+        let (alive, events) = source.read(|s, ring| (s.node_present("n1"), ring.len()));
+        assert!(alive);
+        assert_eq!(events, 1);
+        // Applying nothing new sends nothing.
+        {
+            let mut state = mirror.planner.lock().expect("state");
+            mirror.apply_queued(&mut state);
+        }
+        assert!(!notices.has_changed().expect("open"));
+    }
+}

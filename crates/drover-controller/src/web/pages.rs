@@ -387,12 +387,12 @@ fn task_row(s: &Snapshot, keys: &Keys, task: &TaskRef, counts: Option<&(usize, u
     }
 }
 
-/// (instances, running) per task, in one pass over the assignments.
-fn counts_per_task(s: &Snapshot) -> HashMap<TaskRef, (usize, usize)> {
-    let mut counts: HashMap<TaskRef, (usize, usize)> = HashMap::new();
+/// (instances, running) per task `(namespace, name)`, in one pass over the assignments.
+fn counts_per_task(s: &Snapshot) -> HashMap<(&str, &str), (usize, usize)> {
+    let mut counts: HashMap<(&str, &str), (usize, usize)> = HashMap::new();
     for (id, a) in &s.assignments {
         let entry = counts
-            .entry(TaskRef::new(&a.value.namespace, &a.value.task))
+            .entry((a.value.namespace.as_str(), a.value.task.as_str()))
             .or_default();
         entry.0 += 1;
         if s.statuses
@@ -403,10 +403,7 @@ fn counts_per_task(s: &Snapshot) -> HashMap<TaskRef, (usize, usize)> {
         }
     }
     for id in s.opaque_assignments.keys() {
-        counts
-            .entry(TaskRef::new(id.namespace(), id.task()))
-            .or_default()
-            .0 += 1;
+        counts.entry((id.namespace(), id.task())).or_default().0 += 1;
     }
     counts
 }
@@ -417,9 +414,14 @@ pub fn tasks(s: &Snapshot, keys: &Keys, paging: Paging) -> Page<TaskRow> {
     let refs = task_refs(s);
     let counts = counts_per_task(s);
     let total = refs.len();
-    let rows = refs
-        .into_iter()
-        .map(|t| task_row(s, keys, t, counts.get(t)));
+    let rows = refs.into_iter().map(|t| {
+        task_row(
+            s,
+            keys,
+            t,
+            counts.get(&(t.namespace.as_str(), t.name.as_str())),
+        )
+    });
     paginate(rows, total, paging)
 }
 
@@ -529,10 +531,10 @@ pub fn task_instances(s: &Snapshot, keys: &Keys, task: &TaskRef, paging: Paging)
     }
     let exists = s.task_exists(task) || !ids.is_empty();
     let total = ids.len();
+    let counts = (total, phases.get("Running").copied().unwrap_or(0));
     let rows = ids.into_iter().map(|id| instance_row(s, keys, id));
-    let counts = counts_per_task(s);
     TaskInstances {
-        task: exists.then(|| task_row(s, keys, task, counts.get(task))),
+        task: exists.then(|| task_row(s, keys, task, Some(&counts))),
         phases,
         page: paginate(rows, total, paging),
     }
