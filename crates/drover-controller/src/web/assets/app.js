@@ -160,7 +160,9 @@ function onNotice(n) {
   state.seen = n;
   if (!before) return render();
   const view = views[state.view] ? state.view : "tasks";
-  if ((parts[view] || []).some((p) => n[p] !== before[p]) || n.revision !== before.revision) render();
+  // The summary shows nodes, tasks and instances; the view its own parts.
+  const shown = new Set(["nodes", "tasks", "instances", ...(parts[view] || [])]);
+  if ([...shown].some((p) => n[p] !== before[p])) render();
 }
 
 function connect() {
