@@ -327,6 +327,71 @@ mod tests {
         assert_eq!(route(&k, "/etc/passwd"), Route::NotFound);
     }
 
+    /// Reads an HTTP response head from `stream`; returns its status code.
+    async fn status_of(stream: &mut tokio::net::TcpStream) -> u16 {
+        use tokio::io::AsyncReadExt;
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            let n = stream.read(&mut byte).await.expect("read");
+            assert_eq!(
+                n,
+                1,
+                "the head ends early: {}",
+                String::from_utf8_lossy(&head)
+            );
+            head.push(byte[0]);
+        }
+        let text = String::from_utf8_lossy(&head);
+        text.split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .expect("a status code")
+    }
+
+    /// Streams that are never read hold their slot and nothing else; past [`MAX_STREAMS`]
+    /// a new one is refused, and pages are still served.
+    #[tokio::test]
+    async fn streams_are_bounded_and_unread_ones_block_nothing() {
+        use tokio::io::AsyncWriteExt;
+        let keys = Keys::new("/t");
+        let mirror = crate::mirror::Mirror::new(keys.clone(), Duration::from_millis(20));
+        let status = watch::channel(crate::ControllerStatus::default()).1;
+        let source = WebSource::new(mirror.clone(), keys, "c0".into(), status);
+        let shutdown = CancellationToken::new();
+        let addr = serve(
+            "127.0.0.1:0".parse().expect("addr"),
+            source,
+            shutdown.clone(),
+        )
+        .await
+        .expect("serves");
+        let open = |path: &'static str| async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+                .await
+                .expect("write");
+            s
+        };
+        let mut streams = Vec::with_capacity(MAX_STREAMS);
+        for _ in 0..MAX_STREAMS {
+            let mut s = open("/api/stream").await;
+            assert_eq!(status_of(&mut s).await, 200);
+            streams.push(s);
+        }
+        // Many notices while nobody reads: each stream keeps only the newest.
+        for rev in 1..=1000 {
+            mirror
+                .notice
+                .send_modify(|n| n.touch(super::super::notice::Part::Nodes, rev));
+        }
+        let mut refused = open("/api/stream").await;
+        assert_eq!(status_of(&mut refused).await, 503);
+        let mut page = open("/api/summary").await;
+        assert_eq!(status_of(&mut page).await, 200);
+        shutdown.cancel();
+    }
+
     #[test]
     fn a_frame_is_one_sse_event() {
         let f = frame(&Notice {
