@@ -3,7 +3,8 @@
 # rather than a command name: protoc must compile a file importing the well-known protos
 # (Debian's protobuf-compiler only *recommends* libprotobuf-dev, which holds them), etcd and
 # etcdctl must answer --version, curl and python3 must run, openssl must make a certificate
-# (hack/etcd.sh --tls). Packages come from Debian,
+# (hack/etcd.sh --tls), headless chromium must render a page (the web view's browser test).
+# Packages come from Debian,
 # cargo-nextest from crates.io. Safe to run repeatedly; prints what it checked.
 #
 #   hack/install-deps.sh           install what is missing, then verify every capability
@@ -44,6 +45,17 @@ openssl_works() {
   rm -rf "$dir"
   return "$rc"
 }
+# Headless chromium renders about:blank (the web view's browser test drives it over DevTools).
+# --no-sandbox: tests and CI run as root, where chromium's sandbox refuses to start.
+chromium_works() {
+  command -v chromium >/dev/null 2>&1 || return 1
+  local dir rc=0
+  dir="$(mktemp -d)"
+  timeout 60 chromium --headless --disable-gpu --no-sandbox --user-data-dir="$dir" \
+    --dump-dom about:blank 2>/dev/null | grep -q '<body' || rc=1
+  rm -rf "$dir"
+  return "$rc"
+}
 cc_works() {
   command -v cc >/dev/null 2>&1 || return 1
   local dir rc=0
@@ -77,6 +89,7 @@ run_probes() {
   probe "python3" python_works python3
   probe "openssl (certificates for hack/etcd.sh --tls)" openssl_works openssl
   probe "a C compiler and linker" cc_works gcc libc6-dev
+  probe "headless chromium (the web view's browser test)" chromium_works chromium
 }
 
 run_probes
@@ -131,4 +144,4 @@ if ((${#missing[@]})); then
   printf '%s\n' "${report[@]}" >&2
   die "still missing after the install: ${missing[*]}"
 fi
-log "dependencies: protoc (+ well-known protos), etcd, etcdctl, curl, python3, openssl, cc, cargo-nextest, cargo fmt and cargo clippy all work"
+log "dependencies: protoc (+ well-known protos), etcd, etcdctl, curl, python3, openssl, cc, headless chromium, cargo-nextest, cargo fmt and cargo clippy all work"

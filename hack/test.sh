@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone: installs what is missing, checks formatting
 # (`cargo fmt --all --check`) and lints (`cargo clippy --workspace --all-targets -D warnings`),
-# builds the test image where Docker answers, runs every test with cargo-nextest, then the
+# builds the test image where Docker answers, runs every test with cargo-nextest (the web
+# view's headless-Chromium test included: DROVER_REQUIRE_BROWSER=1), then the
 # fault suite's smoke subset (hack/faults.sh --smoke: a few minutes on real hosts). Any of
 # these failing fails the script, and so CI (.ci/run calls exactly this). Tests start their own
 # etcd servers (single node and 3-member clusters) on free loopback ports; nothing needs to be
@@ -15,6 +16,9 @@ cargo fmt --all --check || die "formatting differs from rustfmt's: run cargo fmt
 log "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --quiet --workspace --all-targets -- -D warnings || die "clippy found warnings"
 "$ROOT/hack/build-images.sh"
+# install-deps.sh has checked that headless chromium works: the web view's browser test must
+# run here, not skip (it skips only where chromium is absent and this is unset).
+export DROVER_REQUIRE_BROWSER=1
 log "running the test suite"
 cargo nextest run --workspace --profile ci "$@"
 # The fault suite's smoke subset, on real hosts (containers); the whole suite is

@@ -108,6 +108,11 @@ pub struct ControllerArgs {
     /// Serve /metrics, /healthz and /readyz here (e.g. 127.0.0.1:9464).
     #[arg(long)]
     pub metrics_addr: Option<SocketAddr>,
+    /// Serve the read-only live web view here (e.g. 127.0.0.1:7480): nodes, tasks, instances,
+    /// runs, dead letters and events from this replica's mirror, updated over Server-Sent
+    /// Events. Off unless given.
+    #[arg(long)]
+    pub web_addr: Option<SocketAddr>,
 }
 
 /// `drover agent`.
@@ -230,4 +235,10 @@ pub struct UpArgs {
     /// one registry); port 0 picks a free one. The address served is printed.
     #[arg(long, default_value = "127.0.0.1:9464")]
     pub metrics_addr: SocketAddr,
+    /// Where the controller serves the live web view (its URL is printed).
+    #[arg(long, default_value = "127.0.0.1:7480", conflicts_with = "no_web")]
+    pub web_addr: SocketAddr,
+    /// Do not serve the web view.
+    #[arg(long)]
+    pub no_web: bool,
 }

@@ -90,11 +90,17 @@ async fn own_etcd_with_a_failover_runs_everything_and_moves_nothing() {
             "--replicas-per-task",
             "100",
             "--failover",
+            "--web",
         ],
         None,
     )
     .await;
     value(&rows, "apply → all 200 assigned");
+    value(&rows, "web view: first page");
+    assert!(
+        value(&rows, "web view: c0 RSS before → with the view open").contains(" %)"),
+        "{rows:#?}"
+    );
     value(&rows, "apply → all 200 Running");
     value(&rows, "placements/s");
     value(&rows, "peak RSS (VmHWM), etcd");

@@ -110,6 +110,17 @@ impl Controller {
         self.status.subscribe()
     }
 
+    /// What the web view of this replica reads ([`crate::web::serve`]): its mirror, id and role.
+    #[must_use]
+    pub fn web_source(&self) -> crate::web::WebSource {
+        crate::web::WebSource::new(
+            self.mirror.clone(),
+            self.keys.clone(),
+            self.config.id.clone(),
+            self.status.subscribe(),
+        )
+    }
+
     /// Campaigns, leads and campaigns again until `shutdown` is cancelled.
     ///
     /// # Guarantees

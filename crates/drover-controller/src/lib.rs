@@ -9,6 +9,7 @@
 //! - [`scheduler`] (filter → score → pick) and [`planner`] (`plan(&Snapshot, now) -> Plan`) are
 //!   pure and property-tested; [`commit`] is the fenced write path.
 //! - [`Metrics`]: every family, registered into the caller's Prometheus registry.
+//! - [`web`]: the read-only live web view any replica can serve from its mirror.
 
 pub mod commit;
 pub mod config;
@@ -20,6 +21,7 @@ pub mod planner;
 mod reconcile;
 pub mod scheduler;
 pub mod snapshot;
+pub mod web;
 
 pub use config::{ConfigError, ControllerConfig};
 pub use leader::{Controller, ControllerStatus, Error};

@@ -25,6 +25,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::reconcile::{plan_spacing, Cluster};
 use crate::snapshot::{DecodeError, Snapshot};
+use crate::web::notice::{Notice, Part};
+use crate::web::recent::RecentEvents;
 
 /// A standby applies its queue once it holds this many items...
 const STANDBY_APPLY_ITEMS: usize = 4096;
@@ -46,6 +48,8 @@ pub(crate) struct Mirror {
     trigger: Mutex<Option<Trigger<Cluster>>>,
     /// Set while a standby's background apply runs.
     applying: AtomicBool,
+    /// What the snapshot reached, part by part, once applied: the web view's change notices.
+    pub(crate) notice: watch::Sender<Notice>,
 }
 
 impl Mirror {
@@ -63,10 +67,12 @@ impl Mirror {
             planner: Arc::new(Mutex::new(PlannerState {
                 relist: Relisting::new(Snapshot::default()),
                 reported: BTreeMap::new(),
+                events: RecentEvents::default(),
             })),
             revision: watch::channel(0).0,
             trigger: Mutex::new(None),
             applying: AtomicBool::new(false),
+            notice: watch::channel(Notice::default()).0,
         })
     }
 
@@ -91,7 +97,10 @@ impl Mirror {
                 () = stop.cancelled() => return,
                 item = stream.next() => item,
                 _ = tick.tick() => {
-                    if !self.leading() && !self.queue_is_empty() {
+                    // A leader's plans apply the queue; what no plan is due for (events,
+                    // controller keys) is applied here within a second too, so that the web
+                    // view shows it.
+                    if !self.queue_is_empty() && (!self.leading() || self.applied_long_ago()) {
                         self.apply_in_background();
                     }
                     continue;
@@ -151,6 +160,15 @@ impl Mirror {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .is_some()
+    }
+
+    fn applied_long_ago(&self) -> bool {
+        self.feed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .applied_at
+            .elapsed()
+            >= STANDBY_APPLY_EVERY
     }
 
     fn queue_is_empty(&self) -> bool {
@@ -221,6 +239,8 @@ pub(crate) struct PlannerState {
     pub(crate) relist: Relisting<Snapshot>,
     /// Undecodable keys already reported as events, with the mod revision reported.
     pub(crate) reported: BTreeMap<String, i64>,
+    /// The newest events, for the web view (the snapshot ignores events).
+    pub(crate) events: RecentEvents,
 }
 
 /// What the watch task knows of the items it queued: whether a first listing completed, and
@@ -327,8 +347,21 @@ impl Mirror {
             feed.applied_at = Instant::now();
             std::mem::take(&mut feed.queued)
         };
+        let mut notice = *self.notice.borrow();
         for item in queued {
+            let part = notice.observe(&self.keys, &item);
+            if part == Some(Part::Events)
+                || matches!(item, Ok(WatchEvent::Init | WatchEvent::InitDone { .. }))
+            {
+                state.events.observe(&self.keys, &item);
+            }
             apply(&self.keys, &mut state.relist, item);
         }
+        self.notice.send_if_modified(|current| {
+            let merged = current.merge(notice);
+            let changed = merged != *current;
+            *current = merged;
+            changed
+        });
     }
 }

@@ -285,6 +285,10 @@ pub struct BenchArgs {
     /// (a second controller replica runs as standby from the start).
     #[arg(long)]
     pub failover: bool,
+    /// scale: serve controller c0's web view (`--web-addr`) and, once all instances run,
+    /// measure its first page load and c0's memory with the view open.
+    #[arg(long)]
+    pub web: bool,
     /// scale: the controllers' `--commit-lanes` (transactions of one plan in flight)
     /// [default: the controller's, 8].
     #[arg(long)]

@@ -38,6 +38,13 @@ pub async fn run(global: &Global, args: ControllerArgs) -> CliResult {
         }
     });
     serve_admin(args.metrics_addr, registry, ready, shutdown.clone()).await?;
+    if let Some(addr) = args.web_addr {
+        let bound = drover_controller::web::serve(addr, controller.web_source(), shutdown.clone())
+            .await
+            .map_err(|error| CliError::usage(format!("--web-addr: {error}")))?;
+        tracing::info!(%bound, "serving the web view");
+        eprintln!("web view: http://{bound}/");
+    }
     tracing::info!(%id, "controller replica starting");
     controller.run(shutdown).await;
     tracing::info!(%id, "controller replica stopped");

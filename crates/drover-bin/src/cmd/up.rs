@@ -180,6 +180,21 @@ async fn bring_up(
         &mut registry,
     )
     .map_err(|error| CliError::failure(format!("controller: {error}")))?;
+    if !args.no_web {
+        // The view is a convenience: a taken port costs the view, not the cluster.
+        match drover_controller::web::serve(
+            args.web_addr,
+            controller.web_source(),
+            shutdown.clone(),
+        )
+        .await
+        {
+            Ok(bound) => eprintln!("web view: http://{bound}/"),
+            Err(error) => eprintln!(
+                "no web view: {error} (--web-addr to pick another, --no-web to turn it off)"
+            ),
+        }
+    }
     let controller_status = controller.status();
     running.controller = Some(tokio::spawn(controller.run(shutdown.clone())));
     let mut agent_config = AgentConfig::new(UP_NODE);

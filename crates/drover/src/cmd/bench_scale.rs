@@ -24,6 +24,7 @@ mod own_etcd;
 mod probe;
 mod report;
 mod settings;
+mod web;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -283,9 +284,9 @@ impl Run<'_> {
         let started = Instant::now();
         let ttl = settings.lease_ttl.to_string();
         let lanes = settings.commit_lanes;
-        fleet.start_controller("c0", &ttl, lanes)?;
+        fleet.start_controller("c0", &ttl, lanes, settings.web)?;
         if settings.failover {
-            fleet.start_controller("c1", &ttl, lanes)?;
+            fleet.start_controller("c1", &ttl, lanes, false)?;
         }
         wait(&mut control, fleet, |c| c.leader.is_some()).await?;
         report.row(
@@ -327,6 +328,37 @@ impl Run<'_> {
         wait(&mut progress, fleet, |p| p.all_running.is_some()).await?;
         let to_running = since(applied, progress.borrow().all_running);
         report.row(format!("apply → all {m} Running"), duration(to_running), "");
+
+        if let Some((addr, pid)) = fleet
+            .replica("c0")
+            .and_then(|c0| Some((c0.web?, c0.proc.pid())))
+        {
+            eprintln!("measuring c0's web view at http://{addr}/");
+            let view = web::measure(addr, pid).await?;
+            report.row(
+                "web view: first page (/, app.js, style.css, /api/summary, /api/tasks)",
+                duration(view.first_page),
+                format!(
+                    "one request after the other; slowest {} ({})",
+                    view.slowest.1,
+                    duration(view.slowest.0)
+                ),
+            );
+            let growth =
+                (view.rss_after_kib as f64 / view.rss_before_kib.max(1) as f64 - 1.0) * 100.0;
+            report.row(
+                "web view: c0 RSS before → with the view open",
+                format!(
+                    "{} → {} ({growth:+.1} %)",
+                    kib(view.rss_before_kib),
+                    kib(view.rss_after_kib)
+                ),
+                format!(
+                    "stream open, 10 rounds of 6 pages; {} notices received",
+                    view.notices
+                ),
+            );
+        }
 
         if settings.failover {
             eprintln!("killing the leader");

@@ -30,6 +30,11 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
     /// Reads VmHWM (the kernel's peak resident set) while the process is alive.
     fn sample(&mut self) {
         if self.killed {
@@ -55,6 +60,8 @@ pub struct Replica {
     pub id: String,
     /// Its `--metrics-addr`.
     pub admin: SocketAddr,
+    /// Its `--web-addr`, when it serves the web view.
+    pub web: Option<SocketAddr>,
     /// The process.
     pub proc: Proc,
 }
@@ -151,15 +158,23 @@ impl Fleet {
         Ok(())
     }
 
-    /// Starts `drover controller --id id` with its admin endpoint on a free port.
+    /// Starts `drover controller --id id` with its admin endpoint on a free port, and with
+    /// `web` its web view on another.
     pub fn start_controller(
         &mut self,
         id: &str,
         lease_ttl: &str,
         commit_lanes: Option<usize>,
+        web: bool,
     ) -> CliResult {
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let addr = admin.to_string();
+        let web = if web {
+            Some(SocketAddr::from(([127, 0, 0, 1], free_port()?)))
+        } else {
+            None
+        };
+        let web_arg = web.map(|w| w.to_string());
         let lanes = commit_lanes.map(|n| n.to_string());
         let mut args = vec![
             "controller",
@@ -173,6 +188,9 @@ impl Fleet {
         if let Some(lanes) = &lanes {
             args.extend(["--commit-lanes", lanes]);
         }
+        if let Some(web) = &web_arg {
+            args.extend(["--web-addr", web]);
+        }
         let proc = self.spawn(
             &format!("controller {id}"),
             &format!("controller-{id}.log"),
@@ -181,6 +199,7 @@ impl Fleet {
         self.replicas.push(Replica {
             id: id.to_string(),
             admin,
+            web,
             proc,
         });
         Ok(())

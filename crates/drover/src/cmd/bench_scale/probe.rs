@@ -1,5 +1,5 @@
-//! A minimal HTTP/1.1 GET over loopback, for etcd's `/health` and the controllers' `/readyz`:
-//! one request per connection, status code and body, nothing else.
+//! A minimal HTTP/1.1 GET over loopback, for etcd's `/health`, the controllers' `/readyz` and
+//! the web view's pages: one request per connection, status code and body, nothing else.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -7,8 +7,9 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// The largest answer read; both endpoints answer a few bytes.
-const MAX_ANSWER: u64 = 64 * 1024;
+/// The largest answer read: health endpoints answer a few bytes, a web view page (at most
+/// 100 rows by default) some tens of KiB.
+const MAX_ANSWER: u64 = 1024 * 1024;
 
 /// `GET path` on `addr`: the status code and the body, or `None` when there is no answer
 /// within `timeout` (refused, closed early, not HTTP).

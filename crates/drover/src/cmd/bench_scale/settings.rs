@@ -39,6 +39,8 @@ pub struct Settings {
     pub failover: bool,
     /// `--commit-lanes`, if given.
     pub commit_lanes: Option<usize>,
+    /// `--web`.
+    pub web: bool,
     /// `--timeout`.
     pub timeout: Duration,
     /// Keep the fleet's logs after the run.
@@ -88,6 +90,7 @@ impl Settings {
             lease_ttl: args.lease_ttl.unwrap_or(DEFAULT_LEASE_TTL),
             failover: args.failover,
             commit_lanes: args.commit_lanes,
+            web: args.web,
             timeout: args.timeout.as_std(),
             keep_logs: args.keep_logs,
             sources,
