@@ -100,10 +100,14 @@ mod tests {
 
     use super::*;
 
-    fn put(key: String, value: serde_json::Value, rev: i64) -> WatchEvent<serde_json::Value> {
+    fn put(
+        key: String,
+        value: serde_json::Value,
+        rev: i64,
+    ) -> WatchEvent<Box<serde_json::value::RawValue>> {
         WatchEvent::Apply(Versioned {
             key,
-            value,
+            value: serde_json::value::to_raw_value(&value).expect("JSON"),
             create_revision: rev,
             mod_revision: rev,
             version: 1,

@@ -74,7 +74,7 @@ impl Notice {
     pub fn observe(
         &mut self,
         keys: &Keys,
-        item: &drover_store::Result<WatchEvent<serde_json::Value>>,
+        item: &drover_store::Result<WatchEvent<Box<serde_json::value::RawValue>>>,
     ) -> Option<Part> {
         let (key, revision) = match item {
             Ok(WatchEvent::InitDone { revision }) => {
@@ -121,10 +121,13 @@ mod tests {
     use drover_store::Versioned;
     use proptest::prelude::*;
 
-    fn put(key: &str, rev: i64) -> drover_store::Result<WatchEvent<serde_json::Value>> {
+    fn put(
+        key: &str,
+        rev: i64,
+    ) -> drover_store::Result<WatchEvent<Box<serde_json::value::RawValue>>> {
         Ok(WatchEvent::Apply(Versioned {
             key: key.into(),
-            value: serde_json::json!({}),
+            value: serde_json::value::to_raw_value(&serde_json::json!({})).expect("JSON"),
             create_revision: rev,
             mod_revision: rev,
             version: 1,

@@ -5,10 +5,14 @@ use super::*;
 use drover_store::Versioned;
 use proptest::prelude::*;
 
-fn raw(key: String, value: serde_json::Value, rev: i64) -> Versioned<serde_json::Value> {
+fn raw(
+    key: String,
+    value: serde_json::Value,
+    rev: i64,
+) -> Versioned<Box<serde_json::value::RawValue>> {
     Versioned {
         key,
-        value,
+        value: serde_json::value::to_raw_value(&value).expect("JSON"),
         create_revision: rev,
         mod_revision: rev,
         version: 1,

@@ -85,7 +85,7 @@ impl RecentEvents {
     pub fn observe(
         &mut self,
         keys: &Keys,
-        item: &drover_store::Result<WatchEvent<serde_json::Value>>,
+        item: &drover_store::Result<WatchEvent<Box<serde_json::value::RawValue>>>,
     ) {
         let is_event = |key: &str| matches!(keys.parse(key), Some(Key::Event { .. }));
         match item {
@@ -96,7 +96,7 @@ impl RecentEvents {
                 }
             }
             Ok(WatchEvent::InitApply(v) | WatchEvent::Apply(v)) if is_event(&v.key) => {
-                let kept = match serde_json::from_value::<Event>(v.value.clone()) {
+                let kept = match serde_json::from_str::<Event>(v.value.get()) {
                     Ok(event) => Kept::Event(event),
                     Err(error) => Kept::Invalid(error.to_string()),
                 };
@@ -131,10 +131,14 @@ mod tests {
     use super::*;
     use drover_store::Versioned;
 
-    fn item(key: &str, rev: i64, value: serde_json::Value) -> Versioned<serde_json::Value> {
+    fn item(
+        key: &str,
+        rev: i64,
+        value: serde_json::Value,
+    ) -> Versioned<Box<serde_json::value::RawValue>> {
         Versioned {
             key: key.into(),
-            value,
+            value: serde_json::value::to_raw_value(&value).expect("JSON"),
             create_revision: rev,
             mod_revision: rev,
             version: 1,
