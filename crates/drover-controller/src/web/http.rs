@@ -26,6 +26,8 @@ use super::WebSource;
 
 /// Change streams served at once; more are refused with 503.
 pub const MAX_STREAMS: usize = 64;
+/// Page requests waiting for the mirror's lock at once; more are refused with 503.
+pub const MAX_PAGES_WAITING: usize = 128;
 /// Notices closer together than this are sent as one.
 pub const COALESCE: Duration = Duration::from_millis(250);
 /// A comment line keeps an idle stream open through proxies this often.
@@ -389,6 +391,66 @@ mod tests {
         assert_eq!(status_of(&mut refused).await, 503);
         let mut page = open("/api/summary").await;
         assert_eq!(status_of(&mut page).await, 200);
+        shutdown.cancel();
+    }
+
+    /// Page requests cannot pile up on the mirror's lock: while the planner holds it (a long
+    /// plan at 100,000 instances), a flood of page requests past the bound is answered 503 at
+    /// once instead of each parking a blocking thread on the lock, and the planner's next
+    /// `spawn_blocking` is not queued behind them.
+    #[tokio::test]
+    async fn page_requests_waiting_on_the_planner_lock_are_bounded() {
+        use tokio::io::AsyncWriteExt;
+        let keys = Keys::new("/t");
+        let mirror = crate::mirror::Mirror::new(keys.clone(), Duration::from_millis(20));
+        let status = watch::channel(crate::ControllerStatus::default()).1;
+        let source = WebSource::new(mirror.clone(), keys, "c0".into(), status);
+        let shutdown = CancellationToken::new();
+        let addr = serve(
+            "127.0.0.1:0".parse().expect("addr"),
+            source,
+            shutdown.clone(),
+        )
+        .await
+        .expect("serves");
+        // The planner plans: it holds the lock until told to stop.
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let (locked_tx, locked_rx) = tokio::sync::oneshot::channel();
+        let planner = mirror.planner.clone();
+        let holder = std::thread::spawn(move || {
+            let _state = planner.lock().expect("state");
+            let _ = locked_tx.send(());
+            let _ = held.recv();
+        });
+        locked_rx.await.expect("the planner locks");
+        let mut waiting = Vec::new();
+        for _ in 0..MAX_PAGES_WAITING {
+            let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            s.write_all(b"GET /api/summary HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .expect("write");
+            waiting.push(s);
+        }
+        let mut refused = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        refused
+            .write_all(b"GET /api/summary HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let answer = tokio::time::timeout(Duration::from_secs(5), status_of(&mut refused)).await;
+        let _ = release.send(());
+        holder.join().expect("holder");
+        assert_eq!(
+            answer.ok(),
+            Some(503),
+            "a page request past {MAX_PAGES_WAITING} waiting ones is refused at once"
+        );
+        // Those that waited are served once the plan ends.
+        for mut s in waiting {
+            let code = tokio::time::timeout(Duration::from_secs(10), status_of(&mut s))
+                .await
+                .expect("served after the plan");
+            assert_eq!(code, 200);
+        }
         shutdown.cancel();
     }
 
