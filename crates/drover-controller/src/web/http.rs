@@ -108,6 +108,11 @@ pub fn route(keys: &drover_api::Keys, path: &str) -> Route {
 struct Web {
     source: WebSource,
     streams: Arc<Semaphore>,
+    /// Page requests admitted at once (waiting or building), at most [`MAX_PAGES_WAITING`].
+    pages_waiting: Arc<Semaphore>,
+    /// One page is built at a time, so the planner waits for one page at most and waiting
+    /// requests hold no blocking thread.
+    building: Arc<Semaphore>,
     shutdown: CancellationToken,
 }
 
@@ -126,6 +131,8 @@ pub async fn serve(
     let web = Arc::new(Web {
         source,
         streams: Arc::new(Semaphore::new(MAX_STREAMS)),
+        pages_waiting: Arc::new(Semaphore::new(MAX_PAGES_WAITING)),
+        building: Arc::new(Semaphore::new(1)),
         shutdown: shutdown.clone(),
     });
     let app = Router::new().fallback(move |request: Request<Body>| {
@@ -162,12 +169,29 @@ fn text(status: StatusCode, body: &'static str) -> Response {
 
 /// Builds a page with `build` on a blocking thread (it takes the mirror's lock) and answers it
 /// as JSON.
-async fn page<F>(source: &WebSource, build: F) -> Response
+///
+/// # Guarantees
+/// One page builds at a time and at most [`MAX_PAGES_WAITING`] wait for their turn (on the
+/// reactor, holding no thread); more are refused with 503. So the leader's planner waits for
+/// one page build at most, and a flood of requests neither queues on its lock nor fills the
+/// blocking pool the planner runs on.
+async fn page<F>(web: &Web, build: F) -> Response
 where
     F: FnOnce(&WebSource) -> serde_json::Result<Vec<u8>> + Send + 'static,
 {
-    let source = source.clone();
-    match tokio::task::spawn_blocking(move || build(&source)).await {
+    let Ok(_admitted) = web.pages_waiting.clone().try_acquire_owned() else {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "too many page requests\n");
+    };
+    let Ok(turn) = web.building.clone().acquire_owned().await else {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
+    };
+    let source = web.source.clone();
+    // The turn goes with the build: a client that goes away does not let a second build start.
+    let built = tokio::task::spawn_blocking(move || {
+        let _turn = turn;
+        build(&source)
+    });
+    match built.await {
         Ok(Ok(body)) => respond(StatusCode::OK, "application/json", body),
         Ok(Err(_)) | Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "page failed\n"),
     }
@@ -190,25 +214,25 @@ async fn handle(web: &Web, method: &Method, uri: &Uri) -> Response {
         Route::NotFound => text(StatusCode::NOT_FOUND, "not found\n"),
         Route::Stream => stream(web),
         Route::Summary => {
-            page(&web.source, move |src| {
+            page(web, move |src| {
                 src.read(|s, ring| serde_json::to_vec(&pages::summary(s, replica, ring)))
             })
             .await
         }
         Route::Nodes => {
-            page(&web.source, move |src| {
+            page(web, move |src| {
                 src.read(|s, _| serde_json::to_vec(&pages::nodes(s, src.keys(), paging)))
             })
             .await
         }
         Route::Tasks => {
-            page(&web.source, move |src| {
+            page(web, move |src| {
                 src.read(|s, _| serde_json::to_vec(&pages::tasks(s, src.keys(), paging)))
             })
             .await
         }
         Route::Instances(task) => {
-            page(&web.source, move |src| {
+            page(web, move |src| {
                 src.read(|s, _| {
                     serde_json::to_vec(&pages::task_instances(s, src.keys(), &task, paging))
                 })
@@ -216,25 +240,25 @@ async fn handle(web: &Web, method: &Method, uri: &Uri) -> Response {
             .await
         }
         Route::Runs(task) => {
-            page(&web.source, move |src| {
+            page(web, move |src| {
                 src.read(|s, _| serde_json::to_vec(&pages::runs(s, &task, paging)))
             })
             .await
         }
         Route::DeadLetters => {
-            page(&web.source, move |src| {
+            page(web, move |src| {
                 src.read(|s, _| serde_json::to_vec(&pages::dead_letters(s, paging)))
             })
             .await
         }
         Route::Events => {
-            page(&web.source, move |src| {
+            page(web, move |src| {
                 src.read(|_, ring| serde_json::to_vec(&pages::events(ring, paging)))
             })
             .await
         }
         Route::Invalid => {
-            page(&web.source, move |src| {
+            page(web, move |src| {
                 src.read(|s, _| serde_json::to_vec(&pages::invalid(s, src.keys(), paging)))
             })
             .await

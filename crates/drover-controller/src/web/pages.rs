@@ -76,17 +76,27 @@ pub struct Page<T> {
     pub limit: usize,
 }
 
-/// Page `paging` of `rows`, which hold `total` items; builds only the rows of that page.
-pub fn paginate<I, T>(rows: I, total: usize, paging: Paging) -> Page<T>
+/// Page `paging` of `items`, which hold `total` items, each shown as `row(item)`.
+///
+/// # Guarantees
+/// Builds only the rows of that page: earlier items are skipped before `row` runs (a mapped
+/// iterator's `skip` would build every skipped row), so the last page costs what the first does.
+pub fn paginate<I, T>(
+    items: I,
+    total: usize,
+    paging: Paging,
+    row: impl FnMut(I::Item) -> T,
+) -> Page<T>
 where
-    I: Iterator<Item = T>,
+    I: Iterator,
 {
     let pages = total.div_ceil(paging.limit).max(1);
     let page = paging.page.min(pages);
     Page {
-        items: rows
+        items: items
             .skip((page - 1) * paging.limit)
             .take(paging.limit)
+            .map(row)
             .collect(),
         page,
         pages,
@@ -282,7 +292,7 @@ pub fn nodes(s: &Snapshot, keys: &Keys, paging: Paging) -> Page<NodeRow> {
         *per_node.entry(o.node.as_str()).or_default() += 1;
     }
     let total = names.len();
-    let rows = names.into_iter().map(|name| {
+    paginate(names.into_iter(), total, paging, |name| {
         let node = s.nodes.get(name).map(|n| &n.value);
         let info = s.nodeinfos.get(name).map(|i| &i.value);
         let invalid = [keys.node(name), keys.nodeinfo(name)]
@@ -306,8 +316,7 @@ pub fn nodes(s: &Snapshot, keys: &Keys, paging: Paging) -> Page<NodeRow> {
             dead_since: s.nodestates.get(name).and_then(|d| d.value.dead_since),
             invalid,
         }
-    });
-    paginate(rows, total, paging)
+    })
 }
 
 /// One row of the tasks page.
@@ -414,15 +423,14 @@ pub fn tasks(s: &Snapshot, keys: &Keys, paging: Paging) -> Page<TaskRow> {
     let refs = task_refs(s);
     let counts = counts_per_task(s);
     let total = refs.len();
-    let rows = refs.into_iter().map(|t| {
+    paginate(refs.into_iter(), total, paging, |t| {
         task_row(
             s,
             keys,
             t,
             counts.get(&(t.namespace.as_str(), t.name.as_str())),
         )
-    });
-    paginate(rows, total, paging)
+    })
 }
 
 /// One row of a task's instances.
@@ -532,11 +540,12 @@ pub fn task_instances(s: &Snapshot, keys: &Keys, task: &TaskRef, paging: Paging)
     let exists = s.task_exists(task) || !ids.is_empty();
     let total = ids.len();
     let counts = (total, phases.get("Running").copied().unwrap_or(0));
-    let rows = ids.into_iter().map(|id| instance_row(s, keys, id));
     TaskInstances {
         task: exists.then(|| task_row(s, keys, task, Some(&counts))),
         phases,
-        page: paginate(rows, total, paging),
+        page: paginate(ids.into_iter(), total, paging, |id| {
+            instance_row(s, keys, id)
+        }),
     }
 }
 
@@ -563,9 +572,9 @@ pub struct RunRow {
 #[must_use]
 pub fn runs(s: &Snapshot, task: &TaskRef, paging: Paging) -> Page<RunRow> {
     let Some(runs) = s.runs.get(task) else {
-        return paginate(std::iter::empty(), 0, paging);
+        return paginate(std::iter::empty::<RunRow>(), 0, paging, |r| r);
     };
-    let rows = runs.values().rev().map(|r| {
+    paginate(runs.values().rev(), runs.len(), paging, |r| {
         let r = &r.value;
         RunRow {
             run: r.run,
@@ -578,8 +587,7 @@ pub fn runs(s: &Snapshot, task: &TaskRef, paging: Paging) -> Page<RunRow> {
                 .map_or_else(|| "Running".to_string(), |o| o.to_string()),
             exit_code: r.exit_code,
         }
-    });
-    paginate(rows, runs.len(), paging)
+    })
 }
 
 /// One dead letter.
@@ -604,7 +612,7 @@ pub struct DeadLetterRow {
 /// Dead letters, by instance id.
 #[must_use]
 pub fn dead_letters(s: &Snapshot, paging: Paging) -> Page<DeadLetterRow> {
-    let rows = s.deadletters.values().map(|d| {
+    paginate(s.deadletters.values(), s.deadletters.len(), paging, |d| {
         let l = &d.value.letter;
         DeadLetterRow {
             instance: l.instance.to_string(),
@@ -615,8 +623,7 @@ pub fn dead_letters(s: &Snapshot, paging: Paging) -> Page<DeadLetterRow> {
             exit_code: l.exit_code,
             time: l.time,
         }
-    });
-    paginate(rows, s.deadletters.len(), paging)
+    })
 }
 
 /// One recent event (or an `events/` key that does not decode).
@@ -641,33 +648,37 @@ pub struct EventRow {
 /// The newest events first.
 #[must_use]
 pub fn events(ring: &Ring, paging: Paging) -> Page<EventRow> {
-    let rows = ring.newest_first().map(|(key, kept)| match kept {
-        Kept::Event(e) => EventRow {
-            time: Some(e.time),
-            kind: Some(format!("{:?}", e.kind)),
-            object: Some(match e.kind {
-                drover_api::EventKind::Node => e.name.clone(),
-                _ => format!("{}/{}", e.namespace, e.name),
-            }),
-            reason: Some(e.reason.clone()),
-            message: Some(e.message.clone()),
-            source: Some(e.source.clone()),
-            invalid: None,
+    paginate(
+        ring.newest_first(),
+        ring.len(),
+        paging,
+        |(key, kept)| match kept {
+            Kept::Event(e) => EventRow {
+                time: Some(e.time),
+                kind: Some(format!("{:?}", e.kind)),
+                object: Some(match e.kind {
+                    drover_api::EventKind::Node => e.name.clone(),
+                    _ => format!("{}/{}", e.namespace, e.name),
+                }),
+                reason: Some(e.reason.clone()),
+                message: Some(e.message.clone()),
+                source: Some(e.source.clone()),
+                invalid: None,
+            },
+            Kept::Invalid(error) => EventRow {
+                time: None,
+                kind: None,
+                object: None,
+                reason: None,
+                message: None,
+                source: None,
+                invalid: Some(Invalid {
+                    key: key.to_string(),
+                    error: format!("does not decode as Event: {error}"),
+                }),
+            },
         },
-        Kept::Invalid(error) => EventRow {
-            time: None,
-            kind: None,
-            object: None,
-            reason: None,
-            message: None,
-            source: None,
-            invalid: Some(Invalid {
-                key: key.to_string(),
-                error: format!("does not decode as Event: {error}"),
-            }),
-        },
-    });
-    paginate(rows, ring.len(), paging)
+    )
 }
 
 fn invalid_count(s: &Snapshot) -> usize {
@@ -696,8 +707,10 @@ pub fn invalid(s: &Snapshot, keys: &Keys, paging: Paging) -> Page<Invalid> {
             .or_insert_with(|| reason.clone());
     }
     let total = all.len();
-    let rows = all.into_iter().map(|(key, error)| Invalid { key, error });
-    paginate(rows, total, paging)
+    paginate(all.into_iter(), total, paging, |(key, error)| Invalid {
+        key,
+        error,
+    })
 }
 
 /// The task a path `/<ns>/<name>` or its key names, if the names are valid.

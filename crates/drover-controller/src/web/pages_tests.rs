@@ -269,12 +269,12 @@ proptest! {
     /// page number is clamped into range.
     #[test]
     fn paginate_covers_the_list_once(total in 0usize..1000, limit in 1usize..200, page in 1usize..50) {
-        let p = paginate(0..total, total, Paging { page, limit });
+        let p = paginate(0..total, total, Paging { page, limit }, |i| i);
         prop_assert!(p.items.len() <= limit);
         prop_assert!(p.page >= 1 && p.page <= p.pages);
         prop_assert_eq!(p.pages, total.div_ceil(limit).max(1));
         let all: Vec<usize> = (1..=p.pages)
-            .flat_map(|n| paginate(0..total, total, Paging { page: n, limit }).items)
+            .flat_map(|n| paginate(0..total, total, Paging { page: n, limit }, |i| i).items)
             .collect();
         prop_assert_eq!(all, (0..total).collect::<Vec<_>>());
     }
@@ -297,11 +297,18 @@ proptest! {
 fn a_page_builds_only_its_own_rows() {
     let built = std::cell::Cell::new(0usize);
     let total = 1000;
-    let rows = (0..total).map(|i| {
-        built.set(built.get() + 1);
-        i
-    });
-    let p = paginate(rows, total, Paging { page: 10, limit: 100 });
+    let p = paginate(
+        0..total,
+        total,
+        Paging {
+            page: 10,
+            limit: 100,
+        },
+        |i| {
+            built.set(built.get() + 1);
+            i
+        },
+    );
     assert_eq!(p.items, (900..1000).collect::<Vec<_>>());
     assert_eq!(built.get(), 100, "rows built for a page of 100");
 }
