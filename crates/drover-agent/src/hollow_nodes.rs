@@ -244,6 +244,11 @@ impl HollowHandle {
             .count()
     }
 
+    /// Whether the nodes' assignments have had their first listing.
+    pub fn is_listed(&self) -> bool {
+        self.engine.is_listed()
+    }
+
     /// Whether every node is registered and has its first assignment listing.
     pub fn is_ready(&self) -> bool {
         self.registered() == self.states.len() && self.engine.is_listed()

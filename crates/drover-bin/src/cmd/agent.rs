@@ -6,9 +6,7 @@ use drover_agent::retained::RetainConfig;
 use drover_agent::{Agent, AgentConfig, HollowConfig, HollowNodes};
 use drover_api::node::Capacity;
 
-use super::daemon::{
-    polled_readiness, process_registry, readiness, serve_admin, shutdown_on_signals,
-};
+use super::daemon::{polled_readiness, process_registry, serve_admin, shutdown_on_signals};
 use crate::cli::{AgentArgs, DriverFlag};
 use drover_cli::cli::Global;
 use drover_cli::cmd::connect;
@@ -116,18 +114,31 @@ async fn run_hollow(global: &Global, args: AgentArgs, count: usize) -> CliResult
     let shutdown = shutdown_on_signals()?;
     let (store, keys) = connect(global).await?;
     let mut registry = process_registry(&store);
-    let (tx, rx) = tokio::sync::watch::channel(0usize);
-    let ready = readiness(rx, move |registered| {
-        if *registered == count {
-            Ok(())
-        } else {
-            Err(format!("{registered}/{count} hollow nodes registered"))
-        }
-    });
     // The nodes register their families first, so the endpoint serves the registry they count in.
     let hollow = HollowNodes::start(store, keys, config, &mut registry)
         .map_err(|error| CliError::failure(format!("hollow agent: {error}")))?;
+    // Live, like a real agent's: ready while every node is registered on a live lease and
+    // the assignments have been listed; a node that fenced itself makes it 503 again.
+    let watched = hollow.handle();
+    let ready = polled_readiness(
+        move || {
+            if watched.is_ready() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{}/{count} hollow nodes registered{}",
+                    watched.registered(),
+                    if watched.is_listed() {
+                        ""
+                    } else {
+                        ", assignments not listed yet"
+                    }
+                ))
+            }
+        },
+        shutdown.clone(),
+    );
     serve_admin(args.metrics_addr, registry, ready, shutdown.clone()).await?;
-    hollow.run_until(shutdown, Some(tx)).await;
+    hollow.run_until(shutdown, None).await;
     Ok(())
 }
