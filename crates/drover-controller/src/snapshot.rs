@@ -5,6 +5,7 @@
 //! election keys) are ignored.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use drover_api::decode::{decode_parsed_raw, Record};
@@ -49,12 +50,81 @@ pub enum StatusKey {
     Legacy,
 }
 
+/// The status keys one instance has, each with its value (`None`: it does not decode), in key
+/// order. Almost always one: a sorted `Vec` holds it in one small allocation, where a
+/// `BTreeMap` allocates a node for eleven entries (about 4 KB per instance, 400 MB of a
+/// leader at 100,000 instances).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HeldStatuses(Vec<(StatusKey, Option<Arc<Versioned<InstanceStatus>>>)>);
+
+impl HeldStatuses {
+    fn position(&self, at: &StatusKey) -> Result<usize, usize> {
+        self.0.binary_search_by(|(k, _)| k.cmp(at))
+    }
+
+    /// Puts `entry` under `at`, replacing what was there.
+    pub fn insert(&mut self, at: StatusKey, entry: Option<Arc<Versioned<InstanceStatus>>>) {
+        match self.position(&at) {
+            Ok(i) => self.0[i].1 = entry,
+            Err(i) => {
+                self.0.reserve_exact(1);
+                self.0.insert(i, (at, entry));
+            }
+        }
+    }
+
+    /// Removes `at`.
+    pub fn remove(&mut self, at: &StatusKey) {
+        if let Ok(i) = self.position(at) {
+            self.0.remove(i);
+            self.0.shrink_to_fit();
+        }
+    }
+
+    /// The entry under `at`, if the instance has that key.
+    pub fn get(&self, at: &StatusKey) -> Option<&Option<Arc<Versioned<InstanceStatus>>>> {
+        self.position(at).ok().map(|i| &self.0[i].1)
+    }
+
+    /// Whether the instance has the key `at`.
+    pub fn contains_key(&self, at: &StatusKey) -> bool {
+        self.position(at).is_ok()
+    }
+
+    /// Whether no key is held.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// How many keys are held.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// The keys, in order.
+    pub fn keys(&self) -> impl Iterator<Item = &StatusKey> + '_ {
+        self.0.iter().map(|(k, _)| k)
+    }
+
+    /// The entries, in key order.
+    pub fn values(&self) -> impl Iterator<Item = &Option<Arc<Versioned<InstanceStatus>>>> + '_ {
+        self.0.iter().map(|(_, v)| v)
+    }
+
+    /// Keys and entries, in key order.
+    pub fn iter(
+        &self,
+    ) -> impl Iterator<Item = (&StatusKey, &Option<Arc<Versioned<InstanceStatus>>>)> + '_ {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+}
+
 /// The status the planner reads among `held` (every key of one instance), for an instance
 /// assigned to `assigned` (see [`Snapshot::statuses`]).
 fn pick_status<'a>(
-    held: &'a BTreeMap<StatusKey, Option<Versioned<InstanceStatus>>>,
+    held: &'a HeldStatuses,
     assigned: Option<&str>,
-) -> Option<(StatusKey, &'a Versioned<InstanceStatus>)> {
+) -> Option<(StatusKey, &'a Arc<Versioned<InstanceStatus>>)> {
     let decoded = |at: &StatusKey| {
         held.get(at)
             .and_then(Option::as_ref)
@@ -106,10 +176,10 @@ pub struct Snapshot {
     /// the legacy one or the only node's. A status under another node's key is never read as
     /// this copy's (it is stray, and deleted), and one under the assigned node that does not
     /// decode says nothing (no other key stands in for it). `value.node` is the key's node.
-    pub statuses: BTreeMap<InstanceId, Versioned<InstanceStatus>>,
+    pub statuses: BTreeMap<InstanceId, Arc<Versioned<InstanceStatus>>>,
     /// Every status key of every instance, by the key it is under; `None` for a value that
     /// does not decode.
-    pub status_keys: BTreeMap<InstanceId, BTreeMap<StatusKey, Option<Versioned<InstanceStatus>>>>,
+    pub status_keys: BTreeMap<InstanceId, HeldStatuses>,
     /// Which key each entry of [`Snapshot::statuses`] came from.
     pub status_from: BTreeMap<InstanceId, StatusKey>,
     /// Controller-owned task state.
@@ -573,7 +643,7 @@ impl Snapshot {
                 self.status_keys
                     .entry(id.clone())
                     .or_default()
-                    .insert(at, entry);
+                    .insert(at, entry.map(Arc::new));
             }
             None => {
                 if let Some(held) = self.status_keys.get_mut(id) {

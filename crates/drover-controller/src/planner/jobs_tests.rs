@@ -311,7 +311,7 @@ fn the_controller_ends_a_run_past_its_deadline_as_deadline_exceeded() {
     step(&mut sim, 10);
     for id in sim.ids("slow") {
         sim.set_phase(&id, Phase::Failed, Some(at(12)));
-        let s = sim.s.statuses.get_mut(&id).expect("status");
+        let s = std::sync::Arc::make_mut(sim.s.statuses.get_mut(&id).expect("status"));
         s.value.reason = Some("DeadlineExceeded".into());
     }
     sim.converge(at(12));

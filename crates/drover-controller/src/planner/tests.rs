@@ -344,7 +344,7 @@ fn a_live_copy_is_deleted_only_on_a_terminal_status_of_its_own_node_that_still_h
     // A foreign status write naming another node proves nothing: a stop is requested.
     sim.set_phase(&id, Phase::Stopped, None);
     if let Some(s) = sim.s.statuses.get_mut(&id) {
-        s.value.node = "elsewhere".into();
+        std::sync::Arc::make_mut(s).value.node = "elsewhere".into();
     }
     let p = plan(&sim.s, at(1), &sim.config);
     assert!(p
