@@ -14,6 +14,7 @@
 pub mod commit;
 pub mod config;
 pub mod events;
+mod held_statuses;
 mod leader;
 pub mod metrics;
 mod mirror;
