@@ -4,8 +4,9 @@
 //!
 //! The watch task only queues items (a short lock; a value is checked to be JSON and kept as
 //! its text, never built into a tree, so 100,000 queued assignments cost about their bytes)
-//! and publishes the revision they reach; whoever holds the [`PlannerState`] applies them on a blocking thread: the
-//! leader's planner before each plan, a standby's background applier every so often.
+//! and publishes the revision they reach; whoever holds the [`PlannerState`] applies them on a
+//! blocking thread: the leader's planner before each plan, and a background applier every so
+//! often (a standby's; a leader's for what no plan is due for, such as events).
 
 use std::collections::BTreeMap;
 use std::pin::pin;
