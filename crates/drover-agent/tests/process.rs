@@ -291,3 +291,34 @@ async fn a_new_attempt_replaces_a_leftover_copy() {
     );
     driver.destroy(&new).await.expect("destroy");
 }
+
+/// A stopped child must be reaped before `stop` returns: a zombie left for the reaper task to
+/// collect later reads as still `Running` to `inspect` and keeps its `/proc` entry, so callers
+/// that check "the process is gone" right after a stop raced the reaper (a flaky CI run).
+#[tokio::test]
+async fn once_stop_returns_its_own_child_is_reaped_and_its_exit_known() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let driver = root_driver(&dir);
+    let node = unique("node");
+    // Repeated because the race is one of scheduling: a single run can pass by luck.
+    for ordinal in 0..20 {
+        let req = request(&node, "reaped", ordinal, spec(sh("sleep 30; echo never")));
+        let handle = within(LIMIT, "start", driver.start(&req))
+            .await
+            .expect("start");
+        let pid: u32 = handle.id.parse().expect("pid");
+        within(LIMIT, "stop", driver.stop(&handle, Duration::ZERO))
+            .await
+            .expect("stop");
+        let state = driver.inspect(&handle).await.expect("inspect");
+        assert!(
+            matches!(state, TaskState::Exited { .. }),
+            "run {ordinal}: stopped but {state:?}"
+        );
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "run {ordinal}: pid {pid} is still in /proc (an unreaped zombie)"
+        );
+        driver.destroy(&handle).await.expect("destroy");
+    }
+}

@@ -230,7 +230,8 @@ impl ProcessDriver {
     ///
     /// # Guarantees
     /// SIGTERM goes to the whole process group, SIGKILL to whatever is left of it after `grace`;
-    /// returns `Ok` once no live (non-zombie) member of the group remains.
+    /// returns `Ok` once no live (non-zombie) member of the group remains and, for our own
+    /// child, once it has been reaped (its exit is known; no zombie is left).
     ///
     /// # Caveats
     /// A member that left the group (`setsid`, `setpgid`) is out of reach, as with any process
@@ -244,6 +245,12 @@ impl ProcessDriver {
                 return Ok(());
             }
         }
+        self.end_group(handle, pgid, grace).await?;
+        self.reaped(handle, pgid).await
+    }
+
+    /// SIGTERM to group `pgid`, SIGKILL after `grace`; returns once no live member is left.
+    async fn end_group(&self, handle: &Handle, pgid: u32, grace: Duration) -> Result<()> {
         if !group_alive(pgid) {
             return Ok(());
         }
@@ -267,6 +274,24 @@ impl ProcessDriver {
             tokio::time::sleep(POLL).await;
         }
         Ok(())
+    }
+
+    /// Waits for the reaper to collect our own child `pid`, so that after a stop its exit is
+    /// known to [`Self::inspect`] and no zombie is left. An adopted process (not our child) is
+    /// reaped by whoever its parent is; there is nothing to wait for.
+    async fn reaped(&self, handle: &Handle, pid: u32) -> Result<()> {
+        let Some(mut exit) = self.own_child(&handle.instance, pid) else {
+            return Ok(());
+        };
+        // An error from `wait_for` means the reaper is gone, which only happens after it sent
+        // the exit; only the timeout is a failure.
+        let in_time = tokio::time::timeout(KILL_TIMEOUT, async {
+            let _ = exit.wait_for(Option::is_some).await;
+        })
+        .await;
+        in_time.map_err(|_| Error::Runtime {
+            message: format!("process {pid} ended but was not reaped within {KILL_TIMEOUT:?}"),
+        })
     }
 
     /// See [`super::Driver::destroy`]: stops at once, then removes the pid file and the log.
