@@ -127,6 +127,10 @@ pub(crate) struct Engine {
     metrics: Metrics,
     kill: CancellationToken,
     seq: AtomicU64,
+    /// The reads that confirm starts, grouped per node.
+    confirms: Arc<crate::lifecycle::confirm::Reads>,
+    /// The status writes, grouped per node.
+    status_writes: Arc<crate::node_batch::Batcher<status::StatusWrite, drover_store::TxnOutcome>>,
 }
 
 impl Engine {
@@ -145,6 +149,8 @@ impl Engine {
             kill,
         } = parts;
         Engine {
+            confirms: crate::lifecycle::confirm::batcher(&store),
+            status_writes: status::batcher(&store),
             store,
             keys,
             drivers,
@@ -174,6 +180,11 @@ impl Engine {
     /// The etcd client.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The reads that confirm starts, grouped per node.
+    pub(crate) fn confirms(&self) -> &Arc<crate::lifecycle::confirm::Reads> {
+        &self.confirms
     }
 
     /// The key schema.
@@ -496,7 +507,16 @@ impl Engine {
         let Some((status, rev)) = self.instances.read(slot, Entry::unwritten).flatten() else {
             return Ok(());
         };
-        match status::write(&self.store, &self.keys, key, rev, &status).await {
+        let written = status::write_batched(
+            &self.status_writes,
+            &self.store,
+            &self.keys,
+            key,
+            rev,
+            &status,
+        )
+        .await;
+        match written {
             Ok(Written::Ok { .. }) => {
                 self.metrics.status_write("ok");
                 self.instances.update(slot, |e| e.written(status));

@@ -17,6 +17,7 @@ mod instance;
 mod lifecycle;
 pub mod local;
 pub mod metrics;
+mod node_batch;
 pub mod ports;
 pub mod probe;
 pub mod readiness;

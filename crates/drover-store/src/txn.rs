@@ -319,4 +319,71 @@ impl Store {
         }
         out
     }
+
+    /// Commits independent transactions in one request (etcd's nested transactions): each
+    /// applies, or not, by its own compares, as if sent alone.
+    ///
+    /// # Guarantees
+    ///
+    /// - One outcome per transaction, in order; `succeeded` is that transaction's own.
+    /// - Those that apply share one revision, the returned one.
+    /// - Sent at most once.
+    ///
+    /// # Caveats
+    ///
+    /// A transport failure is [`Error::OutcomeUnknown`] for all of them. etcd counts a nested
+    /// transaction's compares and ops against what the outer one leaves of `max_txn_ops`
+    /// ([`Error::TooManyOps`], checked before sending), and rejects the request when two of
+    /// them write one key.
+    pub async fn commit_each(&self, txns: &[Txn]) -> Result<Vec<TxnOutcome>> {
+        let max = self.inner.cfg.max_txn_ops;
+        let outer = txns.len();
+        let inner = txns
+            .iter()
+            .map(|t| t.cmps.len().max(t.ops.len()))
+            .max()
+            .unwrap_or(0);
+        if outer > max || inner > max - outer {
+            return Err(Error::TooManyOps {
+                ops: outer + inner,
+                max,
+            });
+        }
+        let nested: Vec<TxnOp> = txns
+            .iter()
+            .map(|t| {
+                let compares: Vec<Compare> = t.cmps.iter().map(Cmp::to_etcd).collect();
+                let ops: Vec<TxnOp> = t.ops.iter().map(Op::to_etcd).collect();
+                TxnOp::txn(etcd_client::Txn::new().when(compares).and_then(ops))
+            })
+            .collect();
+        let resp = self
+            .raw_txn("commit each", etcd_client::Txn::new().and_then(nested))
+            .await?;
+        let revision = resp.header().map_or(0, |h| h.revision());
+        let replies = resp.op_responses();
+        if replies.len() != outer {
+            return Err(Error::Rejected {
+                op: "commit each",
+                reason: format!(
+                    "etcd answered {outer} transactions with {} replies",
+                    replies.len()
+                ),
+            });
+        }
+        replies
+            .iter()
+            .map(|reply| match reply {
+                etcd_client::TxnOpResponse::Txn(t) => Ok(TxnOutcome {
+                    succeeded: t.succeeded(),
+                    revision,
+                }),
+                _ => Err(Error::Rejected {
+                    op: "commit each",
+                    reason: "etcd answered a nested transaction with another kind of reply"
+                        .to_string(),
+                }),
+            })
+            .collect()
+    }
 }

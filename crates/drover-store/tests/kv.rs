@@ -447,3 +447,101 @@ fn the_test_kits_etcd_gets_the_server_flags_drover_gives_its_own() {
         assert!(script.contains(flag), "hack/etcd.sh does not pass {flag}");
     }
 }
+
+#[tokio::test]
+async fn commit_each_applies_each_nested_txn_by_its_own_compare_within_etcds_limits() {
+    let etcd = within("etcd", EtcdServer::start()).await;
+    let store = connect(etcd.endpoints()).await;
+    let p = unique_prefix();
+    let guard = |i: u32| format!("{p}/guard/{i}");
+    let mut revs = Vec::new();
+    for i in 0..3 {
+        revs.push(
+            within("put guard", store.put(&guard(i), &thing(i), None))
+                .await
+                .expect("guard"),
+        );
+    }
+    // A writer that is not Drover re-creates guard 1 (a new create revision) with bytes that
+    // are not even JSON: its nested txn must fail alone.
+    within("delete", store.delete(&guard(1)))
+        .await
+        .expect("delete");
+    within(
+        "foreign put",
+        store.put_raw(&guard(1), b"\xffnot json".to_vec(), None),
+    )
+    .await
+    .expect("foreign");
+    let txns: Vec<Txn> = (0..3u32)
+        .map(|i| {
+            Txn::new()
+                .when(drover_store::Cmp::CreateRevision(
+                    guard(i),
+                    revs[i as usize],
+                ))
+                .put(format!("{p}/out/{i}"), &thing(i), None)
+                .expect("encode")
+        })
+        .collect();
+    let outcomes = within("commit each", store.commit_each(&txns))
+        .await
+        .expect("commit each");
+    assert_eq!(
+        outcomes.iter().map(|o| o.succeeded).collect::<Vec<_>>(),
+        [true, false, true]
+    );
+    assert!(outcomes.iter().all(|o| o.revision == outcomes[0].revision));
+    for (i, written) in [(0, true), (1, false), (2, true)] {
+        let got = within("get", store.get::<Thing>(&format!("{p}/out/{i}")))
+            .await
+            .expect("get");
+        assert_eq!(got.map(|v| v.value), written.then(|| thing(i)), "out/{i}");
+    }
+
+    // etcd counts a nested txn against what the outer one leaves of the limit: 65 nested txns
+    // of 64 puts each is refused before sending, and etcd agrees when our check is lifted.
+    let wide: Vec<Txn> = (0..65u32)
+        .map(|t| {
+            (0..64u32).fold(Txn::new(), |txn, i| {
+                txn.put(format!("{p}/wide/{t}/{i}"), &i, None)
+                    .expect("encode")
+            })
+        })
+        .collect();
+    let err = within("too wide", store.commit_each(&wide))
+        .await
+        .expect_err("over the limit");
+    assert!(matches!(err, Error::TooManyOps { max: 128, .. }), "{err}");
+    let lax = within(
+        "connect",
+        Store::connect(StoreConfig {
+            max_txn_ops: 1000,
+            ..config(etcd.endpoints())
+        }),
+    )
+    .await
+    .expect("connect");
+    let err = within("too wide, unchecked", lax.commit_each(&wide))
+        .await
+        .expect_err("server limit");
+    assert!(err.to_string().contains("too many operations"), "{err}");
+
+    // Two nested txns writing one key: etcd refuses the whole request, nothing applies.
+    let twice = [
+        Txn::new()
+            .put(format!("{p}/twice"), &1, None)
+            .expect("encode"),
+        Txn::new()
+            .put(format!("{p}/twice"), &2, None)
+            .expect("encode"),
+    ];
+    let err = within("twice", store.commit_each(&twice))
+        .await
+        .expect_err("duplicate key");
+    assert!(err.to_string().contains("duplicate key"), "{err}");
+    assert!(within("get", store.get::<u32>(&format!("{p}/twice")))
+        .await
+        .expect("get")
+        .is_none());
+}

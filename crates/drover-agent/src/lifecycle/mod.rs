@@ -3,6 +3,7 @@
 //! [`fencing`], stopping jobs past `timeoutSeconds` in [`timeout`].
 
 mod adopt;
+pub(crate) mod confirm;
 #[cfg(test)]
 mod confirm_tests;
 mod fencing;
@@ -113,29 +114,35 @@ impl Engine {
     /// Reads, in one linearizable read, what a start must confirm: the assignment of `slot`
     /// and, before a copy's first start (`with_status`), its status.
     ///
-    /// One read-only transaction instead of two reads: on etcd 3.4 every read request copies
-    /// the server's uncommitted write buffer, and a burst of starts comes with a burst of
-    /// writes.
+    /// One read-only transaction instead of two reads, shared with the node's other confirms
+    /// that wait on one in flight ([`confirm`]): on etcd 3.4 every read request copies the
+    /// server's uncommitted write buffer, and a burst of starts comes with a burst of writes.
     async fn confirm_start(&self, slot: &Slot, with_status: bool) -> Result<Confirmed> {
         let assignment = self.keys().assignment(&slot.node, &slot.id);
         let status = self.keys().status(&slot.node, &slot.id);
         // Until the leader has moved it, a status may still be under the key of before
         // statuses moved under their node.
         let legacy = self.keys().legacy_status(&slot.id);
-        let keys: Vec<&str> = if with_status {
-            vec![assignment.as_str(), status.as_str(), legacy.as_str()]
+        let keys: Vec<String> = if with_status {
+            vec![assignment.clone(), status, legacy]
         } else {
-            vec![assignment.as_str()]
+            vec![assignment.clone()]
         };
-        let mut found = self
-            .store()
-            .get_raw_each(&keys)
-            .await
-            .map_err(|source| Error::Confirm {
-                key: assignment.clone(),
-                source,
-            })?
-            .into_iter();
+        let batched = self.confirms().submit(&slot.node, keys.clone()).await;
+        let found = match batched {
+            Some(found) => found,
+            None => {
+                let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+                self.store()
+                    .get_raw_each(&keys)
+                    .await
+                    .map_err(|source| Error::Confirm {
+                        key: assignment.clone(),
+                        source,
+                    })?
+            }
+        };
+        let mut found = found.into_iter();
         let assignment = found.next().flatten();
         let status = found.next().flatten();
         Ok(Confirmed {
