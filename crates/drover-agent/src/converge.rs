@@ -582,26 +582,32 @@ pub(crate) fn key_stream(
     engine: Arc<Engine>,
     node: Arc<str>,
     writer: drover_store::reflector::Writer<Instance>,
-) -> impl Stream<Item = Slot> + Send {
+) -> impl Stream<Item = Vec<Slot>> + Send {
     let store = engine.store().clone();
     let prefix = engine.keys().node_assignments(&node);
-    drover_store::reflector::reflector(writer, watcher::<Instance>(store, prefix)).flat_map(
-        move |item| {
-            let mut slots: Vec<Slot> = match item {
-                Ok(Event::Apply(v)) => engine.slot_of_key(&v.key).into_iter().collect(),
-                Ok(Event::Delete { key, .. }) => engine.slot_of_key(&key).into_iter().collect(),
-                Ok(Event::InitDone { .. }) => engine.all_slots(Some(&node)),
-                Ok(Event::Init | Event::InitApply(_)) => Vec::new(),
-                Err(e) => {
-                    tracing::warn!(node = %node, error = %e, "assignment watch error");
-                    Vec::new()
+    // Whatever of the node's events is ready comes as one batch (a watch response carries the
+    // leader's transaction for this node whole), so the node's slots are queued together and
+    // their starts share their etcd requests (`crate::node_batch`).
+    drover_store::reflector::reflector(writer, watcher::<Instance>(store, prefix))
+        .ready_chunks(EVENTS_PER_BATCH)
+        .filter_map(move |items| {
+            let mut slots: Vec<Slot> = Vec::new();
+            for item in items {
+                match item {
+                    Ok(Event::Apply(v)) => slots.extend(engine.slot_of_key(&v.key)),
+                    Ok(Event::Delete { key, .. }) => slots.extend(engine.slot_of_key(&key)),
+                    Ok(Event::InitDone { .. }) => slots.extend(engine.all_slots(Some(&node))),
+                    Ok(Event::Init | Event::InitApply(_)) => {}
+                    Err(e) => tracing::warn!(node = %node, error = %e, "assignment watch error"),
                 }
-            };
+            }
             slots.retain(|s| s.node == node);
-            futures::stream::iter(slots)
-        },
-    )
+            futures::future::ready((!slots.is_empty()).then_some(slots))
+        })
 }
+
+/// At most this many of a node's ready watch events go into one batch of slots.
+const EVENTS_PER_BATCH: usize = 256;
 
 /// Ports for the spec's `ports`, as bindings.
 pub(crate) fn bindings(

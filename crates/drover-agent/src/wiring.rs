@@ -106,7 +106,8 @@ impl Built {
                 registry.sub_registry_with_prefix(metrics::PREFIX),
             ));
         for (node, writer) in writers {
-            reconciler = reconciler.with_stream(converge::key_stream(engine.clone(), node, writer));
+            reconciler =
+                reconciler.with_batches(converge::key_stream(engine.clone(), node, writer));
         }
         engine.set_trigger(reconciler.trigger());
         let loop_stop = kill.child_token();

@@ -73,6 +73,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// A boxed stream of keys, the shape trigger inputs are stored in.
 pub type KeyStream<K> = BoxStream<'static, K>;
 
+/// A stream of batches of keys, as the runner takes its inputs ([`Reconciler::with_batches`]).
+pub(crate) type KeyBatches<K> = BoxStream<'static, Vec<K>>;
+
 /// Reconciler settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReconcilerConfig {
@@ -192,7 +195,7 @@ pub struct Reconciler<K, C, F> {
     config: ReconcilerConfig,
     ctx: Arc<C>,
     reconcile: F,
-    streams: Vec<KeyStream<K>>,
+    streams: Vec<KeyBatches<K>>,
     metrics: Metrics,
     trigger_tx: mpsc::UnboundedSender<TriggerRequest<K>>,
     trigger_rx: mpsc::UnboundedReceiver<TriggerRequest<K>>,
@@ -226,7 +229,17 @@ where
     /// its key at once with `reason=watch`. A stream that ends is simply no longer polled.
     #[must_use]
     pub fn with_stream(mut self, keys: impl Stream<Item = K> + Send + 'static) -> Self {
-        self.streams.push(keys.boxed());
+        self.streams.push(keys.map(|key| vec![key]).boxed());
+        self
+    }
+
+    /// Adds a stream of batches of keys: a batch's keys are scheduled together, in order, with
+    /// `reason=watch`. Keys from several streams interleave item by item; the keys of one batch
+    /// (one watch response of one prefix, say) stay next to each other in the queue, so their
+    /// reconciles run at about the same time and can share their requests.
+    #[must_use]
+    pub fn with_batches(mut self, batches: impl Stream<Item = Vec<K>> + Send + 'static) -> Self {
+        self.streams.push(batches.boxed());
         self
     }
 

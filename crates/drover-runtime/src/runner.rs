@@ -22,7 +22,7 @@ use crate::action::Action;
 use crate::backoff::{BackoffConfig, JitterSource};
 use crate::metrics::{Metrics, ReconcilerMetrics};
 use crate::queue::{Reason, WorkQueue};
-use crate::reconciler::{Error, KeyStream, ReconcilerConfig, Result, TriggerRequest};
+use crate::reconciler::{Error, KeyBatches, ReconcilerConfig, Result, TriggerRequest};
 
 /// How many already-ready inputs one wake-up takes before dispatching, so that a burst of
 /// requests merges in the queue without starving the other events.
@@ -42,7 +42,7 @@ struct Failures {
 enum Event<K, E> {
     Shutdown,
     Finished(std::result::Result<(Id, Outcome<E>), JoinError>),
-    Input(Option<K>),
+    Input(Option<Vec<K>>),
     Triggered(Option<TriggerRequest<K>>),
     Due,
 }
@@ -96,7 +96,7 @@ where
 
     pub(crate) async fn run(
         mut self,
-        streams: Vec<KeyStream<K>>,
+        streams: Vec<KeyBatches<K>>,
         mut triggers: mpsc::UnboundedReceiver<TriggerRequest<K>>,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<()> {
@@ -137,12 +137,18 @@ where
             match event {
                 Event::Shutdown => break,
                 Event::Finished(done) => self.finished(done),
-                Event::Input(Some(key)) => {
-                    self.request(key, Instant::now(), Reason::Watch);
+                Event::Input(Some(keys)) => {
+                    for key in keys {
+                        self.request(key, Instant::now(), Reason::Watch);
+                    }
                     // Take whatever else is ready before dispatching, so a burst merges.
                     for _ in 0..BATCH {
                         match inputs.next().now_or_never() {
-                            Some(Some(key)) => self.request(key, Instant::now(), Reason::Watch),
+                            Some(Some(keys)) => {
+                                for key in keys {
+                                    self.request(key, Instant::now(), Reason::Watch);
+                                }
+                            }
                             Some(None) | None => break,
                         }
                     }

@@ -3,9 +3,12 @@
 
 mod common;
 
-use common::{config, secs, start, wait_for, Recorder, Step};
+use std::sync::Arc;
+
+use common::{config, reconcile, secs, start, wait_for, Recorder, Step};
 use drover_runtime::Action;
 use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
 
 #[tokio::test(start_paused = true)]
 async fn ten_triggers_of_an_idle_key_reconcile_once() {
@@ -143,4 +146,42 @@ async fn ended_inputs_do_not_stop_requeues() {
     })
     .await;
     running.stop().await.unwrap();
+}
+
+/// Keys of two streams that are ready at once: single keys interleave stream by stream, the
+/// keys of one batch stay together (so, in the agent, one node's burst of starts runs at once
+/// and shares its etcd requests).
+#[tokio::test(start_paused = true)]
+async fn a_batchs_keys_run_next_to_each_other_where_single_keys_interleave() {
+    let burst = |prefix: &str| (1..=3).map(|i| format!("{prefix}{i}")).collect::<Vec<_>>();
+    let order_of = |batched: bool| async move {
+        let rec = Recorder::new(|_, _| Step::ok(Action::await_change()).taking(secs(1)));
+        let mut controller =
+            drover_runtime::Reconciler::new(config(1), Arc::clone(&rec), reconcile).unwrap();
+        for prefix in ["a", "b"] {
+            let keys = burst(prefix);
+            controller = if batched {
+                controller
+                    .with_batches(futures::stream::iter([keys]).chain(futures::stream::pending()))
+            } else {
+                controller
+                    .with_stream(futures::stream::iter(keys).chain(futures::stream::pending()))
+            };
+        }
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(controller.run(shutdown.clone()));
+        wait_for(secs(60), "all six", || rec.total_ends() == 6).await;
+        shutdown.cancel();
+        handle.await.unwrap().unwrap();
+        rec.start_order()
+    };
+    let batched = order_of(true).await;
+    let (a, b) = (burst("a"), burst("b"));
+    assert!(
+        batched == [a.clone(), b.clone()].concat() || batched == [b.clone(), a.clone()].concat(),
+        "{batched:?}"
+    );
+    let single = order_of(false).await;
+    assert_ne!(single[..3], a[..], "{single:?}");
+    assert_ne!(single[..3], b[..], "{single:?}");
 }

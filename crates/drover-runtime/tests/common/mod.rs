@@ -125,6 +125,16 @@ impl Recorder {
             .collect()
     }
 
+    /// Every key in the order its reconciles started.
+    pub fn start_order(&self) -> Vec<String> {
+        self.starts
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
     pub fn total_starts(&self) -> usize {
         self.starts.lock().unwrap().len()
     }
