@@ -32,6 +32,26 @@ pub(crate) struct Batcher<Q, A> {
     fits: Fits<Q>,
 }
 
+/// Removes a node's queue when dropped before its drain ended (see [`Batcher::drain`]); a
+/// drain that ended normally has removed it already.
+struct ForgetQueue<'a, Q, A> {
+    queues: &'a Mutex<HashMap<Arc<str>, Queue<Q, A>>>,
+    node: &'a Arc<str>,
+    drained: bool,
+}
+
+impl<Q, A> Drop for ForgetQueue<'_, Q, A> {
+    fn drop(&mut self) {
+        if self.drained {
+            return;
+        }
+        self.queues
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(self.node);
+    }
+}
+
 struct Queue<Q, A> {
     waiting: VecDeque<Waiting<Q, A>>,
 }
@@ -85,7 +105,20 @@ impl<Q: Send + 'static, A: Send + 'static> Batcher<Q, A> {
 
     /// Sends `node`'s waiting requests, batch after batch, until none is left.
     async fn drain(&self, node: &Arc<str>) {
-        while let Some((requests, answers)) = self.next_batch(node) {
+        // Should this task end early (a panic, the runtime going away), the node's queue goes
+        // with it: every request still waiting is answered `None` (its sender dropped) and the
+        // next one starts a new drain, instead of waiting forever behind a drain that is gone.
+        let mut forget = ForgetQueue {
+            queues: &self.queues,
+            node,
+            drained: false,
+        };
+        loop {
+            let Some((requests, answers)) = self.next_batch(node) else {
+                // `next_batch` removed the queue; a new one may be another drain's by now.
+                forget.drained = true;
+                return;
+            };
             let count = requests.len();
             match (self.send)(requests).await {
                 Some(replies) if replies.len() == count => {
@@ -264,5 +297,27 @@ mod tests {
             Box::new(|_: &[u32], _: &u32| true),
         );
         assert_eq!(short.submit(&node, 7).await, None);
+    }
+
+    #[tokio::test]
+    async fn a_drain_that_dies_strands_nobody() {
+        let batcher: Arc<Batcher<u32, u32>> = Batcher::new(
+            Box::new(|batch: Vec<u32>| {
+                async move {
+                    assert!(!batch.contains(&0), "a scripted panic of the sending task");
+                    Some(batch.iter().map(|n| n * 2).collect())
+                }
+                .boxed()
+            }),
+            Box::new(|_: &[u32], _: &u32| true),
+        );
+        let node: Arc<str> = Arc::from("n");
+        assert_eq!(
+            batcher.submit(&node, 0).await,
+            None,
+            "answered, not stranded"
+        );
+        let next = tokio::time::timeout(Duration::from_secs(10), batcher.submit(&node, 1)).await;
+        assert_eq!(next, Ok(Some(2)), "the next request starts a new drain");
     }
 }

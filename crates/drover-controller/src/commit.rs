@@ -331,8 +331,8 @@ impl Limits {
 ///   (chained from one transaction to the next), so a plan made from a stale snapshot cannot
 ///   create a second set of instances; the first such transaction of a lane also writes the
 ///   state, so no instance lands without it, and later ones only compare it.
-/// - A lane made only of placements is ordered by node, so each transaction reaches few
-///   nodes' watches (see [`group_placements_by_node`]).
+/// - Each run of plain placements in a lane is ordered by node, so each transaction reaches
+///   few nodes' watches (see [`group_placements_by_node`]).
 /// - Steps are dealt to lanes, every step of one task to the same lane (so that chain holds);
 ///   each lane sends its transactions in plan order, one at a time, and the lanes run at once.
 ///   Steps of different lanes are independent: each carries every compare it relies on.

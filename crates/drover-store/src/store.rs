@@ -660,18 +660,16 @@ impl Store {
         txn: etcd_client::Txn,
     ) -> Result<etcd_client::TxnResponse> {
         let mut backoff = self.backoff();
+        let limit = self.inner.cfg.max_response_bytes;
         self.inner
             .pool
-            .call(
-                op,
-                idempotency,
-                self.request_timeout(),
-                &mut backoff,
-                |mut c| {
-                    let txn = txn.clone();
-                    async move { c.txn(txn).await }
-                },
-            )
+            .call(op, idempotency, self.request_timeout(), &mut backoff, |c| {
+                let txn = txn.clone();
+                // A txn of reads (a node's batched confirms) can exceed gRPC's 4 MiB
+                // default decode limit, as a page of a listing can.
+                let mut kv = c.kv_client().max_decoding_message_size(limit);
+                async move { kv.txn(txn).await }
+            })
             .await
     }
 

@@ -545,3 +545,29 @@ async fn commit_each_applies_each_nested_txn_by_its_own_compare_within_etcds_lim
         .expect("get")
         .is_none());
 }
+
+#[tokio::test]
+async fn a_read_txn_whose_reply_is_over_grpcs_default_4_mib_is_read_whole() {
+    // 20 values of 250 KiB (task specs may be 256 KiB): about 5 MiB in one reply, over tonic's
+    // default decode limit, under the store's `max_response_bytes`.
+    let etcd = within("etcd", EtcdServer::start()).await;
+    let store = connect(etcd.endpoints()).await;
+    let p = unique_prefix();
+    let keys: Vec<String> = (0..20).map(|i| format!("{p}/big/{i}")).collect();
+    for (i, key) in keys.iter().enumerate() {
+        let value = vec![b'a' + u8::try_from(i).expect("small"); 250 * 1024];
+        within("put", store.put_raw(key, value, None))
+            .await
+            .expect("put");
+    }
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let found = within("get each", store.get_raw_each(&refs))
+        .await
+        .expect("a 5 MiB reply is read");
+    assert_eq!(found.len(), 20);
+    for (i, v) in found.iter().enumerate() {
+        let v = v.as_ref().expect("present");
+        assert_eq!(v.value.len(), 250 * 1024);
+        assert_eq!(v.value[0], b'a' + u8::try_from(i).expect("small"));
+    }
+}
