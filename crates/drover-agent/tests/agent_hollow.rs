@@ -41,6 +41,24 @@ fn forever() -> TaskSpec {
     spec(json!({"command": ["x"], "hollow": {}}))
 }
 
+/// The assignment of `id` to `node`, as the leader writes it.
+fn assignment(id: &InstanceId, node: &str, spec: &TaskSpec) -> drover_api::instance::Instance {
+    drover_api::instance::Instance {
+        id: id.clone(),
+        namespace: id.namespace().to_string(),
+        task: id.task().to_string(),
+        slot: id.slot(),
+        run: None,
+        node: node.to_string(),
+        generation: 1,
+        revision: 0,
+        attempt: 1,
+        spec: spec.clone(),
+        assigned_at: chrono::Utc::now(),
+        stop: None,
+    }
+}
+
 async fn scale(nodes: usize, per_node: usize) {
     let env = Env::start().await;
     let base = unique("hl");
@@ -80,20 +98,7 @@ async fn scale(nodes: usize, per_node: usize) {
                 u32::try_from(n * per_node + s).expect("small"),
             );
             let node = format!("{base}-{n}");
-            let instance = drover_api::instance::Instance {
-                id: id.clone(),
-                namespace: "default".into(),
-                task: "sim".into(),
-                slot: id.slot(),
-                run: None,
-                node: node.clone(),
-                generation: 1,
-                revision: 0,
-                attempt: 1,
-                spec: forever.clone(),
-                assigned_at: chrono::Utc::now(),
-                stop: None,
-            };
+            let instance = assignment(&id, &node, &forever);
             ops.push(
                 drover_store::Op::put(env.keys.assignment(&node, &id), &instance, None)
                     .expect("op"),
@@ -431,20 +436,7 @@ async fn each_hollow_nodes_burst_of_starts_shares_its_requests() {
         for s in 0..PER_NODE {
             let slot = u32::try_from(n).expect("small") * PER_NODE + s;
             let id = id("default", "burst", slot);
-            let instance = drover_api::instance::Instance {
-                id: id.clone(),
-                namespace: "default".into(),
-                task: "burst".into(),
-                slot,
-                run: None,
-                node: node.clone(),
-                generation: 1,
-                revision: 0,
-                attempt: 1,
-                spec: forever.clone(),
-                assigned_at: chrono::Utc::now(),
-                stop: None,
-            };
+            let instance = assignment(&id, &node, &forever);
             txn = txn
                 .put(env.keys.assignment(&node, &id), &instance, None)
                 .expect("encode");
