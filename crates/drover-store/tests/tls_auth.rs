@@ -464,15 +464,18 @@ async fn a_watch_fails_over_to_a_member_whose_token_expired() {
     // of its own on member 2). etcd cancels that watch ("permission denied"); the watcher
     // gets a new token and resumes, losing nothing.
     cluster.kill_member(0);
-    let writer = within(
-        "connect",
-        Store::connect(as_user(
-            tls_config(vec![cluster.endpoints()[2].clone()], &files),
-            &root,
-        )),
-    )
+    // Authenticating takes a raft round: while the members elect a new leader (member 0 may
+    // have led) it goes unanswered, so connect until it is answered.
+    let writer_cfg = as_user(
+        tls_config(vec![cluster.endpoints()[2].clone()], &files),
+        &root,
+    );
+    let writer = wait_for(T * 2, Duration::from_millis(100), || {
+        let cfg = writer_cfg.clone();
+        async move { Store::connect(cfg).await.ok() }
+    })
     .await
-    .expect("writer on member 2");
+    .expect("writer on member 2 once a leader is elected");
     let wrote = wait_for(T * 2, Duration::from_millis(100), || async {
         writer.put(&format!("{p}/a"), &3u32, None).await.ok()
     })
